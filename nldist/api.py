@@ -1,0 +1,211 @@
+"""Public Python API (DESIGN.md contract): adjoint, dual_matrix, leverage, scores, sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nldist import kernels, sampling
+from nldist.errors import NldistError
+from nldist.models import Model, get_model
+
+
+def _is_dask(a: Any) -> bool:
+    return type(a).__module__.startswith("dask.")
+
+
+def adjoint(model: Model, theta: Any, X: Any) -> np.ndarray:
+    """Nonlinear adjoint F*(theta): row i is int_0^1 grad f_i(t theta) dt.
+
+    Parameters
+    ----------
+    model : Model
+        From :func:`nldist.get_model`.
+    theta : ndarray or torch.Tensor, shape (p,)
+    X : ndarray, shape (n, d)
+
+    Returns
+    -------
+    ndarray, shape (n, p), float64
+        Rows satisfy f_i(theta) = f_i(0) + <theta, F*_i> to rounding (MATH.md (ID)).
+    """
+    return model.adjoint(model.check_theta(theta), model.check_X(X))
+
+
+def dual_matrix(model: Model, theta: Any, X: Any, y: Any) -> np.ndarray:
+    """Augmented nonlinear dual matrix [F*(theta), f(0) - y].
+
+    Parameters
+    ----------
+    model : Model
+    theta : ndarray (p,)
+    X : ndarray (n, d)
+    y : ndarray (n,)
+
+    Returns
+    -------
+    ndarray, shape (n, p + 1), float64, with ``dual @ [theta, 1] == f(theta) - y``.
+    """
+    X = model.check_X(X)
+    y = np.asarray(y, dtype=np.float64).reshape(-1) if y is not None else None
+    if y is None or y.shape[0] != X.shape[0]:
+        raise NldistError(
+            f"y has {None if y is None else y.shape[0]} entries but X has {X.shape[0]} rows; "
+            f"pass y of shape ({X.shape[0]},)"
+        )
+    return kernels.dual_block(model, model.check_theta(theta), X, y)
+
+
+def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
+    """Per-row leverage of a tall matrix A (n, q), from an R-only QR.
+
+    Parameters
+    ----------
+    A : ndarray or dask array, shape (n, q)
+    ridge : float, default 0
+        With ridge lambda > 0 returns a_i^T (A^T A + lambda I)^-1 a_i.
+    rtol : float, optional
+        Relative singular-value threshold for the rank (default max(n, q) * eps).
+
+    Returns
+    -------
+    ndarray or dask array, shape (n,), float64
+        ||U_i||^2 for an orthonormal basis U of range(A): sums to rank(A) (to the effective
+        dimension with ridge). Same container type as A.
+    """
+    if ridge < 0 or not np.isfinite(ridge):
+        raise NldistError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if _is_dask(A):
+        from nldist import graph
+
+        return graph.leverage_dask(A, ridge=ridge, rtol=rtol)
+    A = np.asarray(A)
+    if A.ndim != 2:
+        raise NldistError(f"A must be 2-D (n, q), got shape {A.shape}")
+    if A.shape[0] == 0:
+        raise NldistError("A has no rows")
+    kernels.check_finite_block(A, None)
+    kind = "ridge-leverage" if ridge > 0 else "linear-leverage"
+    spec = kernels.ScoreSpec(kind=kind, model=None, theta=None, use_y=False, raw=True)
+    norm = kernels.finalize_pass1(spec, kernels.pass1_block(A, None, spec), ridge=ridge, rtol=rtol)
+    return kernels.pass2_block(A, None, spec, norm) * norm.total
+
+
+def make_spec(
+    kind: str,
+    model: Model | str | None,
+    theta: Any,
+    n_features: int,
+    has_y: bool,
+    linear_augment_y: bool = False,
+) -> kernels.ScoreSpec:
+    """Validate the score arguments once and bundle them for the block kernels."""
+    kernels.check_kind(kind)
+    if isinstance(model, str):
+        model = get_model(model, n_features)
+    if kind in kernels.NONLINEAR_KINDS:
+        if model is None:
+            raise NldistError(f"kind {kind!r} needs a model; pass model='glm:sigmoid' (or another "
+                              "spec) and theta")
+        if model.n_features != n_features:
+            raise NldistError(f"model {model.spec!r} was built for {model.n_features} features but "
+                              f"X has {n_features} columns; rebuild it with n_features={n_features}")
+        theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
+        return kernels.ScoreSpec(kind, model, theta, use_y=has_y)
+    bias = model.has_bias if isinstance(model, Model) else True
+    return kernels.ScoreSpec(kind, None, None, use_y=has_y and linear_augment_y, linear_bias=bias)
+
+
+def scores(
+    X: Any,
+    y: Any = None,
+    model: Model | str | None = None,
+    theta: Any = None,
+    kind: str = "nonlinear-leverage",
+    ridge: float = 0.0,
+    *,
+    linear_augment_y: bool = False,
+    rtol: float | None = None,
+    split_every: int = 8,
+) -> Any:
+    """Importance scores: a probability vector over rows (sums to 1).
+
+    Parameters
+    ----------
+    X : ndarray, dask array (n, d), or str path of a Zarr dataset (its X and y)
+    y : ndarray or dask array (n,), optional
+        Labels. Without them nonlinear kinds use the unaugmented F* (label-free scores).
+    model : Model or spec str
+        Needed for nonlinear kinds; for linear kinds it decides the bias column.
+    theta : ndarray or tensor (p,), optional
+        Parameters at which the nonlinear scores are taken (default zeros).
+    kind : str
+        One of nonlinear-leverage, nonlinear-norm, linear-leverage, linear-norm, uniform,
+        ridge-leverage.
+    ridge : float
+        lambda for ``ridge-leverage``.
+    linear_augment_y : bool
+        Append y to the data matrix for the linear kinds.
+    rtol : float, optional
+        Rank threshold relative to the largest singular value (default max(n, q) * eps).
+    split_every : int
+        Fan-in of the R tree reduction (Dask input).
+
+    Returns
+    -------
+    ndarray (n,) float64 for ndarray input; a dask array (n,) otherwise (pass 1, which
+    forms R, has already run; pass 2 is lazy).
+    """
+    if kind == "ridge-leverage" and (ridge <= 0 or not np.isfinite(ridge)):
+        raise NldistError(f"kind 'ridge-leverage' needs ridge > 0, got {ridge!r}")
+    if not (isinstance(X, str) or _is_dask(X) or _is_dask(y)):
+        Xa = np.asarray(X)
+        if Xa.ndim != 2:
+            raise NldistError(f"X must be 2-D (n, d), got shape {Xa.shape}")
+        if Xa.shape[0] == 0:
+            raise NldistError("X has no rows; check the dataset path and any row filter")
+        ya = None if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
+        if ya is not None and ya.shape[0] != Xa.shape[0]:
+            raise NldistError(f"y has {ya.shape[0]} entries but X has {Xa.shape[0]} rows; pass y "
+                              f"of shape ({Xa.shape[0]},)")
+        if not np.issubdtype(Xa.dtype, np.number):
+            raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
+        spec = make_spec(kind, model, theta, Xa.shape[1], ya is not None, linear_augment_y)
+        stats = kernels.pass1_block(Xa, ya, spec)
+        norm = kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+        return kernels.pass2_block(Xa, ya, spec, norm)
+    from nldist import graph
+
+    dX, dy = graph.as_dask_xy(X, y)
+    spec = make_spec(kind, model, theta, dX.shape[1], dy is not None, linear_augment_y)
+    norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every)
+    return graph.pass2(dX, dy, spec, norm)
+
+
+def sample(
+    probs: Any, s: int, random_state: Any = 0, *, alpha: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw s row indices i.i.d. with replacement, P(i) = pi_i, and importance weights.
+
+    Parameters
+    ----------
+    probs : ndarray or dask array (n,)
+        Nonnegative scores (normalized internally).
+    s : int
+        Sample size.
+    random_state : int, SeedSequence or Generator
+        The same seed gives the same indices for any chunking of probs.
+    alpha : float in [0, 1]
+        Defensive mixture pi = (1 - alpha) probs + alpha / n (weights <= n / (alpha s)).
+
+    Returns
+    -------
+    indices : ndarray (s,) int64
+    weights : ndarray (s,) float64, 1 / (s pi_i)
+    """
+    if _is_dask(probs):
+        from nldist import graph
+
+        return graph.sample_blocks(probs, s, random_state, alpha)
+    return sampling.sample_array(probs, s, random_state, alpha)

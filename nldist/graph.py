@@ -1,0 +1,287 @@
+"""The one module that builds Dask graphs.
+
+It maps the pure kernels of :mod:`nldist.kernels` / :mod:`nldist.linalg` over row blocks
+of a row-chunked X (n, d) and y (n,), reduces small per-block results in a tree of bounded
+fan-in (``split_every``), and brings only small things to the driver: R (q, q), scalars,
+the sample. No (n, .) array is ever computed on the driver.
+
+Passes are computed one at a time (pass 1 eagerly, pass 2 lazily) so that X blocks are
+read once per pass and never held in memory between passes; the dual block is recomputed
+in pass 2 rather than stored, because for the closed-form models it costs less than the
+read (see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from nldist import kernels, sampling
+from nldist.errors import NldistError
+from nldist.models import Model
+
+log = logging.getLogger("nldist")
+
+SPLIT_EVERY = 8
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+
+
+def open_zarr_xy(path: str | Path) -> tuple[da.Array, da.Array | None]:
+    """Lazy X (n, d) and y (n,) of a Zarr dataset group written by ``nldist ingest``."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise NldistError(f"dataset {str(path)!r} does not exist; run `nldist ingest` first")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not a group"
+        raise NldistError(
+            f"{str(path)!r} is not a Zarr group ({type(exc).__name__}); point at a store "
+            "written by `nldist ingest`"
+        ) from None
+    if "X" not in group:
+        raise NldistError(f"Zarr group {str(path)!r} has no array 'X'; re-run `nldist ingest`")
+    X = da.from_zarr(group["X"])
+    y = da.from_zarr(group["y"]) if "y" in group else None
+    return X, y
+
+
+def as_dask_xy(
+    X: Any, y: Any = None, chunk_rows: int | None = None
+) -> tuple[da.Array, da.Array | None]:
+    """Validate cheaply and return row-chunked dask arrays X (n, d) and y (n,).
+
+    Accepts ndarrays, dask arrays, or a Zarr dataset path for X (then y defaults to the
+    group's y). Multiple column chunks are merged (with a log message). Unknown (nan)
+    chunk sizes are computed once (one extra read of X).
+    """
+    if isinstance(X, (str, Path)):
+        X, y_store = open_zarr_xy(X)
+        if y is None:
+            y = y_store
+    if not isinstance(X, da.Array):
+        X = np.asarray(X)
+        X = da.from_array(X, chunks=(chunk_rows or max(1, X.shape[0]) if X.ndim else 1, -1)) \
+            if X.ndim == 2 else da.from_array(X)
+    if X.ndim != 2:
+        raise NldistError(f"X must be 2-D (n, d), got shape {X.shape}; reshape it")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise NldistError(f"X has dtype {X.dtype}; convert it to float32/float64 (one-hot encode "
+                          "categorical columns, e.g. with `nldist ingest`)")
+    if X.shape[1] == 0:
+        raise NldistError("X has no columns; check the dataset's feature columns")
+    if any(math.isnan(c) for c in X.chunks[0]):
+        log.info("X has unknown chunk sizes; computing them (one extra read of X)")
+        X = X.compute_chunk_sizes()
+    if len(X.chunks[1]) > 1:
+        log.warning("X has %d column chunks; rechunking to one column chunk per row block",
+                    len(X.chunks[1]))
+        X = X.rechunk({1: -1})
+    if chunk_rows:
+        X = X.rechunk({0: chunk_rows})
+    n = X.shape[0]
+    if n == 0:
+        raise NldistError("X has no rows; check the dataset path and any row filter")
+    if y is not None:
+        if not isinstance(y, da.Array):
+            y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1 or y.shape[0] != n:
+            raise NldistError(
+                f"y has shape {tuple(y.shape)} but X has {n} rows; pass y of shape ({n},)"
+            )
+        if not np.issubdtype(y.dtype, np.number):
+            raise NldistError(f"y has dtype {y.dtype}; convert the target to numbers")
+        y = da.from_array(y, chunks=(X.chunks[0],)) if not isinstance(y, da.Array) else y
+        if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):
+            y = y.compute_chunk_sizes()
+        if y.chunks[0] != X.chunks[0]:
+            y = y.rechunk((X.chunks[0],))
+    return X, y
+
+
+def _blocks(X: da.Array, y: da.Array | None) -> list[tuple[Any, Any, int]]:
+    """(delayed X block, delayed y block or None, row offset) for each row block."""
+    xs = X.to_delayed().ravel()
+    ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
+    offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
+    return list(zip(xs, ys, offsets.tolist(), strict=True))
+
+
+def tree_reduce(items: Sequence[Any], combine: Callable, split_every: int = SPLIT_EVERY) -> Any:
+    """Reduce delayed items with ``combine(list)`` in a tree of fan-in ``split_every``."""
+    if split_every < 2:
+        raise NldistError(f"split_every must be >= 2, got {split_every}")
+    items = list(items)
+    while len(items) > 1:
+        items = [
+            dask.delayed(combine, pure=True)(items[i : i + split_every])
+            for i in range(0, len(items), split_every)
+        ]
+    return items[0]
+
+
+# --------------------------------------------------------------------------------------
+# Scores: pass 1 (R, eager), pass 2 (per-row scores, lazy)
+# --------------------------------------------------------------------------------------
+
+
+def pass1(
+    X: da.Array,
+    y: da.Array | None,
+    spec: kernels.ScoreSpec,
+    ridge: float = 0.0,
+    rtol: float | None = None,
+    split_every: int = SPLIT_EVERY,
+) -> kernels.Normalizer:
+    """Pass 1: per-block R (or norms) reduced in a tree; returns the global normalizer."""
+    yy = y if spec.needs_y else None
+    parts = [
+        dask.delayed(kernels.pass1_block, pure=True)(xb, yb, spec, off)
+        for xb, yb, off in _blocks(X, yy)
+    ]
+    (stats,) = dask.compute(tree_reduce(parts, kernels.combine_pass1, split_every))
+    return kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+
+
+def pass2(
+    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer
+) -> da.Array:
+    """Pass 2 (lazy): per-row probabilities (n,) float64, chunked like X's rows."""
+    if spec.needs_y:
+        return da.blockwise(
+            kernels.pass2_block, "i", X, "ij", y, "i", dtype=np.float64,
+            concatenate=True, spec=spec, norm=norm,
+        )
+    return da.blockwise(
+        kernels.pass2_block, "i", X, "ij", dtype=np.float64, concatenate=True,
+        spec=spec, norm=norm, y=None,
+    )
+
+
+def leverage_dask(A: da.Array, ridge: float = 0.0, rtol: float | None = None) -> da.Array:
+    """Per-row leverage (n,) of a tall dask A: sums to rank (or the effective dimension)."""
+    A, _ = as_dask_xy(A)
+    kind = "ridge-leverage" if ridge > 0 else "linear-leverage"
+    spec = kernels.ScoreSpec(kind=kind, model=None, theta=None, use_y=False, raw=True)
+    norm = pass1(A, None, spec, ridge=ridge, rtol=rtol)
+    return pass2(A, None, spec, norm) * norm.total
+
+
+# --------------------------------------------------------------------------------------
+# Full-data loss, gradient and Gauss-Newton matrix (distributed training oracle)
+# --------------------------------------------------------------------------------------
+
+
+def gn_pass(
+    X: da.Array, y: da.Array, model: Model, theta: np.ndarray, split_every: int = SPLIT_EVERY
+) -> dict:
+    """One distributed pass: full-data loss, gradient (p,) and Gauss-Newton matrix (p, p)."""
+    parts = [
+        dask.delayed(kernels.gn_block, pure=True)(model, theta, xb, yb)
+        for xb, yb, _ in _blocks(X, y)
+    ]
+    (out,) = dask.compute(tree_reduce(parts, kernels.combine_sum, split_every))
+    return out
+
+
+def losses_pass(
+    X: da.Array, y: da.Array, model: Model, thetas: np.ndarray, split_every: int = SPLIT_EVERY
+) -> np.ndarray:
+    """Full-data squared losses (m,) of m parameter vectors (m, p) in one distributed pass."""
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=np.float64))
+    parts = [
+        dask.delayed(kernels.losses_block, pure=True)(model, thetas, xb, yb)
+        for xb, yb, _ in _blocks(X, y)
+    ]
+    (out,) = dask.compute(tree_reduce(parts, sum, split_every))
+    return np.asarray(out, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Sampling from a distributed probability vector, and gathering rows
+# --------------------------------------------------------------------------------------
+
+
+def _block_stats(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    bad = p.size and (not np.all(np.isfinite(p)) or np.min(p) < 0)
+    return np.array([np.sum(p), 1.0 if bad else 0.0])[None, :]
+
+
+def sample_blocks(
+    probs: da.Array, s: int, random_state: Any = 0, alpha: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample s row indices with replacement from a chunked probability vector (n,).
+
+    The s uniforms come from ``random_state`` alone; per-block sums (small) route each one to
+    its block on the driver, and each block resolves its own draws with
+    :func:`nldist.sampling.draw_in_block`. Only (s,) arrays reach the driver.
+
+    Returns
+    -------
+    indices : ndarray (s,) int64
+    weights : ndarray (s,) float64, 1 / (s * pi_i)
+    """
+    s = sampling.check_sample_args(s, alpha)
+    if probs.ndim != 1 or probs.shape[0] == 0:
+        raise NldistError(f"probabilities must be a non-empty 1-D array, got shape {probs.shape}")
+    if any(math.isnan(c) for c in probs.chunks[0]):
+        probs = probs.compute_chunk_sizes()
+    n = probs.shape[0]
+    stats = probs.map_blocks(_block_stats, chunks=((1,) * probs.numblocks[0], (2,)),
+                             new_axis=1, dtype=np.float64).compute()
+    if stats[:, 1].any():
+        raise NldistError("probabilities contain NaN, inf or negative values; recompute scores")
+    total0 = float(stats[:, 0].sum())
+    if total0 <= 0:
+        raise NldistError("probabilities sum to zero; use kind 'uniform' or check the scores")
+    p = sampling.mixture(probs / total0, alpha, n)
+    sums = stats[:, 0] / total0 if alpha == 0 else (1 - alpha) * stats[:, 0] / total0 + alpha * \
+        np.asarray(probs.chunks[0], dtype=np.float64) / n
+    total = float(np.sum(sums))
+    u = sampling.as_rng(random_state).random(s) * total
+    bounds = np.cumsum(sums)
+    blk = np.minimum(np.searchsorted(bounds, u, side="right"), len(sums) - 1)
+    while np.any(sums[blk] <= 0):  # rounding at a boundary into an all-zero block
+        blk[sums[blk] <= 0] -= 1
+    starts = np.concatenate([[0.0], bounds[:-1]])
+    offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
+    pblocks = p.to_delayed().ravel()
+    tasks, where = [], []
+    for b in np.unique(blk):
+        sel = np.flatnonzero(blk == b)
+        local_u = np.clip(u[sel] - starts[b], 0.0, None)
+        tasks.append(dask.delayed(sampling.draw_in_block, pure=True)(pblocks[b], local_u))
+        where.append((sel, offsets[b]))
+    indices = np.empty(s, dtype=np.int64)
+    pvals = np.empty(s, dtype=np.float64)
+    for (sel, off), (idx, pv) in zip(where, dask.compute(*tasks), strict=True):
+        indices[sel] = idx + off
+        pvals[sel] = pv
+    return indices, 1.0 / (s * pvals / total)
+
+
+def gather_rows(
+    X: da.Array, y: da.Array | None, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows X[indices], y[indices] (in the order of indices) brought to the driver."""
+    uniq, inv = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+    parts = [X[uniq]] + ([y[uniq]] if y is not None else [])
+    got = dask.compute(*parts)
+    Xs = np.asarray(got[0])[inv]
+    ys = np.asarray(got[1])[inv] if y is not None else None
+    return Xs, ys

@@ -1,0 +1,103 @@
+"""Sampling kernels (pure NumPy): i.i.d. draws with replacement by inverse CDF.
+
+Draws are defined by s uniforms that depend on the seed alone; each uniform is mapped to a
+row through the cumulative probabilities. The same mapping runs on one array or block by
+block (:func:`nldist.graph.sample_blocks`), so the sample does not depend on the chunking
+(up to floating-point rounding of partial sums at a block boundary).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nldist.errors import NldistError
+
+
+def as_rng(random_state: Any) -> np.random.Generator:
+    """A Generator from an int, None, SeedSequence or Generator (the job's one random_state)."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError):
+        raise NldistError(
+            f"random_state must be an int, a SeedSequence or a numpy Generator, got {random_state!r}"
+        ) from None
+
+
+def check_sample_args(s: Any, alpha: float) -> int:
+    """Validate the sample size and the defensive-mixture weight."""
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+        raise NldistError(f"sample size s must be a positive integer, got {s!r}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise NldistError(f"alpha (defensive mixture weight) must be in [0, 1], got {alpha!r}")
+    return int(s)
+
+
+def check_probs(p: np.ndarray) -> float:
+    """Validate a probability block; return its sum."""
+    if p.ndim != 1:
+        raise NldistError(f"probabilities must be 1-D (n,), got shape {p.shape}")
+    if p.size == 0:
+        raise NldistError("probabilities are empty; the data have no rows")
+    if not np.all(np.isfinite(p)):
+        raise NldistError("probabilities contain NaN or inf; recompute the scores")
+    if np.any(p < 0):
+        raise NldistError("probabilities contain negative values; scores must be >= 0")
+    total = float(np.sum(p, dtype=np.float64))
+    if total <= 0:
+        raise NldistError("probabilities sum to zero; use kind 'uniform' or check the scores")
+    return total
+
+
+def draw_in_block(p: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse-CDF draws inside one block.
+
+    Parameters
+    ----------
+    p : ndarray (n_b,)
+        Nonnegative (unnormalized) probabilities of the block's rows.
+    u : ndarray (k,)
+        Targets in [0, sum(p)).
+
+    Returns
+    -------
+    idx : ndarray (k,) int64, local row indices with p[idx] > 0
+    p_idx : ndarray (k,) float64, p[idx]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    c = np.cumsum(p)
+    idx = np.minimum(np.searchsorted(c, u, side="right"), len(p) - 1)
+    zero = p[idx] <= 0  # rounding at the very end can land on a zero-probability row
+    if zero.any():
+        pos = np.flatnonzero(p > 0)
+        idx[zero] = pos[np.clip(np.searchsorted(pos, idx[zero]) - 1, 0, len(pos) - 1)]
+    return idx.astype(np.int64), p[idx]
+
+
+def mixture(p: Any, alpha: float, n: int) -> Any:
+    """Defensive mixture (1 - alpha) p / sum(p) + alpha / n (works on ndarray and dask)."""
+    if alpha == 0:
+        return p
+    return (1.0 - alpha) * p + alpha / n
+
+
+def sample_array(
+    probs: np.ndarray, s: int, random_state: Any = 0, alpha: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample s row indices with replacement from an in-memory probability vector.
+
+    Returns
+    -------
+    indices : ndarray (s,) int64
+    weights : ndarray (s,) float64, 1 / (s * pi_i)
+    """
+    s = check_sample_args(s, alpha)
+    p = np.asarray(probs, dtype=np.float64)
+    total = check_probs(p)
+    p = mixture(p / total, alpha, p.size)
+    u = as_rng(random_state).random(s)
+    idx, pv = draw_in_block(p, u * float(np.sum(p)))
+    return idx, 1.0 / (s * pv / float(np.sum(p)))
