@@ -236,7 +236,17 @@ def sample_blocks(
     indices : ndarray (s,) int64
     weights : ndarray (s,) float64, 1 / (s * pi_i)
     """
-    s = sampling.check_sample_args(s, alpha)
+    return sample_many(probs, [(s, random_state)], alpha)[0]
+
+
+def sample_many(
+    probs: da.Array, requests: Sequence[tuple[int, Any]], alpha: float = 0.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Several independent samples [(s, random_state), ...] in one pass over probs.
+
+    Each result equals ``sample_blocks(probs, s, random_state, alpha)``.
+    """
+    sizes = [sampling.check_sample_args(s, alpha) for s, _ in requests]
     if probs.ndim != 1 or probs.shape[0] == 0:
         raise NldistError(f"probabilities must be a non-empty 1-D array, got shape {probs.shape}")
     if any(math.isnan(c) for c in probs.chunks[0]):
@@ -250,15 +260,17 @@ def sample_blocks(
     if total0 <= 0:
         raise NldistError("probabilities sum to zero; use kind 'uniform' or check the scores")
     p = sampling.mixture(probs / total0, alpha, n)
-    sums = stats[:, 0] / total0 if alpha == 0 else (1 - alpha) * stats[:, 0] / total0 + alpha * \
-        np.asarray(probs.chunks[0], dtype=np.float64) / n
+    sums = stats[:, 0] / total0
+    if alpha:
+        sums = (1 - alpha) * sums + alpha * np.asarray(probs.chunks[0], dtype=np.float64) / n
     total = float(np.sum(sums))
-    u = sampling.as_rng(random_state).random(s) * total
     bounds = np.cumsum(sums)
+    starts = np.concatenate([[0.0], bounds[:-1]])
+    u = np.concatenate([sampling.as_rng(rs).random(s) * total
+                        for s, (_, rs) in zip(sizes, requests, strict=True)])
     blk = np.minimum(np.searchsorted(bounds, u, side="right"), len(sums) - 1)
     while np.any(sums[blk] <= 0):  # rounding at a boundary into an all-zero block
         blk[sums[blk] <= 0] -= 1
-    starts = np.concatenate([[0.0], bounds[:-1]])
     offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
     pblocks = p.to_delayed().ravel()
     tasks, where = [], []
@@ -267,12 +279,17 @@ def sample_blocks(
         local_u = np.clip(u[sel] - starts[b], 0.0, None)
         tasks.append(dask.delayed(sampling.draw_in_block, pure=True)(pblocks[b], local_u))
         where.append((sel, offsets[b]))
-    indices = np.empty(s, dtype=np.int64)
-    pvals = np.empty(s, dtype=np.float64)
+    indices = np.empty(u.size, dtype=np.int64)
+    pvals = np.empty(u.size, dtype=np.float64)
     for (sel, off), (idx, pv) in zip(where, dask.compute(*tasks), strict=True):
         indices[sel] = idx + off
         pvals[sel] = pv
-    return indices, 1.0 / (s * pvals / total)
+    out, start = [], 0
+    for s in sizes:
+        sl = slice(start, start + s)
+        out.append((indices[sl], 1.0 / (s * pvals[sl] / total)))
+        start += s
+    return out
 
 
 def gather_rows(

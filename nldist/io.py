@@ -1,0 +1,255 @@
+"""Ingest tables into row-chunked Zarr v3 datasets, and open them.
+
+A dataset is a Zarr group with ``X`` (n, d) float (row chunks, one column chunk), ``y`` (n,)
+and attrs: feature names, target, source, task, categories of one-hot encoded columns,
+standardization (means and scales), dropped rows, chunk rows and the nldist version.
+Writes go to ``OUT.partial`` and are renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nldist.errors import NldistError
+
+log = logging.getLogger("nldist")
+
+TARGET_CHUNK_BYTES = 32 * 2**20
+
+
+def default_chunk_rows(n_cols: int, itemsize: int = 8) -> int:
+    """Rows per chunk for about 32 MiB per X chunk."""
+    return max(1, TARGET_CHUNK_BYTES // max(1, n_cols * itemsize))
+
+
+def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, dict]:
+    """Read a packaged dataset name or a CSV/Parquet/NPZ/NPY file into a DataFrame.
+
+    Returns
+    -------
+    frame : DataFrame including the target column
+    meta : dict with ``target``, ``source``, ``task`` (may be None), ``license``
+    """
+    from nldist import datasets
+
+    src = str(source)
+    path = Path(src)
+    if not path.exists() and src in datasets.DATASETS:
+        df, info = datasets.load(src)
+        return df, {"target": target or info.target, "source": info.source, "task": info.task,
+                    "license": info.license, "dataset": info.name}
+    if not path.exists():
+        raise NldistError(
+            f"source {src!r} not found; give an existing .csv/.parquet/.npz/.npy file or one of "
+            f"the packaged datasets: {', '.join(sorted(datasets.DATASETS))}"
+        )
+    name = path.name.lower()
+    meta: dict[str, Any] = {"source": str(path.resolve()), "task": None, "license": None}
+    try:
+        if name.endswith((".csv", ".csv.gz", ".tsv")):
+            df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
+        elif name.endswith((".parquet", ".pq", ".parquet.brotli")):
+            df = pd.read_parquet(path)
+        elif name.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                if "X" not in z:
+                    raise NldistError(f"{path} has no array 'X'; save it with np.savez(f, X=X, y=y)")
+                X = np.asarray(z["X"])
+                if X.ndim != 2:
+                    raise NldistError(f"{path}: X must be 2-D, got shape {X.shape}")
+                df = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+                if "y" in z:
+                    df["y"] = np.asarray(z["y"]).reshape(-1) if z["y"].size == len(df) else \
+                        _bad_y(z["y"].shape, len(df))
+                    target = target or "y"
+        elif name.endswith(".npy"):
+            A = np.load(path, allow_pickle=False)
+            if A.ndim != 2 or A.shape[1] < 2:
+                raise NldistError(f"{path}: a .npy source must be 2-D with the target as a column, "
+                                  f"got shape {A.shape}")
+            df = pd.DataFrame(A, columns=[f"x{i}" for i in range(A.shape[1])])
+            target = target or df.columns[-1]
+        else:
+            raise NldistError(f"cannot read {path.name!r}: use .csv, .tsv, .parquet, .npz or .npy")
+    except NldistError:
+        raise
+    except Exception as exc:
+        raise NldistError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    meta["target"] = target
+    return df, meta
+
+
+def _bad_y(shape: tuple, n: int):
+    raise NldistError(f"y has shape {shape} but X has {n} rows; save y with shape ({n},)")
+
+
+def prepare(
+    df: pd.DataFrame,
+    target: str | None,
+    *,
+    features: list[str] | None = None,
+    classes: list[Any] | None = None,
+    dropna: bool = False,
+    standardize: bool = False,
+    standardize_target: bool = False,
+    dtype: str = "float64",
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Turn a table into numeric X (n, d), y (n,) and provenance attrs.
+
+    One-hot encodes categorical columns (categories recorded), counts missing values (error
+    unless ``dropna``), optionally keeps two classes of the target (mapped to 0/1) and
+    standardizes features / target (means and scales recorded).
+    """
+    if target is None:
+        raise NldistError("no target column given; pass --target NAME (or target: in the job)")
+    if target not in df.columns:
+        raise NldistError(f"target column {target!r} not in the table; columns are "
+                          f"{', '.join(map(str, df.columns[:20]))}")
+    cols = features if features else [c for c in df.columns if c != target]
+    missing_cols = [c for c in cols if c not in df.columns]
+    if missing_cols:
+        raise NldistError(f"feature column(s) {missing_cols} not in the table")
+    df = df[list(cols) + [target]]
+    attrs: dict[str, Any] = {"target": str(target)}
+    if classes is not None:
+        if len(classes) != 2:
+            raise NldistError(f"classes must name exactly two target values, got {classes!r}")
+        keep = df[target].isin(classes)
+        df = df[keep]
+        df = df.assign(**{target: (df[target] == classes[1]).astype(np.float64)})
+        attrs["classes"] = [str(c) for c in classes]
+    n_missing = int(df.isna().sum().sum())
+    if n_missing:
+        rows = int(df.isna().any(axis=1).sum())
+        if not dropna:
+            raise NldistError(f"the table has {n_missing} missing value(s) in {rows} row(s); pass "
+                              "--dropna (dropna: true in the job) to drop those rows")
+        df = df.dropna()
+        attrs["dropped_rows"] = rows
+    if len(df) == 0:
+        raise NldistError("the table has no rows left; check the source, classes and dropna")
+    y_raw = df[target]
+    if not pd.api.types.is_numeric_dtype(y_raw) or pd.api.types.is_bool_dtype(y_raw):
+        cats = sorted(pd.unique(y_raw.astype(str)))
+        if len(cats) != 2:
+            raise NldistError(f"target {target!r} is not numeric and has {len(cats)} values; "
+                              "choose two with --classes A,B or pick a numeric target")
+        attrs["classes"] = cats
+        y = (y_raw.astype(str) == cats[1]).to_numpy(np.float64)
+    else:
+        y = y_raw.to_numpy(np.float64)
+    Xdf = df.drop(columns=[target])
+    categorical = [c for c in Xdf.columns if not pd.api.types.is_numeric_dtype(Xdf[c])
+                   or pd.api.types.is_bool_dtype(Xdf[c])]
+    if categorical:
+        attrs["categories"] = {str(c): [str(v) for v in pd.unique(Xdf[c].astype(str))]
+                               for c in categorical}
+        Xdf = pd.get_dummies(Xdf.astype({c: str for c in categorical}), columns=categorical,
+                             drop_first=True, dtype=np.float64)
+    if Xdf.shape[1] == 0:
+        raise NldistError("no feature columns left; the table needs at least one besides target")
+    X = Xdf.to_numpy(np.float64)
+    if not np.all(np.isfinite(X)) or not np.all(np.isfinite(y)):
+        raise NldistError("the table contains inf values; drop or clip them before ingest")
+    attrs["features"] = [str(c) for c in Xdf.columns]
+    if standardize:
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+        sd[sd == 0] = 1.0
+        X = (X - mu) / sd
+        attrs["standardize"] = {"mean": mu.tolist(), "scale": sd.tolist()}
+    if standardize_target:
+        ym, ys = float(y.mean()), float(y.std()) or 1.0
+        y = (y - ym) / ys
+        attrs["standardize_target"] = {"mean": ym, "scale": ys}
+    if dtype not in ("float32", "float64"):
+        raise NldistError(f"dtype must be float32 or float64, got {dtype!r}")
+    return X.astype(dtype), y.astype(dtype), attrs
+
+
+def write_dataset(
+    out: str | Path, X: np.ndarray, y: np.ndarray, attrs: dict, chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write X, y and attrs to a Zarr v3 group atomically (OUT.partial, then rename)."""
+    import zarr
+
+    from nldist import __version__
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    n, d = X.shape
+    cr = int(chunk_rows or default_chunk_rows(d, X.dtype.itemsize))
+    if cr < 1:
+        raise NldistError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        ax = g.create_array("X", shape=(n, d), chunks=(min(cr, n), d), dtype=X.dtype)
+        ay = g.create_array("y", shape=(n,), chunks=(min(cr, n),), dtype=y.dtype)
+        for start in range(0, n, cr):
+            ax[start : start + cr] = X[start : start + cr]
+            ay[start : start + cr] = y[start : start + cr]
+        g.attrs.update({**attrs, "n_rows": n, "n_features": d, "chunk_rows": cr,
+                        "nldist_version": __version__})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def ingest(
+    source: str | Path,
+    out: str | Path,
+    *,
+    target: str | None = None,
+    features: list[str] | None = None,
+    classes: list[Any] | None = None,
+    dropna: bool = False,
+    standardize: bool = False,
+    standardize_target: bool = False,
+    chunk_rows: int | None = None,
+    dtype: str = "float64",
+    overwrite: bool = False,
+) -> Path:
+    """Ingest a packaged dataset or a CSV/Parquet/NPZ/NPY file into a Zarr dataset.
+
+    Parameters
+    ----------
+    source : str or Path
+        A packaged dataset name (``nldist.datasets.DATASETS``) or a file path.
+    out : str or Path
+        The Zarr group to write (must not exist unless ``overwrite``).
+    target : str, optional
+        Target column (defaults: the packaged dataset's, ``y`` of an .npz, last .npy column).
+
+    Returns
+    -------
+    Path of the written group.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    df, meta = read_source(source, target)
+    X, y, attrs = prepare(df, meta["target"], features=features, classes=classes, dropna=dropna,
+                          standardize=standardize, standardize_target=standardize_target,
+                          dtype=dtype)
+    attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
+    return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite)
+
+
+def read_attrs(path: str | Path) -> dict:
+    """Attributes of a Zarr group (dataset or output store)."""
+    import zarr
+
+    return dict(zarr.open_group(str(path), mode="r").attrs)

@@ -1,0 +1,198 @@
+"""Job files: a pydantic schema for jobs/*.yaml, safe YAML loading, overrides.
+
+Errors name the field path and what is allowed, on one line, e.g.
+``jobs/x.yaml: dataset.chunk_rows: Input should be greater than 0 (got -5)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nldist.errors import NldistError
+from nldist.kernels import KINDS
+
+Kind = Literal[
+    "nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm", "uniform",
+    "ridge-leverage",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    """Where the rows come from and how they are ingested."""
+
+    source: str = Field(description="packaged dataset name, a .csv/.parquet/.npz/.npy file, "
+                        "or an existing Zarr dataset directory (*.zarr)")
+    target: str | None = Field(None, description="target column (default: the dataset's)")
+    features: list[str] | None = None
+    classes: list[str | int | float] | None = Field(None, description="keep two target values")
+    standardize: bool = Field(False, description="standardize features (recorded in attrs)")
+    standardize_target: bool = False
+    dropna: bool = False
+    chunk_rows: int | None = Field(None, gt=0, description="rows per Zarr chunk (~32 MiB)")
+    dtype: Literal["float32", "float64"] = "float64"
+
+
+class ClusterConfig(_Strict):
+    """Which Dask cluster runs the passes."""
+
+    address: str = Field("local", description="local | tcp://HOST:PORT | path to a scheduler file")
+    n_workers: int = Field(2, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+    memory_limit: str = "1GiB"
+
+
+class ExperimentConfig(_Strict):
+    """The paper's protocol: repeated draws for several s, median relative error per kind."""
+
+    s: list[int] = Field(description="sample sizes")
+    repeats: int = Field(50, gt=0)
+    kinds: list[Kind] = Field(
+        default_factory=lambda: ["nonlinear-leverage", "nonlinear-norm", "linear-leverage",
+                                 "linear-norm", "uniform"]
+    )
+
+    @field_validator("s")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(x <= 0 for x in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+class JobConfig(_Strict):
+    """One nldist job (see jobs/*.yaml)."""
+
+    name: str = "job"
+    dataset: DatasetConfig
+    model: str = Field(description="model spec, e.g. glm:swish, linear, glm:sigmoid:nobias")
+    theta: str = Field("optimum", description="zeros | optimum (full-data theta*) | path to .npy")
+    loss: Literal["squared"] = "squared"
+    kind: Kind = "nonlinear-leverage"
+    baselines: list[Kind] = Field(default_factory=lambda: ["linear-leverage", "uniform"])
+    ridge: float = Field(0.0, ge=0)
+    s: int = Field(1000, gt=0, description="sample size")
+    alpha: float = Field(0.0, ge=0, le=1, description="defensive mixture weight")
+    radius: float = Field(10.0, gt=0, description="ball radius R of ||theta|| <= R")
+    seed: int = Field(0, ge=0)
+    tol: float = Field(1e-12, gt=0, lt=1, description="relative-decrease tolerance of training")
+    max_iter: int = Field(200, gt=0)
+    split_every: int = Field(8, ge=2)
+    linear_augment_y: bool = False
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    out: str | None = Field(None, description="output directory (default runs/<name>)")
+    experiment: ExperimentConfig | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_spec(cls, v: str) -> str:
+        from nldist.models import get_model
+
+        try:
+            get_model(v, 1)
+        except NldistError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    def kinds(self) -> list[str]:
+        """The chosen kind followed by the baselines (each once)."""
+        return list(dict.fromkeys([self.kind, *self.baselines]))
+
+    def digest(self, *fields: str) -> str:
+        """Short hash of the given fields (all when none): provenance of stage outputs."""
+        data = self.model_dump(include=set(fields) if fields else None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _format_error(where: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "literal_error":
+        msg = f"{msg}"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_fields(err["loc"][:-1])
+        msg = f"unknown field; allowed here: {', '.join(allowed)}"
+    got = err.get("input")
+    tail = f" (got {got!r})" if err["type"] not in ("missing",) and not isinstance(got, dict) else ""
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{where}: {loc}: {msg}{tail}{more}"
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: Any = JobConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        for cand in getattr(ann, "__args__", (ann,)):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+    return list(model.model_fields)
+
+
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``dotted = "a.b"`` (creating dicts)."""
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+        if not isinstance(cur, dict):
+            raise NldistError(f"cannot set {dotted!r}: {p!r} is not a mapping")
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``["s=500", "cluster.n_workers=4"]`` -> [(path, YAML-parsed value)]."""
+    out = []
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise NldistError(f"override {item!r} must look like field.path=value, e.g. s=500")
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read and validate a job file (YAML, safe loader) with optional overrides."""
+    path = Path(path)
+    if not path.exists():
+        raise NldistError(f"job file {str(path)!r} not found; see jobs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise NldistError(f"{path}: bad YAML{at}: {problem}; fix the file") from None
+    if not isinstance(data, dict):
+        raise NldistError(f"{path}: a job file must be a YAML mapping (key: value), got "
+                          f"{type(data).__name__}")
+    for key, value in parse_overrides(overrides):
+        set_path(data, key, value)
+    return validate_job(data, str(path))
+
+
+def validate_job(data: dict, where: str = "job") -> JobConfig:
+    """Validate a job mapping; raise a one-line error naming the field path."""
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise NldistError(_format_error(where, exc)) from None
+
+
+__all__ = ["KINDS", "JobConfig", "load_job", "validate_job"]

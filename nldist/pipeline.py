@@ -1,0 +1,380 @@
+"""The job: ingest -> theta -> scores -> sample -> gather -> train -> evaluate -> metrics.
+
+A thin orchestration layer over the Python API and :mod:`nldist.graph`; the CLI calls
+:class:`Runner`. Every stage writes its output into the job's output directory with
+provenance (a digest of the inputs it depends on) and reuses a finished output whose
+provenance matches, so re-running a job resumes instead of redoing work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from nldist import __version__, graph, io, kernels, sampling
+from nldist.api import make_spec
+from nldist.errors import NldistError
+from nldist.jobs import JobConfig
+from nldist.models import Model, get_model
+from nldist.train import FitResult, fit_ball, train_on_sample
+
+log = logging.getLogger("nldist")
+
+
+def _hash_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def safe_out_dir(out: str | Path) -> Path:
+    """Resolve the output directory; refuse a path that is an existing regular file."""
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise NldistError(f"output path {out} is a file; choose a directory with --out")
+    return out
+
+
+class Runner:
+    """Runs one job's stages on the current Dask client.
+
+    Parameters
+    ----------
+    job : JobConfig
+    out : str or Path
+        Output directory (created). Everything the job writes stays inside it.
+    """
+
+    def __init__(self, job: JobConfig, out: str | Path) -> None:
+        self.job = job
+        self.out = safe_out_dir(out)
+        self.timings: dict[str, float] = {}
+        self._model: Model | None = None
+        self._xy: tuple[da.Array, da.Array] | None = None
+
+    # -- helpers ---------------------------------------------------------------------
+    @contextmanager
+    def timed(self, stage: str):
+        t0 = time.perf_counter()
+        yield
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+    def path(self, *parts: str) -> Path:
+        p = self.out.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # -- stage: dataset --------------------------------------------------------------
+    def dataset_path(self) -> Path:
+        """The Zarr dataset: the source itself when it is one, else OUT/dataset.zarr."""
+        ds = self.job.dataset
+        src = Path(ds.source)
+        if src.is_dir() and (src / "zarr.json").exists():
+            return src
+        return self.out / "dataset.zarr"
+
+    def ingest(self) -> Path:
+        """Ingest the source into OUT/dataset.zarr unless a matching one is there."""
+        path = self.dataset_path()
+        ds = self.job.dataset
+        if path != self.out / "dataset.zarr":
+            return path
+        key = self.job.digest("dataset")
+        if path.exists():
+            if io.read_attrs(path).get("ingest_key") == key:
+                return path
+            shutil.rmtree(path)
+        with self.timed("ingest"):
+            df, meta = io.read_source(ds.source, ds.target)
+            X, y, attrs = io.prepare(
+                df, meta["target"], features=ds.features, classes=ds.classes, dropna=ds.dropna,
+                standardize=ds.standardize, standardize_target=ds.standardize_target,
+                dtype=ds.dtype,
+            )
+            attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
+            attrs["ingest_key"] = key
+            self.out.mkdir(parents=True, exist_ok=True)
+            io.write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True)
+        return path
+
+    def xy(self) -> tuple[da.Array, da.Array]:
+        if self._xy is None:
+            X, y = graph.open_zarr_xy(self.dataset_path())
+            if y is None:
+                raise NldistError(f"dataset {self.dataset_path()} has no y; ingest with a target")
+            self._xy = graph.as_dask_xy(X, y)
+        return self._xy
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            X, _ = self.xy()
+            self._model = get_model(self.job.model, X.shape[1])
+        return self._model
+
+    # -- plan ------------------------------------------------------------------------
+    def plan(self) -> dict:
+        """What the run will do, its bytes read and a per-worker memory bound (n-independent)."""
+        X, _ = self.xy()
+        n, d = X.shape
+        p = self.model.n_params
+        q = p + 1
+        chunk = int(max(X.chunks[0]))
+        itemsize = X.dtype.itemsize
+        kinds = self.job.kinds()
+        passes = 2 * len([k for k in kinds if k != "uniform"]) + 1
+        per_task = chunk * (d * itemsize + d * 8 + 3 * q * 8 + 2 * 8) + 4 * q * q * 8
+        return {
+            "n_rows": n, "n_features": d, "n_params": p, "chunks": len(X.chunks[0]),
+            "chunk_rows": chunk, "kinds": kinds,
+            "passes_over_X": f"{passes} + 1 per training iteration of theta*",
+            "bytes_per_pass": int(n * d * itemsize),
+            "memory_per_task_bytes": int(per_task),
+            "memory_per_worker_bytes": int(per_task * self.job.cluster.threads_per_worker),
+            "memory_formula": "threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) "
+                              "+ 32(p+1)^2 bytes, independent of n",
+        }
+
+    # -- stage: theta ----------------------------------------------------------------
+    def optimum(self) -> tuple[np.ndarray, dict]:
+        """Full-data theta* over the ball (distributed Gauss-Newton passes), cached."""
+        key = self.job.digest("dataset", "model", "radius", "tol", "max_iter", "loss")
+        npz = self.path("theta_star.npz")
+        if npz.exists():
+            with np.load(npz) as z:
+                if str(z["key"]) == key:
+                    return z["theta"], json.loads(str(z["info"]))
+        X, y = self.xy()
+        m = self.model
+        with self.timed("optimum"):
+            fit = fit_ball(lambda t: graph.gn_pass(X, y, m, t, self.job.split_every),
+                           np.zeros(m.n_params), self.job.radius, tol=self.job.tol,
+                           max_iter=self.job.max_iter)
+        info = _fit_info(fit)
+        if not fit.converged:
+            log.warning("theta* did not converge in %d iterations", fit.iterations)
+        _save_npz(npz, theta=fit.theta, key=key, info=json.dumps(info))
+        return fit.theta, info
+
+    def theta(self) -> np.ndarray:
+        """Parameters the nonlinear scores are taken at (job.theta)."""
+        src = self.job.theta
+        if src == "zeros":
+            return np.zeros(self.model.n_params)
+        if src == "optimum":
+            return self.optimum()[0]
+        path = Path(src)
+        if not path.exists():
+            raise NldistError(f"theta file {src!r} not found; use zeros, optimum or a .npy path")
+        try:
+            t = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise NldistError(f"cannot read theta from {src}: {exc}") from None
+        return self.model.check_theta(np.asarray(t).reshape(-1))
+
+    # -- stage: scores ---------------------------------------------------------------
+    def scores(self, kind: str, theta: np.ndarray) -> tuple[da.Array, dict]:
+        """Scores of one kind written to OUT/scores.zarr/<kind> (reused when provenance matches)."""
+        import zarr
+
+        X, y = self.xy()
+        spec = make_spec(kind, self.model, theta, X.shape[1], True, self.job.linear_augment_y)
+        prov = {
+            "kind": kind, "model": self.job.model, "theta_sha": _hash_array(theta)
+            if kind in kernels.NONLINEAR_KINDS else None,
+            "ridge": self.job.ridge if kind == "ridge-leverage" else 0.0,
+            "dataset_key": self.job.digest("dataset"), "linear_augment_y": spec.use_y,
+            "n": int(X.shape[0]), "nldist_version": __version__,
+        }
+        store = self.path("scores.zarr")
+        try:
+            arr = zarr.open_array(str(store / kind), mode="r")
+            attrs = dict(arr.attrs)
+            if attrs.get("complete") and all(attrs.get(k) == v for k, v in prov.items()):
+                return da.from_zarr(arr), attrs
+        except Exception:  # noqa: BLE001 - absent or unreadable: recompute
+            pass
+        with self.timed(f"score:{kind}"):
+            norm = graph.pass1(X, y, spec, ridge=self.job.ridge, split_every=self.job.split_every)
+            probs = graph.pass2(X, y, spec, norm)
+            root = zarr.open_group(str(store), mode="a", zarr_format=3)
+            if kind in root:
+                del root[kind]
+            arr = root.create_array(kind, shape=(X.shape[0],), chunks=(X.chunks[0][0],),
+                                    dtype="float64")
+            da.store(probs, arr, lock=False)
+            attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
+            if norm.factor is not None:
+                attrs["svals"] = norm.factor.svals.tolist()
+                if kind == "ridge-leverage":
+                    attrs["effective_dimension"] = norm.total
+            arr.attrs.update(attrs)
+        return da.from_zarr(arr), attrs
+
+    # -- stages: sample, gather, train, evaluate --------------------------------------
+    def sample(self, kind: str, probs: da.Array, s: int, rng: Any) -> tuple[np.ndarray, np.ndarray]:
+        with self.timed("sample"):
+            return graph.sample_blocks(probs, s, rng, self.job.alpha)
+
+    def train(self, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray) -> FitResult:
+        with self.timed("train"):
+            return train_on_sample(self.model, Xs, ys, w, self.job.radius, tol=self.job.tol,
+                                   max_iter=self.job.max_iter)
+
+    def evaluate(self, thetas: np.ndarray) -> np.ndarray:
+        X, y = self.xy()
+        with self.timed("evaluate"):
+            return graph.losses_pass(X, y, self.model, thetas, self.job.split_every)
+
+    # -- whole run ---------------------------------------------------------------------
+    def run(self, stop_after: str = "evaluate") -> dict:
+        """Run every stage for the chosen kind and its baselines; write metrics.json.
+
+        Parameters
+        ----------
+        stop_after : {"score", "sample", "train", "evaluate"}
+            Last stage to run (the CLI verbs of the same names); earlier outputs are reused.
+        """
+        stages = ("score", "sample", "train", "evaluate")
+        if stop_after not in stages:
+            raise NldistError(f"stop_after must be one of {stages}, got {stop_after!r}")
+        t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ingest()
+        X, y = self.xy()
+        theta = self.theta()
+        results: dict[str, dict] = {}
+        thetas = []
+        for kind in self.job.kinds():
+            probs, attrs = self.scores(kind, theta)
+            if stop_after == "score":
+                results[kind] = {"rank": attrs.get("rank")}
+                continue
+            idx, w = self.sample(kind, probs, self.job.s, sampling.as_rng(self.job.seed))
+            _save_npz(self.path("samples", f"{kind}.npz"), indices=idx, weights=w,
+                      seed=self.job.seed, kind=kind)
+            if stop_after == "sample":
+                results[kind] = {"rank": attrs.get("rank"), "unique_rows": int(np.unique(idx).size)}
+                continue
+            with self.timed("gather"):
+                Xs, ys = graph.gather_rows(X, y, idx)
+            fit = self.train(Xs, ys, w)
+            np.save(self.path(f"theta_{kind}.npy"), fit.theta)
+            thetas.append(fit.theta)
+            results[kind] = {"rank": attrs.get("rank"), "fit": _fit_info(fit),
+                             "unique_rows": int(np.unique(idx).size),
+                             "max_weight": float(w.max())}
+        if stop_after != "evaluate":
+            return {"stage": stop_after, "kinds": results, "out": str(self.out)}
+        theta_star, star_info = self.optimum()
+        losses = self.evaluate(np.vstack([theta_star, *thetas]))
+        loss_opt = float(losses[0])
+        for (kind, res), loss in zip(results.items(), losses[1:], strict=True):
+            res["loss_full"] = float(loss)
+            res["rel_error"] = (float(loss) - loss_opt) / loss_opt if loss_opt > 0 else None
+        self.timings["total"] = time.perf_counter() - t0
+        main = results[self.job.kind]
+        metrics = {
+            "name": self.job.name, "dataset": str(self.dataset_path()),
+            "n_rows": int(X.shape[0]), "n_features": int(X.shape[1]),
+            "n_params": self.model.n_params, "model": self.job.model, "loss": self.job.loss,
+            "kind": self.job.kind, "rank": main["rank"], "s": self.job.s, "seed": self.job.seed,
+            "alpha": self.job.alpha, "radius": self.job.radius, "theta_source": self.job.theta,
+            "loss_full": main["loss_full"], "loss_opt": loss_opt, "rel_error": main["rel_error"],
+            "theta_star": star_info, "kinds": results,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "nldist_version": __version__,
+        }
+        np.save(self.path("theta.npy"), thetas[0])
+        _write_json(self.path("metrics.json"), metrics)
+        return metrics
+
+    # -- experiment (paper Fig. 1 protocol) -------------------------------------------
+    def experiment(self) -> dict:
+        """Median relative error over repeated draws, per s and score kind."""
+        exp = self.job.experiment
+        if exp is None:
+            raise NldistError("the job has no 'experiment:' section; add s: [..] and repeats")
+        t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ingest()
+        X, y = self.xy()
+        theta = self.theta()
+        theta_star, star_info = self.optimum()
+        rel: dict[str, list[list[float]]] = {}
+        ranks: dict[str, Any] = {}
+        for kind in exp.kinds:
+            probs, attrs = self.scores(kind, theta)
+            ranks[kind] = attrs.get("rank")
+            keys = [(s, r) for s in exp.s for r in range(exp.repeats)]
+            with self.timed("sample"):
+                got = graph.sample_many(
+                    probs, [(s, np.random.default_rng([self.job.seed, s, r])) for s, r in keys],
+                    self.job.alpha)
+            draws = dict(zip(keys, got, strict=True))
+            allidx = np.unique(np.concatenate([d[0] for d in draws.values()]))
+            with self.timed("gather"):
+                Xu, yu = graph.gather_rows(X, y, allidx)
+            thetas = []
+            for s in exp.s:
+                for r in range(exp.repeats):
+                    idx, w = draws[s, r]
+                    pos = np.searchsorted(allidx, idx)
+                    thetas.append(self.train(Xu[pos], yu[pos], w).theta)
+            losses = self.evaluate(np.vstack([theta_star, *thetas]))
+            errs = (losses[1:] - losses[0]) / losses[0]
+            rel[kind] = errs.reshape(len(exp.s), exp.repeats).tolist()
+            log.info("experiment %s done", kind)
+        self.timings["total"] = time.perf_counter() - t0
+        summary = {
+            kind: {str(s): {"median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
+                            "q75": float(np.quantile(v, 0.75))}
+                   for s, v in zip(exp.s, rows, strict=True)}
+            for kind, rows in rel.items()
+        }
+        result = {
+            "name": self.job.name, "dataset": str(self.dataset_path()), "model": self.job.model,
+            "n_rows": int(X.shape[0]), "n_params": self.model.n_params, "s": exp.s,
+            "repeats": exp.repeats, "seed": self.job.seed, "radius": self.job.radius,
+            "theta_source": self.job.theta, "loss_opt": star_info["loss"],
+            "theta_star": star_info, "ranks": ranks, "summary": summary, "rel_error": rel,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "nldist_version": __version__,
+        }
+        _write_json(self.path("experiment.json"), result)
+        return result
+
+
+def _fit_info(fit: FitResult) -> dict:
+    return {"loss": fit.loss, "iterations": fit.iterations, "converged": fit.converged,
+            "oracle_calls": fit.oracle_calls, "theta_norm": float(np.linalg.norm(fit.theta))}
