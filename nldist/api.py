@@ -109,8 +109,10 @@ def make_spec(
             raise NldistError(f"kind {kind!r} needs a model; pass model='glm:sigmoid' (or another "
                               "spec) and theta")
         if model.n_features != n_features:
-            raise NldistError(f"model {model.spec!r} was built for {model.n_features} features but "
-                              f"X has {n_features} columns; rebuild it with n_features={n_features}")
+            raise NldistError(
+                f"model {model.spec!r} was built for {model.n_features} features but X has "
+                f"{n_features} columns; rebuild it with n_features={n_features}"
+            )
         theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
         return kernels.ScoreSpec(kind, model, theta, use_y=has_y)
     bias = model.has_bias if isinstance(model, Model) else True

@@ -30,7 +30,8 @@ Overrides = Annotated[
 ]
 ClusterOpt = Annotated[
     str | None,
-    typer.Option("--cluster", help="local | synchronous | tcp://HOST:PORT | scheduler-file.json"),
+    typer.Option("--cluster", help="local | slurm | k8s | synchronous | tcp://HOST:PORT | "
+                 "tls://HOST:PORT | scheduler-file.json (settings: the job's cluster: section)"),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="output directory (default runs/NAME)")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
@@ -162,7 +163,7 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
             runner.ingest()
             typer.echo(json.dumps(runner.plan(), indent=2))
         return None
-    with connect(job.cluster) as client:
+    with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         if stage == "experiment":
@@ -188,7 +189,9 @@ def run(
     out: OutOpt = None,
     overrides: Overrides = None,
     experiment: Annotated[bool, typer.Option(help="also run the job's experiment section")] = False,
-    dry_run: Annotated[bool, typer.Option(help="print the plan and memory bound; run nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="print the plan and memory bound; run nothing")
+    ] = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
 ) -> None:

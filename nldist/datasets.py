@@ -87,7 +87,9 @@ def _sklearn(loader: str) -> Callable[[], pd.DataFrame]:
         try:
             from sklearn import datasets as skd
         except ImportError:
-            raise NldistError("dataset needs scikit-learn; pip install 'nldist[datasets]'") from None
+            raise NldistError(
+                "dataset needs scikit-learn; pip install 'nldist[datasets]'"
+            ) from None
         bunch = getattr(skd, loader)(as_frame=True)
         return bunch.frame
 

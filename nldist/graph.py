@@ -99,6 +99,8 @@ def as_dask_xy(
             y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
+        if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):
+            y = y.compute_chunk_sizes()
         if y.ndim != 1 or y.shape[0] != n:
             raise NldistError(
                 f"y has shape {tuple(y.shape)} but X has {n} rows; pass y of shape ({n},)"
@@ -106,8 +108,6 @@ def as_dask_xy(
         if not np.issubdtype(y.dtype, np.number):
             raise NldistError(f"y has dtype {y.dtype}; convert the target to numbers")
         y = da.from_array(y, chunks=(X.chunks[0],)) if not isinstance(y, da.Array) else y
-        if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):
-            y = y.compute_chunk_sizes()
         if y.chunks[0] != X.chunks[0]:
             y = y.rechunk((X.chunks[0],))
     return X, y
@@ -191,8 +191,8 @@ def gn_pass(
 ) -> dict:
     """One distributed pass: full-data loss, gradient (p,) and Gauss-Newton matrix (p, p)."""
     parts = [
-        dask.delayed(kernels.gn_block, pure=True)(model, theta, xb, yb)
-        for xb, yb, _ in _blocks(X, y)
+        dask.delayed(kernels.gn_block, pure=True)(model, theta, xb, yb, off)
+        for xb, yb, off in _blocks(X, y)
     ]
     (out,) = dask.compute(tree_reduce(parts, kernels.combine_sum, split_every))
     return out

@@ -59,7 +59,9 @@ def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, d
         elif name.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
                 if "X" not in z:
-                    raise NldistError(f"{path} has no array 'X'; save it with np.savez(f, X=X, y=y)")
+                    raise NldistError(
+                        f"{path} has no array 'X'; save it with np.savez(f, X=X, y=y)"
+                    )
                 X = np.asarray(z["X"])
                 if X.ndim != 2:
                     raise NldistError(f"{path}: X must be 2-D, got shape {X.shape}")

@@ -212,13 +212,16 @@ def pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Norm
 # --------------------------------------------------------------------------------------
 
 
-def gn_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict:
+def gn_block(
+    model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray, offset: int = 0
+) -> dict:
     """Loss, gradient and Gauss-Newton matrix of L = sum (f_i - y_i)^2 on one block.
 
     Returns
     -------
     dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J
     """
+    check_finite_block(np.asarray(X), np.asarray(y), offset)
     r = model.predict(theta, X) - np.asarray(y, dtype=np.float64)
     J = model.jacobian(theta, X)
     return {"loss": float(r @ r), "grad": 2.0 * (J.T @ r), "gn": 2.0 * (J.T @ J)}

@@ -47,8 +47,9 @@ def _softplus_dd(z: np.ndarray) -> np.ndarray:
     small = np.abs(z) < _SMALL
     safe = np.where(small, 1.0, z)
     mid = np.minimum(safe, 30.0)
-    num = np.where(safe > 30.0, np.logaddexp(0.0, safe) - math.log(2.0), np.log1p(np.expm1(mid) / 2))
-    return np.where(small, 0.5 + z / 8.0, num / safe)
+    big = np.logaddexp(0.0, safe) - math.log(2.0)
+    num = np.where(safe > 30.0, big, np.log1p(np.expm1(mid) / 2))
+    return np.where(small, 0.5 + z / 8.0 - z**3 / 192.0, num / safe)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,12 @@ def _activation(name: str, params: dict[str, float]) -> Activation:
         )
     if name == "tanh":
         return Activation(
-            "tanh", np.tanh, lambda z: 1.0 - np.tanh(z) ** 2, _tanhc, lambda z: _torch().tanh(z), 0.0
+            "tanh",
+            np.tanh,
+            lambda z: 1.0 - np.tanh(z) ** 2,
+            _tanhc,
+            lambda z: _torch().tanh(z),
+            0.0,
         )
     if name == "softplus":
         return Activation(
@@ -268,7 +274,7 @@ class GLM(Model):
 # Spec parsing
 # --------------------------------------------------------------------------------------
 
-_GLM_RE = re.compile(r"^glm:(?P<act>[a-z]+)(?:\((?P<params>[^)]*)\))?(?P<nobias>:nobias)?$")
+_GLM_RE = re.compile(r"^glm:(?P<act>[a-z0-9_]+)(?:\((?P<params>[^)]*)\))?(?P<nobias>:nobias)?$")
 
 SPEC_HELP = (
     "linear, linear:nobias, glm:<act>, glm:<act>:nobias with act in "

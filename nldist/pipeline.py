@@ -299,7 +299,7 @@ class Runner:
         theta_star, star_info = self.optimum()
         losses = self.evaluate(np.vstack([theta_star, *thetas]))
         loss_opt = float(losses[0])
-        for (kind, res), loss in zip(results.items(), losses[1:], strict=True):
+        for res, loss in zip(results.values(), losses[1:], strict=True):
             res["loss_full"] = float(loss)
             res["rel_error"] = (float(loss) - loss_opt) / loss_opt if loss_opt > 0 else None
         self.timings["total"] = time.perf_counter() - t0

@@ -23,7 +23,8 @@ def as_rng(random_state: Any) -> np.random.Generator:
         return np.random.default_rng(random_state)
     except (TypeError, ValueError):
         raise NldistError(
-            f"random_state must be an int, a SeedSequence or a numpy Generator, got {random_state!r}"
+            "random_state must be an int, a SeedSequence or a numpy Generator, "
+            f"got {random_state!r}"
         ) from None
 
 

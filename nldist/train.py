@@ -131,7 +131,8 @@ def fit_ball(
     history = [cur["loss"]]
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         H, g, L = cur["gn"], cur["grad"], cur["loss"]
         new = ball_qp(H + mu * np.eye(p), g, theta, radius)
         d = new - theta
