@@ -1,12 +1,31 @@
-"""Dask client factory: embedded LocalCluster, an existing scheduler, or synchronous.
+"""Dask client factory: LocalCluster, an existing scheduler, Slurm, Kubernetes, synchronous.
 
-Optional backends are imported lazily, so ``pip install nldist`` alone runs locally.
+One job file runs everywhere; only ``cluster.address`` (or ``--cluster``) changes:
+
+============================  =========================================================
+``local`` (default)           a LocalCluster of worker processes on 127.0.0.1
+``tcp://HOST:PORT``           an existing scheduler (``tls://`` with ``cluster.tls``)
+``path/scheduler.json``       an existing scheduler, by its scheduler file
+``slurm``                     dask-jobqueue ``SLURMCluster``: ``cluster.slurm.jobs`` Slurm
+                              jobs, one Dask worker each (``pip install 'nldist[slurm]'``)
+``k8s``                       dask-kubernetes operator ``KubeCluster``, or inside a DaskJob
+                              pod the operator's scheduler (``pip install 'nldist[k8s]'``)
+``synchronous``               no cluster, everything in this process (debugging)
+============================  =========================================================
+
+Optional backends are imported lazily, so ``pip install nldist`` alone runs locally; a
+missing backend is a one-line :class:`~nldist.errors.NldistError` naming the install.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,66 +34,257 @@ from nldist.errors import NldistError
 
 log = logging.getLogger("nldist")
 
+#: extra name and pip package of each optional backend module
+BACKENDS = {
+    "dask_jobqueue": ("slurm", "dask-jobqueue"),
+    "dask_kubernetes.operator": ("k8s", "dask-kubernetes"),
+}
+
 
 def quiet_distributed(level: int | None = None) -> None:
     """Keep distributed's own INFO chatter out of the job output (after it is imported)."""
     level = level if level is not None else max(logging.getLogger("nldist").getEffectiveLevel(),
                                                 logging.WARNING)
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("distributed"):
+        if name.startswith(("distributed", "dask_jobqueue", "dask_kubernetes", "kr8s")):
             logging.getLogger(name).setLevel(level)
 
 
+def require(module: str) -> Any:
+    """Import an optional backend module or raise a one-line install hint.
+
+    Parameters
+    ----------
+    module : str
+        ``dask_jobqueue`` or ``dask_kubernetes.operator``.
+
+    Returns
+    -------
+    The imported module.
+    """
+    extra, package = BACKENDS[module]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise NldistError(
+            f"cluster backend {extra!r} needs {package} ({exc}); install it with "
+            f"pip install 'nldist[{extra}]'"
+        ) from None
+
+
+def security(cfg: Any) -> Any:
+    """A ``distributed.Security`` for ``cfg.tls`` (None when TLS is off).
+
+    The same certificate and key serve the scheduler, the workers and the client; every
+    peer must present a certificate signed by ``ca_file`` (mutual TLS).
+    """
+    tls = getattr(cfg, "tls", None)
+    if tls is None:
+        return None
+    from distributed.security import Security
+
+    for label, f in (("ca_file", tls.ca_file), ("cert", tls.cert), ("key", tls.key)):
+        if f is not None and not Path(f).is_file():
+            raise NldistError(f"cluster.tls.{label} {f!r} not found; point it at a PEM file")
+    roles = ("client", "scheduler", "worker")
+    kw: dict[str, Any] = {f"tls_{r}_cert": tls.cert for r in roles}
+    if tls.key:
+        kw.update({f"tls_{r}_key": tls.key for r in roles})
+    return Security(tls_ca_file=tls.ca_file, require_encryption=True, **kw)
+
+
 @contextlib.contextmanager
-def connect(cfg: Any) -> Iterator[Any]:
+def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
     """Yield a connected ``distributed.Client`` (or None for ``synchronous``).
 
     Parameters
     ----------
     cfg : nldist.jobs.ClusterConfig
-        ``address``: ``local`` (LocalCluster on 127.0.0.1, worker processes),
-        ``tcp://HOST:PORT`` / ``tls://HOST:PORT`` (existing scheduler), a scheduler-file
-        path (``*.json``), or ``synchronous`` (no cluster; for debugging).
+        ``address`` picks the cluster (see the module docstring); ``slurm``, ``k8s`` and
+        ``tls`` hold the backend settings.
+    name : str
+        Job name, used for Slurm job and Kubernetes cluster names.
+
+    Yields
+    ------
+    distributed.Client or None
+        Closed (and a cluster this function started torn down) on exit.
     """
-    address = cfg.address
+    address = cfg.address.strip()
     if address == "synchronous":
         import dask
 
         with dask.config.set(scheduler="synchronous"):
             yield None
         return
-    from distributed import Client, LocalCluster
+    import distributed  # noqa: F401  (configures logging before quiet_distributed)
 
     quiet_distributed()
     if address == "local":
-        with LocalCluster(
-            n_workers=cfg.n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            processes=True,
-            memory_limit=cfg.memory_limit,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster, Client(cluster) as client:
-            log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
+        with _local(cfg) as client:
+            yield client
+    elif address == "slurm":
+        with _slurm(cfg, name) as client:
+            yield client
+    elif address == "k8s":
+        with _k8s(cfg, name) as client:
+            yield client
+    elif "://" in address:
+        with _at_address(address, cfg) as client:
+            yield client
+    elif address.endswith(".json"):
+        with _scheduler_file(address, cfg) as client:
+            yield client
+    else:
+        raise NldistError(
+            f"unknown cluster {address!r}; use local, slurm, k8s, synchronous, tcp://HOST:PORT "
+            "or a scheduler file (*.json)"
+        )
+
+
+@contextlib.contextmanager
+def _local(cfg: Any) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    sec = security(cfg)
+    kw: dict[str, Any] = {"security": sec, "protocol": "tls://"} if sec else {}
+    with LocalCluster(
+        n_workers=cfg.n_workers,
+        threads_per_worker=cfg.threads_per_worker,
+        processes=True,
+        memory_limit=cfg.memory_limit,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        **kw,
+    ) as cluster, Client(cluster, security=sec) as client:
+        log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
+        yield client
+
+
+def _client_at(address: str, cfg: Any) -> Any:
+    from distributed import Client
+
+    sec = security(cfg)
+    if address.startswith("tls://") and sec is None:
+        raise NldistError(f"{address} is a TLS scheduler; set cluster.tls (ca_file, cert, key)")
+    try:
+        return Client(address, timeout="20s", security=sec)
+    except (OSError, TimeoutError) as exc:
+        raise NldistError(f"cannot reach the Dask scheduler at {address} ({exc}); start it "
+                          "or fix cluster.address") from None
+
+
+@contextlib.contextmanager
+def _at_address(address: str, cfg: Any) -> Iterator[Any]:
+    with _client_at(address, cfg) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _scheduler_file(path: str, cfg: Any) -> Iterator[Any]:
+    import json
+
+    if not Path(path).exists():
+        raise NldistError(f"scheduler file {path!r} not found; start `dask scheduler "
+                          f"--scheduler-file {path}` first")
+    try:
+        address = json.loads(Path(path).read_text())["address"]
+    except (ValueError, KeyError, TypeError):
+        raise NldistError(f"{path} is not a Dask scheduler file (no 'address'); point at the "
+                          "file `dask scheduler --scheduler-file` wrote") from None
+    with _client_at(address, cfg) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _slurm(cfg: Any, name: str) -> Iterator[Any]:
+    jobqueue = require("dask_jobqueue")
+    from distributed import Client
+
+    if shutil.which("sbatch") is None:
+        raise NldistError("sbatch not found on PATH; run on a Slurm login node (or start "
+                          "cluster/slurm/up.sh and source its env.sh)")
+    s = cfg.slurm
+    logs = s.log_directory or os.path.join(tempfile.gettempdir(), "nldist-slurm-logs")
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    sec = security(cfg)
+    kw: dict[str, Any] = {"security": sec, "protocol": "tls://"} if sec else {}
+    try:
+        cluster = jobqueue.SLURMCluster(
+            job_name=f"nldist-{name}"[:64],
+            cores=s.cores,
+            processes=1,
+            memory=s.memory,
+            walltime=s.walltime,
+            queue=s.partition,
+            account=s.account,
+            interface=s.interface,
+            job_extra_directives=list(s.job_extra_directives),
+            job_script_prologue=list(s.job_script_prologue),
+            python=s.python or sys.executable,
+            log_directory=logs,
+            scheduler_options={"dashboard_address": ":0"},
+            **kw,
+        )
+    except ValueError as exc:  # e.g. an unknown interface
+        raise NldistError(f"cannot start the Slurm cluster: {exc}; fix cluster.slurm") from None
+    with cluster:
+        log.info("SLURMCluster job script:\n%s", cluster.job_script())
+        cluster.scale(jobs=s.jobs)
+        with Client(cluster, security=sec) as client:
+            try:
+                client.wait_for_workers(1, timeout=s.timeout)
+            except TimeoutError:
+                raise NldistError(
+                    f"no Slurm worker started within {s.timeout:g} s; check `squeue` and the "
+                    f"job logs in {logs} (partition, account, memory)"
+                ) from None
+            log.info("SLURMCluster: %d job(s) requested, dashboard %s", s.jobs,
+                     client.dashboard_link)
+            yield client
+
+
+@contextlib.contextmanager
+def _k8s(cfg: Any, name: str) -> Iterator[Any]:
+    inside = os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if inside:  # a DaskJob's job pod: the operator started the scheduler for us
+        log.info("DaskJob pod: using the operator's scheduler %s", inside)
+        with _at_address(inside, cfg) as client:
             yield client
         return
-    if address.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+    operator = require("dask_kubernetes.operator")
+    from distributed import Client
+
+    k = cfg.k8s
+    try:
+        cluster = operator.KubeCluster(
+            name=k.name or _dns_name(f"nldist-{name}"),
+            namespace=k.namespace,
+            image=k.image,
+            n_workers=k.n_workers,
+            resources=k.resources.model_dump(),
+            env=dict(k.env),
+            shutdown_on_close=True,
+            resource_timeout=int(k.timeout),
+            quiet=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - kr8s/kubernetes raise many types
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NldistError(
+            f"cannot create a Kubernetes DaskCluster ({type(exc).__name__}: {msg[:200]}); "
+            "check `kubectl get daskclusters` works (KUBECONFIG) and the dask-kubernetes "
+            "operator is installed"
+        ) from None
+    with cluster, Client(cluster) as client:
         try:
-            client = Client(address, timeout="20s")
-        except OSError as exc:
-            raise NldistError(f"cannot reach the Dask scheduler at {address} ({exc}); start it "
-                              "or fix cluster.address") from None
-        with client:
-            yield client
-        return
-    if address.endswith(".json"):
-        if not Path(address).exists():
-            raise NldistError(f"scheduler file {address!r} not found; start `dask scheduler "
-                              f"--scheduler-file {address}` first")
-        with Client(scheduler_file=address, timeout="20s") as client:
-            yield client
-        return
-    raise NldistError(
-        f"unknown cluster {address!r}; use local, synchronous, tcp://HOST:PORT or a scheduler "
-        "file (*.json)"
-    )
+            client.wait_for_workers(1, timeout=k.timeout)
+        except TimeoutError:
+            raise NldistError(f"no Kubernetes worker started within {k.timeout:g} s; check "
+                              "`kubectl get pods` (image, resources)") from None
+        yield client
+
+
+def _dns_name(text: str) -> str:
+    """A Kubernetes object name (RFC 1123 label) derived from text."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    return (out or "nldist")[:40].rstrip("-")

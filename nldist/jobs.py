@@ -42,13 +42,82 @@ class DatasetConfig(_Strict):
     dtype: Literal["float32", "float64"] = "float64"
 
 
+class SlurmConfig(_Strict):
+    """``cluster.address: slurm``: dask-jobqueue SLURMCluster, one Slurm job per Dask worker."""
+
+    jobs: int = Field(2, gt=0, description="Slurm jobs to submit (one Dask worker each)")
+    cores: int = Field(1, gt=0, description="CPU cores per job (= threads of its worker)")
+    memory: str = Field("1GiB", description="memory per job: Slurm --mem and the worker limit")
+    walltime: str = Field("01:00:00", description="time limit per job, HH:MM:SS")
+    partition: str | None = Field(None, description="Slurm partition (-p); default partition")
+    account: str | None = Field(None, description="Slurm account (-A)")
+    interface: str | None = Field(None, description="network interface of scheduler and "
+                                  "workers, e.g. ib0 (lo on a single node)")
+    job_extra_directives: list[str] = Field(default_factory=list,
+                                            description="extra #SBATCH options, e.g. --qos=high")
+    job_script_prologue: list[str] = Field(default_factory=list, description="shell lines run "
+                                           "before the worker, e.g. 'source venv/bin/activate'")
+    python: str | None = Field(None, description="python on the compute nodes (default: this one)")
+    log_directory: str | None = Field(None, description="where worker job logs go (default: "
+                                      "a temporary directory)")
+    timeout: float = Field(300.0, gt=0, description="seconds to wait for the first worker")
+
+
+class K8sResources(_Strict):
+    """Kubernetes resource requests and limits of each worker pod (e.g. cpu: '1', memory: 2Gi)."""
+
+    requests: dict[str, str] = Field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
+    limits: dict[str, str] = Field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
+
+
+class K8sConfig(_Strict):
+    """``cluster.address: k8s``: a dask-kubernetes operator KubeCluster.
+
+    Inside a DaskJob pod (``DASK_SCHEDULER_ADDRESS`` set by the operator) nldist connects to
+    that job's scheduler instead of creating a cluster.
+    """
+
+    image: str = Field("nldist:0.1.0", description="job image (cluster/k8s/Dockerfile)")
+    namespace: str | None = Field(None, description="namespace (default: the current context's)")
+    n_workers: int = Field(2, gt=0)
+    resources: K8sResources = Field(default_factory=K8sResources)
+    name: str | None = Field(None, description="DaskCluster name (default: nldist-<job name>)")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the pods")
+    timeout: float = Field(300.0, gt=0, description="seconds to wait for the first worker")
+
+
+class TLSConfig(_Strict):
+    """TLS for scheduler, worker and client comms (PEM files; see README 'Running on clusters')."""
+
+    ca_file: str = Field(description="CA certificate that signed every certificate below")
+    cert: str = Field(description="this side's certificate (PEM)")
+    key: str | None = Field(None, description="its private key (PEM), if not inside cert")
+
+
+CLUSTER_KINDS = ("local", "synchronous", "slurm", "k8s")
+
+
 class ClusterConfig(_Strict):
     """Which Dask cluster runs the passes."""
 
-    address: str = Field("local", description="local | tcp://HOST:PORT | path to a scheduler file")
+    address: str = Field("local", description="local | slurm | k8s | synchronous | "
+                         "tcp://HOST:PORT | tls://HOST:PORT | path to a scheduler file (*.json)")
     n_workers: int = Field(2, gt=0)
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "1GiB"
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    k8s: K8sConfig = Field(default_factory=K8sConfig)
+    tls: TLSConfig | None = Field(None, description="encrypt comms with TLS (local, tls://, "
+                                  "slurm)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v in CLUSTER_KINDS or "://" in v or v.endswith(".json"):
+            return v
+        raise ValueError("must be local, slurm, k8s, synchronous, tcp://HOST:PORT, "
+                         "tls://HOST:PORT or a scheduler file ending in .json")
 
 
 class ExperimentConfig(_Strict):
@@ -115,7 +184,8 @@ class JobConfig(_Strict):
     def digest(self, *fields: str) -> str:
         """Short hash of the given fields (all when none): provenance of stage outputs."""
         data = self.model_dump(include=set(fields) if fields else None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _format_error(where: str, exc: ValidationError) -> str:
@@ -128,7 +198,8 @@ def _format_error(where: str, exc: ValidationError) -> str:
         allowed = _allowed_fields(err["loc"][:-1])
         msg = f"unknown field; allowed here: {', '.join(allowed)}"
     got = err.get("input")
-    tail = f" (got {got!r})" if err["type"] not in ("missing",) and not isinstance(got, dict) else ""
+    show = err["type"] != "missing" and not isinstance(got, dict)
+    tail = f" (got {got!r})" if show else ""
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     return f"{where}: {loc}: {msg}{tail}{more}"
 

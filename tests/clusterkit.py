@@ -1,0 +1,126 @@
+"""Helpers shared by the cluster, Slurm, fault and resume tests (not a test module)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def make_dataset(path: Path, n: int = 4000, d: int = 6, chunk_rows: int = 500,
+                 seed: int = 0) -> Path:
+    """A small real Zarr dataset (written by nldist's own writer) with a nonlinear target."""
+    from nldist.io import write_dataset
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X[: n // 50] *= 6.0  # a few high-leverage rows, so the scores are not near uniform
+    w = rng.standard_normal(d) / np.sqrt(d)
+    z = X @ w
+    y = z / (1 + np.exp(-z)) + 0.1 * rng.standard_normal(n)
+    return write_dataset(path, X, y, {"target": "y", "features": [f"x{i}" for i in range(d)]},
+                         chunk_rows=chunk_rows, overwrite=True)
+
+
+def job_dict(data: Path, **cluster: Any) -> dict:
+    """A small job over ``data`` (kinds: nonlinear-leverage + linear-leverage + uniform)."""
+    return {
+        "name": "ctest",
+        "dataset": {"source": str(data)},
+        "model": "glm:swish",
+        "theta": "optimum",
+        "kind": "nonlinear-leverage",
+        "baselines": ["linear-leverage", "uniform"],
+        "s": 200,
+        "seed": 3,
+        "max_iter": 30,
+        "cluster": {"address": "local", "n_workers": 2, "memory_limit": "1GiB", **cluster},
+    }
+
+
+def write_job(path: Path, job: dict) -> Path:
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def outputs(out: Path, kinds: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{kind: (scores (n,), sample indices (s,))} read back from a run's output directory."""
+    import zarr
+
+    got = {}
+    for kind in kinds:
+        scores = np.asarray(zarr.open_array(str(out / "scores.zarr" / kind), mode="r")[:])
+        with np.load(out / "samples" / f"{kind}.npz") as z:
+            got[kind] = (scores, np.asarray(z["indices"]))
+    return got
+
+
+def run_local(job: dict, out: Path, stop_after: str = "sample") -> dict:
+    """Run ``job`` in this process on a LocalCluster (the reference run)."""
+    from nldist.cluster import connect
+    from nldist.jobs import validate_job
+    from nldist.pipeline import Runner
+
+    cfg = validate_job(job)
+    with connect(cfg.cluster, name=cfg.name):
+        return Runner(cfg, out).run(stop_after=stop_after)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll ``cond`` until it returns something truthy; fail with ``what`` after timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        got = cond()
+        if got:
+            return got
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Proc:
+    """A subprocess in its own session, stopped (whole process group) on :meth:`stop`."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None,
+                 cwd: Path | None = None) -> None:
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {})}, cwd=cwd,
+                                  start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process group (the process and its children)."""
+        try:
+            os.killpg(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.p.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.p.wait(5)
+        else:
+            self.kill(signal.SIGKILL)  # children left behind by a dead leader
+        self._fh.close()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
