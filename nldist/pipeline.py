@@ -236,6 +236,7 @@ class Runner:
             attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
             if norm.factor is not None:
                 attrs["svals"] = norm.factor.svals.tolist()
+                attrs["R"] = norm.factor.R.tolist()
                 if kind == "ridge-leverage":
                     attrs["effective_dimension"] = norm.total
             arr.attrs.update(attrs)
@@ -282,7 +283,9 @@ class Runner:
                 continue
             idx, w = self.sample(kind, probs, self.job.s, sampling.as_rng(self.job.seed))
             _save_npz(self.path("samples", f"{kind}.npz"), indices=idx, weights=w,
-                      seed=self.job.seed, kind=kind)
+                      seed=self.job.seed, kind=kind, s=self.job.s, alpha=self.job.alpha,
+                      n=int(X.shape[0]), model=self.job.model,
+                      theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
             if stop_after == "sample":
                 results[kind] = {"rank": attrs.get("rank"), "unique_rows": int(np.unique(idx).size)}
                 continue
