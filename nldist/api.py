@@ -119,6 +119,32 @@ def make_spec(
     return kernels.ScoreSpec(kind, None, None, use_y=has_y and linear_augment_y, linear_bias=bias)
 
 
+def as_sketch(sketch: Any) -> Any:
+    """None, a :class:`nldist.sketch.Sketch`, or a dict of its fields -> Sketch or None."""
+    if sketch is None:
+        return None
+    from nldist.sketch import Sketch
+
+    if isinstance(sketch, Sketch):
+        return sketch
+    if isinstance(sketch, dict):
+        try:
+            return Sketch(**sketch)
+        except TypeError as exc:
+            raise NldistError(f"bad sketch options {sketch!r} ({exc}); use cols, rows, jl, nnz, "
+                              "seed") from None
+    raise NldistError(f"sketch must be a dict like {{'rows': 2000, 'jl': 256}}, got {sketch!r}")
+
+
+def _with_sketch(spec: kernels.ScoreSpec, sk: Any) -> kernels.ScoreSpec:
+    """Attach a column sketch to the spec (row sketches are handled by their own passes)."""
+    if not sk.cols:
+        return spec
+    from dataclasses import replace
+
+    return replace(spec, col_sketch=sk)
+
+
 def scores(
     X: Any,
     y: Any = None,
@@ -130,6 +156,7 @@ def scores(
     linear_augment_y: bool = False,
     rtol: float | None = None,
     split_every: int = 8,
+    sketch: Any = None,
 ) -> Any:
     """Importance scores: a probability vector over rows (sums to 1).
 
@@ -153,12 +180,20 @@ def scores(
         Rank threshold relative to the largest singular value (default max(n, q) * eps).
     split_every : int
         Fan-in of the R tree reduction (Dask input).
+    sketch : nldist.sketch.Sketch or dict, optional
+        Approximate scores: ``cols=k`` projects each dual row to k dims (large p);
+        ``rows=r, jl=k`` takes R from an r-row CountSketch and the scores from a k-column
+        JL projection (huge n, Drineas et al.). See :mod:`nldist.sketch`.
 
     Returns
     -------
     ndarray (n,) float64 for ndarray input; a dask array (n,) otherwise (pass 1, which
     forms R, has already run; pass 2 is lazy).
     """
+    sk = as_sketch(sketch)
+    if sk is not None and sk.rows and kind not in ("nonlinear-leverage", "linear-leverage"):
+        raise NldistError(f"a row sketch approximates leverage; kind {kind!r} does not need one "
+                          "(drop sketch.rows or use a leverage kind)")
     if kind == "ridge-leverage" and (ridge <= 0 or not np.isfinite(ridge)):
         raise NldistError(f"kind 'ridge-leverage' needs ridge > 0, got {ridge!r}")
     if not (isinstance(X, str) or _is_dask(X) or _is_dask(y)):
@@ -174,6 +209,15 @@ def scores(
         if not np.issubdtype(Xa.dtype, np.number):
             raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
         spec = make_spec(kind, model, theta, Xa.shape[1], ya is not None, linear_augment_y)
+        if sk is not None:
+            spec = _with_sketch(spec, sk)
+        if sk is not None and sk.rows:
+            from nldist import linalg, sketch as sketch_mod
+
+            PiA = sketch_mod.rowsketch_block(Xa, ya, spec, sk, 0)
+            M, _ = sketch_mod.jl_factor(linalg.block_r(PiA), sk.jl, sk.seed)
+            raw = sketch_mod.jl_scores_block(Xa, ya, spec, sk, M)
+            return raw / raw.sum()
         stats = kernels.pass1_block(Xa, ya, spec)
         norm = kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
         return kernels.pass2_block(Xa, ya, spec, norm)
@@ -181,6 +225,10 @@ def scores(
 
     dX, dy = graph.as_dask_xy(X, y)
     spec = make_spec(kind, model, theta, dX.shape[1], dy is not None, linear_augment_y)
+    if sk is not None:
+        spec = _with_sketch(spec, sk)
+        if sk.rows:
+            return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every)
     return graph.pass2(dX, dy, spec, norm)
 

@@ -157,17 +157,27 @@ def pass1(
     return kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
 
 
+def _pass2_task(xs: list, y: Any, spec: kernels.ScoreSpec, norm: kernels.Normalizer):
+    """Pass-2 task: X arrives as the list of its column blocks (one after ``as_dask_xy``)."""
+    x = xs[0] if len(xs) == 1 else np.hstack(xs)
+    return kernels.pass2_block(x, y, spec, norm)
+
+
 def pass2(
     X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer
 ) -> da.Array:
-    """Pass 2 (lazy): per-row probabilities (n,) float64, chunked like X's rows."""
+    """Pass 2 (lazy): per-row probabilities (n,) float64, chunked like X's rows.
+
+    ``concatenate=False``: dask would otherwise copy every X block once (concatenating the
+    single column block) before the kernel sees it.
+    """
     if spec.needs_y:
         return da.blockwise(
-            kernels.pass2_block, "i", X, "ij", y, "i", dtype=np.float64,
-            concatenate=True, spec=spec, norm=norm,
+            _pass2_task, "i", X, "ij", y, "i", dtype=np.float64,
+            concatenate=False, spec=spec, norm=norm,
         )
     return da.blockwise(
-        kernels.pass2_block, "i", X, "ij", dtype=np.float64, concatenate=True,
+        _pass2_task, "i", X, "ij", dtype=np.float64, concatenate=False,
         spec=spec, norm=norm, y=None,
     )
 
@@ -302,3 +312,48 @@ def gather_rows(
     Xs = np.asarray(got[0])[inv]
     ys = np.asarray(got[1])[inv] if y is not None else None
     return Xs, ys
+
+
+# --------------------------------------------------------------------------------------
+# Approximate scores: row sketch + JL (huge n), with an optional column sketch (large p)
+# --------------------------------------------------------------------------------------
+
+
+def rowsketch_scores(
+    X: da.Array,
+    y: da.Array | None,
+    spec: kernels.ScoreSpec,
+    sk: Any,
+    split_every: int = SPLIT_EVERY,
+) -> tuple[da.Array, dict]:
+    """Approximate leverage scores (Drineas et al.): R from a CountSketch of the rows.
+
+    Pass 1 (eager) sums each block's (r, q) CountSketch share in a tree and forms
+    M = R^+ Omega (q, k) on the driver; pass 2 (lazy) gives ||a_i M||^2 per row, normalized
+    to sum to 1 (the (n,) raw scores are reduced once for the total).
+
+    Returns
+    -------
+    probs : dask array (n,) float64
+    info : dict with ``rank`` (of the sketched R), ``rows``, ``jl``, ``cols``
+    """
+    from nldist import linalg, sketch
+
+    yy = y if spec.needs_y else None
+    parts = [
+        dask.delayed(sketch.rowsketch_block, pure=True)(xb, yb, spec, sk, off)
+        for xb, yb, off in _blocks(X, yy)
+    ]
+    (PiA,) = dask.compute(tree_reduce(parts, sum, split_every))
+    M, rank = sketch.jl_factor(linalg.block_r(PiA), sk.jl, sk.seed)
+    args = (X, "ij", yy, "i") if yy is not None else (X, "ij")
+    raw = da.blockwise(_jl_block, "i", *args, dtype=np.float64, concatenate=True,
+                       spec=spec, sk=sk, M=M, has_y=yy is not None)
+    info = {"rank": rank, "rows": sk.rows, "jl": sk.jl, "cols": sk.cols, "seed": sk.seed}
+    return raw / raw.sum(), info
+
+
+def _jl_block(X, y=None, *, spec, sk, M, has_y):
+    from nldist import sketch
+
+    return sketch.jl_scores_block(X, y if has_y else None, spec, sk, M)

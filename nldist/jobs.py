@@ -138,6 +138,16 @@ class ExperimentConfig(_Strict):
         return v
 
 
+class SketchConfig(_Strict):
+    """Approximate scores for the job's chosen kind (see nldist.sketch)."""
+
+    cols: int | None = Field(None, gt=0, description="project dual rows to k dims (large p)")
+    rows: int | None = Field(None, gt=0, description="CountSketch rows r for R (huge n)")
+    jl: int = Field(256, gt=0, description="JL dimension of the row-sketch scores")
+    nnz: int = Field(4, gt=0, description="nonzeros per row of the column sketch")
+    seed: int = Field(0, ge=0)
+
+
 class JobConfig(_Strict):
     """One nldist job (see jobs/*.yaml)."""
 
@@ -157,6 +167,7 @@ class JobConfig(_Strict):
     max_iter: int = Field(200, gt=0)
     split_every: int = Field(8, ge=2)
     linear_augment_y: bool = False
+    sketch: SketchConfig | None = Field(None, description="approximate the chosen kind")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     out: str | None = Field(None, description="output directory (default runs/<name>)")
     experiment: ExperimentConfig | None = None

@@ -7,6 +7,7 @@ a Gauss-Newton step. :mod:`nldist.graph` maps them over blocks and reduces.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 from nldist import linalg
 from nldist.errors import NldistError
 from nldist.models import Model
+
+log = logging.getLogger("nldist")
 
 KINDS = (
     "nonlinear-leverage",
@@ -80,13 +83,18 @@ def linear_block(X: np.ndarray, y: np.ndarray | None = None, bias: bool = True) 
     -------
     ndarray, shape (n_b, d + bias + (y is not None)), float64
     """
-    X = np.asarray(X, dtype=np.float64)
-    cols = [X]
+    X = np.asarray(X)
+    extra = int(bias) + int(y is not None)
+    if not extra:
+        return np.asarray(X, dtype=np.float64)
+    d = X.shape[1]
+    out = np.empty((X.shape[0], d + extra), dtype=np.float64)
+    out[:, :d] = X
     if bias:
-        cols.append(np.ones((X.shape[0], 1)))
+        out[:, d] = 1.0
     if y is not None:
-        cols.append(np.asarray(y, dtype=np.float64)[:, None])
-    return np.hstack(cols) if len(cols) > 1 else X
+        out[:, -1] = np.asarray(y, dtype=np.float64).reshape(-1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,12 @@ class ScoreSpec:
     linear_bias : bool
     raw : bool
         Score the rows of X itself (``nldist.leverage``); model and y are ignored.
+    col_sketch : nldist.sketch.Sketch or None
+        Project each row of the matrix to ``col_sketch.cols`` dims (large p).
+    qr_method : str
+        How pass 1 computes each block's R: ``"auto"`` (condition-based choice between
+        CholeskyQR, CholeskyQR2, shifted CholeskyQR3 and Householder) or one of those; see
+        :mod:`nldist.linalg`.
     """
 
     kind: str
@@ -113,9 +127,17 @@ class ScoreSpec:
     use_y: bool = True
     linear_bias: bool = True
     raw: bool = False
+    qr_method: str = "auto"
+    col_sketch: Any = None
 
     def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """The block of the matrix whose row scores are wanted (None for uniform)."""
+        if self.col_sketch is not None and self.kind != "uniform":
+            from dataclasses import replace
+
+            from nldist.sketch import sketched_matrix
+
+            return sketched_matrix(replace(self, col_sketch=None), self.col_sketch, X, y)
         if self.raw:
             return np.asarray(X, dtype=np.float64)
         if self.kind in NONLINEAR_KINDS:
@@ -128,34 +150,117 @@ class ScoreSpec:
     def needs_y(self) -> bool:
         return self.use_y and not self.raw and self.kind != "uniform"
 
+    @property
+    def cheap(self) -> bool:
+        """The matrix is a copy of X (plus bias/y columns): cheaper to rebuild than to keep."""
+        if self.col_sketch is not None:
+            return False
+        return self.raw or self.kind in ("linear-leverage", "linear-norm")
+
+    def n_cols(self, d: int) -> int:
+        """Columns q of the matrix for X with d columns (0 for uniform)."""
+        if self.col_sketch is not None and self.kind != "uniform":
+            return int(self.col_sketch.cols)
+        if self.raw:
+            return d
+        if self.kind in NONLINEAR_KINDS:
+            return self.model.n_params + int(self.use_y)
+        if self.kind in ("linear-leverage", "linear-norm"):
+            return d + int(self.linear_bias) + int(self.use_y)
+        return 0
+
+
+def _slices(n: int, q: int) -> list[slice]:
+    """Row slices of about :data:`nldist.linalg.SUB_BYTES` of a (n, q) float64 matrix."""
+    step = linalg.sub_rows(max(q, 1))
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)] or [slice(0, 0)]
+
+
+def _sl(y: np.ndarray | None, s: slice) -> np.ndarray | None:
+    return None if y is None else y[s]
+
 
 def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0) -> dict:
     """Pass 1 on one block: the block's R (leverage kinds), squared Frobenius norm, row count.
 
+    The matrix block (dual or data matrix) is built in cache-sized row slices and reduced at
+    once (Gram ``AᵀA`` for leverage kinds, squared norms otherwise), so in the common case it
+    is never held whole. Finiteness of the input is checked through the reduced values (a
+    NaN/inf row makes them non-finite; then the block is scanned for the one-line error). The
+    block's R comes from :func:`nldist.linalg.block_r_method` with ``spec.qr_method``: in the
+    common well-conditioned case straight from the Cholesky factor of the Gram; otherwise the
+    whole block is needed (kept for models, rebuilt for the cheap linear matrix) for
+    CholeskyQR2 / shifted CholeskyQR3 / Householder.
+
     Returns
     -------
-    dict with keys ``R`` ((q, q) or None), ``fro2`` (float), ``n`` (int)
+    dict with keys ``R`` ((q, q) or None), ``fro2`` (float), ``n`` (int), ``methods``
+    (dict: QR method name -> number of blocks)
     """
     X = np.asarray(X)
-    check_finite_block(X, y if spec.needs_y else None, offset)
-    A = spec.matrix(X, y)
-    out: dict[str, Any] = {"R": None, "fro2": 0.0, "n": int(X.shape[0])}
-    if A is None:
+    yy = y if spec.needs_y else None
+    n = int(X.shape[0])
+    out: dict[str, Any] = {"R": None, "fro2": 0.0, "n": n, "methods": {}}
+    q = spec.n_cols(X.shape[1])
+    if spec.kind == "uniform" or q == 0:
+        check_finite_block(X, yy, offset)
         return out
-    if spec.kind in LEVERAGE_KINDS:
-        out["R"] = linalg.block_r(A)
-    else:
-        out["fro2"] = float(np.sum(A * A))
+    leverage = spec.kind in LEVERAGE_KINDS
+    keep = leverage and not spec.cheap
+    full = np.empty((n, q), dtype=np.float64) if keep else None
+    G = np.zeros((q, q)) if leverage else None
+    fro2 = 0.0
+    x_ok = True
+    for s in _slices(n, q):
+        Xs = X[s]
+        if not spec.cheap:  # a model may map NaN input to finite output; check X itself
+            x_ok = x_ok and bool(np.isfinite(Xs).all())
+        A = spec.matrix(Xs, _sl(yy, s))
+        if keep:
+            full[s] = A
+        if leverage:
+            G += A.T @ A
+        else:
+            fro2 += float(np.einsum("ij,ij->", A, A))
+    finite = x_ok and (np.isfinite(G).all() if leverage else np.isfinite(fro2))
+    if not finite:
+        check_finite_block(X, yy, offset)  # raises for NaN/inf in X or y
+    if not leverage:
+        if not np.isfinite(fro2):
+            raise NldistError(
+                f"the matrix for {spec.kind} overflows in rows {offset}..{offset + n - 1}; "
+                "rescale the data or check theta"
+            )
+        out["fro2"] = fro2
+        return out
+    R = linalg.cholqr_r(G) if finite and spec.qr_method == "auto" and n >= 4 * q else None
+    method = "cholqr"
+    if R is None:
+        A = full if keep else spec.matrix(X, yy)
+        if not np.isfinite(A).all():
+            raise NldistError(
+                f"the matrix for {spec.kind} has NaN/inf entries in rows {offset}.."
+                f"{offset + n - 1} although the data are finite (overflow in the model at this "
+                "theta?); rescale the data or check theta"
+            )
+        R, method = linalg.block_r_method(A, spec.qr_method, G=G if finite else None)
+    out["R"] = R
+    out["methods"] = {method: 1}
     return out
 
 
 def combine_pass1(parts: list[dict]) -> dict:
     """Tree-reduction step for :func:`pass1_block` results."""
     Rs = [p["R"] for p in parts if p["R"] is not None]
+    methods: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.get("methods", {}).items():
+            methods[k] = methods.get(k, 0) + v
     return {
         "R": linalg.combine_r(Rs) if Rs else None,
         "fro2": float(sum(p["fro2"] for p in parts)),
         "n": int(sum(p["n"] for p in parts)),
+        "methods": methods,
     }
 
 
@@ -171,6 +276,7 @@ class Normalizer:
     n: int
     total: float
     factor: linalg.RFactor | None = None
+    qr_methods: dict | None = None
 
     @property
     def rank(self) -> int | None:
@@ -192,19 +298,36 @@ def finalize_pass1(spec: ScoreSpec, stats: dict, ridge: float = 0.0, rtol: float
                 f"the matrix for {spec.kind} is all zeros (rank 0); scores are undefined — "
                 "check theta and the data, or use kind 'uniform'"
             )
-        return Normalizer(spec.kind, n, fac.total, fac)
+        methods = dict(stats.get("methods") or {})
+        log.debug("pass 1: block R by %s", methods)
+        return Normalizer(spec.kind, n, fac.total, fac, methods)
     if stats["fro2"] <= 0:
         raise NldistError(f"the matrix for {spec.kind} is all zeros; scores are undefined")
     return Normalizer(spec.kind, n, stats["fro2"])
 
 
 def pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer):
-    """Pass 2 on one block: the block's probabilities (n_b,), float64, summing to 1 globally."""
+    """Pass 2 on one block: the block's probabilities (n_b,), float64, summing to 1 globally.
+
+    The matrix block is rebuilt (not stored since pass 1) in cache-sized row slices; each
+    slice is solved in place (``R⁻ᵀ a_i`` by BLAS TRSM) and reduced to its row norms.
+    """
+    X = np.asarray(X)
+    n = int(X.shape[0])
     if spec.kind == "uniform":
-        return np.full(np.shape(X)[0], 1.0 / norm.total)
-    A = spec.matrix(np.asarray(X), y)
-    raw = linalg.row_leverage(A, norm.factor) if norm.factor is not None else linalg.row_sqnorms(A)
-    return raw / norm.total
+        return np.full(n, 1.0 / norm.total)
+    out = np.empty(n, dtype=np.float64)
+    yy = y if spec.needs_y else None
+    for s in _slices(n, spec.n_cols(X.shape[1])):
+        Xs = X[s]
+        A = spec.matrix(Xs, _sl(yy, s))
+        if norm.factor is None:
+            out[s] = linalg.row_sqnorms(A)
+        else:
+            fresh = not np.shares_memory(A, Xs)
+            out[s] = linalg.row_leverage(A, norm.factor, overwrite_a=fresh)
+    out /= norm.total
+    return out
 
 
 # --------------------------------------------------------------------------------------
