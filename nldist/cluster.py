@@ -256,6 +256,7 @@ def _k8s(cfg: Any, name: str) -> Iterator[Any]:
     from distributed import Client
 
     k = cfg.k8s
+    _check_kube_api()
     try:
         cluster = operator.KubeCluster(
             name=k.name or _dns_name(f"nldist-{name}"),
@@ -282,6 +283,20 @@ def _k8s(cfg: Any, name: str) -> Iterator[Any]:
             raise NldistError(f"no Kubernetes worker started within {k.timeout:g} s; check "
                               "`kubectl get pods` (image, resources)") from None
         yield client
+
+
+def _check_kube_api() -> None:
+    """Fail fast, on one line, when no Kubernetes API is configured or reachable."""
+    import kr8s
+
+    try:
+        kr8s.api().version()
+    except Exception as exc:  # noqa: BLE001 - credentials, DNS, TLS, HTTP errors
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NldistError(
+            f"no usable Kubernetes API ({type(exc).__name__}: {msg[:200]}); set KUBECONFIG or "
+            "run inside the cluster, or submit cluster/k8s/daskjob.yaml with kubectl"
+        ) from None
 
 
 def _dns_name(text: str) -> str:
