@@ -168,7 +168,8 @@ def _client_at(address: str, cfg: Any) -> Any:
     if address.startswith("tls://") and sec is None:
         raise NldistError(f"{address} is a TLS scheduler; set cluster.tls (ca_file, cert, key)")
     try:
-        return Client(address, timeout="20s", security=sec)
+        return Client(address, timeout=f"{getattr(cfg, 'connect_timeout', 20.0)}s",
+                      security=sec)
     except (OSError, TimeoutError) as exc:
         raise NldistError(f"cannot reach the Dask scheduler at {address} ({exc}); start it "
                           "or fix cluster.address") from None

@@ -105,6 +105,8 @@ class ClusterConfig(_Strict):
     n_workers: int = Field(2, gt=0)
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "1GiB"
+    connect_timeout: float = Field(20.0, gt=0, description="seconds to wait for an existing "
+                                   "scheduler (tcp://, tls://, scheduler file)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     k8s: K8sConfig = Field(default_factory=K8sConfig)
     tls: TLSConfig | None = Field(None, description="encrypt comms with TLS (local, tls://, "

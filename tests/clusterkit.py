@@ -124,3 +124,52 @@ class Proc:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class CliCluster:
+    """``dask scheduler`` + ``dask worker`` processes on 127.0.0.1 (real CLI, real pids).
+
+    Workers run without a nanny (``--no-nanny``), so SIGKILL of a worker's pid loses it for
+    good, like a lost node; :meth:`add_worker` starts a replacement.
+    """
+
+    def __init__(self, tmp: Path, n_workers: int = 2, env: dict | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.tmp = tmp
+        self.env = {"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "5s", **(env or {})}
+        self.extra = list(extra or [])
+        self.file = tmp / "scheduler.json"
+        self.file.unlink(missing_ok=True)
+        self.scheduler = Proc([PYTHON, "-m", "distributed.cli.dask_scheduler", "--host",
+                               "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                               "--scheduler-file", str(self.file), *self.extra],
+                              tmp / "scheduler.log", env=self.env)
+        wait_for(lambda: self.file.exists() and self.file.stat().st_size > 0, 60,
+                 f"the scheduler file ({self.scheduler.text()[-2000:]})")
+        import json
+
+        self.address = json.loads(self.file.read_text())["address"]
+        self.workers: dict[str, Proc] = {}
+        for _ in range(n_workers):
+            self.add_worker()
+
+    def add_worker(self) -> str:
+        name = f"w{len(self.workers) + 1}"
+        self.workers[name] = Proc(
+            [PYTHON, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(self.file),
+             "--nthreads", "1", "--memory-limit", "1GiB", "--name", name, "--no-nanny",
+             "--dashboard-address", ":0", "--host", "127.0.0.1", *self.extra],
+            self.tmp / f"{name}.log", env=self.env)
+        return name
+
+    def wait_workers(self, client: Any, n: int, timeout: float = 60) -> None:
+        client.wait_for_workers(n, timeout=timeout)
+
+    def kill_worker(self, name: str) -> None:
+        self.workers[name].kill(signal.SIGKILL)
+        self.workers[name].p.wait(10)
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        self.scheduler.stop()
