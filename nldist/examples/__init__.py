@@ -1,0 +1,1 @@
+"""Example model factories for ``torch:<module.path>:<factory>`` specs (see nldist.nets)."""

@@ -1,0 +1,293 @@
+"""Losses beyond squared (MATH.md §6): residuals r_i with L = sum_i r_i^2.
+
+For a nonnegative loss l(f, y) the residual is the *signed* root
+
+    r(f, y) = sign(f - y) * sqrt(l(f, y)),
+
+which has the same square as MATH.md's sqrt(l) and, unlike it, is smooth through f = y
+(l vanishes quadratically there), so Gauss-Newton and the adjoint see a smooth function.
+For ``squared`` it is exactly f - y, so the squared path is unchanged. Sections 1-3 of
+MATH.md then apply to r_i: the dual matrix is ``[r*(theta), r(0)]`` with r* the adjoint of
+``theta -> r(f(theta; x_i), y_i)``, and ``[r*, r(0)] @ [theta, 1] = r(theta)``.
+
+Losses (``loss:`` in a job):
+
+* ``squared``: l = (f - y)^2.
+* ``bce``: binary cross-entropy of a probability output f in (0, 1) (sigmoid outputs:
+  ``glm:sigmoid``, ``relu2:<h>:sigmoid``, a torch module ending in a sigmoid), labels y in
+  [0, 1]: l = y log(y/f) + (1-y) log((1-y)/(1-f)) (= BCE for 0/1 labels; for soft labels
+  BCE minus the label entropy, so l >= 0). f is clipped to [1e-12, 1 - 1e-12]; residuals of
+  rows whose f is within ~1e-8 of 0 or 1 lose digits (f itself has lost them).
+* ``poisson``: Poisson deviance / 2 of a positive mean f (``glm:exp``, ``glm:softplus``),
+  counts y >= 0: l = f - y - y log(f/y) (= f for y = 0).
+
+Adjoints of r: closed forms for GLMs (single index, k = 1) and ``relu2`` (Prop. 3.1, k = 2)
+through a stable divided difference of psi_y(z) = r(phi(z), y), and quadrature
+(:mod:`nldist.quadrature`) for any other model. Nothing here imports torch unless a torch
+function is called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nldist.errors import NldistError
+
+LOSSES = ("squared", "bce", "poisson")
+BCE_EPS = 1e-12
+_SERIES_TERMS = 18
+
+
+def _g0(u: np.ndarray) -> np.ndarray:
+    """(u - log1p(u)) / u^2 for u > -1, without cancellation (series for |u| < 0.1)."""
+    u = np.asarray(u, dtype=np.float64)
+    small = np.abs(u) < 0.1
+    us = np.where(small, u, 0.0)
+    ser = np.zeros_like(u)
+    for k in range(_SERIES_TERMS - 1, -1, -1):  # sum_k (-u)^k / (k + 2), Horner
+        ser = 1.0 / (k + 2) - us * ser
+    ub = np.where(small, 1.0, u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = (ub - np.log1p(ub)) / (ub * ub)
+    return np.where(small, ser, direct)
+
+
+def _g0_torch(u: Any) -> Any:
+    import torch
+
+    small = u.abs() < 0.1
+    us = torch.where(small, u, torch.zeros_like(u))
+    ser = torch.zeros_like(u)
+    for k in range(_SERIES_TERMS - 1, -1, -1):
+        ser = 1.0 / (k + 2) - us * ser
+    ub = torch.where(small, torch.ones_like(u), u)
+    return torch.where(small, ser, (ub - torch.log1p(ub)) / (ub * ub))
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss through its signed-root residual r(f, y) (NumPy and torch forms).
+
+    Attributes
+    ----------
+    name : str
+        One of ``LOSSES``.
+    """
+
+    name: str
+
+    # -- checks ------------------------------------------------------------------------
+    def check(self, f: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
+        """Raise a one-line error when labels or model outputs are outside the domain."""
+        if self.name == "bce":
+            if y is not None and (np.any(y < 0) or np.any(y > 1)):
+                raise NldistError("loss 'bce' needs labels in [0, 1]; ingest a binary target "
+                                  "(dataset.classes: [A, B]) or use loss: squared")
+            if f is not None and (np.any(f < 0) or np.any(f > 1)):
+                raise NldistError("loss 'bce' needs model outputs in (0, 1); use a sigmoid "
+                                  "output (glm:sigmoid, relu2:<h>:sigmoid, a torch module "
+                                  "ending in nn.Sigmoid) or loss: squared")
+        elif self.name == "poisson":
+            if y is not None and np.any(y < 0):
+                raise NldistError("loss 'poisson' needs labels y >= 0 (counts or positive "
+                                  "amounts); do not standardize the target")
+            if f is not None and np.any(f <= 0):
+                raise NldistError("loss 'poisson' needs positive model outputs; use glm:exp or "
+                                  "glm:softplus (a positive mean)")
+
+    # -- NumPy ---------------------------------------------------------------------------
+    def residual(self, f: Any, y: Any) -> np.ndarray:
+        """r(f, y), elementwise (broadcasting), float64."""
+        f = np.asarray(f, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if self.name == "squared":
+            return f - y
+        if self.name == "poisson":
+            f, y = np.broadcast_arrays(f, y)
+            pos = y > 0
+            ys = np.where(pos, y, 1.0)
+            u = np.where(pos, (f - y) / ys, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(pos, (f - y) * np.sqrt(_g0(u) / ys), np.sqrt(f))
+        f, y = np.broadcast_arrays(np.clip(f, BCE_EPS, 1 - BCE_EPS), y)
+        d = f - y
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r1 = -np.sqrt(-np.log(f))
+            r0 = np.sqrt(-np.log1p(-f))
+            soft = (y > 0) & (y < 1)
+            ys = np.where(soft, y, 0.5)
+            G = _g0(d / ys) / ys + _g0(-d / (1 - ys)) / (1 - ys)
+            rs = d * np.sqrt(G)
+        return np.where(y >= 1, r1, np.where(y <= 0, r0, rs))
+
+    def dresidual(self, f: Any, y: Any) -> np.ndarray:
+        """dr/df (f, y), elementwise, float64 (0 where bce clips f)."""
+        f = np.asarray(f, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if self.name == "squared":
+            return np.ones(np.broadcast(f, y).shape)
+        if self.name == "poisson":
+            f, y = np.broadcast_arrays(f, y)
+            pos = y > 0
+            ys = np.where(pos, y, 1.0)
+            u = np.where(pos, (f - y) / ys, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(pos, 1.0 / (2.0 * f * np.sqrt(_g0(u) / ys)),
+                                0.5 / np.sqrt(f))
+        inside = (f > BCE_EPS) & (f < 1 - BCE_EPS)
+        fc = np.clip(f, BCE_EPS, 1 - BCE_EPS)
+        fc, y = np.broadcast_arrays(fc, y)
+        d = fc - y
+        with np.errstate(invalid="ignore", divide="ignore"):
+            soft = (y > 0) & (y < 1)
+            ys = np.where(soft, y, 0.5)
+            s_soft = np.sqrt(_g0(d / ys) / ys + _g0(-d / (1 - ys)) / (1 - ys))
+            s_hard = self.residual(fc, y) / np.where(d == 0, 1.0, d)
+            s = np.where(soft, s_soft, s_hard)
+            out = 1.0 / (2.0 * fc * (1 - fc) * s)
+        return np.where(inside, out, 0.0)
+
+    # -- torch -------------------------------------------------------------------------
+    def torch_residual(self, f: Any, y: Any) -> Any:
+        """r(f, y) on tensors, differentiable in f with finite derivatives everywhere."""
+        import torch
+
+        if self.name == "squared":
+            return f - y
+        if self.name == "poisson":
+            pos = y > 0
+            ys = torch.where(pos, y, torch.ones_like(y))
+            u = torch.where(pos, (f - y) / ys, torch.zeros_like(f))
+            fpos = torch.where(pos, torch.ones_like(f), f)
+            return torch.where(pos, (f - y) * torch.sqrt(_g0_torch(u) / ys), torch.sqrt(fpos))
+        f = torch.clamp(f, BCE_EPS, 1 - BCE_EPS)
+        d = f - y
+        hard1, hard0 = y >= 1, y <= 0
+        soft = ~(hard0 | hard1)
+        ys = torch.where(soft, y, torch.full_like(y, 0.5))
+        G = _g0_torch(d / ys) / ys + _g0_torch(-d / (1 - ys)) / (1 - ys)
+        rs = d * torch.sqrt(torch.where(soft, G, torch.ones_like(G)))
+        f1 = torch.where(hard1, f, torch.full_like(f, 0.5))
+        f0 = torch.where(hard0, f, torch.full_like(f, 0.5))
+        r1 = -torch.sqrt(-torch.log(f1))
+        r0 = torch.sqrt(-torch.log1p(-f0))
+        return torch.where(hard1, r1, torch.where(hard0, r0, rs))
+
+    def torch_post(self) -> Any:
+        """post-map (out, y) -> r for :mod:`nldist.quadrature` (None for squared: f - y)."""
+        return lambda out, y: self.torch_residual(out, y)
+
+
+def get_loss(name: str | Loss) -> Loss:
+    """A :class:`Loss` by name, or a one-line error listing the names."""
+    if isinstance(name, Loss):
+        return name
+    if name not in LOSSES:
+        raise NldistError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    return Loss(name)
+
+
+def psi_divdiff(loss: Loss, act: Any, z: np.ndarray, y: np.ndarray,
+                small: float = 0.5, nodes: int = 24) -> np.ndarray:
+    """(psi(z) - psi(0)) / z for psi(z) = r(act(z), y), per row, without cancellation.
+
+    Direct where |z| >= ``small``; below, ``int_0^1 psi'(s z) ds`` by Gauss-Legendre
+    (``nodes``) — psi is smooth (analytic for the losses here), so this is exact to rounding
+    for |z| < 0.5; its value at z = 0 is psi'(0).
+
+    Parameters
+    ----------
+    loss : Loss
+    act : nldist.models.Activation
+        The output map phi (identity for a plain linear predictor).
+    z : ndarray (n,)
+        The index <theta, x~> (GLM) or the homogeneous inner map g (relu2).
+    y : ndarray (n,)
+    """
+    from nldist.quadrature import gauss_legendre
+
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    out = np.empty_like(z)
+    big = np.abs(z) >= small
+    if big.any():
+        zb, yb = z[big], y[big]
+        out[big] = (loss.residual(act.phi(zb), yb) - loss.residual(act.phi0, yb)) / zb
+    if (~big).any():
+        s, w = gauss_legendre(nodes)
+        zs = z[~big][:, None] * s[None, :]
+        ys = y[~big][:, None]
+        out[~big] = (loss.dresidual(act.phi(zs), ys) * act.dphi(zs)) @ w
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Block kernels (pure NumPy in, NumPy out; torch only for torch models)
+# --------------------------------------------------------------------------------------
+
+
+def residual_adjoint(model: Any, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                     loss: Loss) -> np.ndarray:
+    """Adjoint r*(theta) (n, p) of r_i(theta) = r(f(theta; x_i), y_i).
+
+    GLMs: closed form ``psi_divdiff(z) * [x, 1]``; models with their own
+    ``residual_adjoint`` (relu2, homogeneous torch modules) use it; any other model goes
+    through quadrature with the residual as post-map.
+    """
+    from nldist.models import GLM
+
+    if isinstance(model, GLM):
+        z = model._z(theta, X)
+        return model._design(X, psi_divdiff(loss, model.activation, z, y))
+    own = getattr(model, "residual_adjoint", None)
+    if own is not None:
+        return own(theta, X, y, loss)
+    from nldist import quadrature
+
+    return quadrature.adjoint(model, theta, X, aux=y, post=loss.torch_post())
+
+
+def dual_block(model: Any, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+               loss: str | Loss) -> np.ndarray:
+    """Augmented dual block [r*(theta), r(0)] (n_b, p + 1) for a non-squared loss.
+
+    ``out @ [theta, 1] = r(theta)`` row by row (MATH.md §2 with r in place of f - y).
+    """
+    loss = get_loss(loss)
+    theta, X = model.check_theta(theta), model.check_X(X)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    loss.check(model.predict(theta, X), y)
+    F = residual_adjoint(model, theta, X, y, loss)
+    out = np.empty((F.shape[0], F.shape[1] + 1), dtype=np.float64)
+    out[:, :-1] = F
+    out[:, -1] = loss.residual(model.f0(X), y)
+    return out
+
+
+def gn_block(model: Any, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+             loss: str | Loss) -> dict:
+    """Loss sum r_i^2, gradient 2 J_r^T r (p,) and Gauss-Newton 2 J_r^T J_r (p, p) on a block."""
+    loss = get_loss(loss)
+    y = np.asarray(y, dtype=np.float64)
+    f = model.predict(theta, X)
+    loss.check(f, y)
+    r = loss.residual(f, y)
+    J = model.jacobian(theta, X) * loss.dresidual(f, y)[:, None]
+    return {"loss": float(r @ r), "grad": 2.0 * (J.T @ r), "gn": 2.0 * (J.T @ J)}
+
+
+def losses_block(model: Any, thetas: np.ndarray, X: np.ndarray, y: np.ndarray,
+                 loss: str | Loss) -> np.ndarray:
+    """sum_i r_i(theta_j)^2 over the block for each theta_j (m, p) -> (m,)."""
+    loss = get_loss(loss)
+    y = np.asarray(y, dtype=np.float64)
+    out = np.empty(thetas.shape[0])
+    for j, th in enumerate(thetas):
+        f = model.predict(th, X)
+        loss.check(f, y)
+        r = loss.residual(f, y)
+        out[j] = r @ r
+    return out
