@@ -157,6 +157,13 @@ class ScoreSpec:
             return False
         return self.raw or self.kind in ("linear-leverage", "linear-norm")
 
+    @property
+    def cheap_to_rebuild(self) -> bool:
+        """Rebuilding the matrix costs about a copy of X: linear kinds, closed-form models."""
+        if self.cheap:
+            return True
+        return self.model is not None and type(self.model).adjoint is not Model.adjoint
+
     def n_cols(self, d: int) -> int:
         """Columns q of the matrix for X with d columns (0 for uniform)."""
         if self.col_sketch is not None and self.kind != "uniform":
@@ -189,8 +196,8 @@ def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: in
     NaN/inf row makes them non-finite; then the block is scanned for the one-line error). The
     block's R comes from :func:`nldist.linalg.block_r_method` with ``spec.qr_method``: in the
     common well-conditioned case straight from the Cholesky factor of the Gram; otherwise the
-    whole block is needed (kept for models, rebuilt for the cheap linear matrix) for
-    CholeskyQR2 / shifted CholeskyQR3 / Householder.
+    whole block is needed for CholeskyQR2 / shifted CholeskyQR3 / Householder: it is rebuilt
+    when that is cheap (linear kinds, closed-form adjoints), else kept from the slices.
 
     Returns
     -------
@@ -206,23 +213,23 @@ def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: in
         check_finite_block(X, yy, offset)
         return out
     leverage = spec.kind in LEVERAGE_KINDS
-    keep = leverage and not spec.cheap
+    keep = leverage and not spec.cheap_to_rebuild
     full = np.empty((n, q), dtype=np.float64) if keep else None
     G = np.zeros((q, q)) if leverage else None
     fro2 = 0.0
-    x_ok = True
     for s in _slices(n, q):
         Xs = X[s]
-        if not spec.cheap:  # a model may map NaN input to finite output; check X itself
-            x_ok = x_ok and bool(np.isfinite(Xs).all())
+        if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
+            check_finite_block(X, yy, offset)
         A = spec.matrix(Xs, _sl(yy, s))
         if keep:
             full[s] = A
-        if leverage:
-            G += A.T @ A
-        else:
-            fro2 += float(np.einsum("ij,ij->", A, A))
-    finite = x_ok and (np.isfinite(G).all() if leverage else np.isfinite(fro2))
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            if leverage:
+                G += A.T @ A
+            else:
+                fro2 += float(np.einsum("ij,ij->", A, A))
+    finite = bool(np.isfinite(G).all() if leverage else np.isfinite(fro2))
     if not finite:
         check_finite_block(X, yy, offset)  # raises for NaN/inf in X or y
     if not leverage:

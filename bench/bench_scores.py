@@ -1,0 +1,347 @@
+"""Benchmark exact scores against a plain read and against dask's tsqr, on one cluster.
+
+In one process and on one ``LocalCluster`` (processes, 1 thread per worker), each repeated
+``--repeats`` times (median reported):
+
+* ``read``     ``da.from_zarr(X).sum().compute()``: decode every X block once, nothing else.
+* ``ours-lin`` ``nldist.scores(path, kind="linear-leverage")`` (matrix [X, 1]) and the (n,)
+  scores stored to a Zarr array with ``.to_zarr`` (pass 1 eager, pass 2 by the store).
+* ``ours-nl``  ``nldist.scores(path, model=glm:swish, theta, kind="nonlinear-leverage")``
+  (dual matrix [F*(theta), f(0) - y], theta fixed and nonzero), stored the same way.
+* ``tsqr``     ``dask.array.linalg.tsqr`` of the same [X, 1] and the row norms of Q
+  (leverage), stored the same way.
+
+Ratios: ours-lin / read (target <= 2.5) and tsqr / ours-lin (target >= 3). The stored
+scores of ours (times the rank) and of tsqr are compared (max abs difference).
+
+Optional: ``--scaling`` (weak scaling: 1 worker on n/2 rows vs 2 workers on n rows) and
+``--memory`` (peak RSS per worker, sampled every 50 ms from the driver, vs n).
+
+Usage::
+
+    .venv/bin/python bench/make_data.py
+    .venv/bin/python bench/bench_scores.py --repeats 3 --scaling --memory --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Sample the resident set size of the given worker processes from the driver.
+
+    Peaks are per process (bytes); sampling every ``interval`` seconds in a thread.
+    """
+
+    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(p) for p in pids]
+        self.interval = interval
+        self.peak = [0] * len(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for k, p in enumerate(self.procs):
+                try:
+                    self.peak[k] = max(self.peak[k], p.memory_info().rss)
+                except Exception:  # a worker restarted or exited
+                    pass
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def worker_pids(client) -> list[int]:
+    return list(client.run(os.getpid).values())
+
+
+def timed(fn: Callable[[], object], repeats: int, client=None) -> tuple[list[float], object]:
+    """Wall-clock times (s) of ``repeats`` calls; returns (times, last result)."""
+    times, out = [], None
+    for _ in range(repeats):
+        if client is not None:
+            client.run(_gc)
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def _gc() -> None:
+    import gc
+
+    gc.collect()
+
+
+def linear_block(x: np.ndarray) -> np.ndarray:
+    """[x, 1] for one block (the matrix linear-leverage scores)."""
+    out = np.empty((x.shape[0], x.shape[1] + 1))
+    out[:, :-1] = x
+    out[:, -1] = 1.0
+    return out
+
+
+@contextmanager
+def cluster(n_workers: int, memory_limit: str):
+    from dask.distributed import Client, LocalCluster
+
+    cl = LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1,
+                      memory_limit=memory_limit, host="127.0.0.1", dashboard_address=":0")
+    client = Client(cl)
+    try:
+        yield client
+    finally:
+        client.close()
+        cl.close()
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------------------
+# The measured operations
+# --------------------------------------------------------------------------------------
+
+
+def open_xy(path: Path, n: int | None):
+    """Lazy X, y of the group, optionally cut to the first n rows."""
+    from nldist.graph import open_zarr_xy
+
+    X, y = open_zarr_xy(path)
+    if n is not None and n < X.shape[0]:
+        X, y = X[:n], y[:n]
+    return X, y
+
+
+def op_read(path: Path, n: int | None) -> Callable[[], float]:
+    X, _ = open_xy(path, n)
+    return lambda: float(X.sum().compute())
+
+
+def op_ours(path: Path, n: int | None, out: Path, kind: str, model=None, theta=None):
+    import nldist
+
+    def run() -> float:
+        src = str(path) if n is None else open_xy(path, n)[0]
+        ys = None if n is None else open_xy(path, n)[1]
+        if kind == "linear-leverage":
+            p = nldist.scores(src, ys, kind=kind)
+        else:
+            p = nldist.scores(src, ys, model=model, theta=theta, kind=kind)
+        p.to_zarr(str(out), overwrite=True)
+        return 0.0
+
+    return run
+
+
+def op_tsqr(path: Path, n: int | None, out: Path):
+    import dask.array as da
+
+    X, _ = open_xy(path, n)
+    A = X.map_blocks(linear_block, chunks=(X.chunks[0], (X.shape[1] + 1,)), dtype=np.float64)
+
+    def run() -> float:
+        q, _ = da.linalg.tsqr(A)
+        lev = (q * q).sum(axis=1)
+        lev.to_zarr(str(out), overwrite=True)
+        return 0.0
+
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--path", type=Path, default=None, help="dataset group (built if missing)")
+    ap.add_argument("--n", type=int, default=2_000_000)
+    ap.add_argument("--d", type=int, default=50)
+    ap.add_argument("--chunk-rows", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-limit", default="1GiB", help="per worker (all measurements)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default="glm:swish")
+    ap.add_argument("--theta-scale", type=float, default=0.2,
+                    help="theta = scale * standard normal (seed 0), for the nonlinear scores")
+    ap.add_argument("--skip", default="", help="comma list of read,ours-lin,ours-nl,tsqr")
+    ap.add_argument("--scaling", action="store_true", help="weak scaling 1 -> 2 workers")
+    ap.add_argument("--memory", action="store_true", help="peak worker RSS vs n")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    import dask
+    import zarr
+
+    import nldist
+    from nldist.io import default_chunk_rows
+
+    cr = args.chunk_rows or default_chunk_rows(args.d)
+    path = args.path or HERE / "data" / f"bio_{args.n}_{args.d}_{cr}.zarr"
+    if not path.exists():
+        import make_data  # noqa: I001  (bench/ sibling script)
+
+        make_data.write(path, args.n, args.d, cr, 0.05, 0)
+    g = zarr.open_group(str(path), mode="r")
+    n, d = g["X"].shape
+    cr = g["X"].chunks[0]
+    skip = set(filter(None, args.skip.split(",")))
+    model = nldist.get_model(args.model, n_features=d)
+    theta = args.theta_scale * np.random.default_rng(0).standard_normal(model.n_params)
+    tmp = Path(tempfile.mkdtemp(prefix="nldist-bench-"))
+    res: dict = {
+        "n": n, "d": d, "chunk_rows": cr, "n_chunks": -(-n // cr), "workers": args.workers,
+        "memory_limit": args.memory_limit, "repeats": args.repeats, "model": args.model,
+        "theta_scale": args.theta_scale, "path": str(path), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "versions": {
+            "nldist": nldist.__version__, "dask": dask.__version__, "zarr": zarr.__version__,
+            "numpy": np.__version__},
+        "load_before": load_avg(), "times": {},
+    }
+    print(f"n={n} d={d} chunk_rows={cr} workers={args.workers} memory_limit={args.memory_limit}"
+          f" load={res['load_before']}", flush=True)
+    try:
+        with cluster(args.workers, args.memory_limit) as client:
+            ops = {
+                "read": op_read(path, None),
+                "ours-lin": op_ours(path, None, tmp / "ours-lin.zarr", "linear-leverage"),
+                "ours-nl": op_ours(path, None, tmp / "ours-nl.zarr", "nonlinear-leverage",
+                                   model, theta),
+                "tsqr": op_tsqr(path, None, tmp / "tsqr.zarr"),
+            }
+            # warm-up: imports on the workers and the page cache
+            ops["read"]()
+            for name, fn in ops.items():
+                if name in skip:
+                    continue
+                with RssSampler(worker_pids(client)) as rss:
+                    times, _ = timed(fn, args.repeats, client)
+                res["times"][name] = {"all": times, "median": float(np.median(times)),
+                                      "peak_rss_mib": [r / 2**20 for r in rss.peak]}
+                print(f"{name:9s} median {np.median(times):7.2f} s  all "
+                      f"{', '.join(f'{t:.2f}' for t in times)}  peak RSS/worker "
+                      f"{', '.join(f'{r / 2**20:.0f}' for r in rss.peak)} MiB", flush=True)
+        t = {k: v["median"] for k, v in res["times"].items()}
+        if "read" in t and "ours-lin" in t:
+            res["ours_over_read"] = t["ours-lin"] / t["read"]
+            print(f"ours-lin / read = {res['ours_over_read']:.2f}  (target <= 2.5)")
+        if "read" in t and "ours-nl" in t:
+            res["ours_nl_over_read"] = t["ours-nl"] / t["read"]
+            print(f"ours-nl / read  = {res['ours_nl_over_read']:.2f}")
+        if "tsqr" in t and "ours-lin" in t:
+            res["tsqr_over_ours"] = t["tsqr"] / t["ours-lin"]
+            print(f"tsqr / ours-lin = {res['tsqr_over_ours']:.2f}  (target >= 3)")
+        if {"tsqr", "ours-lin"} <= set(t):
+            ours = zarr.open_array(str(tmp / "ours-lin.zarr"), mode="r")[:]
+            ref = zarr.open_array(str(tmp / "tsqr.zarr"), mode="r")[:]
+            rank = round(float(ref.sum()))
+            res["rank"] = rank
+            res["max_abs_diff_vs_tsqr"] = float(np.max(np.abs(ours * rank - ref)))
+            res["max_rel_diff_vs_tsqr"] = float(np.max(np.abs(ours * rank - ref)) / ref.max())
+            print(f"ours*rank vs tsqr row norms: max abs diff {res['max_abs_diff_vs_tsqr']:.2e}"
+                  f" (max leverage {ref.max():.3e}, rank {rank})")
+        if args.scaling:
+            res["weak_scaling"] = weak_scaling(path, n, cr, args, tmp)
+        if args.memory:
+            res["memory_vs_n"] = memory_vs_n(path, n, cr, args, tmp, model, theta)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["load_after"] = load_avg()
+    print(f"load after: {res['load_after']}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _cut(n: int, cr: int, frac: float) -> int:
+    """frac * n rounded down to whole chunks (at least one chunk)."""
+    return max(cr, int(n * frac) // cr * cr)
+
+
+def weak_scaling(path: Path, n: int, cr: int, args, tmp: Path) -> dict:
+    """Ours-lin and read: 1 worker on n/2 rows vs 2 workers on n rows (same chunk size)."""
+    out: dict = {}
+    for workers, rows in ((1, _cut(n, cr, 0.5)), (2, n)):
+        with cluster(workers, args.memory_limit) as client:
+            sub = None if rows == n else rows
+            op_read(path, sub)()  # warm-up
+            t_read, _ = timed(op_read(path, sub), args.repeats, client)
+            t_ours, _ = timed(op_ours(path, sub, tmp / "ws.zarr", "linear-leverage"),
+                              args.repeats, client)
+        out[str(workers)] = {"rows": rows, "read": float(np.median(t_read)),
+                             "ours-lin": float(np.median(t_ours))}
+        print(f"weak scaling: {workers} worker(s), {rows} rows: read "
+              f"{np.median(t_read):.2f} s, ours-lin {np.median(t_ours):.2f} s", flush=True)
+    out["efficiency_ours"] = out["1"]["ours-lin"] / out["2"]["ours-lin"]
+    out["efficiency_read"] = out["1"]["read"] / out["2"]["read"]
+    print(f"weak-scaling efficiency (t1/t2): ours-lin {out['efficiency_ours']:.2f}, "
+          f"read {out['efficiency_read']:.2f}")
+    return out
+
+
+def memory_vs_n(path: Path, n: int, cr: int, args, tmp: Path, model, theta) -> dict:
+    """Peak RSS per worker for ours-lin and ours-nl at n/4, n/2, n rows (fresh cluster each)."""
+    out: dict = {}
+    for frac in (0.25, 0.5, 1.0):
+        rows = _cut(n, cr, frac)
+        sub = None if rows == n else rows
+        for name in ("ours-lin", "ours-nl"):
+            with cluster(args.workers, args.memory_limit) as client:
+                base = [r / 2**20 for r in
+                        client.run(lambda: __import__("psutil").Process().memory_info().rss)
+                        .values()]
+                if name == "ours-lin":
+                    fn = op_ours(path, sub, tmp / "mem.zarr", "linear-leverage")
+                else:
+                    fn = op_ours(path, sub, tmp / "mem.zarr", "nonlinear-leverage", model, theta)
+                with RssSampler(worker_pids(client), interval=0.02) as rss:
+                    fn()
+            peaks = [r / 2**20 for r in rss.peak]
+            out.setdefault(name, []).append({"rows": rows, "peak_rss_mib": peaks,
+                                             "idle_rss_mib": base})
+            print(f"memory: {name} {rows} rows: peak RSS/worker "
+                  f"{', '.join(f'{p:.0f}' for p in peaks)} MiB (idle "
+                  f"{', '.join(f'{b:.0f}' for b in base)} MiB)", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    main()
