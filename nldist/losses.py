@@ -168,8 +168,9 @@ class Loss:
         hard1, hard0 = y >= 1, y <= 0
         soft = ~(hard0 | hard1)
         ys = torch.where(soft, y, torch.full_like(y, 0.5))
-        G = _g0_torch(d / ys) / ys + _g0_torch(-d / (1 - ys)) / (1 - ys)
-        rs = d * torch.sqrt(torch.where(soft, G, torch.ones_like(G)))
+        ds = torch.where(soft, d, torch.zeros_like(d))  # keep the unused branch finite
+        G = _g0_torch(ds / ys) / ys + _g0_torch(-ds / (1 - ys)) / (1 - ys)
+        rs = ds * torch.sqrt(G)
         f1 = torch.where(hard1, f, torch.full_like(f, 0.5))
         f0 = torch.where(hard0, f, torch.full_like(f, 0.5))
         r1 = -torch.sqrt(-torch.log(f1))

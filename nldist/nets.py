@@ -385,7 +385,16 @@ class TorchModel(Model):
         outer = _activation(outer_name, {}) if outer_name else None
         built = _Built(net, names, shapes, params, buffers, fast, 1, degree, outer)
         built.width = self._validate(built)
-        if fast and not self._fast_agrees(built):
+        try:
+            agrees = self._fast_agrees(built) if fast else True
+        except NldistError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. .item() under vmap
+            raise NldistError(f"module of {self.spec!r} cannot be vectorized with torch.func "
+                              f"({type(exc).__name__}: {_first_line(exc)}); use torch ops only in "
+                              "forward (no .item(), .numpy() or data-dependent Python control "
+                              "flow)") from None
+        if not agrees:
             log.warning("model %s: layers' outputs are not linear in their parameters (the "
                         "scaled evaluator disagrees); using the generic quadrature", self.spec)
             built.fast = False

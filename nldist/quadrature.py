@@ -772,22 +772,25 @@ def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: QuadOption
     F = _pieces_grads(ray, rows, pieces, q)
     _check_finite("gradient", F, rows)
     rel, scale = id_residual(ray.theta, F, f1, f0)
+    bad = (rel > tol).numpy()
     while k:
         # ... and after it: q vs 2q on the rows with the largest (ID) residual
         probe = torch.argsort(rel, descending=True)[:k]
         pidx = probe.numpy()
         F2 = _pieces_grads(ray, rows[probe], [pieces[i] for i in pidx], 2 * q)
         err = _rel_diff(F[probe], F2)
-        info.probe_error = max(info.probe_error, err)
         if err <= tol or 4 * q > opts.q_max:
-            if err > tol:
+            info.probe_error = max(info.probe_error, err)
+            if err > tol:  # at q_max: the rows that still disagree go to refinement
+                nrm = torch.clamp(F2.abs().amax(dim=1), min=torch.finfo(F2.dtype).tiny)
+                bad[pidx[((F2 - F[probe]).abs().amax(dim=1) / nrm > tol).numpy()]] = True
                 F[probe] = F2
             break
         q *= 2
         log.debug("quadrature: q-vs-2q error %.2e > tol on worst rows; q -> %d", err, q)
         F = _pieces_grads(ray, rows, pieces, q)
         rel, scale = id_residual(ray.theta, F, f1, f0)
-    bad = (rel > tol).numpy()
+        bad = (rel > tol).numpy()
     if bad.any():
         sel = np.flatnonzero(bad)
         info.refined_rows += sel.size
