@@ -42,6 +42,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -379,5 +381,5 @@ class Runner:
 
 
 def _fit_info(fit: FitResult) -> dict:
-    return {"loss": fit.loss, "iterations": fit.iterations, "converged": fit.converged,
+    return {"loss": fit.loss, "iterations": fit.iterations, "converged": bool(fit.converged),
             "oracle_calls": fit.oracle_calls, "theta_norm": float(np.linalg.norm(fit.theta))}
