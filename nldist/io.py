@@ -43,7 +43,7 @@ def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, d
     if not path.exists() and src in datasets.DATASETS:
         df, info = datasets.load(src)
         return df, {"target": target or info.target, "source": info.source, "task": info.task,
-                    "license": info.license, "dataset": info.name}
+                    "license": info.license, "dataset": info.name, **info.attrs()}
     if not path.exists():
         raise NldistError(
             f"source {src!r} not found; give an existing .csv/.parquet/.npz/.npy file or one of "
