@@ -197,11 +197,12 @@ def leverage_dask(A: da.Array, ridge: float = 0.0, rtol: float | None = None) ->
 
 
 def gn_pass(
-    X: da.Array, y: da.Array, model: Model, theta: np.ndarray, split_every: int = SPLIT_EVERY
+    X: da.Array, y: da.Array, model: Model, theta: np.ndarray, split_every: int = SPLIT_EVERY,
+    loss: str = "squared",
 ) -> dict:
     """One distributed pass: full-data loss, gradient (p,) and Gauss-Newton matrix (p, p)."""
     parts = [
-        dask.delayed(kernels.gn_block, pure=True)(model, theta, xb, yb, off)
+        dask.delayed(kernels.gn_block, pure=True)(model, theta, xb, yb, off, loss)
         for xb, yb, off in _blocks(X, y)
     ]
     (out,) = dask.compute(tree_reduce(parts, kernels.combine_sum, split_every))
@@ -209,12 +210,13 @@ def gn_pass(
 
 
 def losses_pass(
-    X: da.Array, y: da.Array, model: Model, thetas: np.ndarray, split_every: int = SPLIT_EVERY
+    X: da.Array, y: da.Array, model: Model, thetas: np.ndarray, split_every: int = SPLIT_EVERY,
+    loss: str = "squared",
 ) -> np.ndarray:
-    """Full-data squared losses (m,) of m parameter vectors (m, p) in one distributed pass."""
+    """Full-data losses (m,) of m parameter vectors (m, p) in one distributed pass."""
     thetas = np.atleast_2d(np.asarray(thetas, dtype=np.float64))
     parts = [
-        dask.delayed(kernels.losses_block, pure=True)(model, thetas, xb, yb)
+        dask.delayed(kernels.losses_block, pure=True)(model, thetas, xb, yb, loss)
         for xb, yb, _ in _blocks(X, y)
     ]
     (out,) = dask.compute(tree_reduce(parts, sum, split_every))

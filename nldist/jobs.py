@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nldist.errors import NldistError
 from nldist.kernels import KINDS
@@ -150,14 +157,34 @@ class SketchConfig(_Strict):
     seed: int = Field(0, ge=0)
 
 
+class AdjointConfig(_Strict):
+    """Quadrature settings for models without a closed-form adjoint (torch: specs)."""
+
+    q: int = Field(8, gt=0, le=512, description="Gauss-Legendre nodes per piece to start from")
+    q_max: int = Field(64, gt=0, le=512)
+    tol: float | None = Field(None, gt=0, lt=1, description="relative (ID) tolerance "
+                              "(default 1e-10 in float64, 1e-5 in float32)")
+    dtype: Literal["float64", "float32"] = "float64"
+    batch_rows: int = Field(1024, gt=0)
+    kinks: bool = Field(True, description="locate ReLU-type breakpoints along the ray")
+
+
 class JobConfig(_Strict):
     """One nldist job (see jobs/*.yaml)."""
 
     name: str = "job"
     dataset: DatasetConfig
     model: str = Field(description="model spec, e.g. glm:swish, linear, glm:sigmoid:nobias")
-    theta: str = Field("optimum", description="zeros | optimum (full-data theta*) | path to .npy")
-    loss: Literal["squared"] = "squared"
+    theta: str = Field("optimum", description="zeros | init (the model's starting point) | "
+                       "optimum (full-data theta*) | pilot (uniform pilot sample -> theta_0, "
+                       "MATH.md §5) | path to a .npy or a torch .pt checkpoint")
+    loss: Literal["squared", "bce", "poisson"] = Field(
+        "squared", description="squared | bce (sigmoid outputs, 0/1 labels) | poisson "
+        "(positive outputs, y >= 0); residuals sign(f-y) sqrt(loss) (MATH.md §6)")
+    pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot")
+    swish_bound: bool = Field(False, description="glm:swish only: sample the main kind "
+                              "(linear-leverage) with s scaled by c2/c1 (MATH.md §5)")
+    adjoint: AdjointConfig | None = None
     kind: Kind = "nonlinear-leverage"
     baselines: list[Kind] = Field(default_factory=lambda: ["linear-leverage", "uniform"])
     ridge: float = Field(0.0, ge=0)
@@ -180,10 +207,25 @@ class JobConfig(_Strict):
         from nldist.models import get_model
 
         try:
-            get_model(v, 1)
+            if v.strip().startswith("torch:"):  # do not build: the factory needs the real d
+                from nldist.nets import parse_torch_spec
+
+                parse_torch_spec(v, check_import=True)
+            else:
+                get_model(v, 1)
         except NldistError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @model_validator(mode="after")
+    def _swish_bound(self) -> JobConfig:
+        if self.swish_bound:
+            if self.kind != "linear-leverage":
+                raise ValueError("swish_bound samples by linear leverage; set kind: "
+                                 "linear-leverage (s is scaled by c2/c1)")
+            if not self.model.replace(" ", "").startswith("glm:swish"):
+                raise ValueError("swish_bound needs model glm:swish(c1=..,c2=..)")
+        return self
 
     @field_validator("baselines")
     @classmethod

@@ -52,7 +52,9 @@ def check_finite_block(X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> 
         )
 
 
-def dual_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+def dual_block(
+    model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray | None, loss: str = "squared"
+) -> np.ndarray:
     """Augmented nonlinear dual block [F*(theta), f(0) - y] (MATH.md §2).
 
     Parameters
@@ -62,11 +64,18 @@ def dual_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray | N
     X : ndarray (n_b, d)
     y : ndarray (n_b,) or None
         Without labels the unaugmented F* (n_b, p) is returned.
+    loss : str
+        ``"squared"`` (the block above) or another loss of :mod:`nldist.losses`: then
+        ``[r*(theta), r(0)]`` for the residuals r_i = sign(f_i - y_i) sqrt(l_i) (MATH.md §6).
 
     Returns
     -------
     ndarray, shape (n_b, p + 1) or (n_b, p), float64
     """
+    if loss != "squared" and y is not None:
+        from nldist import losses
+
+        return losses.dual_block(model, theta, X, y, loss)
     F = model.adjoint(theta, X)
     if y is None:
         return F
@@ -129,6 +138,7 @@ class ScoreSpec:
     raw: bool = False
     qr_method: str = "auto"
     col_sketch: Any = None
+    loss: str = "squared"
 
     def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """The block of the matrix whose row scores are wanted (None for uniform)."""
@@ -141,7 +151,7 @@ class ScoreSpec:
         if self.raw:
             return np.asarray(X, dtype=np.float64)
         if self.kind in NONLINEAR_KINDS:
-            return dual_block(self.model, self.theta, X, y if self.use_y else None)
+            return dual_block(self.model, self.theta, X, y if self.use_y else None, self.loss)
         if self.kind in ("linear-leverage", "linear-norm"):
             return linear_block(X, y if self.use_y else None, bias=self.linear_bias)
         return None
@@ -343,15 +353,22 @@ def pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Norm
 
 
 def gn_block(
-    model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray, offset: int = 0
+    model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray, offset: int = 0,
+    loss: str = "squared",
 ) -> dict:
     """Loss, gradient and Gauss-Newton matrix of L = sum (f_i - y_i)^2 on one block.
+
+    With another ``loss`` (:mod:`nldist.losses`) the same for L = sum r_i^2.
 
     Returns
     -------
     dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J
     """
     check_finite_block(np.asarray(X), np.asarray(y), offset)
+    if loss != "squared":
+        from nldist import losses
+
+        return losses.gn_block(model, theta, X, y, loss)
     r = model.predict(theta, X) - np.asarray(y, dtype=np.float64)
     J = model.jacobian(theta, X)
     return {"loss": float(r @ r), "grad": 2.0 * (J.T @ r), "gn": 2.0 * (J.T @ J)}
@@ -362,8 +379,12 @@ def combine_sum(parts: list[dict]) -> dict:
     return {k: sum(p[k] for p in parts) for k in parts[0]}
 
 
-def losses_block(model: Model, thetas: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+def losses_block(
+    model: Model, thetas: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str = "squared"
+) -> np.ndarray:
     """Full-data squared loss contributions of several parameter vectors at once.
+
+    With another ``loss`` (:mod:`nldist.losses`): sum_i r_i(theta_j)^2.
 
     Parameters
     ----------
@@ -373,6 +394,10 @@ def losses_block(model: Model, thetas: np.ndarray, X: np.ndarray, y: np.ndarray)
     -------
     ndarray (m,): sum_i (f(theta_j; x_i) - y_i)^2 over the block's rows
     """
+    if loss != "squared":
+        from nldist import losses
+
+        return losses.losses_block(model, thetas, X, y, loss)
     y = np.asarray(y, dtype=np.float64)
     out = np.empty(thetas.shape[0])
     for j, th in enumerate(thetas):

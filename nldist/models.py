@@ -193,20 +193,43 @@ class Model:
         return X.astype(np.float64, copy=False)
 
     # -- interface ------------------------------------------------------------------
-    def predict(self, theta: Any, X: Any) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # The NumPy methods below default to the torch path of :mod:`nldist.quadrature`
+    # (float64 unless configured otherwise), so a subclass that only implements
+    # ``torch_forward`` gets all of them; closed forms override them (GLM, relu2).
+    # ``homogeneous_degree`` (k) may be declared by models whose output is positively
+    # k-homogeneous in theta; they then provide a one-gradient adjoint themselves.
+    homogeneous_degree = None
 
-    def adjoint(self, theta: Any, X: Any) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def predict(self, theta: Any, X: Any) -> np.ndarray:
+        """f(theta; x_i) for every row, (n,) float64 (default: the torch forward)."""
+        from nldist import quadrature
 
-    def jacobian(self, theta: Any, X: Any) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+        return quadrature.predict(self, self.check_theta(theta), self.check_X(X))
 
-    def f0(self, X: Any) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def adjoint(self, theta: Any, X: Any) -> np.ndarray:
+        """F*(theta), (n, p) float64 (default: Gauss-Legendre quadrature along t theta)."""
+        from nldist import quadrature
+
+        return quadrature.adjoint(self, self.check_theta(theta), self.check_X(X))
+
+    def jacobian(self, theta: Any, X: Any) -> np.ndarray:
+        """d f_i / d theta, (n, p) float64 (default: torch.func per-row gradients)."""
+        from nldist import quadrature
+
+        return quadrature.jacobian(self, self.check_theta(theta), self.check_X(X))
+
+    def f0(self, X: Any) -> np.ndarray:
+        """f(0; x_i), (n,) float64 (default: the torch forward at theta = 0)."""
+        from nldist import quadrature
+
+        return quadrature.predict(self, np.zeros(self.n_params), self.check_X(X))
 
     def torch_forward(self, theta: Any, X: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def initial_theta(self, seed: int = 0) -> np.ndarray:
+        """Default starting point of training (zeros; nets override: 0 is a saddle there)."""
+        return np.zeros(self.n_params)
 
     @property
     def has_bias(self) -> bool:
@@ -345,6 +368,8 @@ def get_model(spec: str, n_features: int) -> Model:
         act = _activation(match["act"], _parse_params(match["params"], spec))
         return GLM(spec=spec, n_features=d, activation=act, bias=not match["nobias"])
     prefix = spec.split(":", 1)[0]
+    if prefix not in _SPEC_PARSERS:
+        import nldist.nets  # noqa: F401 - registers relu2 and torch (lazy: no torch import)
     if prefix in _SPEC_PARSERS:
         return _SPEC_PARSERS[prefix](spec, d)
     known = SPEC_HELP + "".join(f", {p}:..." for p in _SPEC_PARSERS)

@@ -8,6 +8,7 @@ provenance matches, so re-running a job resumes instead of redoing work.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from nldist import __version__, graph, io, kernels, sampling
+from nldist import __version__, graph, io, kernels, nets, sampling
 from nldist.api import make_spec
 from nldist.errors import NldistError
 from nldist.jobs import JobConfig
@@ -142,6 +143,10 @@ class Runner:
         if self._model is None:
             X, _ = self.xy()
             self._model = get_model(self.job.model, X.shape[1])
+            if self.job.adjoint is not None and nets.uses_quadrature(self._model):
+                from nldist.quadrature import configure
+
+                configure(self._model, **self.job.adjoint.model_dump())
         return self._model
 
     # -- plan ------------------------------------------------------------------------
@@ -156,6 +161,7 @@ class Runner:
         kinds = self.job.kinds()
         passes = 2 * len([k for k in kinds if k != "uniform"]) + 1
         per_task = chunk * (d * itemsize + d * 8 + 3 * q * 8 + 2 * 8) + 4 * q * q * 8
+        per_task += nets.quadrature_bytes(self.model)
         return {
             "n_rows": n, "n_features": d, "n_params": p, "chunks": len(X.chunks[0]),
             "chunk_rows": chunk, "kinds": kinds,
@@ -164,7 +170,8 @@ class Runner:
             "memory_per_task_bytes": int(per_task),
             "memory_per_worker_bytes": int(per_task * self.job.cluster.threads_per_worker),
             "memory_formula": "threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) "
-                              "+ 32(p+1)^2 bytes, independent of n",
+                              "+ 32(p+1)^2 bytes (+ 16*max_elems for quadrature models), "
+                              "independent of n",
         }
 
     # -- stage: theta ----------------------------------------------------------------
@@ -179,8 +186,9 @@ class Runner:
         X, y = self.xy()
         m = self.model
         with self.timed("optimum"):
-            fit = fit_ball(lambda t: graph.gn_pass(X, y, m, t, self.job.split_every),
-                           np.zeros(m.n_params), self.job.radius, tol=self.job.tol,
+            fit = fit_ball(lambda t: graph.gn_pass(X, y, m, t, self.job.split_every,
+                                                   loss=self.job.loss),
+                           m.initial_theta(), self.job.radius, tol=self.job.tol,
                            max_iter=self.job.max_iter)
         info = _fit_info(fit)
         if not fit.converged:
@@ -195,14 +203,58 @@ class Runner:
             return np.zeros(self.model.n_params)
         if src == "optimum":
             return self.optimum()[0]
+        if src == "init":
+            return self.model.initial_theta()
+        if src == "pilot":
+            return self.pilot()
         path = Path(src)
         if not path.exists():
-            raise NldistError(f"theta file {src!r} not found; use zeros, optimum or a .npy path")
+            raise NldistError(f"theta file {src!r} not found; use zeros, init, optimum, pilot, "
+                              "a .npy file or a torch state_dict .pt file")
+        if path.suffix in (".pt", ".pth"):
+            return nets.load_checkpoint(self.model, path)
         try:
             t = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise NldistError(f"cannot read theta from {src}: {exc}") from None
         return self.model.check_theta(np.asarray(t).reshape(-1))
+
+    def pilot(self) -> np.ndarray:
+        """theta_0 of the pilot scheme (MATH.md §5): train on a uniform sample of pilot_s rows.
+
+        Uniform draws with replacement (weights n / s), seeded from ``seed``; trained like
+        the final sample (same loss, ball and tolerance). Cached in OUT/theta_pilot.npz.
+        """
+        key = self.job.digest("dataset", "model", "radius", "tol", "max_iter", "loss", "pilot_s",
+                              "seed")
+        npz = self.path("theta_pilot.npz")
+        if npz.exists():
+            with np.load(npz) as z:
+                if str(z["key"]) == key:
+                    return z["theta"]
+        X, y = self.xy()
+        n = int(X.shape[0])
+        rng = np.random.default_rng([self.job.seed, 0x9170])
+        idx = rng.integers(0, n, size=min(self.job.pilot_s, n))
+        w = np.full(idx.size, n / idx.size)
+        with self.timed("pilot"):
+            with self.timed("gather"):
+                Xs, ys = graph.gather_rows(X, y, idx)
+            fit = train_on_sample(self.model, Xs, ys, w, self.job.radius, tol=self.job.tol,
+                                  max_iter=self.job.max_iter, loss=self.job.loss)
+        _save_npz(npz, theta=fit.theta, key=key, indices=idx, info=json.dumps(_fit_info(fit)))
+        return fit.theta
+
+    def start_theta(self) -> np.ndarray:
+        """Where training on a sample starts: the pilot theta_0 (pilot scheme) or the default."""
+        return self.pilot() if self.job.theta == "pilot" else self.model.initial_theta()
+
+    def sample_size(self, kind: str) -> int:
+        """s for a kind: with ``swish_bound`` the main kind draws ceil(s * c2 / c1) rows."""
+        if self.job.swish_bound and kind == self.job.kind:
+            return int(np.ceil(self.job.s * nets.swish_ratio(self.model)))
+        return self.job.s
+
 
     # -- stage: scores ---------------------------------------------------------------
     def scores(self, kind: str, theta: np.ndarray) -> tuple[da.Array, dict]:
@@ -211,9 +263,12 @@ class Runner:
 
         X, y = self.xy()
         spec = make_spec(kind, self.model, theta, X.shape[1], True, self.job.linear_augment_y)
+        nonlinear = kind in kernels.NONLINEAR_KINDS
+        if nonlinear and self.job.loss != "squared":
+            spec = dataclasses.replace(spec, loss=self.job.loss)
         prov = {
             "kind": kind, "model": self.job.model, "theta_sha": _hash_array(theta)
-            if kind in kernels.NONLINEAR_KINDS else None,
+            if nonlinear else None, "loss": self.job.loss if nonlinear else None,
             "ridge": self.job.ridge if kind == "ridge-leverage" else 0.0,
             "dataset_key": self.job.digest("dataset"), "linear_augment_y": spec.use_y,
             "n": int(X.shape[0]), "nldist_version": __version__,
@@ -251,13 +306,15 @@ class Runner:
 
     def train(self, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray) -> FitResult:
         with self.timed("train"):
-            return train_on_sample(self.model, Xs, ys, w, self.job.radius, tol=self.job.tol,
-                                   max_iter=self.job.max_iter)
+            return train_on_sample(self.model, Xs, ys, w, self.job.radius,
+                                   theta0=self.start_theta(), tol=self.job.tol,
+                                   max_iter=self.job.max_iter, loss=self.job.loss)
 
     def evaluate(self, thetas: np.ndarray) -> np.ndarray:
         X, y = self.xy()
         with self.timed("evaluate"):
-            return graph.losses_pass(X, y, self.model, thetas, self.job.split_every)
+            return graph.losses_pass(X, y, self.model, thetas, self.job.split_every,
+                                     loss=self.job.loss)
 
     # -- whole run ---------------------------------------------------------------------
     def run(self, stop_after: str = "evaluate") -> dict:
@@ -283,7 +340,8 @@ class Runner:
             if stop_after == "score":
                 results[kind] = {"rank": attrs.get("rank")}
                 continue
-            idx, w = self.sample(kind, probs, self.job.s, sampling.as_rng(self.job.seed))
+            idx, w = self.sample(kind, probs, self.sample_size(kind),
+                                 sampling.as_rng(self.job.seed))
             _save_npz(self.path("samples", f"{kind}.npz"), indices=idx, weights=w,
                       seed=self.job.seed, kind=kind, s=self.job.s, alpha=self.job.alpha,
                       n=int(X.shape[0]), model=self.job.model,
@@ -298,7 +356,7 @@ class Runner:
             thetas.append(fit.theta)
             results[kind] = {"rank": attrs.get("rank"), "fit": _fit_info(fit),
                              "unique_rows": int(np.unique(idx).size),
-                             "max_weight": float(w.max())}
+                             "max_weight": float(w.max()), "s": int(idx.size)}
         if stop_after != "evaluate":
             return {"stage": stop_after, "kinds": results, "out": str(self.out)}
         theta_star, star_info = self.optimum()

@@ -164,7 +164,9 @@ def fit_ball(
     return FitResult(theta, float(cur["loss"]), it, converged, calls, history)
 
 
-def sample_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> Oracle:
+def sample_oracle(
+    model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray, loss: str = "squared"
+) -> Oracle:
     """Oracle of the weighted sample loss sum_j w_j (f_j(theta) - y_j)^2 in PyTorch.
 
     Parameters
@@ -174,13 +176,26 @@ def sample_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> 
     y : ndarray (s,)
     w : ndarray (s,)
         Importance weights 1 / (s pi_j).
+    loss : str
+        ``"squared"``, or a loss of :mod:`nldist.losses`: then sum_j w_j r_j(theta)^2 with
+        its residuals r_j and J_r = dr/df * J.
     """
     import torch
-    from torch.func import jacfwd
+    from torch.func import jacfwd, jvp
 
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
     yt = torch.as_tensor(np.asarray(y, dtype=np.float64))
     wt = torch.as_tensor(np.asarray(w, dtype=np.float64))
+    res = None
+    if loss != "squared":
+        from nldist.losses import get_loss
+
+        lo = get_loss(loss)
+        lo.check(None, np.asarray(y, dtype=np.float64))
+        res = lo.torch_residual
+    # per-row gradients: a model's own torch_jacobian (torch.func per-sample gradients for
+    # networks), else forward-mode over theta (cheap for small p)
+    jac = getattr(model, "torch_jacobian", None)
 
     def fwd(t: Any) -> Any:
         return model.torch_forward(t, Xt)
@@ -188,8 +203,13 @@ def sample_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> 
     def oracle(theta: np.ndarray) -> dict:
         th = torch.as_tensor(theta, dtype=torch.float64)
         with torch.no_grad():
-            r = fwd(th) - yt
-            J = jacfwd(fwd)(th)
+            f = fwd(th)
+            J = jac(th, Xt) if jac is not None else jacfwd(fwd)(th)
+            if res is None:
+                r = f - yt
+            else:
+                r, dr = jvp(lambda v: res(v, yt), (f,), (torch.ones_like(f),))
+                J = J * dr[:, None]
             wr = wt * r
             return {
                 "loss": float((wr * r).sum()),
@@ -209,6 +229,7 @@ def train_on_sample(
     theta0: np.ndarray | None = None,
     tol: float = 1e-12,
     max_iter: int = 200,
+    loss: str = "squared",
 ) -> FitResult:
     """Train on a weighted sample (single node, PyTorch) over the ball ||theta|| <= radius.
 
@@ -219,13 +240,17 @@ def train_on_sample(
     y : ndarray (s,)
     weights : ndarray (s,)
     radius : float
-    theta0 : ndarray (p,), optional (default zeros)
+    theta0 : ndarray (p,), optional
+        Default ``model.initial_theta()`` (zeros for GLMs; a seeded random start for
+        networks, where 0 is a stationary point).
+    loss : str
+        ``"squared"``, ``"bce"`` or ``"poisson"`` (:mod:`nldist.losses`).
 
     Returns
     -------
     FitResult
     """
     X = model.check_X(X)
-    theta0 = np.zeros(model.n_params) if theta0 is None else model.check_theta(theta0)
-    return fit_ball(sample_oracle(model, X, y, weights), theta0, radius, tol=tol,
+    theta0 = model.initial_theta() if theta0 is None else model.check_theta(theta0)
+    return fit_ball(sample_oracle(model, X, y, weights, loss), theta0, radius, tol=tol,
                     max_iter=max_iter)
