@@ -240,6 +240,50 @@ _stage_command("experiment", "The paper's protocol: median relative error vs s p
 
 @app.command()
 @_one_line_errors
+def diagnose(
+    job_file: Annotated[Path, typer.Argument(help="job YAML on a binary classification set")],
+    flip: Annotated[float, typer.Option(help="fraction of labels flipped at random, in "
+                                        "(0, 0.5)")] = 0.1,
+    flip_seed: Annotated[int, typer.Option(help="seed of the flips")] = 0,
+    k: Annotated[list[int] | None, typer.Option(
+        "--k", help="cut-offs of precision@k (repeat; default 10..2500 and #flipped)")] = None,
+    cluster: ClusterOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="output directory (default runs/NAME-diagnose)")] = None,
+    overrides: Overrides = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Flip labels at random; report precision@k of nonlinear leverage at finding them.
+
+    Compared with linear leverage (with and without y) and the per-row loss at theta*;
+    writes diagnostics.json and the report (MATH.md §7).
+    """
+    _logging(verbose, quiet)
+    from nldist.cluster import connect
+    from nldist.diagnostics import diagnose as run_diagnose
+    from nldist.report import write_report
+
+    job = _load(job_file, overrides, cluster)
+    dest = Path(out or Path("runs") / f"{job.name}-diagnose")
+    with connect(job.cluster, name=job.name) as client:
+        if client is not None and not quiet:
+            typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+        res = run_diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k)
+    path = write_report(dest)
+    if not quiet:
+        names = list(res["precision"])
+        typer.echo(f"{res['n_flipped']:,} of {res['n_rows']:,} labels flipped; precision@k "
+                   f"(random: {res['base_rate']:.3f})")
+        typer.echo("| k | " + " | ".join(names) + " |")
+        for i, kk in enumerate(res["ks"]):
+            typer.echo(f"| {kk} | " + " | ".join(f"{res['precision'][nm][i]:.3f}"
+                                                for nm in names) + " |")
+        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+
+
+@app.command()
+@_one_line_errors
 def report(
     out_dir: Annotated[Path, typer.Argument(help="a finished run's output directory")],
     top_k: Annotated[int | None, typer.Option(
