@@ -528,6 +528,8 @@ class QuadInfo:
     kink_rows : int
         Rows with at least one located breakpoint.
     breakpoints : int
+    escalated_rows : int
+        Rows recomputed with more than 2q nodes (their q-vs-2q check failed).
     refined_rows : int
         Rows sent to adaptive bisection.
     unconverged_rows : int
@@ -535,13 +537,14 @@ class QuadInfo:
     max_rel_residual : float
         Largest relative (ID) residual over the rows (after refinement).
     probe_error : float
-        Largest q-vs-2q relative difference seen on probe rows.
+        Largest q-vs-2q relative difference seen on checked rows (before refinement).
     """
 
     rows: int = 0
     q: int = 0
     kink_rows: int = 0
     breakpoints: int = 0
+    escalated_rows: int = 0
     refined_rows: int = 0
     unconverged_rows: int = 0
     max_rel_residual: float = 0.0
@@ -606,9 +609,17 @@ def _illinois(ray: _RayBase, rows: torch.Tensor, unit: np.ndarray, a: np.ndarray
         if active.size == 0:
             break
         A, B, FA, FB = a[active], b[active], fa[active], fb[active]
-        c = B - FB * (B - A) / (FB - FA)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = B - FB * (B - A) / (FB - FA)
         lo, hi = np.minimum(A, B), np.maximum(A, B)
-        off = ~((c > lo) & (c < hi))
+        # the secant lands on an end: that end is a root to rounding (its value is ~0)
+        hit = np.isfinite(c) & ~((c > lo) & (c < hi))
+        if hit.any():
+            root[active[hit]] = np.where(np.abs(FA[hit]) <= np.abs(FB[hit]), A[hit], B[hit])
+            active, A, B, FA, FB, c = (v[~hit] for v in (active, A, B, FA, FB, c))
+            if active.size == 0:
+                break
+        off = ~np.isfinite(c)
         c[off] = 0.5 * (A[off] + B[off])
         _, S = ray.values(rows[active], torch.as_tensor(c, dtype=dt), record=True)
         fc = S[torch.arange(active.size), torch.as_tensor(unit[active])].double().numpy() / c
@@ -762,35 +773,36 @@ def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: QuadOption
         pieces = [np.concatenate([[0.0], bp, [1.0]]) for bp in bps]
     k = min(opts.probe_rows, m)
     if k:
-        # error estimate before the batch: q vs 2q on the largest rows and the most-kinked
+        # error estimate before the batch: q vs 2q on typical rows (spread over the upper half
+        # of the row norms) and the most-kinked ones; rare hard rows are handled row by row
         xn = torch.linalg.vector_norm(ray.X[rows], dim=1).double().numpy()
         npieces = np.fromiter((len(pc) for pc in pieces), dtype=np.float64, count=m)
-        by_size = np.argsort(-xn, kind="stable")[: (k + 1) // 2]
+        order = np.argsort(xn, kind="stable")
+        typical = order[np.linspace(m // 2, m - 1, (k + 1) // 2).astype(int)]
         by_kinks = np.argsort(-(npieces + 1e-3 * xn), kind="stable")[: k // 2]
-        pick = np.unique(np.concatenate([by_size, by_kinks]))
+        pick = np.unique(np.concatenate([typical, by_kinks]))
         q = _select_q(ray, rows[torch.as_tensor(pick)], [pieces[i] for i in pick], q, opts, info)
     F = _pieces_grads(ray, rows, pieces, q)
     _check_finite("gradient", F, rows)
     rel, scale = id_residual(ray.theta, F, f1, f0)
+    # ... and after it, row by row: the rows with the largest (ID) residual and every row
+    # within 100x of tol get q vs 2q; those that disagree go on to 4q, ... up to q_max
+    cur = np.union1d(torch.argsort(rel, descending=True)[:k].numpy(),
+                     np.flatnonzero((rel > 1e-2 * tol).numpy()))
+    qq = q
+    while cur.size and 2 * qq <= opts.q_max:
+        F2 = _pieces_grads(ray, rows[torch.as_tensor(cur)], [pieces[i] for i in cur], 2 * qq)
+        ct = torch.as_tensor(cur)
+        nrm = torch.clamp(F2.abs().amax(dim=1), min=torch.finfo(F2.dtype).tiny)
+        diff = ((F2 - F[ct]).abs().amax(dim=1) / nrm).numpy()
+        F[ct] = F2
+        info.probe_error = max(info.probe_error, float(diff.max()))
+        if qq > q:
+            info.escalated_rows += int(cur.size)
+        cur, qq = cur[diff > tol], 2 * qq
+    rel, scale = id_residual(ray.theta, F, f1, f0)
     bad = (rel > tol).numpy()
-    while k:
-        # ... and after it: q vs 2q on the rows with the largest (ID) residual
-        probe = torch.argsort(rel, descending=True)[:k]
-        pidx = probe.numpy()
-        F2 = _pieces_grads(ray, rows[probe], [pieces[i] for i in pidx], 2 * q)
-        err = _rel_diff(F[probe], F2)
-        if err <= tol or 4 * q > opts.q_max:
-            info.probe_error = max(info.probe_error, err)
-            if err > tol:  # at q_max: the rows that still disagree go to refinement
-                nrm = torch.clamp(F2.abs().amax(dim=1), min=torch.finfo(F2.dtype).tiny)
-                bad[pidx[((F2 - F[probe]).abs().amax(dim=1) / nrm > tol).numpy()]] = True
-                F[probe] = F2
-            break
-        q *= 2
-        log.debug("quadrature: q-vs-2q error %.2e > tol on worst rows; q -> %d", err, q)
-        F = _pieces_grads(ray, rows, pieces, q)
-        rel, scale = id_residual(ray.theta, F, f1, f0)
-        bad = (rel > tol).numpy()
+    bad[cur] = True  # still disagreeing at q_max
     if bad.any():
         sel = np.flatnonzero(bad)
         info.refined_rows += sel.size
