@@ -157,6 +157,100 @@ def validate(
     typer.echo(f"{job_file}: ok ({job.name}: {job.model}, kind {job.kind}, s={job.s})")
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
+    """The dry-run plan in words (stderr; stdout keeps the JSON)."""
+    c = job.cluster
+    lines = [
+        f"plan for {job.name}: {plan['n_rows']:,} rows x {plan['n_features']} features in "
+        f"{plan['chunks']} chunk(s) of <= {plan['chunk_rows']:,} rows; model {job.model} "
+        f"(p = {plan['n_params']}), loss {job.loss}, scores at theta = {job.theta}",
+        f"  score kinds: {', '.join(plan['kinds'])}; passes over X: {plan['passes_over_X']}",
+        f"  read per pass: {_mib(plan['bytes_per_pass'])}; memory per task: "
+        f"{_mib(plan['memory_per_task_bytes'])}, per worker: "
+        f"{_mib(plan['memory_per_worker_bytes'])} (limit {c.memory_limit}; independent of n)",
+        f"  sample: s = {job.s} per kind, seed {job.seed}; ball radius {job.radius}",
+    ]
+    exp = job.experiment
+    if exp is not None:
+        fits = len(exp.s) * exp.repeats * len(exp.kinds)
+        lines.append(f"  experiment (--experiment): s = {exp.s}, {exp.repeats} draws each, "
+                     f"{len(exp.kinds)} kinds = {fits:,} trainings on samples")
+    lines.append(f"  cluster: {c.address} ({c.n_workers} workers x {c.threads_per_worker} "
+                 f"thread(s))" if c.address == "local" else f"  cluster: {c.address}")
+    lines.append(f"  outputs: {out}")
+    return "\n".join(lines)
+
+
+class _progress:
+    """A rich progress bar (stderr) over the trainings on samples, the long stage.
+
+    Wraps the runner's ``optimum``, ``scores`` and ``train`` methods on this instance only
+    to label the current stage and count trainings; nothing is shown with ``--quiet``.
+    """
+
+    def __init__(self, runner: Any, stage: str, quiet: bool) -> None:
+        self.runner, self.stage, self.quiet = runner, stage, quiet
+
+    def __enter__(self) -> _progress:
+        if self.quiet:
+            return self
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        job, r = self.runner.job, self.runner
+        if self.stage == "experiment" and job.experiment is not None:
+            e = job.experiment
+            total = len(e.s) * e.repeats * len(e.kinds)
+        elif self.stage in ("train", "evaluate"):
+            total = len(job.kinds())
+        else:
+            total = None
+        self.prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True)
+        self.prog.start()
+        task = self.prog.add_task(f"{job.name}: starting", total=total)
+        self.orig = {m: getattr(r, m) for m in ("optimum", "scores", "train")}
+
+        def optimum(*a: Any, **k: Any) -> Any:
+            self.prog.update(task, description=f"{job.name}: theta* (distributed passes)")
+            return self.orig["optimum"](*a, **k)
+
+        def scores(kind: str, *a: Any, **k: Any) -> Any:
+            self.prog.update(task, description=f"{job.name}: scores {kind}")
+            self.kind = kind
+            return self.orig["scores"](kind, *a, **k)
+
+        def train(*a: Any, **k: Any) -> Any:
+            self.prog.update(task, description=f"{job.name}: training ({self.kind})")
+            out = self.orig["train"](*a, **k)
+            self.prog.advance(task)
+            return out
+
+        self.kind = job.kind
+        r.optimum, r.scores, r.train = optimum, scores, train
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.quiet:
+            return
+        for m in self.orig:
+            delattr(self.runner, m)
+        self.prog.stop()
+
+
 def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verbose, quiet):
     _logging(verbose, quiet)
     from nldist.cluster import connect
@@ -167,15 +261,19 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
     if dry_run:
         with connect(job.cluster.model_copy(update={"address": "synchronous"})):
             runner.ingest()
-            typer.echo(json.dumps(runner.plan(), indent=2))
+            plan = runner.plan()
+            typer.echo(json.dumps(plan, indent=2))
+            if not quiet:
+                typer.echo(_plan_summary(job, plan, runner.out, stage), err=True)
         return None
     with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        if stage == "experiment":
-            result = runner.experiment()
-        else:
-            result = runner.run(stop_after=stage)
+        with _progress(runner, stage, quiet):
+            if stage == "experiment":
+                result = runner.experiment()
+            else:
+                result = runner.run(stop_after=stage)
     if not quiet:
         if stage == "evaluate":
             _print_summary(result)
