@@ -192,6 +192,27 @@ def leverage_dask(A: da.Array, ridge: float = 0.0, rtol: float | None = None) ->
 
 
 # --------------------------------------------------------------------------------------
+# Resumable writes (nldist.resume): selected blocks only, small results back
+# --------------------------------------------------------------------------------------
+
+
+def store_chunks(
+    arr: da.Array, blocks: Sequence[int], func: Callable, *args: Any, starts: Sequence[int]
+) -> list:
+    """Run ``func(block_values, i, starts[i], *args)`` for the chosen row blocks of a lazy
+    1-D array, on the cluster; blocks not listed are not computed (their part of the graph,
+    X reads included, is culled). Returns func's (small) results in order."""
+    parts = arr.to_delayed().ravel()
+    tasks = [dask.delayed(func, pure=False)(parts[i], i, starts[i], *args) for i in blocks]
+    return list(dask.compute(*tasks))
+
+
+def map_tasks(func: Callable, arg_tuples: Sequence[tuple]) -> list:
+    """``[func(*a) for a in arg_tuples]`` as independent tasks on the cluster (small results)."""
+    return list(dask.compute(*[dask.delayed(func, pure=False)(*a) for a in arg_tuples]))
+
+
+# --------------------------------------------------------------------------------------
 # Full-data loss, gradient and Gauss-Newton matrix (distributed training oracle)
 # --------------------------------------------------------------------------------------
 

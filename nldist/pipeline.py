@@ -22,7 +22,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from nldist import __version__, graph, io, kernels, nets, sampling
+from nldist import __version__, graph, io, kernels, nets, resume, sampling
 from nldist.api import make_spec
 from nldist.errors import NldistError
 from nldist.jobs import JobConfig
@@ -82,6 +82,8 @@ class Runner:
         self.job = job
         self.out = safe_out_dir(out)
         self.timings: dict[str, float] = {}
+        self.run_id = resume.new_run_id()
+        self.resume_stats: dict[str, dict] = {}  # per kind: chunks reused / computed
         self._model: Model | None = None
         self._xy: tuple[da.Array, da.Array] | None = None
 
@@ -255,12 +257,9 @@ class Runner:
             return int(np.ceil(self.job.s * nets.swish_ratio(self.model)))
         return self.job.s
 
-
     # -- stage: scores ---------------------------------------------------------------
     def scores(self, kind: str, theta: np.ndarray) -> tuple[da.Array, dict]:
         """Scores of one kind written to OUT/scores.zarr/<kind> (reused when provenance matches)."""
-        import zarr
-
         X, y = self.xy()
         spec = make_spec(kind, self.model, theta, X.shape[1], True, self.job.linear_augment_y)
         nonlinear = kind in kernels.NONLINEAR_KINDS
@@ -273,31 +272,31 @@ class Runner:
             "dataset_key": self.job.digest("dataset"), "linear_augment_y": spec.use_y,
             "n": int(X.shape[0]), "nldist_version": __version__,
         }
-        store = self.path("scores.zarr")
-        try:
-            arr = zarr.open_array(str(store / kind), mode="r")
-            attrs = dict(arr.attrs)
-            if attrs.get("complete") and all(attrs.get(k) == v for k, v in prov.items()):
-                return da.from_zarr(arr), attrs
-        except Exception:  # noqa: BLE001 - absent or unreadable: recompute
-            pass
+        # per-chunk completion records (nldist.resume): a re-run verifies them and computes
+        # only unfinished or damaged chunks; pass 1 is kept once done
+        out = resume.ChunkedScores(self.path("scores.zarr"), kind, prov, X.chunks[0],
+                                   self.run_id)
+        out.check(graph.map_tasks)
+        self.resume_stats[kind] = out.stats
+        if out.finished:
+            return da.from_zarr(out.array), out.attrs
         with self.timed(f"score:{kind}"):
-            norm = graph.pass1(X, y, spec, ridge=self.job.ridge, split_every=self.job.split_every)
+            norm = out.load_pass1()
+            if norm is None:
+                norm = graph.pass1(X, y, spec, ridge=self.job.ridge,
+                                   split_every=self.job.split_every)
+                out.save_pass1(norm)
             probs = graph.pass2(X, y, spec, norm)
-            root = zarr.open_group(str(store), mode="a", zarr_format=3)
-            if kind in root:
-                del root[kind]
-            arr = root.create_array(kind, shape=(X.shape[0],), chunks=(X.chunks[0][0],),
-                                    dtype="float64")
-            da.store(probs, arr, lock=False)
+            out.write(probs, graph.store_chunks)
+            arr = out.array
             attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
             if norm.factor is not None:
                 attrs["svals"] = norm.factor.svals.tolist()
                 attrs["R"] = norm.factor.R.tolist()
                 if kind == "ridge-leverage":
                     attrs["effective_dimension"] = norm.total
-            arr.attrs.update(attrs)
-        return da.from_zarr(arr), attrs
+            out.finish(attrs)
+        return da.from_zarr(arr), out.attrs
 
     # -- stages: sample, gather, train, evaluate --------------------------------------
     def sample(self, kind: str, probs: da.Array, s: int, rng: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -376,6 +375,7 @@ class Runner:
             "loss_full": main["loss_full"], "loss_opt": loss_opt, "rel_error": main["rel_error"],
             "theta_star": star_info, "kinds": results,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "resume": self.resume_stats,
             "nldist_version": __version__,
         }
         np.save(self.path("theta.npy"), thetas[0])

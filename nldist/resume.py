@@ -1,0 +1,343 @@
+"""Resumable score outputs: per-chunk completion records in the output store.
+
+Layout of one kind's scores inside ``OUT/scores.zarr``::
+
+    <kind>/zarr.json         the (n,) float64 array; attrs: provenance, resume_key, complete
+    <kind>/c/<i>             chunk i of the scores (the rows of X block i)
+    <kind>/pass1.npz         the pass-1 result (normalizer: R factor, rank, total), keyed
+    <kind>/done/<i>.json     completion record of chunk i: rows, SHA-256 of its float64
+                             values, resume_key and the id of the run that wrote it
+
+A record is written (atomically: temporary file + rename) only after its chunk is written,
+so it vouches for finished data. A re-run with the same provenance (``resume_key``, which
+covers the provenance and the chunking) checks every record against the stored chunk and
+computes only the chunks with no record or a failed check (each logged as a warning): a
+killed run loses at most the chunks in flight, and a corrupt or partially written chunk is
+detected, never silently reused. A different provenance discards the whole array.
+
+The functions that run on workers (:func:`write_chunk`, :func:`verify_chunk`) take and
+return small things; :mod:`nldist.graph` maps them over blocks. Nothing here unpickles:
+pass-1 results are stored as arrays plus JSON (``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nldist import linalg
+from nldist.kernels import Normalizer
+
+log = logging.getLogger("nldist")
+
+#: dataclasses a stored pass-1 result may contain (nothing else is ever constructed)
+_DATACLASSES = {"Normalizer": Normalizer, "RFactor": linalg.RFactor}
+
+
+def resume_key(prov: dict, chunks: tuple[int, ...]) -> str:
+    """Digest of the provenance and the row chunking that chunk records must match."""
+    blob = json.dumps({"prov": prov, "chunks": [int(c) for c in chunks]}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def chunk_sha(values: np.ndarray) -> str:
+    """SHA-256 of a chunk's values as contiguous float64 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=np.float64).tobytes()).hexdigest()
+
+
+def _record_path(array_path: str | Path, i: int) -> Path:
+    return Path(array_path) / "done" / f"{i}.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_chunk(block: np.ndarray, i: int, start: int, array_path: str, key: str,
+                run_id: str) -> tuple[int, str]:
+    """Write one chunk of scores, then its completion record (runs on a worker).
+
+    Parameters
+    ----------
+    block : ndarray (n_i,)
+        The chunk's values (rows ``start .. start + n_i``).
+    i : int
+        Chunk index (aligned with the array's chunks).
+    start : int
+        First row of the chunk.
+    array_path : str
+        The Zarr array directory ``OUT/scores.zarr/<kind>``.
+    key, run_id : str
+        The store's resume key and the writing run's id, copied into the record.
+
+    Returns
+    -------
+    (i, sha256 of the values)
+    """
+    import zarr
+
+    block = np.asarray(block, dtype=np.float64)
+    arr = zarr.open_array(str(array_path), mode="r+")
+    stop = start + block.shape[0]
+    arr[start:stop] = block
+    sha = chunk_sha(block)
+    _atomic_write(_record_path(array_path, i), json.dumps(
+        {"chunk": int(i), "start": int(start), "stop": int(stop), "sha256": sha, "key": key,
+         "run": run_id}))
+    return int(i), sha
+
+
+def read_record(array_path: str | Path, i: int) -> dict | None:
+    """The completion record of chunk i, or None when absent or unreadable."""
+    try:
+        rec = json.loads(_record_path(array_path, i).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def verify_chunk(array_path: str, i: int, start: int, stop: int, key: str) -> str:
+    """Check chunk i against its record (runs on a worker).
+
+    Returns
+    -------
+    ``"ok"``, ``"missing"`` (no record: never finished), or the reason the check failed.
+    """
+    import zarr
+
+    rec = read_record(array_path, i)
+    if rec is None:
+        return "missing"
+    if rec.get("key") != key:
+        return "record of another provenance"
+    if (rec.get("start"), rec.get("stop")) != (start, stop):
+        return "record of other rows"
+    try:
+        values = zarr.open_array(str(array_path), mode="r")[start:stop]
+    except Exception as exc:  # noqa: BLE001 - a damaged chunk raises codec-specific errors
+        return f"unreadable chunk ({type(exc).__name__})"
+    if chunk_sha(values) != rec.get("sha256"):
+        return "checksum mismatch"
+    return "ok"
+
+
+# --------------------------------------------------------------------------------------
+# pass-1 result (a Normalizer) as arrays + JSON, no pickle
+# --------------------------------------------------------------------------------------
+
+
+def _encode(obj: Any, prefix: str, meta: dict, arrays: dict) -> None:
+    meta[prefix] = {"__class__": type(obj).__name__}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        name = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(v):
+            if type(v).__name__ not in _DATACLASSES:
+                raise TypeError(type(v))
+            meta[prefix][f.name] = {"__dataclass__": name}
+            _encode(v, name, meta, arrays)
+        elif isinstance(v, np.ndarray):
+            arrays[name] = v
+            meta[prefix][f.name] = {"__array__": name}
+        else:
+            meta[prefix][f.name] = json.loads(json.dumps(v, default=_json_scalar))
+
+
+def _json_scalar(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    raise TypeError(type(o))
+
+
+def _decode(prefix: str, meta: dict, arrays: Any) -> Any:
+    spec = meta[prefix]
+    cls = _DATACLASSES[spec["__class__"]]
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = spec.get(f.name)
+        if isinstance(v, dict) and "__dataclass__" in v:
+            v = _decode(v["__dataclass__"], meta, arrays)
+        elif isinstance(v, dict) and "__array__" in v:
+            v = np.array(arrays[v["__array__"]])
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def save_normalizer(path: Path, norm: Normalizer, key: str) -> bool:
+    """Store a pass-1 result atomically; False (nothing written) if it holds other types."""
+    meta: dict = {}
+    arrays: dict = {}
+    try:
+        _encode(norm, "norm", meta, arrays)
+    except TypeError:
+        log.info("pass-1 result of %s not stored (unsupported field type)", norm.kind)
+        return False
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
+    np.savez(tmp, __meta__=np.array(json.dumps(meta)), __key__=np.array(key), **arrays)
+    os.replace(tmp, path)
+    return True
+
+
+def load_normalizer(path: Path, key: str) -> Normalizer | None:
+    """A stored pass-1 result with this key, or None (absent, other key, or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["__key__"]) != key:
+                return None
+            meta = json.loads(str(z["__meta__"]))
+            return _decode("norm", meta, z)
+    except Exception:  # noqa: BLE001 - absent, truncated or foreign file: recompute
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# one kind's resumable score array
+# --------------------------------------------------------------------------------------
+
+
+class ChunkedScores:
+    """The (n,) score array of one kind in ``OUT/scores.zarr``, written chunk by chunk.
+
+    Parameters
+    ----------
+    store : Path
+        ``OUT/scores.zarr`` (a Zarr v3 group; created if absent).
+    kind : str
+    prov : dict
+        Provenance of these scores (kind, model, theta digest, dataset key, n, ...).
+    chunks : tuple of int
+        Row chunks of X; the array gets the same chunking (one record per chunk).
+    run_id : str
+        Id of the writing run, kept in each record it writes.
+
+    Attributes
+    ----------
+    stats : dict
+        ``chunks`` (total), ``reused`` (verified records), ``computed`` (written by this
+        run), ``invalid`` (records that failed their check) and ``pass1`` (``"reused"`` or
+        ``"computed"``): how much work a resumed run skipped.
+    """
+
+    def __init__(self, store: Path, kind: str, prov: dict, chunks: tuple[int, ...],
+                 run_id: str) -> None:
+        import zarr
+
+        self.store = Path(store)
+        self.kind = kind
+        self.path = self.store / kind
+        self.chunks = tuple(int(c) for c in chunks)
+        self.starts = np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(int).tolist()
+        self.key = resume_key(prov, self.chunks)
+        self.run_id = run_id
+        self.stats = {"chunks": len(self.chunks), "reused": 0, "computed": 0, "invalid": 0,
+                      "pass1": None}
+        self.valid: set[int] = set()
+        self.array = None
+        try:
+            arr = zarr.open_array(str(self.path), mode="r+")
+            if arr.attrs.get("resume_key") == self.key:
+                self.array = arr
+            else:
+                log.info("scores.zarr/%s was made for other inputs; recomputing it", kind)
+        except Exception:  # noqa: BLE001 - absent or unreadable: start afresh
+            if self.path.exists():
+                log.warning("scores.zarr/%s is unreadable; recomputing it", kind)
+        if self.array is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            root = zarr.open_group(str(self.store), mode="a", zarr_format=3)
+            n = int(sum(self.chunks))
+            size = max(1, max(self.chunks))
+            self.array = root.create_array(kind, shape=(n,), chunks=(size,), dtype="float64",
+                                           overwrite=True)
+            self.array.attrs.update({**prov, "resume_key": self.key, "complete": False})
+        self.attrs = dict(self.array.attrs)
+        if not self.aligned:
+            log.info("X chunks are irregular; scores of %s are written in one piece", kind)
+
+    @property
+    def aligned(self) -> bool:
+        """Every X block is exactly one array chunk (regular chunks, ragged last one)."""
+        size = self.array.chunks[0]
+        return all(c == size for c in self.chunks[:-1]) and self.chunks[-1] <= size
+
+    def check(self, verify: Any) -> None:
+        """Check every record with ``verify(func, arg_tuples) -> results``; fills ``valid``."""
+        if not self.aligned or not (self.path / "done").is_dir():
+            return
+        todo = [(str(self.path), i, s, s + c, self.key)
+                for i, (s, c) in enumerate(zip(self.starts, self.chunks, strict=True))]
+        for (_, i, s, e, _), res in zip(todo, verify(verify_chunk, todo), strict=True):
+            if res == "ok":
+                self.valid.add(i)
+            elif res != "missing":
+                self.stats["invalid"] += 1
+                log.warning("scores.zarr/%s chunk %d (rows %d..%d): %s; recomputing it",
+                            self.kind, i, s, e - 1, res)
+        self.stats["reused"] = len(self.valid)
+
+    @property
+    def finished(self) -> bool:
+        """Complete, and every chunk verified."""
+        return bool(self.attrs.get("complete")) and len(self.valid) == len(self.chunks)
+
+    @property
+    def todo(self) -> list[int]:
+        """Chunks this run must compute."""
+        return [i for i in range(len(self.chunks)) if i not in self.valid]
+
+    def load_pass1(self) -> Normalizer | None:
+        norm = load_normalizer(self.path / "pass1.npz", self.key)
+        if norm is not None:
+            self.stats["pass1"] = "reused"
+        return norm
+
+    def save_pass1(self, norm: Normalizer) -> None:
+        self.stats["pass1"] = "computed"
+        save_normalizer(self.path / "pass1.npz", norm, self.key)
+
+    def write(self, probs: Any, store_chunks: Any) -> None:
+        """Compute and write the missing chunks of ``probs`` (a lazy (n,) dask array).
+
+        ``store_chunks(probs, blocks, func, *args, starts=...)`` (from :mod:`nldist.graph`)
+        runs ``func(block, i, start, *args)`` for the selected blocks on the cluster.
+        """
+        blocks = self.todo
+        if not blocks:
+            return
+        if not self.aligned:  # cannot write block by block without chunk races
+            import dask.array as da
+
+            da.store(probs, self.array, lock=True)
+            self.stats["computed"] = len(self.chunks)
+            return
+        done = store_chunks(probs, blocks, write_chunk, str(self.path), self.key, self.run_id,
+                            starts=self.starts)
+        self.valid.update(i for i, _ in done)
+        self.stats["computed"] = len(done)
+
+    def finish(self, attrs: dict) -> None:
+        """Mark the array complete with its final attributes."""
+        self.array.attrs.update({**attrs, "resume_key": self.key, "complete": True})
+        self.attrs = dict(self.array.attrs)
+
+
+def new_run_id() -> str:
+    """A fresh id for the chunk records a run writes."""
+    return uuid.uuid4().hex[:12]
