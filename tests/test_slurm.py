@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clusterkit import ROOT, job_dict, make_dataset, outputs, run_local, write_job
+from clusterkit import ROOT, job_dict, make_certs, make_dataset, outputs, run_local, write_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -115,6 +115,22 @@ def test_dask_jobqueue_run_equals_local(slurm, data, reference, tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"worker jobs still queued: {left.stdout}")
+
+
+def test_dask_jobqueue_with_tls(slurm, tmp_path):
+    """cluster.tls + slurm: scheduler, Slurm-job workers and client all on tls://."""
+    pytest.importorskip("cryptography")
+    from nldist.cluster import connect
+    from nldist.jobs import ClusterConfig
+
+    cfg = ClusterConfig(address="slurm", tls=make_certs(tmp_path), slurm={
+        "jobs": 1, "interface": "lo", "timeout": 120, "log_directory": str(tmp_path)})
+    with connect(cfg, name="tls") as client:
+        assert client.scheduler.address.startswith("tls://127.0.0.1:")
+        job_ids = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        assert len(job_ids) == 1 and all(w.startswith("tls://") for w in job_ids)
+        assert all(job_ids.values())
+        assert client.submit(sum, [1, 2]).result() == 3
 
 
 def test_sbatch_run_equals_local(slurm, data, reference, tmp_path):
