@@ -244,7 +244,8 @@ def read_idx(path: str | Path) -> np.ndarray:
 def resize_images(images: np.ndarray, size: tuple[int, int], batch: int = 8192) -> np.ndarray:
     """Resize grayscale images (n, h, w) to (n, *size): bilinear with antialiasing (float32).
 
-    The same filter as ``torchvision.transforms.Resize`` on tensors (its default).
+    The filter of ``torchvision.transforms.Resize`` (antialias=True, its default), equal to
+    PIL's ``Image.resize(..., BILINEAR)`` to float32 rounding.
     """
     import torch
     import torch.nn.functional as F
@@ -321,8 +322,8 @@ def _flights_3m() -> pd.DataFrame:
     return pd.DataFrame({
         "distance": raw["distance"].astype(np.float64),
         "dep_hour": (date.dt.hour + date.dt.minute / 60.0).astype(np.float64),
-        "weekday": date.dt.weekday.astype(np.float64),
-        "day_of_year": date.dt.dayofyear.astype(np.float64),
+        "weekday": date.dt.day_of_week.astype(np.float64),
+        "day_of_year": date.dt.day_of_year.astype(np.float64),
         "delay": raw["delay"].astype(np.float64),
     })
 
