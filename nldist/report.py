@@ -215,7 +215,10 @@ def plot_experiment(result: dict, path: Path, title: str | None = None) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.6, 4.5), dpi=110)
     s = np.asarray(result["s"], dtype=float)
-    floor = 1e-12
+    every = np.array([[d[q] for d in summ.values() for q in ("median", "q25", "q75")]
+                      for summ in result["summary"].values()]).ravel()
+    negative = bool(np.any(every < 0))  # a sample beat θ* (nonconvex model, or θ* unconverged)
+    floor = -np.inf if negative else 1e-12
     for kind in ordered_kinds(list(result["summary"])):
         summ = result["summary"][kind]
         med = np.array([summ[str(v)]["median"] for v in result["s"]])
@@ -226,9 +229,16 @@ def plot_experiment(result: dict, path: Path, title: str | None = None) -> Path:
                 lw=2.2 if kind == "nonlinear-leverage" else 1.5)
         ax.fill_between(s, np.maximum(lo, floor), np.maximum(hi, floor), color=c, alpha=0.13)
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if negative:
+        tiny = np.abs(every[every != 0])
+        ax.set_yscale("symlog", linthresh=float(10 ** np.floor(np.log10(tiny.min())))
+                      if tiny.size else 1e-6)
+        ax.axhline(0.0, color="k", lw=0.8)
+    else:
+        ax.set_yscale("log")
     ax.set_xlabel("sample size s")
-    ax.set_ylabel("relative error (L(θ_S) − L(θ*)) / L(θ*)")
+    ax.set_ylabel("relative error (L(θ_S) − L(θ*)) / L(θ*)"
+                  + (" (symlog: some < 0)" if negative else ""))
     ax.set_title(title or f"{result['name']}: {result['model']}, n={result['n_rows']:,}, "
                  f"p={result.get('n_params', '?')}; median of {result['repeats']} draws",
                  fontsize=10)

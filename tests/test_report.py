@@ -174,3 +174,32 @@ def test_html_renders_in_headless_chromium(which, request, tmp_path):
     # the plots were decoded: some saturated (plot) colours appear, not only greys
     rgb = img.reshape(-1, 3).astype(int)
     assert (np.ptp(rgb, axis=1) > 80).mean() > 0.002
+
+
+def test_experiment_plot_switches_to_symlog_for_negative_errors(tmp_path):
+    """A nonconvex model's sample can beat θ*: negative relative errors stay visible."""
+    summ = {str(s): {"median": m, "q25": m - 2e-3, "q75": m + 1e-3}
+            for s, m in ((100, 1e-2), (200, 1e-3), (400, -5e-4))}
+    result = {"name": "t", "model": "relu2:4", "n_rows": 100, "n_params": 12, "repeats": 3,
+              "s": [100, 200, 400], "summary": {"nonlinear-leverage": summ, "uniform": summ}}
+    report.plot_experiment(result, tmp_path / "neg.png")
+    assert (tmp_path / "neg.png").stat().st_size > 5000
+
+
+def test_dry_run_states_the_plan_in_words(tmp_path):
+    """--dry-run: JSON on stdout (machine-readable), the plan in words on stderr."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from nldist.cli import app
+
+    job = Path(__file__).parent.parent / "jobs" / "digits.yaml"
+    done = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--out", str(tmp_path / "o"),
+                                    "--cluster", "synchronous"])
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    assert plan["n_rows"] == 361 and plan["n_features"] == 64
+    assert "plan for digits: 361 rows x 64 features" in done.stderr
+    assert "50 draws each, 5 kinds = 1,000 trainings on samples" in done.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
