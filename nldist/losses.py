@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import expit as special_expit
 
 from nldist.errors import NldistError
 
@@ -181,6 +182,69 @@ class Loss:
         """post-map (out, y) -> r for :mod:`nldist.quadrature` (None for squared: f - y)."""
         return lambda out, y: self.torch_residual(out, y)
 
+    # -- bce from the logit z (f = sigmoid(z)): no loss of digits when f saturates -------
+    def residual_logit(self, z: Any, y: Any) -> np.ndarray:
+        """r(sigmoid(z), y) for ``bce``, computed from z (float64, elementwise)."""
+        z, y = np.broadcast_arrays(np.asarray(z, dtype=np.float64), np.asarray(y, np.float64))
+        sp_neg, sp_pos = np.logaddexp(0.0, -z), np.logaddexp(0.0, z)  # -log f, -log(1-f)
+        f = special_expit(z)
+        d = f - y
+        soft = (y > 0) & (y < 1)
+        ys = np.where(soft, y, 0.5)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            near = soft & (np.abs(d) <= 0.5 * np.minimum(ys, 1 - ys))
+            ds = np.where(near, d, 0.0)
+            r_near = ds * np.sqrt(_g0(ds / ys) / ys + _g0(-ds / (1 - ys)) / (1 - ys))
+            ent = -(ys * np.log(ys) + (1 - ys) * np.log1p(-ys))
+            r_far = np.sign(d) * np.sqrt(np.maximum(ys * sp_neg + (1 - ys) * sp_pos - ent, 0.0))
+        r_soft = np.where(near, r_near, r_far)
+        return np.where(y >= 1, -np.sqrt(sp_neg), np.where(y <= 0, np.sqrt(sp_pos), r_soft))
+
+    def dresidual_logit(self, z: Any, y: Any) -> np.ndarray:
+        """d r(sigmoid(z), y) / dz for ``bce`` (float64, elementwise)."""
+        z, y = np.broadcast_arrays(np.asarray(z, dtype=np.float64), np.asarray(y, np.float64))
+        r = self.residual_logit(z, y)
+        f, g = special_expit(z), special_expit(-z)  # f and 1 - f, both accurate
+        # dl/dz = f - y (soft: f - y as well); dr/dz = (f - y) / (2 r) away from r = 0
+        num = np.where(y >= 1, -g, np.where(y <= 0, f, f - y))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = num / (2.0 * r)
+            # soft labels at f = y: the limit f (1 - f) sqrt(G) with G -> 1 / (2 y (1 - y))
+            lim = f * g / np.sqrt(2.0 * np.clip(y * (1 - y), 1e-300, None))
+        return np.where(r == 0, lim, out)
+
+    def torch_residual_logit(self, z: Any, y: Any) -> Any:
+        """r(sigmoid(z), y) for ``bce`` on tensors, from the logit (smooth, no clipping)."""
+        import torch
+
+        sp_neg = torch.nn.functional.softplus(-z)
+        sp_pos = torch.nn.functional.softplus(z)
+        hard1, hard0 = y >= 1, y <= 0
+        soft = ~(hard0 | hard1)
+        f = torch.sigmoid(z)
+        ys = torch.where(soft, y, torch.full_like(y, 0.5))
+        d = f - ys
+        near = soft & (d.abs() <= 0.5 * torch.minimum(ys, 1 - ys))
+        ds = torch.where(near, d, torch.zeros_like(d))
+        r_near = ds * torch.sqrt(_g0_torch(ds / ys) / ys + _g0_torch(-ds / (1 - ys)) / (1 - ys))
+        ent = -(ys * torch.log(ys) + (1 - ys) * torch.log1p(-ys))
+        far = ys * sp_neg + (1 - ys) * sp_pos - ent
+        far = torch.where(near | ~soft, torch.ones_like(far), far)
+        r_far = torch.sign(d) * torch.sqrt(torch.clamp(far, min=1e-300))
+        r_soft = torch.where(near, r_near, r_far)
+        s1 = torch.where(hard1, sp_neg, torch.ones_like(sp_neg))
+        s0 = torch.where(hard0, sp_pos, torch.ones_like(sp_pos))
+        return torch.where(hard1, -torch.sqrt(s1), torch.where(hard0, torch.sqrt(s0), r_soft))
+
+    def torch_post_logit(self) -> Any:
+        """post-map on the logit of a sigmoid output (``bce`` only), flagged ``on_logit``."""
+
+        def post(z: Any, y: Any) -> Any:
+            return self.torch_residual_logit(z, y)
+
+        post.on_logit = True  # type: ignore[attr-defined]
+        return post
+
 
 def get_loss(name: str | Loss) -> Loss:
     """A :class:`Loss` by name, or a one-line error listing the names."""
@@ -212,16 +276,28 @@ def psi_divdiff(loss: Loss, act: Any, z: np.ndarray, y: np.ndarray,
 
     z = np.asarray(z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    if loss.name == "bce" and act.name == "sigmoid":  # from the logit: exact when saturated
+        def psi(v, yy):
+            return loss.residual_logit(v, yy)
+
+        def dpsi(v, yy):
+            return loss.dresidual_logit(v, yy)
+    else:
+        def psi(v, yy):
+            return loss.residual(act.phi(v), yy)
+
+        def dpsi(v, yy):
+            return loss.dresidual(act.phi(v), yy) * act.dphi(v)
     out = np.empty_like(z)
     big = np.abs(z) >= small
     if big.any():
         zb, yb = z[big], y[big]
-        out[big] = (loss.residual(act.phi(zb), yb) - loss.residual(act.phi0, yb)) / zb
+        out[big] = (psi(zb, yb) - psi(np.zeros_like(zb), yb)) / zb
     if (~big).any():
         s, w = gauss_legendre(nodes)
         zs = z[~big][:, None] * s[None, :]
         ys = y[~big][:, None]
-        out[~big] = (loss.dresidual(act.phi(zs), ys) * act.dphi(zs)) @ w
+        out[~big] = dpsi(zs, ys) @ w
     return out
 
 

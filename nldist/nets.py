@@ -364,6 +364,11 @@ class TorchModel(Model):
                                   f"({type(exc).__name__}); the checkpoint does not match the "
                                   "module the factory builds") from None
             net = net.double().eval()
+        outer_name = getattr(net, "outer_activation", None)
+        if (outer_name is None and isinstance(net, torch.nn.Sequential) and len(net) > 1
+                and type(net[-1]) is torch.nn.Sigmoid):
+            # a trailing sigmoid becomes the outer map: losses (bce) then work on the logit
+            net, outer_name = net[:-1], "sigmoid"
         named = list(net.named_parameters())
         if not named:
             raise NldistError(f"module of {self.spec!r} has no parameters; nothing to score")
@@ -381,7 +386,6 @@ class TorchModel(Model):
         if degree is not None and (not isinstance(degree, (int, float)) or degree <= 0):
             raise NldistError(f"module of {self.spec!r} declares homogeneous_degree={degree!r}; "
                               "it must be a positive number")
-        outer_name = getattr(net, "outer_activation", None)
         outer = _activation(outer_name, {}) if outer_name else None
         built = _Built(net, names, shapes, params, buffers, fast, 1, degree, outer)
         built.width = self._validate(built)
@@ -567,7 +571,7 @@ class TorchModel(Model):
         return J
 
     def _post(self, built: _Built, post: Any) -> Any:
-        if built.outer is None:
+        if built.outer is None or getattr(post, "on_logit", False):
             return post
         phi = built.outer.torch_phi
         if post is None:
@@ -614,14 +618,23 @@ class TorchModel(Model):
     def residual_adjoint(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                          loss: Any) -> np.ndarray:
         """Adjoint of r_i = r(f_i, y_i) (Prop. 3.1 when homogeneous, else quadrature)."""
-        from nldist import quadrature
         from nldist.losses import psi_divdiff
 
         if self._built().degree is not None:
             outer = self._built().outer or _activation("identity", {})
             return self._homogeneous(theta, X, lambda g: psi_divdiff(loss, outer, g, y),
                                      (y, loss))
-        return quadrature.adjoint(self, theta, X, aux=y, post=loss.torch_post())
+        return self.residual_adjoint_quadrature(theta, X, y, loss)
+
+    def residual_adjoint_quadrature(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                                    loss: Any) -> np.ndarray:
+        """Adjoint of r_i by quadrature (bce of a sigmoid output: from the logit)."""
+        from nldist import quadrature
+
+        outer = self._built().outer
+        logit = loss.name == "bce" and outer is not None and outer.name == "sigmoid"
+        post = loss.torch_post_logit() if logit else loss.torch_post()
+        return quadrature.adjoint(self, theta, X, aux=y, post=post)
 
     def _homogeneous(self, theta: np.ndarray, X: np.ndarray, factor: Any, resid: Any):
         """f* = factor(g) / k * grad g; rows failing (ID) fall back to quadrature."""
@@ -647,7 +660,10 @@ class TorchModel(Model):
         f1, f0 = outer.phi(g), np.full_like(g, outer.phi0)
         if resid is not None:
             y, loss = resid
-            f1, f0 = loss.residual(f1, y), loss.residual(f0, y)
+            if loss.name == "bce" and outer.name == "sigmoid":
+                f1, f0 = loss.residual_logit(g, y), loss.residual_logit(np.zeros_like(g), y)
+            else:
+                f1, f0 = loss.residual(f1, y), loss.residual(f0, y)
         dot = F @ theta
         scale = np.abs(f1) + np.abs(f0) + np.abs(F) @ np.abs(theta)
         bad = np.abs(f1 - f0 - dot) > opts.rtol * np.maximum(scale, np.finfo(float).tiny)
@@ -655,8 +671,8 @@ class TorchModel(Model):
             log.warning("model %s declares homogeneous_degree=%s but (ID) fails on %d row(s); "
                         "using quadrature for them", self.spec, built.degree, int(bad.sum()))
             aux = None if resid is None else resid[0][bad]
-            post = None if resid is None else resid[1].torch_post()
-            F[bad] = quadrature.adjoint(self, theta, X[bad], aux=aux, post=post)
+            F[bad] = (quadrature.adjoint(self, theta, X[bad]) if resid is None else
+                      self.residual_adjoint_quadrature(theta, X[bad], aux, resid[1]))
         return F
 
 

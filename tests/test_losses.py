@@ -187,3 +187,45 @@ def test_job_schema_accepts_the_new_options():
         validate_job({**base, "kind": "linear-leverage", "swish_bound": True})
     with pytest.raises(NldistError, match="cannot import"):
         validate_job({**base, "model": "torch:no_such_mod:f"})
+
+
+def test_bce_from_the_logit_matches_and_survives_saturation():
+    lo = losses.get_loss("bce")
+    z = np.array([-3.0, -0.2, 0.0, 0.4, 2.5, -3.0, 1.0, 0.3])
+    y = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.3, 0.7, 0.6])
+    f = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(lo.residual_logit(z, y), lo.residual(f, y), rtol=1e-10)
+    np.testing.assert_allclose(lo.dresidual_logit(z, y), lo.dresidual(f, y) * f * (1 - f),
+                               rtol=1e-8)
+    zt, yt = torch.as_tensor(z), torch.as_tensor(y)
+    r, dr = torch.func.jvp(lambda v: lo.torch_residual_logit(v, yt), (zt,), (torch.ones_like(zt),))
+    np.testing.assert_allclose(r.numpy(), lo.residual_logit(z, y), rtol=1e-12)
+    np.testing.assert_allclose(dr.numpy(), lo.dresidual_logit(z, y), rtol=1e-9)
+    # saturated: f rounds to 1 in float64 but the residual from z keeps every digit
+    big = np.array([40.0, 60.0])
+    np.testing.assert_allclose(lo.residual_logit(big, np.ones(2)), -np.exp(-big / 2), rtol=1e-12)
+    np.testing.assert_allclose(lo.residual_logit(-big, np.ones(2)), -np.sqrt(big), rtol=1e-12)
+
+
+def test_saturated_sigmoid_models_keep_the_identity_under_bce(data):
+    X, yb, _ = data
+    lo = losses.get_loss("bce")
+    for spec in ("glm:sigmoid", "relu2:3:sigmoid",
+                 "torch:nldist.examples.nets:paper_mlp(hidden=3)"):
+        m = get_model(spec, 4)
+        theta = (m.initial_theta() + 0.5) * 12.0  # |logits| up to ~100: f is 0 or 1 in float64
+        D = kernels.dual_block(m, theta, X, yb, "bce")
+        assert np.all(np.isfinite(D))
+        # (ID) on the residual computed from the logit (f alone has lost the digits)
+        if spec == "glm:sigmoid":
+            z = X @ theta[:4] + theta[4]
+        elif spec.startswith("relu2"):
+            z = m._inner(theta, X, grad=False)[0]
+        else:
+            ray = m._ray(torch.as_tensor(theta), torch.as_tensor(X), None, None, None, inner=True)
+            z = ray.forward(1.0, torch.arange(X.shape[0])).numpy()
+        assert np.abs(z).max() > 36  # sigmoid(36.8) == 1.0 in float64
+        r1 = lo.residual_logit(z, yb)
+        np.testing.assert_allclose(D[:, -1], lo.residual_logit(np.zeros_like(z), yb))
+        scale = np.abs(r1) + np.abs(D[:, -1]) + np.abs(D[:, :-1]) @ np.abs(theta)
+        assert np.max(np.abs(D @ np.append(theta, 1.0) - r1) / scale) < 1e-10
