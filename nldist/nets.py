@@ -22,7 +22,8 @@ module lazily; torch itself is imported only when a torch model is built).
     optionally ``outer_activation = "sigmoid"`` (then the model is sigmoid(forward(X)));
     the adjoint is then the one-gradient shortcut of Prop. 3.1, verified row by row by
     (ID) with quadrature as the fallback. Otherwise it is computed by quadrature
-    (:mod:`nldist.quadrature`).
+    (:mod:`nldist.quadrature`). A trailing ``nn.Sigmoid`` of an ``nn.Sequential`` is taken
+    as the outer map too, so ``loss: bce`` works on the logit (exact when f saturates).
 
     The model object is small and pickle-safe: it travels as spec + the module's
     ``state_dict`` bytes, and is rebuilt on a worker with ``torch.load(weights_only=True)``
