@@ -381,9 +381,9 @@ def finalize_r(
     if ridge > 0:
         Rl = _householder_r(np.vstack([R, np.sqrt(ridge) * np.eye(q)]))
         total = float(np.sum(svals**2 / (svals**2 + ridge)))
-        return RFactor(R, svals, rank, float(ridge), Rl, None, total)
+        return RFactor(R, svals, rank, float(ridge), np.asfortranarray(Rl), None, total)
     if rank == q:
-        return RFactor(R, svals, rank, 0.0, np.ascontiguousarray(R), None, float(rank))
+        return RFactor(R, svals, rank, 0.0, np.asfortranarray(R), None, float(rank))
     _, s, vt = sla.svd(R, check_finite=False)
     basis = vt[:rank].T / s[:rank]
     return RFactor(R, svals, rank, 0.0, None, basis, float(rank))
