@@ -80,6 +80,27 @@ class RssSampler:
         self._thread.join()
 
 
+def task_stream(client):
+    from dask.distributed import get_task_stream
+
+    return get_task_stream(client)
+
+
+def task_seconds(data: list[dict]) -> dict:
+    """Compute seconds and counts per task-name prefix from a task stream."""
+    out: dict[str, dict] = {}
+    for t in data:
+        key = t["key"][0] if isinstance(t["key"], tuple) else str(t["key"])
+        name = key.rsplit("-", 1)[0] if key[-1:].isalnum() and "-" in key else key
+        for ss in t.get("startstops", ()):
+            if ss["action"] != "compute":
+                continue
+            e = out.setdefault(name[:48], {"seconds": 0.0, "count": 0})
+            e["seconds"] += ss["stop"] - ss["start"]
+            e["count"] += 1
+    return out
+
+
 def worker_pids(client) -> list[int]:
     return list(client.run(os.getpid).values())
 
@@ -246,16 +267,34 @@ def main(argv: list[str] | None = None) -> dict:
             }
             # warm-up: imports on the workers and the page cache
             ops["read"]()
-            for name, fn in ops.items():
-                if name in skip:
-                    continue
-                with RssSampler(worker_pids(client)) as rss:
-                    times, _ = timed(fn, args.repeats, client)
-                res["times"][name] = {"all": times, "median": float(np.median(times)),
-                                      "peak_rss_mib": [r / 2**20 for r in rss.peak]}
-                print(f"{name:9s} median {np.median(times):7.2f} s  all "
-                      f"{', '.join(f'{t:.2f}' for t in times)}  peak RSS/worker "
-                      f"{', '.join(f'{r / 2**20:.0f}' for r in rss.peak)} MiB", flush=True)
+            names = [k for k in ops if k not in skip]
+            times: dict[str, list[float]] = {k: [] for k in names}
+            peaks: dict[str, list[int]] = {k: [0] * args.workers for k in names}
+            tasks: dict[str, dict] = {k: {} for k in names}
+            # interleaved: repeat r runs every operation once, so that load from other
+            # processes on the machine hits all of them alike
+            for r in range(args.repeats):
+                for name in names:
+                    client.run(_gc)
+                    with RssSampler(worker_pids(client)) as rss, task_stream(client) as ts:
+                        t0 = time.perf_counter()
+                        ops[name]()
+                        times[name].append(time.perf_counter() - t0)
+                    peaks[name] = [max(a, b) for a, b in zip(peaks[name], rss.peak, strict=True)]
+                    if r == args.repeats - 1:
+                        tasks[name] = task_seconds(ts.data)
+                    print(f"  repeat {r} {name:9s} {times[name][-1]:7.2f} s  load "
+                          f"{load_avg()}", flush=True)
+            for name in names:
+                res["times"][name] = {"all": times[name], "median": float(np.median(times[name])),
+                                      "peak_rss_mib": [b / 2**20 for b in peaks[name]],
+                                      "task_seconds_last_repeat": tasks[name]}
+                print(f"{name:9s} median {np.median(times[name]):7.2f} s  all "
+                      f"{', '.join(f'{t:.2f}' for t in times[name])}  peak RSS/worker "
+                      f"{', '.join(f'{b / 2**20:.0f}' for b in peaks[name])} MiB", flush=True)
+                top = sorted(tasks[name].items(), key=lambda kv: -kv[1]["seconds"])[:4]
+                print("           task compute (last repeat): " + "; ".join(
+                    f"{k} {v['seconds']:.2f} s/{v['count']}" for k, v in top), flush=True)
         t = {k: v["median"] for k, v in res["times"].items()}
         if "read" in t and "ours-lin" in t:
             res["ours_over_read"] = t["ours-lin"] / t["read"]
@@ -299,10 +338,12 @@ def weak_scaling(path: Path, n: int, cr: int, args, tmp: Path) -> dict:
     for workers, rows in ((1, _cut(n, cr, 0.5)), (2, n)):
         with cluster(workers, args.memory_limit) as client:
             sub = None if rows == n else rows
-            op_read(path, sub)()  # warm-up
-            t_read, _ = timed(op_read(path, sub), args.repeats, client)
-            t_ours, _ = timed(op_ours(path, sub, tmp / "ws.zarr", "linear-leverage"),
-                              args.repeats, client)
+            read, ours = op_read(path, sub), op_ours(path, sub, tmp / "ws.zarr", "linear-leverage")
+            read()  # warm-up
+            t_read, t_ours = [], []
+            for _ in range(args.repeats):  # interleaved, as in the main measurement
+                t_read += timed(read, 1, client)[0]
+                t_ours += timed(ours, 1, client)[0]
         out[str(workers)] = {"rows": rows, "read": float(np.median(t_read)),
                              "ours-lin": float(np.median(t_ours))}
         print(f"weak scaling: {workers} worker(s), {rows} rows: read "

@@ -197,6 +197,24 @@ def _sl(y: np.ndarray | None, s: slice) -> np.ndarray | None:
     return None if y is None else y[s]
 
 
+def _add_linear_gram(G: np.ndarray, X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec):
+    """G += AᵀA for A = [X, 1 (bias), y (augmented)] without forming A (saves a copy of X)."""
+    d = X.shape[1]
+    G[:d, :d] += X.T @ X
+    extra = []
+    if spec.linear_bias:
+        extra.append(np.ones(X.shape[0]))
+    if spec.use_y and y is not None:
+        extra.append(np.asarray(y, dtype=np.float64))
+    if not extra:
+        return
+    E = np.stack(extra)  # (k, n_s)
+    XE = E @ X  # (k, d)
+    G[d:, :d] += XE
+    G[:d, d:] += XE.T
+    G[d:, d:] += E @ E.T
+
+
 def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0) -> dict:
     """Pass 1 on one block: the block's R (leverage kinds), squared Frobenius norm, row count.
 
@@ -231,10 +249,13 @@ def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: in
         Xs = X[s]
         if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
             check_finite_block(X, yy, offset)
-        A = spec.matrix(Xs, _sl(yy, s))
-        if keep:
-            full[s] = A
         with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            if leverage and spec.cheap and not spec.raw and Xs.dtype == np.float64:
+                _add_linear_gram(G, Xs, _sl(yy, s), spec)  # [X, 1, y] without the copy
+                continue
+            A = spec.matrix(Xs, _sl(yy, s))
+            if keep:
+                full[s] = A
             if leverage:
                 G += A.T @ A
             else:

@@ -301,3 +301,19 @@ def test_ill_conditioned_dual_block_kept_or_rebuilt(monkeypatch, rng, cheap):
     norm = kernels.finalize_pass1(spec, stats)
     ref, r = svd_leverage(nldist.dual_matrix(m, theta, X, y))
     np.testing.assert_allclose(kernels.pass2_block(X, y, spec, norm) * r, ref, atol=1e-7)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("augment", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_gram_without_copy_matches_dense(monkeypatch, diabetes, bias, augment, dtype):
+    monkeypatch.setattr(linalg, "SUB_BYTES", 1)
+    X, y = diabetes
+    X = X.astype(dtype)
+    spec = kernels.ScoreSpec("linear-leverage", None, None, use_y=augment, linear_bias=bias)
+    norm = kernels.finalize_pass1(spec, kernels.pass1_block(X, y, spec))
+    cols = [X.astype(np.float64)] + ([np.ones((len(X), 1))] if bias else []) + \
+        ([y[:, None]] if augment else [])
+    ref, r = svd_leverage(np.hstack(cols))
+    assert norm.rank == r
+    np.testing.assert_allclose(kernels.pass2_block(X, y, spec, norm) * r, ref, atol=1e-13)
