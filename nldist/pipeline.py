@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 
 from nldist import __version__, graph, io, kernels, nets, resume, sampling
-from nldist.api import make_spec
+from nldist.api import _with_sketch, as_sketch, make_spec
 from nldist.errors import NldistError
 from nldist.jobs import JobConfig
 from nldist.models import Model, get_model
@@ -272,6 +272,11 @@ class Runner:
             "dataset_key": self.job.digest("dataset"), "linear_augment_y": spec.use_y,
             "n": int(X.shape[0]), "nldist_version": __version__,
         }
+        sk = None
+        if self.job.sketch is not None and kind == self.job.kind and kind != "uniform":
+            sk = as_sketch(self.job.sketch.model_dump())
+            spec = _with_sketch(spec, sk)
+            prov["sketch"] = dataclasses.asdict(sk)
         # per-chunk completion records (nldist.resume): a re-run verifies them and computes
         # only unfinished or damaged chunks; pass 1 is kept once done
         out = resume.ChunkedScores(self.path("scores.zarr"), kind, prov, X.chunks[0],
@@ -281,6 +286,12 @@ class Runner:
         if out.finished:
             return da.from_zarr(out.array), out.attrs
         with self.timed(f"score:{kind}"):
+            if sk is not None and sk.rows:
+                probs, info = graph.rowsketch_scores(X, y, spec, sk, self.job.split_every)
+                out.write(probs, graph.store_chunks)
+                arr = out.array
+                out.finish({**prov, "rank": info["rank"], "complete": True})
+                return da.from_zarr(arr), out.attrs
             norm = out.load_pass1()
             if norm is None:
                 norm = graph.pass1(X, y, spec, ridge=self.job.ridge,

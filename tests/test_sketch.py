@@ -100,3 +100,21 @@ def test_sketch_errors(heavy):
         nldist.scores(X, y, model=m, theta=theta, sketch={"k": 3})
     with pytest.raises(NldistError, match="row sketch approximates leverage"):
         nldist.scores(X, y, model=m, theta=theta, kind="nonlinear-norm", sketch={"rows": 10})
+
+
+def test_job_with_sketch_runs_and_resumes(tmp_path, sync_scheduler):
+    from nldist.jobs import validate_job
+    from nldist.pipeline import Runner
+
+    job = validate_job({"name": "sk", "dataset": {"source": "diabetes", "standardize": True},
+                        "model": "glm:swish", "s": 80, "sketch": {"rows": 1500, "jl": 200},
+                        "cluster": {"address": "synchronous"}})
+    m = Runner(job, tmp_path / "o").run()
+    assert m["rank"] == 12 and m["kinds"]["nonlinear-leverage"]["rel_error"] > -1e-9
+    import zarr
+
+    attrs = dict(zarr.open_group(str(tmp_path / "o" / "scores.zarr"), mode="r")
+                 ["nonlinear-leverage"].attrs)
+    assert attrs["sketch"]["rows"] == 1500 and attrs["complete"]
+    again = Runner(job, tmp_path / "o").run()
+    assert not any(k.startswith("score:") for k in again["timings"])
