@@ -212,7 +212,8 @@ def scores(
         if sk is not None:
             spec = _with_sketch(spec, sk)
         if sk is not None and sk.rows:
-            from nldist import linalg, sketch as sketch_mod
+            from nldist import linalg
+            from nldist import sketch as sketch_mod
 
             PiA = sketch_mod.rowsketch_block(Xa, ya, spec, sk, 0)
             M, _ = sketch_mod.jl_factor(linalg.block_r(PiA), sk.jl, sk.seed)

@@ -142,7 +142,9 @@ class Sketch:
             raise NldistError(f"sketch.jl and sketch.nnz must be >= 1, got {self.jl}, {self.nnz}")
 
 
-def jl_factor(R: np.ndarray, k: int, seed: int, rtol: float | None = None) -> tuple[np.ndarray, int]:
+def jl_factor(
+    R: np.ndarray, k: int, seed: int, rtol: float | None = None
+) -> tuple[np.ndarray, int]:
     """M (q, k) = R^+ Omega for the row-sketch scores ||a_i M||^2, and the rank of R.
 
     Full rank: one triangular solve R M = Omega. Rank-deficient: M = V_r S_r^-1 (U_r^T Omega)
