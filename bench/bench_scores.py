@@ -101,6 +101,28 @@ def task_seconds(data: list[dict]) -> dict:
     return out
 
 
+def _spill_bytes(dask_worker) -> float:
+    metrics = getattr(dask_worker.data, "cumulative_metrics", {})
+    return float(sum(v for (label, unit), v in metrics.items()
+                     if label == "disk-write" and unit == "bytes"))
+
+
+def spilled_mib(client) -> float:
+    """Bytes written to disk by the workers' spill buffers so far (all workers), MiB."""
+    return sum(client.run(_spill_bytes).values()) / 2**20
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the given processes (all their threads)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
 def worker_pids(client) -> list[int]:
     return list(client.run(os.getpid).values())
 
@@ -271,40 +293,59 @@ def main(argv: list[str] | None = None) -> dict:
             times: dict[str, list[float]] = {k: [] for k in names}
             peaks: dict[str, list[int]] = {k: [0] * args.workers for k in names}
             tasks: dict[str, dict] = {k: {} for k in names}
+            spills: dict[str, float] = {k: 0.0 for k in names}
+            cpus: dict[str, list[float]] = {k: [] for k in names}
             # interleaved: repeat r runs every operation once, so that load from other
             # processes on the machine hits all of them alike
             for r in range(args.repeats):
                 for name in names:
                     client.run(_gc)
-                    with RssSampler(worker_pids(client)) as rss, task_stream(client) as ts:
+                    spill0 = spilled_mib(client)
+                    pids = worker_pids(client)
+                    with RssSampler(pids) as rss, task_stream(client) as ts:
+                        c0 = cpu_seconds(pids)
                         t0 = time.perf_counter()
                         ops[name]()
                         times[name].append(time.perf_counter() - t0)
+                        cpus[name].append(cpu_seconds(pids) - c0)
                     peaks[name] = [max(a, b) for a, b in zip(peaks[name], rss.peak, strict=True)]
+                    spills[name] = max(spills[name], spilled_mib(client) - spill0)
                     if r == args.repeats - 1:
                         tasks[name] = task_seconds(ts.data)
-                    print(f"  repeat {r} {name:9s} {times[name][-1]:7.2f} s  load "
+                    print(f"  repeat {r} {name:9s} {times[name][-1]:7.2f} s  worker CPU "
+                          f"{cpus[name][-1]:6.2f} s  load "
                           f"{load_avg()}", flush=True)
             for name in names:
                 res["times"][name] = {"all": times[name], "median": float(np.median(times[name])),
                                       "peak_rss_mib": [b / 2**20 for b in peaks[name]],
-                                      "task_seconds_last_repeat": tasks[name]}
+                                      "task_seconds_last_repeat": tasks[name],
+                                      "spilled_mib_max": spills[name],
+                                      "worker_cpu_s": cpus[name],
+                                      "worker_cpu_s_median": float(np.median(cpus[name]))}
                 print(f"{name:9s} median {np.median(times[name]):7.2f} s  all "
                       f"{', '.join(f'{t:.2f}' for t in times[name])}  peak RSS/worker "
-                      f"{', '.join(f'{b / 2**20:.0f}' for b in peaks[name])} MiB", flush=True)
+                      f"{', '.join(f'{b / 2**20:.0f}' for b in peaks[name])} MiB  spilled "
+                      f"{spills[name]:.0f} MiB", flush=True)
                 top = sorted(tasks[name].items(), key=lambda kv: -kv[1]["seconds"])[:4]
                 print("           task compute (last repeat): " + "; ".join(
                     f"{k} {v['seconds']:.2f} s/{v['count']}" for k, v in top), flush=True)
         t = {k: v["median"] for k, v in res["times"].items()}
+        c = {k: v["worker_cpu_s_median"] for k, v in res["times"].items()}
+        if len(c) > 1:
+            print("worker CPU seconds (median): " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()))
         if "read" in t and "ours-lin" in t:
             res["ours_over_read"] = t["ours-lin"] / t["read"]
-            print(f"ours-lin / read = {res['ours_over_read']:.2f}  (target <= 2.5)")
+            res["ours_over_read_cpu"] = c["ours-lin"] / c["read"]
+            print(f"ours-lin / read = {res['ours_over_read']:.2f}  (target <= 2.5; in worker CPU "
+                  f"seconds {res['ours_over_read_cpu']:.2f})")
         if "read" in t and "ours-nl" in t:
             res["ours_nl_over_read"] = t["ours-nl"] / t["read"]
             print(f"ours-nl / read  = {res['ours_nl_over_read']:.2f}")
         if "tsqr" in t and "ours-lin" in t:
             res["tsqr_over_ours"] = t["tsqr"] / t["ours-lin"]
-            print(f"tsqr / ours-lin = {res['tsqr_over_ours']:.2f}  (target >= 3)")
+            res["tsqr_over_ours_cpu"] = c["tsqr"] / c["ours-lin"]
+            print(f"tsqr / ours-lin = {res['tsqr_over_ours']:.2f}  (target >= 3; in worker CPU "
+                  f"seconds {res['tsqr_over_ours_cpu']:.2f})")
         if {"tsqr", "ours-lin"} <= set(t):
             ours = zarr.open_array(str(tmp / "ours-lin.zarr"), mode="r")[:]
             ref = zarr.open_array(str(tmp / "tsqr.zarr"), mode="r")[:]
@@ -328,8 +369,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _cut(n: int, cr: int, frac: float) -> int:
-    """frac * n rounded down to whole chunks (at least one chunk)."""
-    return max(cr, int(n * frac) // cr * cr)
+    """frac * n rounded to whole chunks (at least one chunk; n itself for frac >= 1)."""
+    if frac >= 1:
+        return n
+    return min(n, max(cr, round(n * frac / cr) * cr))
 
 
 def weak_scaling(path: Path, n: int, cr: int, args, tmp: Path) -> dict:
