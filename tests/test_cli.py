@@ -129,7 +129,8 @@ def test_ingest_and_report_commands(tmp_path, finished_run):
         (["run", "job.yaml", "--set", "theta=th.npy"], "theta file 'th.npy' not found"),
         (["run", "job.yaml", "--set", "dataset.source=nan.npz"], "1 missing value.*--dropna"),
         (["run", "job.yaml", "--set", "dataset.source=nan.zarr"], "NaN or inf in 1 row.*row 4"),
-        (["run", "job.yaml", "--cluster", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler"),
+        (["run", "job.yaml", "--cluster", "tcp://127.0.0.1:9",
+          "--set", "cluster.connect_timeout=2"], "cannot reach the Dask scheduler"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(tmp_path, args, match):
