@@ -85,8 +85,15 @@ def dual_block(
     return out
 
 
-def linear_block(X: np.ndarray, y: np.ndarray | None = None, bias: bool = True) -> np.ndarray:
+def linear_block(
+    X: np.ndarray, y: np.ndarray | None = None, bias: bool = True, out: np.ndarray | None = None
+) -> np.ndarray:
     """Data matrix block [X, 1] (or X without bias), optionally augmented with y.
+
+    Parameters
+    ----------
+    out : ndarray (>= n_b, q) float64 C-contiguous, optional
+        Buffer to write into (its first n_b rows are returned); then X is always copied.
 
     Returns
     -------
@@ -94,10 +101,13 @@ def linear_block(X: np.ndarray, y: np.ndarray | None = None, bias: bool = True) 
     """
     X = np.asarray(X)
     extra = int(bias) + int(y is not None)
-    if not extra:
+    if not extra and out is None:
         return np.asarray(X, dtype=np.float64)
     d = X.shape[1]
-    out = np.empty((X.shape[0], d + extra), dtype=np.float64)
+    if out is None:
+        out = np.empty((X.shape[0], d + extra), dtype=np.float64)
+    else:
+        out = out[: X.shape[0]]
     out[:, :d] = X
     if bias:
         out[:, d] = 1.0
@@ -356,9 +366,21 @@ def pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Norm
         return np.full(n, 1.0 / norm.total)
     out = np.empty(n, dtype=np.float64)
     yy = y if spec.needs_y else None
-    for s in _slices(n, spec.n_cols(X.shape[1])):
+    q = spec.n_cols(X.shape[1])
+    slices = _slices(n, q)
+    # one slice buffer for the whole block: dask workers run with MALLOC_TRIM_THRESHOLD_
+    # set, so a fresh (slice, q) array per slice costs page faults (about doubles pass 2)
+    linear = spec.cheap and not spec.raw and spec.kind in ("linear-leverage", "linear-norm")
+    if linear:
+        ylin = yy if spec.use_y else None
+        cols = X.shape[1] + int(spec.linear_bias) + int(ylin is not None)
+        buf = np.empty((slices[0].stop - slices[0].start, cols))
+    for s in slices:
         Xs = X[s]
-        A = spec.matrix(Xs, _sl(yy, s))
+        if linear:
+            A = linear_block(Xs, _sl(ylin, s), spec.linear_bias, out=buf)
+        else:
+            A = spec.matrix(Xs, _sl(yy, s))
         if norm.factor is None:
             out[s] = linalg.row_sqnorms(A)
         else:

@@ -415,14 +415,18 @@ def row_leverage(A: np.ndarray, fac: RFactor, overwrite_a: bool = False) -> np.n
     out = np.empty(n)
     step = sub_rows(A.shape[1])
     own = overwrite_a and A.flags.c_contiguous and A.flags.writeable
+    buf = None
     for s in range(0, n, step):
         B = A[s : s + step]
         if fac.solve_r is None:
             Z = B @ fac.basis
             out[s : s + step] = np.einsum("ij,ij->i", Z, Z)
             continue
-        if not own:
-            B = np.array(B, dtype=np.float64, order="C", copy=True)
+        if not own:  # copy into one reused buffer (fresh arrays cost page faults)
+            if buf is None:
+                buf = np.empty((min(step, n), A.shape[1]))
+            B = buf[: B.shape[0]]
+            B[...] = A[s : s + step]
         Z = blas.dtrsm(1.0, fac.solve_r, B.T, side=0, lower=0, trans_a=1, overwrite_b=1)
         out[s : s + step] = np.einsum("ij,ij->j", Z, Z)
     return out
