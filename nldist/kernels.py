@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nldist import linalg
+from nldist import heap, linalg
 from nldist.errors import NldistError
 from nldist.models import Model
 
@@ -226,6 +226,12 @@ def _add_linear_gram(G: np.ndarray, X: np.ndarray, y: np.ndarray | None, spec: S
 
 
 def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0) -> dict:
+    """Pass 1 on one block: see :func:`_pass1_block` (run with :func:`heap.reuse_freed_memory`)."""
+    with heap.reuse_freed_memory():
+        return _pass1_block(X, y, spec, offset)
+
+
+def _pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0) -> dict:
     """Pass 1 on one block: the block's R (leverage kinds), squared Frobenius norm, row count.
 
     The matrix block (dual or data matrix) is built in cache-sized row slices and reduced at
@@ -355,6 +361,12 @@ def finalize_pass1(spec: ScoreSpec, stats: dict, ridge: float = 0.0, rtol: float
 
 
 def pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer):
+    """Pass 2 on one block: see :func:`_pass2_block` (run with :func:`heap.reuse_freed_memory`)."""
+    with heap.reuse_freed_memory():
+        return _pass2_block(X, y, spec, norm)
+
+
+def _pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer):
     """Pass 2 on one block: the block's probabilities (n_b,), float64, summing to 1 globally.
 
     The matrix block is rebuilt (not stored since pass 1) in cache-sized row slices; each

@@ -317,3 +317,22 @@ def test_linear_gram_without_copy_matches_dense(monkeypatch, diabetes, bias, aug
     ref, r = svd_leverage(np.hstack(cols))
     assert norm.rank == r
     np.testing.assert_allclose(kernels.pass2_block(X, y, spec, norm) * r, ref, atol=1e-13)
+
+
+def test_heap_reuse_context_in_worker_setting(monkeypatch, diabetes):
+    """Dask workers set MALLOC_TRIM_THRESHOLD_: the kernels then run inside the heap-reuse
+    context (nested, across threads) and give the same scores; the depth returns to 0."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nldist import heap
+
+    X, y = diabetes
+    m = nldist.get_model("glm:swish", X.shape[1])
+    theta = np.full(m.n_params, 0.1)
+    plain = nldist.scores(X, y, model=m, theta=theta)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with heap.reuse_freed_memory(), ThreadPoolExecutor(2) as ex:
+        outs = list(ex.map(lambda _: nldist.scores(X, y, model=m, theta=theta), range(4)))
+    assert heap._depth == 0
+    for out in outs:
+        np.testing.assert_array_equal(out, plain)

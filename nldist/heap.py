@@ -1,0 +1,90 @@
+"""Let a block kernel reuse freed heap memory inside Dask workers (glibc only; else no-op).
+
+Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand memory back
+to the OS). Setting that also switches off glibc's dynamic mmap threshold, so every
+array above 128 KiB is a fresh ``mmap`` and every page of it is faulted in and zeroed on
+first touch. The score kernels work in cache-sized row slices of about 1 MiB and build
+the dual matrix slice by slice (the model allocates its own arrays), so in a worker they
+spent most of their time in page faults: measured on the benchmark block (84k × 51),
+pass 1 / pass 2 of glm:swish scores took 63 / 78 ms CPU with the worker setting and 21 / 30
+ms with this context (22 / 28 ms in a plain process). See bench/RESULTS.md.
+
+:func:`reuse_freed_memory` raises the mmap and trim thresholds while a kernel runs, so
+freed slices are reused from the heap, then restores the worker's settings and trims the
+heap (``malloc_trim(0)``), so memory still goes back to the OS after every task. It only
+acts where ``MALLOC_TRIM_THRESHOLD_`` is set (a plain process keeps glibc's adaptive
+behaviour) and nests across threads (the settings are restored when the last one leaves).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["reuse_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_DEFAULT = 128 * 1024  # glibc's initial M_MMAP_THRESHOLD
+_MMAP_WHILE = 64 * 2**20
+_TRIM_WHILE = 2**30
+
+_lock = threading.Lock()
+_depth = 0
+_libc: ctypes.CDLL | None | bool = False  # False: not looked up yet
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is False:
+        lib = None
+        try:
+            if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+                name = ctypes.util.find_library("c") or "libc.so.6"
+                cand = ctypes.CDLL(name)
+                if hasattr(cand, "mallopt") and hasattr(cand, "malloc_trim"):
+                    lib = cand
+        except OSError:  # pragma: no cover - no loadable libc
+            lib = None
+        _libc = lib
+    return _libc or None
+
+
+def _trim_setting() -> int | None:
+    raw = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+@contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Context: freed allocations are reused instead of unmapped (Dask workers, glibc)."""
+    global _depth
+    trim = _trim_setting()
+    lib = _glibc() if trim is not None else None
+    if lib is None:
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            lib.mallopt(_M_MMAP_THRESHOLD, _MMAP_WHILE)
+            lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_WHILE)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                lib.mallopt(_M_TRIM_THRESHOLD, trim)
+                lib.mallopt(_M_MMAP_THRESHOLD, _MMAP_DEFAULT)
+                lib.malloc_trim(0)
