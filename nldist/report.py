@@ -34,7 +34,7 @@ import numpy as np
 from nldist.errors import NldistError
 
 KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm",
-              "ridge-leverage", "pilot", "uniform")
+              "linear-leverage+y", "ridge-leverage", "pilot", "uniform")
 _COLORS = {"nonlinear-leverage": "#1f77b4", "nonlinear-norm": "#ff7f0e",
            "linear-leverage": "#2ca02c", "linear-norm": "#d62728", "uniform": "#9467bd",
            "ridge-leverage": "#8c564b", "pilot": "#e377c2", "loss": "#7f7f7f",
