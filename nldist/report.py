@@ -229,6 +229,8 @@ def plot_experiment(result: dict, path: Path, title: str | None = None) -> Path:
                 lw=2.2 if kind == "nonlinear-leverage" else 1.5)
         ax.fill_between(s, np.maximum(lo, floor), np.maximum(hi, floor), color=c, alpha=0.13)
     ax.set_xscale("log")
+    ax.set_xticks(s, [f"{v:,.0f}" for v in s])  # the s values, not overlapping minor labels
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     if negative:
         tiny = np.abs(every[every != 0])
         ax.set_yscale("symlog", linthresh=float(10 ** np.floor(np.log10(tiny.min())))
@@ -622,7 +624,8 @@ def plot_diagnostics(d: dict, path: Path) -> Path:
     ax.set_xlabel("k (rows inspected, highest score first)")
     ax.set_ylabel("precision@k (fraction flipped)")
     ax.set_title(f"{d['name']}: {d['flip_fraction']:.0%} of labels flipped "
-                 f"({d['n_flipped']:,} of {d['n_rows']:,}), {d['model']}", fontsize=10)
+                 f"({d['n_flipped']:,} of {d['n_rows']:,}), {d['model']}, "
+                 f"loss {d.get('loss', 'squared')}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
