@@ -157,6 +157,7 @@ def scores(
     rtol: float | None = None,
     split_every: int = 8,
     sketch: Any = None,
+    persist: str = "auto",
 ) -> Any:
     """Importance scores: a probability vector over rows (sums to 1).
 
@@ -184,12 +185,23 @@ def scores(
         Approximate scores: ``cols=k`` projects each dual row to k dims (large p);
         ``rows=r, jl=k`` takes R from an r-row CountSketch and the scores from a k-column
         JL projection (huge n, Drineas et al.). See :mod:`nldist.sketch`.
+    persist : {"auto", "never", "always"}
+        Whether pass 1 keeps each chunk's dual block on disk for pass 2 instead of pass 2
+        rebuilding it (:mod:`nldist.dualstore`): ``"auto"`` per chunk, when building the
+        block took longer than a measured write + read of it (``torch:`` models by
+        quadrature; closed forms rebuild faster). The blocks go to a temporary directory,
+        removed when the result (for dask input: the returned array's graph) is released.
+        Only the nonlinear kinds' exact scores use it; the scores are bit-identical either
+        way.
 
     Returns
     -------
     ndarray (n,) float64 for ndarray input; a dask array (n,) otherwise (pass 1, which
     forms R, has already run; pass 2 is lazy).
     """
+    from nldist import dualstore
+
+    dualstore.check_mode(persist)
     sk = as_sketch(sketch)
     if sk is not None and sk.rows and kind not in ("nonlinear-leverage", "linear-leverage"):
         raise NldistError(f"a row sketch approximates leverage; kind {kind!r} does not need one "
@@ -219,9 +231,15 @@ def scores(
             M, _ = sketch_mod.jl_factor(linalg.block_r(PiA), sk.jl, sk.seed)
             raw = sketch_mod.jl_scores_block(Xa, ya, spec, sk, M)
             return raw / raw.sum()
-        stats = kernels.pass1_block(Xa, ya, spec)
-        norm = kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
-        return kernels.pass2_block(Xa, ya, spec, norm)
+        store = dualstore.temporary(persist) if persist != "never" and spec.persistable \
+            else None
+        try:
+            stats = kernels.pass1_block(Xa, ya, spec, 0, store, 0)
+            norm = kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+            return kernels.pass2_block(Xa, ya, spec, norm, store, 0)
+        finally:
+            if store is not None:
+                store.owner.cleanup()
     from nldist import graph
 
     dX, dy = graph.as_dask_xy(X, y)
@@ -230,8 +248,13 @@ def scores(
         spec = _with_sketch(spec, sk)
         if sk.rows:
             return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
-    norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every)
-    return graph.pass2(dX, dy, spec, norm)
+    store = dualstore.temporary(persist) if persist != "never" and spec.persistable else None
+    norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every,
+                       store=store)
+    if store is not None and not (norm.persist or {}).get("persisted"):
+        store.owner.cleanup()  # nothing persisted: pass 2 rebuilds every block
+        store = None
+    return graph.pass2(dX, dy, spec, norm, store=store)
 
 
 def sample(

@@ -6,9 +6,11 @@ fan-in (``split_every``), and brings only small things to the driver: R (q, q), 
 the sample. No (n, .) array is ever computed on the driver.
 
 Passes are computed one at a time (pass 1 eagerly, pass 2 lazily) so that X blocks are
-read once per pass and never held in memory between passes; the dual block is recomputed
-in pass 2 rather than stored, because for the closed-form models it costs less than the
-read (see bench/RESULTS.md).
+read once per pass and never held in memory between passes. By default the dual block is
+recomputed in pass 2 rather than stored, because for the closed-form models it costs less
+than the read (see bench/RESULTS.md); with a :class:`nldist.dualstore.DualStore` pass 1
+persists the blocks whose measured build time exceeds a measured write + read of them
+(``torch:`` models by quadrature) and pass 2 reads those back.
 """
 
 from __future__ import annotations
@@ -146,40 +148,66 @@ def pass1(
     ridge: float = 0.0,
     rtol: float | None = None,
     split_every: int = SPLIT_EVERY,
+    store: Any = None,
 ) -> kernels.Normalizer:
-    """Pass 1: per-block R (or norms) reduced in a tree; returns the global normalizer."""
+    """Pass 1: per-block R (or norms) reduced in a tree; returns the global normalizer.
+
+    Parameters
+    ----------
+    store : nldist.dualstore.DualStore, optional
+        Persist dual blocks for pass 2 (:func:`nldist.kernels.pass1_block`); the counts and
+        seconds come back in ``Normalizer.persist``.
+    """
     yy = y if spec.needs_y else None
+    if store is not None and not spec.persistable:
+        store = None
     parts = [
-        dask.delayed(kernels.pass1_block, pure=True)(xb, yb, spec, off)
-        for xb, yb, off in _blocks(X, yy)
+        dask.delayed(kernels.pass1_block, pure=True)(xb, yb, spec, off, store, i)
+        for i, (xb, yb, off) in enumerate(_blocks(X, yy))
     ]
     (stats,) = dask.compute(tree_reduce(parts, kernels.combine_pass1, split_every))
     return kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
 
 
-def _pass2_task(xs: list, y: Any, spec: kernels.ScoreSpec, norm: kernels.Normalizer):
+def _pass2_task(
+    xs: list, y: Any, spec: kernels.ScoreSpec, norm: kernels.Normalizer
+) -> np.ndarray:
     """Pass-2 task: X arrives as the list of its column blocks (one after ``as_dask_xy``)."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
     return kernels.pass2_block(x, y, spec, norm)
 
 
+def _pass2_store_task(xs: list, ids: np.ndarray, y: Any, spec: kernels.ScoreSpec,
+                      norm: kernels.Normalizer, store: Any) -> np.ndarray:
+    """Pass-2 task with a dual store: ``ids`` is the one-element block of chunk indices."""
+    x = xs[0] if len(xs) == 1 else np.hstack(xs)
+    index = int(np.asarray(ids).reshape(-1)[0]) if np.size(ids) else 0
+    return kernels.pass2_block(x, y, spec, norm, store, index)
+
+
 def pass2(
-    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer
+    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer,
+    store: Any = None,
 ) -> da.Array:
     """Pass 2 (lazy): per-row probabilities (n,) float64, chunked like X's rows.
 
     ``concatenate=False``: dask would otherwise copy every X block once (concatenating the
-    single column block) before the kernel sees it.
+    single column block) before the kernel sees it. With a ``store`` (the one pass 1 used)
+    each task also gets its chunk index and reads the block pass 1 persisted, if any.
     """
-    if spec.needs_y:
+    meta = np.empty((0,), dtype=np.float64)
+    yargs: list[Any] = [y, "i"] if spec.needs_y else []
+    ykw: dict[str, Any] = {} if spec.needs_y else {"y": None}
+    if store is not None and spec.persistable:
+        ids = da.from_array(np.arange(X.numblocks[0]), chunks=1)
+        # align_arrays=False: one index per X block (sizes differ, block counts agree)
         return da.blockwise(
-            _pass2_task, "i", X, "ij", y, "i", dtype=np.float64,
-            concatenate=False, spec=spec, norm=norm,
+            _pass2_store_task, "i", X, "ij", ids, "i", *yargs, meta=meta, concatenate=False,
+            align_arrays=False, adjust_chunks={"i": X.chunks[0]}, spec=spec, norm=norm,
+            store=store, **ykw,
         )
-    return da.blockwise(
-        _pass2_task, "i", X, "ij", dtype=np.float64, concatenate=False,
-        spec=spec, norm=norm, y=None,
-    )
+    return da.blockwise(_pass2_task, "i", X, "ij", *yargs, meta=meta, concatenate=False,
+                        spec=spec, norm=norm, **ykw)
 
 
 def leverage_dask(A: da.Array, ridge: float = 0.0, rtol: float | None = None) -> da.Array:

@@ -197,6 +197,12 @@ class JobConfig(_Strict):
     split_every: int = Field(8, ge=2)
     linear_augment_y: bool = False
     sketch: SketchConfig | None = Field(None, description="approximate the chosen kind")
+    persist: Literal["never", "always", "auto"] = Field(
+        "auto", description="exact nonlinear scores: keep each chunk's dual block on disk "
+        "(OUT/dual.zarr.partial, removed when the scores are complete) so pass 2 reads it "
+        "instead of rebuilding it: never | always | auto (per chunk, when building the block "
+        "took longer than a measured write + read of it, e.g. torch: models by quadrature); "
+        "the scores are bit-identical either way")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     out: str | None = Field(None, description="output directory (default runs/<name>)")
     experiment: ExperimentConfig | None = None

@@ -8,7 +8,9 @@ a Gauss-Newton step. :mod:`nldist.graph` maps them over blocks and reduces.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,11 +180,19 @@ class ScoreSpec:
         return self.raw or self.kind in ("linear-leverage", "linear-norm")
 
     @property
+    def persistable(self) -> bool:
+        """Pass 1 may persist the block for pass 2 (:mod:`nldist.dualstore`): a model's dual
+        block or a sketched matrix; never a copy of X (linear kinds) or uniform scores."""
+        return not self.cheap and self.kind != "uniform"
+
+    @property
     def cheap_to_rebuild(self) -> bool:
         """Rebuilding the matrix costs about a copy of X: linear kinds, closed-form models."""
         if self.cheap:
             return True
-        return self.model is not None and type(self.model).adjoint is not Model.adjoint
+        from nldist.nets import uses_quadrature  # torch: models override adjoint, no closed form
+
+        return self.model is not None and not uses_quadrature(self.model)
 
     def n_cols(self, d: int) -> int:
         """Columns q of the matrix for X with d columns (0 for uniform)."""
@@ -225,13 +235,19 @@ def _add_linear_gram(G: np.ndarray, X: np.ndarray, y: np.ndarray | None, spec: S
     G[d:, d:] += E @ E.T
 
 
-def pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0) -> dict:
+def pass1_block(
+    X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0,
+    store: Any = None, index: int = 0,
+) -> dict:
     """Pass 1 on one block: see :func:`_pass1_block` (run with :func:`heap.reuse_freed_memory`)."""
     with heap.reuse_freed_memory():
-        return _pass1_block(X, y, spec, offset)
+        return _pass1_block(X, y, spec, offset, store, index)
 
 
-def _pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0) -> dict:
+def _pass1_block(
+    X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: int = 0,
+    store: Any = None, index: int = 0,
+) -> dict:
     """Pass 1 on one block: the block's R (leverage kinds), squared Frobenius norm, row count.
 
     The matrix block (dual or data matrix) is built in cache-sized row slices and reduced at
@@ -243,22 +259,47 @@ def _pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: i
     whole block is needed for CholeskyQR2 / shifted CholeskyQR3 / Householder: it is rebuilt
     when that is cheap (linear kinds, closed-form adjoints), else kept from the slices.
 
+    Parameters
+    ----------
+    X : ndarray (n_b, d)
+    y : ndarray (n_b,) or None
+    spec : ScoreSpec
+    offset : int
+        First row of the block (for error messages).
+    store : nldist.dualstore.DualStore, optional
+        Persist the block for pass 2 (``spec.persistable`` specs only). ``store.mode``
+        ``"always"`` writes it; ``"auto"`` times the building of the block
+        (``time.perf_counter`` around ``spec.matrix``) and writes it only when that exceeds
+        the measured cost of writing and reading it back (:func:`nldist.dualstore.decide`).
+        Models whose block is not otherwise kept (closed forms) are decided after the first
+        slice, from its time extrapolated to the block.
+    index : int
+        Chunk index of the block (its name in the store).
+
     Returns
     -------
     dict with keys ``R`` ((q, q) or None), ``fro2`` (float), ``n`` (int), ``methods``
-    (dict: QR method name -> number of blocks)
+    (dict: QR method name -> number of blocks), ``persist`` (None without a store; else
+    counts and seconds, see :func:`nldist.dualstore.empty_stats`)
     """
+    from nldist import dualstore
+
     X = np.asarray(X)
     yy = y if spec.needs_y else None
     n = int(X.shape[0])
-    out: dict[str, Any] = {"R": None, "fro2": 0.0, "n": n, "methods": {}}
+    out: dict[str, Any] = {"R": None, "fro2": 0.0, "n": n, "methods": {}, "persist": None}
     q = spec.n_cols(X.shape[1])
     if spec.kind == "uniform" or q == 0:
         check_finite_block(X, yy, offset)
         return out
     leverage = spec.kind in LEVERAGE_KINDS
     keep = leverage and not spec.cheap_to_rebuild
-    full = np.empty((n, q), dtype=np.float64) if keep else None
+    mode = store.mode if store is not None and spec.persistable and n else "never"
+    full = np.empty((n, q), dtype=np.float64) if keep or mode == "always" else None
+    early = mode == "auto" and full is None  # auto without a kept block: decide on slice 1
+    persist = mode == "always"
+    io_est = None
+    build_s = 0.0
     G = np.zeros((q, q)) if leverage else None
     fro2 = 0.0
     for s in _slices(n, q):
@@ -269,8 +310,15 @@ def _pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: i
             if leverage and spec.cheap and not spec.raw and Xs.dtype == np.float64:
                 _add_linear_gram(G, Xs, _sl(yy, s), spec)  # [X, 1, y] without the copy
                 continue
+            t0 = time.perf_counter()
             A = spec.matrix(Xs, _sl(yy, s))
-            if keep:
+            build_s += time.perf_counter() - t0
+            if early:  # extrapolate the first slice's time to the block
+                early = False
+                persist, io_est = dualstore.decide(store, n, q, build_s * n / (s.stop - s.start))
+                if persist:
+                    full = np.empty((n, q), dtype=np.float64)
+            if full is not None:
                 full[s] = A
             if leverage:
                 G += A.T @ A
@@ -286,20 +334,34 @@ def _pass1_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, offset: i
                 "rescale the data or check theta"
             )
         out["fro2"] = fro2
-        return out
-    R = linalg.cholqr_r(G) if finite and spec.qr_method == "auto" and n >= 4 * q else None
-    method = "cholqr"
-    if R is None:
-        A = full if keep else spec.matrix(X, yy)
-        if not np.isfinite(A).all():
-            raise NldistError(
-                f"the matrix for {spec.kind} has NaN/inf entries in rows {offset}.."
-                f"{offset + n - 1} although the data are finite (overflow in the model at this "
-                "theta?); rescale the data or check theta"
-            )
-        R, method = linalg.block_r_method(A, spec.qr_method, G=G if finite else None)
-    out["R"] = R
-    out["methods"] = {method: 1}
+    else:
+        R = linalg.cholqr_r(G) if finite and spec.qr_method == "auto" and n >= 4 * q else None
+        method = "cholqr"
+        if R is None:
+            A = full if keep else spec.matrix(X, yy)  # (never the persisted copy: same bits)
+            if not np.isfinite(A).all():
+                raise NldistError(
+                    f"the matrix for {spec.kind} has NaN/inf entries in rows {offset}.."
+                    f"{offset + n - 1} although the data are finite (overflow in the model at "
+                    "this theta?); rescale the data or check theta"
+                )
+            R, method = linalg.block_r_method(A, spec.qr_method, G=G if finite else None)
+        out["R"] = R
+        out["methods"] = {method: 1}
+    if mode != "never":
+        if mode == "auto" and keep:  # the whole block's build time is known now
+            persist, io_est = dualstore.decide(store, n, q, build_s)
+        stats = dualstore.empty_stats()
+        stats.update(chunks=1, build_s=build_s, io_est_s=io_est or 0.0)
+        if persist and full is not None:
+            wrote = dualstore.write_block(store, index, full)
+            if wrote is None:
+                stats["unavailable"] = 1
+            else:
+                stats.update(persisted=1, bytes=int(full.nbytes), write_s=wrote)
+        elif not Path(store.path).is_dir():
+            stats["unavailable"] = 1
+        out["persist"] = stats
     return out
 
 
@@ -310,11 +372,14 @@ def combine_pass1(parts: list[dict]) -> dict:
     for p in parts:
         for k, v in p.get("methods", {}).items():
             methods[k] = methods.get(k, 0) + v
+    from nldist.dualstore import combine_stats
+
     return {
         "R": linalg.combine_r(Rs) if Rs else None,
         "fro2": float(sum(p["fro2"] for p in parts)),
         "n": int(sum(p["n"] for p in parts)),
         "methods": methods,
+        "persist": combine_stats([p.get("persist") for p in parts]),
     }
 
 
@@ -323,7 +388,8 @@ class Normalizer:
     """Global quantities pass 2 needs: the R factor (leverage kinds) and the normalizer.
 
     ``total`` is rank (leverage), effective dimension (ridge), ||A||_F^2 (norm) or n
-    (uniform), so that block scores divided by it sum to 1 over all rows.
+    (uniform), so that block scores divided by it sum to 1 over all rows. ``persist`` holds
+    pass 1's persisted-block statistics (:func:`nldist.dualstore.empty_stats`) or None.
     """
 
     kind: str
@@ -331,6 +397,7 @@ class Normalizer:
     total: float
     factor: linalg.RFactor | None = None
     qr_methods: dict | None = None
+    persist: dict | None = None
 
     @property
     def rank(self) -> int | None:
@@ -354,32 +421,95 @@ def finalize_pass1(spec: ScoreSpec, stats: dict, ridge: float = 0.0, rtol: float
             )
         methods = dict(stats.get("methods") or {})
         log.debug("pass 1: block R by %s", methods)
-        return Normalizer(spec.kind, n, fac.total, fac, methods)
+        return Normalizer(spec.kind, n, fac.total, fac, methods, stats.get("persist"))
     if stats["fro2"] <= 0:
         raise NldistError(f"the matrix for {spec.kind} is all zeros; scores are undefined")
-    return Normalizer(spec.kind, n, stats["fro2"])
+    return Normalizer(spec.kind, n, stats["fro2"], persist=stats.get("persist"))
 
 
-def pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer):
+def pass2_block(
+    X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
+    store: Any = None, index: int = 0,
+) -> np.ndarray:
     """Pass 2 on one block: see :func:`_pass2_block` (run with :func:`heap.reuse_freed_memory`)."""
     with heap.reuse_freed_memory():
-        return _pass2_block(X, y, spec, norm)
+        return _pass2_block(X, y, spec, norm, store, index)
 
 
-def _pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer):
+def _pass2_block(
+    X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
+    store: Any = None, index: int = 0,
+) -> np.ndarray:
     """Pass 2 on one block: the block's probabilities (n_b,), float64, summing to 1 globally.
 
-    The matrix block is rebuilt (not stored since pass 1) in cache-sized row slices; each
-    slice is solved in place (``R⁻ᵀ a_i`` by BLAS TRSM) and reduced to its row norms.
+    The matrix block is read back from ``store`` when pass 1 persisted it (and it passes its
+    checks, :func:`nldist.dualstore.iter_block`), else rebuilt in cache-sized row slices;
+    each slice is solved in place (``R⁻ᵀ a_i`` by BLAS TRSM) and reduced to its row norms.
+    Both ways give the same bits: the same slices of the same float64 values.
+
+    Parameters
+    ----------
+    X : ndarray (n_b, d)
+    y : ndarray (n_b,) or None
+    spec : ScoreSpec
+    norm : Normalizer
+        Pass 1's result.
+    store : nldist.dualstore.DualStore, optional
+        Where pass 1 may have persisted this block.
+    index : int
+        Chunk index of the block.
+
+    Returns
+    -------
+    ndarray (n_b,) float64
     """
     X = np.asarray(X)
     n = int(X.shape[0])
     if spec.kind == "uniform":
         return np.full(n, 1.0 / norm.total)
-    out = np.empty(n, dtype=np.float64)
     yy = y if spec.needs_y else None
     q = spec.n_cols(X.shape[1])
     slices = _slices(n, q)
+    out = None
+    if store is not None and spec.persistable and n:
+        out = _pass2_persisted(store, index, n, q, slices, norm)
+    if out is None:
+        out = _pass2_rebuild(X, yy, spec, norm, slices)
+    out /= norm.total
+    return out
+
+
+def _reduce_rows(A: np.ndarray, norm: Normalizer, fresh: bool) -> np.ndarray:
+    if norm.factor is None:
+        return linalg.row_sqnorms(A)
+    return linalg.row_leverage(A, norm.factor, overwrite_a=fresh)
+
+
+def _pass2_persisted(
+    store: Any, index: int, n: int, q: int, slices: list[slice], norm: Normalizer
+) -> np.ndarray | None:
+    """Row values of a persisted block, or None (not persisted, or failed its check)."""
+    from nldist import dualstore
+
+    out = np.empty(n, dtype=np.float64)
+    try:
+        for s, A in dualstore.iter_block(store, index, n, q, slices):
+            out[s] = _reduce_rows(A, norm, True)
+    except FileNotFoundError:
+        return None
+    except dualstore.BadBlock as exc:
+        log.warning("persisted dual block %d: %s; rebuilding it from X", index, exc)
+        return None
+    return out
+
+
+def _pass2_rebuild(
+    X: np.ndarray, yy: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
+    slices: list[slice],
+) -> np.ndarray:
+    """Row values of a block rebuilt from X slice by slice."""
+    n = int(X.shape[0])
+    out = np.empty(n, dtype=np.float64)
     # one slice buffer for the whole block: dask workers run with MALLOC_TRIM_THRESHOLD_
     # set, so a fresh (slice, q) array per slice costs page faults (about doubles pass 2)
     linear = spec.cheap and not spec.raw and spec.kind in ("linear-leverage", "linear-norm")
@@ -393,12 +523,9 @@ def _pass2_block(X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Nor
             A = linear_block(Xs, _sl(ylin, s), spec.linear_bias, out=buf)
         else:
             A = spec.matrix(Xs, _sl(yy, s))
-        if norm.factor is None:
-            out[s] = linalg.row_sqnorms(A)
-        else:
-            fresh = not np.shares_memory(A, Xs)
-            out[s] = linalg.row_leverage(A, norm.factor, overwrite_a=fresh)
-    out /= norm.total
+            if spec.persistable:  # the layout a persisted block has (same reduction bits)
+                A = np.ascontiguousarray(A, dtype=np.float64)
+        out[s] = _reduce_rows(A, norm, not np.shares_memory(A, Xs))
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from nldist import __version__, graph, io, kernels, nets, resume, sampling
+from nldist import __version__, dualstore, graph, io, kernels, nets, resume, sampling
 from nldist.api import _with_sketch, as_sketch, make_spec
 from nldist.errors import NldistError
 from nldist.jobs import JobConfig
@@ -283,7 +283,9 @@ class Runner:
                                    self.run_id)
         out.check(graph.map_tasks)
         self.resume_stats[kind] = out.stats
+        scratch = self.out / "dual.zarr.partial" / kind
         if out.finished:
+            dualstore.remove(scratch)  # left by a run killed after its last chunk
             return da.from_zarr(out.array), out.attrs
         with self.timed(f"score:{kind}"):
             if sk is not None and sk.rows:
@@ -292,13 +294,17 @@ class Runner:
                 arr = out.array
                 out.finish({**prov, "rank": info["rank"], "complete": True})
                 return da.from_zarr(arr), out.attrs
+            store = self.dual_store(spec, out.key, scratch)
+            t0 = time.perf_counter()
             norm = out.load_pass1()
             if norm is None:
                 norm = graph.pass1(X, y, spec, ridge=self.job.ridge,
-                                   split_every=self.job.split_every)
+                                   split_every=self.job.split_every, store=store)
                 out.save_pass1(norm)
-            probs = graph.pass2(X, y, spec, norm)
+            t1 = time.perf_counter()
+            probs = graph.pass2(X, y, spec, norm, store=store)
             out.write(probs, graph.store_chunks)
+            t2 = time.perf_counter()
             arr = out.array
             attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
             if norm.factor is not None:
@@ -306,8 +312,27 @@ class Runner:
                 attrs["R"] = norm.factor.R.tolist()
                 if kind == "ridge-leverage":
                     attrs["effective_dimension"] = norm.total
+            if spec.persistable:
+                attrs["persist"] = {"mode": self.job.persist, **(norm.persist or {}),
+                                    "pass1": out.stats["pass1"], "pass1_s": round(t1 - t0, 4),
+                                    "pass2_s": round(t2 - t1, 4)}
             out.finish(attrs)
+            dualstore.remove(scratch)
         return da.from_zarr(arr), out.attrs
+
+    def dual_store(self, spec: kernels.ScoreSpec, key: str, scratch: Path) -> Any:
+        """The scratch store of persisted dual blocks for one kind (job.persist), or None.
+
+        Lives in OUT/dual.zarr.partial/<kind>; its key ties it to the scores' resume key and
+        the quadrature settings, so blocks of other inputs are deleted rather than read. It
+        is removed when the kind's scores are complete; a killed run's blocks are reused.
+        """
+        if self.job.persist == "never" or not spec.persistable:
+            dualstore.remove(scratch)
+            return None
+        adj = self.job.digest("adjoint")
+        dkey = hashlib.sha256(f"{key}:{adj}".encode()).hexdigest()[:32]
+        return dualstore.prepare(scratch, dkey, self.job.persist)
 
     # -- stages: sample, gather, train, evaluate --------------------------------------
     def sample(self, kind: str, probs: da.Array, s: int, rng: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -367,6 +392,8 @@ class Runner:
             results[kind] = {"rank": attrs.get("rank"), "fit": _fit_info(fit),
                              "unique_rows": int(np.unique(idx).size),
                              "max_weight": float(w.max()), "s": int(idx.size)}
+            if attrs.get("persist"):
+                results[kind]["persist"] = attrs["persist"]
         if stop_after != "evaluate":
             return {"stage": stop_after, "kinds": results, "out": str(self.out)}
         theta_star, star_info = self.optimum()

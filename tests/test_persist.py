@@ -1,0 +1,359 @@
+"""Persisted dual blocks (nldist.dualstore): same bits with persist never/always/auto, pass 2
+reads instead of rebuilding, measured auto decision, scratch cleanup, damaged blocks rebuilt."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import nldist
+from nldist import dualstore, graph, kernels
+from nldist.api import make_spec
+from nldist.errors import NldistError
+from nldist.jobs import validate_job
+from nldist.pipeline import Runner
+
+TORCH = "torch:tests/torch_models.py:make"
+MODES = ("never", "always", "auto")
+
+
+@pytest.fixture(scope="module")
+def data(diabetes):
+    """Real rows (sklearn diabetes), few enough for quadrature models to stay quick."""
+    X, y = diabetes
+    return X[:240], y[:240]
+
+
+def _theta(model, seed=1):
+    return np.random.default_rng(seed).standard_normal(model.n_params) * 0.3
+
+
+def _dask(X, y, chunks):
+    return da.from_array(X, chunks=(chunks, -1)), da.from_array(y, chunks=(chunks,))
+
+
+def _passes(X, y, spec, chunks, mode, store=None):
+    """pass 1 + pass 2 through nldist.graph with a fresh temporary store (None for never)."""
+    dX, dy = graph.as_dask_xy(*_dask(X, y, chunks))
+    if store is None and mode != "never":
+        store = dualstore.temporary(mode)
+    norm = graph.pass1(dX, dy, spec, ridge=0.5 if spec.kind == "ridge-leverage" else 0.0,
+                       store=store)
+    return graph.pass2(dX, dy, spec, norm, store=store).compute(), norm, store
+
+
+class _Count:
+    """Counts ScoreSpec.matrix calls (the block-matrix computation)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        orig = kernels.ScoreSpec.matrix
+
+        def counted(spec, X, y):
+            self.calls += 1
+            return orig(spec, X, y)
+
+        monkeypatch.setattr(kernels.ScoreSpec, "matrix", counted)
+
+
+# --------------------------------------------------------------------------------------
+# bit-identical scores for never / always / auto
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec_str", [TORCH, "relu2:3", "glm:sigmoid"])
+@pytest.mark.parametrize("chunks", [240, 97, 13])
+def test_modes_identical_sync(data, spec_str, chunks, sync_scheduler):
+    X, y = data
+    if spec_str == TORCH:  # quadrature: fewer rows; 13-row blocks (< 4q rows) take the
+        X, y = (X[:60], y[:60]) if chunks == 13 else (X[:150], y[:150])  # Householder path
+    m = nldist.get_model(spec_str, n_features=X.shape[1])
+    th = _theta(m)
+    got = {mode: nldist.scores(da.from_array(X, chunks=(chunks, -1)),
+                               da.from_array(y, chunks=chunks), model=m, theta=th,
+                               persist=mode).compute() for mode in MODES}
+    for mode in MODES:
+        np.testing.assert_array_equal(got[mode], got["never"])
+    assert got["never"].sum() == pytest.approx(1.0)
+    # in memory (one block) too
+    mem = {mode: nldist.scores(X, y, model=m, theta=th, persist=mode) for mode in MODES}
+    for mode in MODES:
+        np.testing.assert_array_equal(mem[mode], mem["never"])
+
+
+@pytest.mark.parametrize("kind", ["nonlinear-norm", "ridge-leverage"])
+def test_modes_identical_other_kinds(data, kind, sync_scheduler):
+    X, y = data
+    m = nldist.get_model("relu2:4", n_features=X.shape[1])
+    spec = make_spec(kind, m, _theta(m), X.shape[1], True)
+    ref, _, _ = _passes(X, y, spec, 50, "never")
+    for mode in ("always", "auto"):
+        got, norm, _ = _passes(X, y, spec, 50, mode)
+        np.testing.assert_array_equal(got, ref)
+    assert norm.persist["chunks"] == 5
+
+
+def test_modes_identical_multi_slice_blocks(diabetes, monkeypatch, sync_scheduler):
+    """Blocks of several pass-2 slices, read back in several Zarr chunks."""
+    X, y = diabetes  # 442 rows, q = 441: two slices of <= 297 rows per 442-row block
+    monkeypatch.setattr(dualstore, "CHUNK_BYTES", 1)  # one slice per Zarr chunk
+    m = nldist.get_model("relu2:40", n_features=X.shape[1])
+    spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+    assert len(kernels._slices(442, 441)) == 2
+    ref, _, _ = _passes(X, y, spec, 442, "never")
+    got, norm, store = _passes(X, y, spec, 442, "always")
+    np.testing.assert_array_equal(got, ref)
+    assert norm.persist["persisted"] == 1
+    assert len([p for p in (Path(store.path) / "b0" / "c").rglob("*") if p.is_file()]) == 2
+
+
+def test_modes_identical_local_cluster(data, local_client):
+    """Worker processes write the blocks in pass 1 and read them in pass 2."""
+    X, y = data
+    for spec_str, chunks in [(TORCH, 80), ("relu2:3", 64), ("relu2:3", 37)]:
+        m = nldist.get_model(spec_str, n_features=X.shape[1])
+        spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+        ref, norm0, _ = _passes(X, y, spec, chunks, "never")
+        assert norm0.persist is None
+        nb = len(range(0, X.shape[0], chunks))
+        for mode in ("always", "auto"):
+            got, norm, store = _passes(X, y, spec, chunks, mode)
+            np.testing.assert_array_equal(got, ref)
+            if mode == "always":
+                assert norm.persist["persisted"] == nb
+                assert len(list((Path(store.path) / "done").glob("*.json"))) == nb
+        api = nldist.scores(*_dask(X, y, chunks), model=m, theta=spec.theta, persist="always")
+        np.testing.assert_array_equal(api.compute(), ref)
+
+
+# --------------------------------------------------------------------------------------
+# pass 2 reads instead of rebuilding; auto decides by measured cost
+# --------------------------------------------------------------------------------------
+
+
+def test_always_pass2_does_not_rebuild(data, monkeypatch, sync_scheduler):
+    X, y = data
+    m = nldist.get_model(TORCH, n_features=X.shape[1])
+    spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+    count = _Count(monkeypatch)
+    for mode, pass2_calls in (("never", 3), ("always", 0)):
+        dX, dy = graph.as_dask_xy(*_dask(X, y, 80))
+        store = dualstore.temporary(mode) if mode != "never" else None
+        norm = graph.pass1(dX, dy, spec, store=store)
+        assert count.calls == 3  # one slice per block
+        count.calls = 0
+        graph.pass2(dX, dy, spec, norm, store=store).compute()
+        assert count.calls == pass2_calls, mode
+        count.calls = 0
+
+
+def test_auto_persists_quadrature_not_linear(data, sync_scheduler):
+    X, y = data
+    m = nldist.get_model(TORCH, n_features=X.shape[1])
+    spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+    _, norm, _ = _passes(X, y, spec, 120, "auto")
+    st = norm.persist
+    assert st["chunks"] == 2 and st["persisted"] == 2, st
+    assert st["build_s"] > st["io_est_s"] > 0 and st["write_s"] > 0
+    assert st["bytes"] == X.shape[0] * (m.n_params + 1) * 8
+    lin = nldist.get_model("linear", n_features=X.shape[1])
+    spec = make_spec("nonlinear-leverage", lin, _theta(lin), X.shape[1], True)
+    _, norm, store = _passes(X, y, spec, 120, "auto")
+    st = norm.persist
+    assert st["chunks"] == 2 and st["persisted"] == 0 and st["io_est_s"] > st["build_s"], st
+    assert not (Path(store.path) / "done").exists()
+    # linear kinds (a copy of X) never use a store
+    spec = make_spec("linear-leverage", lin, None, X.shape[1], True)
+    _, norm, _ = _passes(X, y, spec, 120, "always")
+    assert norm.persist is None
+
+
+# --------------------------------------------------------------------------------------
+# damaged blocks, keys, cleanup
+# --------------------------------------------------------------------------------------
+
+
+def _chunk_files(store, i):
+    return sorted(p for p in (Path(store.path) / f"b{i}" / "c").rglob("*") if p.is_file())
+
+
+def test_damaged_blocks_are_rebuilt(data, monkeypatch, caplog, sync_scheduler):
+    X, y = data
+    m = nldist.get_model("relu2:40", n_features=X.shape[1])  # q = 441 > rows: Householder R
+    spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+    ref, _, _ = _passes(X, y, spec, 60, "never")
+    dX, dy = graph.as_dask_xy(*_dask(X, y, 60))
+    store = dualstore.temporary("always")
+    norm = graph.pass1(dX, dy, spec, store=store)
+    assert norm.persist["persisted"] == 4
+    # 0: truncated chunk file; 1: one value changed; 2: record of other inputs;
+    # 3: record removed (never finished) -> rebuilt silently
+    f0 = _chunk_files(store, 0)[0]
+    f0.write_bytes(f0.read_bytes()[:100])
+    f1 = _chunk_files(store, 1)[-1]
+    raw = bytearray(f1.read_bytes())
+    raw[8:16] = np.float64(0.125).tobytes()
+    f1.write_bytes(bytes(raw))
+    rec = Path(store.path) / "done" / "2.json"
+    rec.write_text(json.dumps({**json.loads(rec.read_text()), "key": "other"}))
+    (Path(store.path) / "done" / "3.json").unlink()
+    count = _Count(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="nldist"):
+        got = graph.pass2(dX, dy, spec, norm, store=store).compute()
+    np.testing.assert_array_equal(got, ref)
+    assert count.calls == 4  # every block rebuilt, one slice each
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("block 0: unreadable" in s for s in msgs), msgs
+    assert any("block 1: checksum mismatch" in s for s in msgs), msgs
+    assert any("block 2: record of other inputs" in s for s in msgs), msgs
+    assert not any("block 3" in s for s in msgs)
+
+
+def test_missing_chunk_file_is_caught(data, sync_scheduler):
+    X, y = data
+    m = nldist.get_model("relu2:40", n_features=X.shape[1])
+    spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+    ref, _, _ = _passes(X, y, spec, 240, "never")
+    store = dualstore.temporary("always")
+    dX, dy = graph.as_dask_xy(*_dask(X, y, 240))
+    norm = graph.pass1(dX, dy, spec, store=store)
+    files = _chunk_files(store, 0)
+    assert files
+    files[0].unlink()  # zarr would read the fill value: the checksum catches it
+    np.testing.assert_array_equal(graph.pass2(dX, dy, spec, norm, store=store).compute(), ref)
+
+
+def test_prepare_discards_other_inputs(tmp_path):
+    root = tmp_path / "dual.zarr.partial" / "k"
+    st = dualstore.prepare(root, "key-a", "always")
+    assert dualstore.write_block(st, 0, np.ones((5, 3))) is not None
+    again = dualstore.prepare(root, "key-a", "auto")
+    assert (root / "b0").is_dir() and again.mode == "auto"
+    dualstore.prepare(root, "key-b", "always")
+    assert not (root / "b0").exists() and not (root / "done").exists()
+    attrs = json.loads((root / "zarr.json").read_text())["attributes"]
+    assert attrs["nldist_scratch"] is True and attrs["key"] == "key-b"
+    dualstore.remove(root)
+    assert not (tmp_path / "dual.zarr.partial").exists()
+    with pytest.raises(NldistError, match="persist must be one of"):
+        dualstore.check_mode("sometimes")
+
+
+def test_unseen_root_skips_persisting(data, sync_scheduler):
+    """A worker that does not see the driver's directory persists nothing (no stray files)."""
+    X, y = data
+    m = nldist.get_model("relu2:3", n_features=X.shape[1])
+    spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
+    store = dualstore.DualStore("/nonexistent/nldist-dual-x", "k", "always")
+    ref, _, _ = _passes(X, y, spec, 100, "never")
+    got, norm, _ = _passes(X, y, spec, 100, "always", store=store)
+    np.testing.assert_array_equal(got, ref)
+    assert norm.persist["persisted"] == 0 and norm.persist["unavailable"] == 3
+    assert not Path("/nonexistent").exists()
+
+
+def test_api_temp_dirs_are_removed(data, monkeypatch, sync_scheduler):
+    X, y = data
+    made = []
+    orig = dualstore.temporary
+
+    def recording(mode):
+        st = orig(mode)
+        made.append(Path(st.path))
+        return st
+
+    monkeypatch.setattr(dualstore, "temporary", recording)
+    m = nldist.get_model("relu2:3", n_features=X.shape[1])
+    nldist.scores(X, y, model=m, theta=_theta(m), persist="always")
+    assert len(made) == 1 and not made[0].exists()
+    probs = nldist.scores(*_dask(X, y, 100), model=m, theta=_theta(m), persist="always")
+    assert len(made) == 2 and (made[1] / "done").is_dir()  # pass 2 is lazy: still needed
+    probs.compute()
+    del probs
+    gc.collect()
+    assert not made[1].exists()
+    nldist.scores(*_dask(X, y, 100), model="linear", theta=None, kind="linear-leverage",
+                  persist="always")
+    assert len(made) == 2  # linear kinds: no store at all
+    with pytest.raises(NldistError, match="persist must be one of"):
+        nldist.scores(X, y, model=m, persist="yes")
+
+
+# --------------------------------------------------------------------------------------
+# jobs: schema field, Runner, provenance attrs, scratch removed
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory, diabetes):
+    X, y = diabetes
+    path = tmp_path_factory.mktemp("data") / "diab.npz"
+    np.savez(path, X=X[:200], y=y[:200])
+    return path
+
+
+def _job(npz, **kw):
+    data = {"name": "p", "dataset": {"source": str(npz), "chunk_rows": 70}, "model": TORCH,
+            "theta": "init", "s": 50, "radius": 10.0, "baselines": ["linear-leverage"],
+            "cluster": {"address": "synchronous"}, **kw}
+    return validate_job(data)
+
+
+def test_job_schema_persist():
+    job = validate_job({"dataset": {"source": "x.npz"}, "model": "linear"})
+    assert job.persist == "auto"
+    assert "measured" in type(job).model_fields["persist"].description
+    with pytest.raises(NldistError, match="persist"):
+        validate_job({"dataset": {"source": "x.npz"}, "model": "linear", "persist": "maybe"})
+
+
+def test_runner_scores_identical_and_scratch_removed(npz, tmp_path, sync_scheduler):
+    probs = {}
+    for mode in MODES:
+        run = Runner(_job(npz, persist=mode), tmp_path / mode)
+        run.run(stop_after="score")
+        p, attrs = run.scores("nonlinear-leverage", run.theta())
+        probs[mode] = p.compute()
+        st = attrs["persist"]
+        assert st["mode"] == mode and st["pass2_s"] >= 0
+        if mode == "never":
+            assert "persisted" not in st
+        else:
+            assert st["chunks"] == 3
+        if mode == "always":
+            assert st["persisted"] == 3 and st["bytes"] > 0
+        assert not (tmp_path / mode / "dual.zarr.partial").exists()
+        lin = run.scores("linear-leverage", run.theta())[1]
+        assert "persist" not in lin
+    for mode in MODES:
+        np.testing.assert_array_equal(probs[mode], probs["never"])
+
+
+def test_runner_reuses_blocks_of_a_killed_run(npz, tmp_path, monkeypatch, sync_scheduler):
+    """Blocks persisted before a crash in pass 2 are read by the resumed run, not rebuilt."""
+    job = _job(npz, persist="always")
+    run = Runner(job, tmp_path / "r")
+    run.ingest()
+    theta = run.theta()
+
+    def crash(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(graph, "pass2", crash)
+    with pytest.raises(RuntimeError):
+        run.scores("nonlinear-leverage", theta)
+    scratch = tmp_path / "r" / "dual.zarr.partial" / "nonlinear-leverage"
+    assert len(list((scratch / "done").glob("*.json"))) == 3
+    monkeypatch.undo()
+    count = _Count(monkeypatch)
+    run2 = Runner(job, tmp_path / "r")
+    _, attrs = run2.scores("nonlinear-leverage", theta)
+    assert count.calls == 0  # pass 1 reused from its record, pass 2 from the blocks
+    assert attrs["persist"]["pass1"] == "reused"
+    assert not (tmp_path / "r" / "dual.zarr.partial").exists()
