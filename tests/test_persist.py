@@ -153,22 +153,39 @@ def test_always_pass2_does_not_rebuild(data, monkeypatch, sync_scheduler):
         count.calls = 0
 
 
-def test_auto_persists_quadrature_not_linear(data, sync_scheduler):
+def test_io_cost_is_measured(tmp_path):
+    """The write + read + verify estimate is positive and grows with the block's bytes."""
+    store = dualstore.prepare(tmp_path, "k", "auto")
+    small, big = dualstore.io_cost(store, 1, 10), dualstore.io_cost(store, 200_000, 10)
+    assert 0 < small < big
+    assert not [p for p in Path(store.path).iterdir() if p.name.startswith(".probe")]
+
+
+@pytest.mark.parametrize("io_s, persisted", [(1e-9, 2), (1e3, 0)])
+def test_auto_decides_by_measured_cost(data, monkeypatch, sync_scheduler, io_s, persisted):
+    """auto persists exactly the chunks whose measured build time exceeds the I/O estimate.
+
+    The estimate is pinned (the real one is measured above): on a 2-core CI machine a
+    120-row quadrature block and its Zarr round trip both take ~30 ms, so comparing the
+    two real timings would be a coin toss, not a test.
+    """
     X, y = data
+    monkeypatch.setattr(dualstore, "io_cost", lambda store, rows, q: io_s)
     m = nldist.get_model(TORCH, n_features=X.shape[1])
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
-    _, norm, _ = _passes(X, y, spec, 120, "auto")
+    ref, _, _ = _passes(X, y, spec, 120, "never")
+    got, norm, store = _passes(X, y, spec, 120, "auto")
     st = norm.persist
-    assert st["chunks"] == 2 and st["persisted"] == 2, st
-    assert st["build_s"] > st["io_est_s"] > 0 and st["write_s"] > 0
-    assert st["bytes"] == X.shape[0] * (m.n_params + 1) * 8
+    assert st["chunks"] == 2 and st["persisted"] == persisted, st
+    assert st["build_s"] > 0 and st["io_est_s"] == pytest.approx(2 * io_s)
+    assert st["bytes"] == persisted // 2 * X.shape[0] * (m.n_params + 1) * 8
+    assert (Path(store.path) / "done").exists() == bool(persisted)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_linear_kinds_never_use_a_store(data, sync_scheduler):
+    X, y = data
     lin = nldist.get_model("linear", n_features=X.shape[1])
-    spec = make_spec("nonlinear-leverage", lin, _theta(lin), X.shape[1], True)
-    _, norm, store = _passes(X, y, spec, 120, "auto")
-    st = norm.persist
-    assert st["chunks"] == 2 and st["persisted"] == 0 and st["io_est_s"] > st["build_s"], st
-    assert not (Path(store.path) / "done").exists()
-    # linear kinds (a copy of X) never use a store
     spec = make_spec("linear-leverage", lin, None, X.shape[1], True)
     _, norm, _ = _passes(X, y, spec, 120, "always")
     assert norm.persist is None
