@@ -205,6 +205,31 @@ def test_sliced_solve_equals_unsliced(monkeypatch, rng):
     np.testing.assert_array_equal(A, with_condition(3000, 5, 1e3, np.random.default_rng(12345)))
 
 
+@pytest.mark.parametrize("kappa", [1.0, 1e2, 3e3, 3e4, 1e8])
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+def test_inverse_gemm_path_matches_solve_and_svd(kappa, ridge, rng):
+    """Pass 2 multiplies by R^-1 exactly when cond <= INVERSE_MAX_COND; both paths agree
+    with the SVD reference to ~cond * eps."""
+    A = with_condition(4000, 12, kappa, rng)
+    R = linalg.block_r(A)
+    fac = linalg.finalize_r(R, len(A), ridge=ridge)
+    cond = kappa if ridge == 0 else np.sqrt((1 + ridge) / (kappa**-2 + ridge))
+    assert (fac.solve_r is None) == (cond <= linalg.INVERSE_MAX_COND)
+    got = linalg.row_leverage(A, fac)
+    solve = linalg.RFactor(fac.R, fac.svals, fac.rank, fac.ridge,
+                           np.asfortranarray(np.linalg.inv(fac.basis)) if fac.solve_r is None
+                           else fac.solve_r, None, fac.total)
+    if ridge == 0:
+        ref, _ = svd_leverage(A)
+    else:
+        U, sv, _ = np.linalg.svd(A, full_matrices=False)
+        ref = (U**2 * (sv**2 / (sv**2 + ridge))).sum(1)
+    tol = 50 * min(cond, 1e8) * EPS * ref.max()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+    np.testing.assert_allclose(linalg.row_leverage(A, solve), ref, rtol=0, atol=tol)
+    assert got.sum() == pytest.approx(fac.total, rel=1e-9)
+
+
 @pytest.mark.parametrize("qr_method", METHODS)
 def test_pass_kernels_in_slices_match_dense(monkeypatch, diabetes, qr_method):
     """pass1_block / pass2_block with many row slices equal the dense dual-matrix reference."""
