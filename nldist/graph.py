@@ -158,6 +158,8 @@ def pass1(
         Persist dual blocks for pass 2 (:func:`nldist.kernels.pass1_block`); the counts and
         seconds come back in ``Normalizer.persist``.
     """
+    if spec.kind == "uniform":  # 1/n needs n only: no pass over X
+        return kernels.finalize_pass1(spec, {"n": int(X.shape[0])})
     yy = y if spec.needs_y else None
     if store is not None and not spec.persistable:
         store = None
@@ -196,6 +198,8 @@ def pass2(
     each task also gets its chunk index and reads the block pass 1 persisted, if any.
     """
     meta = np.empty((0,), dtype=np.float64)
+    if spec.kind == "uniform":  # chunked like X's rows, without reading X
+        return da.full(X.shape[0], 1.0 / norm.total, chunks=(X.chunks[0],), dtype=np.float64)
     yargs: list[Any] = [y, "i"] if spec.needs_y else []
     ykw: dict[str, Any] = {} if spec.needs_y else {"y": None}
     if store is not None and spec.persistable:

@@ -311,6 +311,15 @@ def test_scores_read_each_block_exactly_twice(sync_scheduler, rng, kappa):
     np.testing.assert_allclose(out, ref / r, rtol=0, atol=1e-16 * kappa)
 
 
+def test_uniform_scores_read_no_block(sync_scheduler, rng):
+    A = rng.standard_normal((3000, 5))
+    dX, reads = counting_array(A, 700)
+    p = nldist.scores(dX, kind="uniform")
+    assert p.chunks == dX.chunks[:1]
+    np.testing.assert_array_equal(p.compute(), np.full(3000, 1 / 3000))
+    assert not reads
+
+
 @pytest.mark.parametrize("cheap", [True, False])
 def test_ill_conditioned_dual_block_kept_or_rebuilt(monkeypatch, rng, cheap):
     """The slow-path block is rebuilt (closed forms) or kept from the slices (quadrature)."""
