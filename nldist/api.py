@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nldist import kernels, sampling
+from nldist import devkernels, kernels, sampling
 from nldist.errors import NldistError
 from nldist.models import Model, get_model
 
@@ -145,6 +145,15 @@ def _with_sketch(spec: kernels.ScoreSpec, sk: Any) -> kernels.ScoreSpec:
     return replace(spec, col_sketch=sk)
 
 
+def _with_device(spec: kernels.ScoreSpec, device: str) -> kernels.ScoreSpec:
+    """The spec with the passes' R / leverage work on ``device`` (:mod:`nldist.devkernels`)."""
+    if device == spec.device:
+        return spec
+    from dataclasses import replace
+
+    return replace(spec, device=devkernels.check_device(device))
+
+
 def scores(
     X: Any,
     y: Any = None,
@@ -158,6 +167,7 @@ def scores(
     split_every: int = 8,
     sketch: Any = None,
     persist: str = "auto",
+    device: str = "numpy",
 ) -> Any:
     """Importance scores: a probability vector over rows (sums to 1).
 
@@ -193,6 +203,13 @@ def scores(
         removed when the result (for dask input: the returned array's graph) is released.
         Only the nonlinear kinds' exact scores use it; the scores are bit-identical either
         way.
+    device : {"numpy", "cpu", "cuda", "cuda:N", "auto"}
+        Where the exact scores' R factors and per-row leverages are computed
+        (:mod:`nldist.devkernels`): ``"numpy"`` (default) the NumPy/LAPACK kernels;
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` torch kernels on that device (float64, the
+        same scores to about 1e-12 relative); ``"auto"`` cuda when the worker has one,
+        else numpy. The dual block itself is built on the host (persisted blocks are the
+        same bytes). Requesting cuda where torch sees none raises an NldistError.
 
     Returns
     -------
@@ -202,6 +219,7 @@ def scores(
     from nldist import dualstore
 
     dualstore.check_mode(persist)
+    devkernels.check_device(device)
     sk = as_sketch(sketch)
     if sk is not None and sk.rows and kind not in ("nonlinear-leverage", "linear-leverage"):
         raise NldistError(f"a row sketch approximates leverage; kind {kind!r} does not need one "
@@ -221,6 +239,7 @@ def scores(
         if not np.issubdtype(Xa.dtype, np.number):
             raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
         spec = make_spec(kind, model, theta, Xa.shape[1], ya is not None, linear_augment_y)
+        spec = _with_device(spec, device)
         if sk is not None:
             spec = _with_sketch(spec, sk)
         if sk is not None and sk.rows:
@@ -244,6 +263,7 @@ def scores(
 
     dX, dy = graph.as_dask_xy(X, y)
     spec = make_spec(kind, model, theta, dX.shape[1], dy is not None, linear_augment_y)
+    spec = _with_device(spec, device)
     if sk is not None:
         spec = _with_sketch(spec, sk)
         if sk.rows:

@@ -168,7 +168,8 @@ def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
         f"plan for {job.name}: {plan['n_rows']:,} rows x {plan['n_features']} features in "
         f"{plan['chunks']} chunk(s) of <= {plan['chunk_rows']:,} rows; model {job.model} "
         f"(p = {plan['n_params']}), loss {job.loss}, scores at theta = {job.theta}",
-        f"  score kinds: {', '.join(plan['kinds'])}; passes over X: {plan['passes_over_X']}",
+        f"  score kinds: {', '.join(plan['kinds'])}; passes over X: {plan['passes_over_X']}; "
+        f"R and leverage on device {job.device}",
         f"  read per pass: {_mib(plan['bytes_per_pass'])}; memory per task: "
         f"{_mib(plan['memory_per_task_bytes'])}, per worker: "
         f"{_mib(plan['memory_per_worker_bytes'])} (limit {c.memory_limit}; independent of n)",

@@ -203,6 +203,10 @@ class JobConfig(_Strict):
         "instead of rebuilding it: never | always | auto (per chunk, when building the block "
         "took longer than a measured write + read of it, e.g. torch: models by quadrature); "
         "the scores are bit-identical either way")
+    device: str = Field(
+        "numpy", description="where the exact scores' R factors and per-row leverages are "
+        "computed: numpy (NumPy/LAPACK) | cpu | cuda | cuda:N (torch kernels on that device, "
+        "float64) | auto (cuda when the worker has one, else numpy)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     out: str | None = Field(None, description="output directory (default runs/<name>)")
     experiment: ExperimentConfig | None = None
@@ -222,6 +226,16 @@ class JobConfig(_Strict):
         except NldistError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from nldist.devkernels import check_device
+
+        try:
+            return check_device(v)
+        except NldistError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _swish_bound(self) -> JobConfig:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nldist import heap, linalg
+from nldist import devkernels, heap, linalg
 from nldist.errors import NldistError
 from nldist.models import Model
 
@@ -140,6 +140,13 @@ class ScoreSpec:
         How pass 1 computes each block's R: ``"auto"`` (condition-based choice between
         CholeskyQR, CholeskyQR2, shifted CholeskyQR3 and Householder) or one of those; see
         :mod:`nldist.linalg`.
+    loss : str
+        ``"squared"`` or another loss of :mod:`nldist.losses` (nonlinear kinds).
+    device : str
+        Where the R and leverage work of the passes runs (:mod:`nldist.devkernels`):
+        ``"numpy"`` (the NumPy kernels), ``"cpu"``, ``"cuda"``/``"cuda:N"`` (torch) or
+        ``"auto"`` (cuda when the worker has one, else numpy). The matrix block itself is
+        built on the host either way.
     """
 
     kind: str
@@ -151,6 +158,7 @@ class ScoreSpec:
     qr_method: str = "auto"
     col_sketch: Any = None
     loss: str = "squared"
+    device: str = "numpy"
 
     def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """The block of the matrix whose row scores are wanted (None for uniform)."""
@@ -207,6 +215,11 @@ class ScoreSpec:
         return 0
 
 
+def _device(spec: ScoreSpec) -> str | None:
+    """The torch device of ``spec.device`` on this worker, or None (NumPy kernels)."""
+    return None if spec.device == "numpy" else devkernels.resolve(spec.device)
+
+
 def _slices(n: int, q: int) -> list[slice]:
     """Row slices of about :data:`nldist.linalg.SUB_BYTES` of a (n, q) float64 matrix."""
     step = linalg.sub_rows(max(q, 1))
@@ -259,6 +272,12 @@ def _pass1_block(
     whole block is needed for CholeskyQR2 / shifted CholeskyQR3 / Householder: it is rebuilt
     when that is cheap (linear kinds, closed-form adjoints), else kept from the slices.
 
+    With ``spec.device`` other than ``"numpy"`` (:mod:`nldist.devkernels`) the slices are
+    built the same way on the host, then reduced on the torch device (float64 Gram or
+    squared norm, :class:`nldist.devkernels.Reducer`), and a block R that needs the whole
+    block comes from :func:`nldist.devkernels.block_r` (CholeskyQR2 on the device). The
+    persisted block is the host block: the same bytes for every device.
+
     Parameters
     ----------
     X : ndarray (n_b, d)
@@ -293,6 +312,8 @@ def _pass1_block(
         check_finite_block(X, yy, offset)
         return out
     leverage = spec.kind in LEVERAGE_KINDS
+    dev = _device(spec)
+    acc = devkernels.Reducer(q, dev, gram=leverage) if dev is not None else None
     keep = leverage and not spec.cheap_to_rebuild
     mode = store.mode if store is not None and spec.persistable and n else "never"
     full = np.empty((n, q), dtype=np.float64) if keep or mode == "always" else None
@@ -307,7 +328,8 @@ def _pass1_block(
         if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
             check_finite_block(X, yy, offset)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below
-            if leverage and spec.cheap and not spec.raw and Xs.dtype == np.float64:
+            if acc is None and leverage and spec.cheap and not spec.raw \
+                    and Xs.dtype == np.float64:
                 _add_linear_gram(G, Xs, _sl(yy, s), spec)  # [X, 1, y] without the copy
                 continue
             t0 = time.perf_counter()
@@ -320,10 +342,17 @@ def _pass1_block(
                     full = np.empty((n, q), dtype=np.float64)
             if full is not None:
                 full[s] = A
-            if leverage:
+            if acc is not None:  # Gram or squared norm on the device
+                acc.add(A)
+            elif leverage:
                 G += A.T @ A
             else:
                 fro2 += float(np.einsum("ij,ij->", A, A))
+    if acc is not None:
+        if leverage:
+            G = acc.value()
+        else:
+            fro2 = acc.value()
     finite = bool(np.isfinite(G).all() if leverage else np.isfinite(fro2))
     if not finite:
         check_finite_block(X, yy, offset)  # raises for NaN/inf in X or y
@@ -345,7 +374,10 @@ def _pass1_block(
                     f"{offset + n - 1} although the data are finite (overflow in the model at "
                     "this theta?); rescale the data or check theta"
                 )
-            R, method = linalg.block_r_method(A, spec.qr_method, G=G if finite else None)
+            if dev is None:
+                R, method = linalg.block_r_method(A, spec.qr_method, G=G if finite else None)
+            else:
+                R, method = devkernels.block_r(A, dev, spec.qr_method, G=G if finite else None)
         out["R"] = R
         out["methods"] = {method: 1}
     if mode != "never":
@@ -445,7 +477,9 @@ def _pass2_block(
     The matrix block is read back from ``store`` when pass 1 persisted it (and it passes its
     checks, :func:`nldist.dualstore.iter_block`), else rebuilt in cache-sized row slices;
     each slice is solved in place (``R⁻ᵀ a_i`` by BLAS TRSM) and reduced to its row norms.
-    Both ways give the same bits: the same slices of the same float64 values.
+    Both ways give the same bits: the same slices of the same float64 values. With
+    ``spec.device`` other than ``"numpy"`` each slice's leverage (or squared norm) is
+    computed on that torch device (:func:`nldist.devkernels.row_leverage`).
 
     Parameters
     ----------
@@ -471,22 +505,29 @@ def _pass2_block(
     q = spec.n_cols(X.shape[1])
     slices = _slices(n, q)
     out = None
+    dev = _device(spec)
     if store is not None and spec.persistable and n:
-        out = _pass2_persisted(store, index, n, q, slices, norm)
+        out = _pass2_persisted(store, index, n, q, slices, norm, dev)
     if out is None:
-        out = _pass2_rebuild(X, yy, spec, norm, slices)
+        out = _pass2_rebuild(X, yy, spec, norm, slices, dev)
     out /= norm.total
     return out
 
 
-def _reduce_rows(A: np.ndarray, norm: Normalizer, fresh: bool) -> np.ndarray:
+def _reduce_rows(A: np.ndarray, norm: Normalizer, fresh: bool, dev: str | None = None
+                 ) -> np.ndarray:
+    if dev is not None:
+        if norm.factor is None:
+            return devkernels.row_sqnorms(A, dev)
+        return devkernels.row_leverage(A, norm.factor, dev)
     if norm.factor is None:
         return linalg.row_sqnorms(A)
     return linalg.row_leverage(A, norm.factor, overwrite_a=fresh)
 
 
 def _pass2_persisted(
-    store: Any, index: int, n: int, q: int, slices: list[slice], norm: Normalizer
+    store: Any, index: int, n: int, q: int, slices: list[slice], norm: Normalizer,
+    dev: str | None = None,
 ) -> np.ndarray | None:
     """Row values of a persisted block, or None (not persisted, or failed its check)."""
     from nldist import dualstore
@@ -494,7 +535,7 @@ def _pass2_persisted(
     out = np.empty(n, dtype=np.float64)
     try:
         for s, A in dualstore.iter_block(store, index, n, q, slices):
-            out[s] = _reduce_rows(A, norm, True)
+            out[s] = _reduce_rows(A, norm, True, dev)
     except FileNotFoundError:
         return None
     except dualstore.BadBlock as exc:
@@ -505,7 +546,7 @@ def _pass2_persisted(
 
 def _pass2_rebuild(
     X: np.ndarray, yy: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
-    slices: list[slice],
+    slices: list[slice], dev: str | None = None,
 ) -> np.ndarray:
     """Row values of a block rebuilt from X slice by slice."""
     n = int(X.shape[0])
@@ -525,7 +566,7 @@ def _pass2_rebuild(
             A = spec.matrix(Xs, _sl(yy, s))
             if spec.persistable:  # the layout a persisted block has (same reduction bits)
                 A = np.ascontiguousarray(A, dtype=np.float64)
-        out[s] = _reduce_rows(A, norm, not np.shares_memory(A, Xs))
+        out[s] = _reduce_rows(A, norm, not np.shares_memory(A, Xs), dev)
     return out
 
 

@@ -171,6 +171,7 @@ class Runner:
             "bytes_per_pass": int(n * d * itemsize),
             "memory_per_task_bytes": int(per_task),
             "memory_per_worker_bytes": int(per_task * self.job.cluster.threads_per_worker),
+            "device": self.job.device,
             "memory_formula": "threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) "
                               "+ 32(p+1)^2 bytes (+ 16*max_elems for quadrature models), "
                               "independent of n",
@@ -265,6 +266,8 @@ class Runner:
         nonlinear = kind in kernels.NONLINEAR_KINDS
         if nonlinear and self.job.loss != "squared":
             spec = dataclasses.replace(spec, loss=self.job.loss)
+        if self.job.device != "numpy":
+            spec = dataclasses.replace(spec, device=self.job.device)
         prov = {
             "kind": kind, "model": self.job.model, "theta_sha": _hash_array(theta)
             if nonlinear else None, "loss": self.job.loss if nonlinear else None,

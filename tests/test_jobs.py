@@ -40,6 +40,8 @@ BASE = "dataset: {source: diabetes}\nmodel: glm:sigmoid\n"
         (BASE + "s: [1, 2\n", "bad YAML at line 4, column 1: expected .,. or .]."),
         ("- a\n- b\n", "must be a YAML mapping"),
         (BASE + "experiment: {s: [0, 10]}\n", "experiment.s: .*positive integers"),
+        (BASE + "device: gpu\n",
+         r"job.yaml: device: .*unknown device 'gpu'; use one of numpy, cpu, cuda, cuda:N, auto"),
     ],
 )
 def test_job_errors_are_one_line_with_field_path(tmp_path, text, match):
