@@ -93,31 +93,36 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--interval", type=float, default=0.2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the output directory")
+    ap.add_argument("--verb", default="run", choices=("run", "score"),
+                    help="nldist verb (score: the scores stage only, e.g. a large-p job)")
     args = ap.parse_args(argv)
 
     import yaml
     import zarr
 
     job = yaml.safe_load(args.job.read_text())
-    src = Path(job["dataset"]["source"])
-    X = zarr.open_group(str(src), mode="r")["X"]
-    x_stored = dir_bytes(src / "X")
     out = args.out or Path(tempfile.mkdtemp(prefix="nldist-load-")) / "out"
+    src = Path(job["dataset"]["source"])
+    if not (src / "zarr.json").exists():  # a packaged dataset: ingested to OUT/dataset.zarr
+        src = out / "dataset.zarr"
     spill_root = Path(tempfile.mkdtemp(prefix="nldist-load-spill-"))
     env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(spill_root)}
-    cmd = [str(Path(sys.executable).with_name("nldist")), "run", str(args.job), "--out",
+    cmd = [str(Path(sys.executable).with_name("nldist")), args.verb, str(args.job), "--out",
            str(out)]
     print(" ".join(cmd), flush=True)
-    print(f"X: {X.shape} {X.dtype}, {X.nbytes / 2**30:.2f} GiB in memory, "
-          f"{x_stored / 2**30:.2f} GiB stored, chunks {X.chunks}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     with TreeSampler(proc.pid, spill_root, args.interval) as ts:
         rc = proc.wait()
     wall = time.perf_counter() - t0
     if rc != 0:
-        sys.exit(f"error: nldist run exited with {rc}")
-    metrics = json.loads((out / "metrics.json").read_text())
+        sys.exit(f"error: nldist {args.verb} exited with {rc}")
+    X = zarr.open_group(str(src), mode="r")["X"]
+    x_stored = dir_bytes(src / "X")
+    print(f"X: {X.shape} {X.dtype}, {X.nbytes / 2**30:.2f} GiB in memory, "
+          f"{x_stored / 2**30:.2f} GiB stored, chunks {X.chunks}", flush=True)
+    mpath = out / "metrics.json"
+    metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
     # dask worker processes: the spawned children holding real memory
     workers = {pid: rss for pid, rss in ts.peak_rss.items()
                if "multiprocessing" in ts.cmd.get(pid, "") and rss > 50 * 2**20}

@@ -32,6 +32,10 @@ from nldist.models import Model
 log = logging.getLogger("nldist")
 
 SPLIT_EVERY = 8
+#: largest (rows, q) float64 matrix block one scores task builds: wide duals (neural nets,
+#: column sketches) get X's row chunks split so that a block and its QR work space stay
+#: well inside a worker's memory (X's own chunks are sized for X's width).
+DUAL_BLOCK_BYTES = 64 * 2**20
 
 
 # --------------------------------------------------------------------------------------
@@ -141,6 +145,27 @@ def tree_reduce(items: Sequence[Any], combine: Callable, split_every: int = SPLI
 # --------------------------------------------------------------------------------------
 
 
+def split_for_dual(
+    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec
+) -> tuple[da.Array, da.Array | None]:
+    """X, y with every row chunk split into near-equal parts whose (rows, q) matrix block is
+    at most :data:`DUAL_BLOCK_BYTES` (unchanged when already so). Splits only, never
+    merges: each task still reads one chunk of the store. Deterministic in the chunking
+    and ``spec``, so pass 1 and pass 2 (and a persisted block's index) agree."""
+    q = spec.n_cols(X.shape[1])
+    rows = max(1, DUAL_BLOCK_BYTES // (8 * max(q, 1)))
+    if q == 0 or not X.chunks[0] or max(X.chunks[0]) <= rows:
+        return X, y
+    new: list[int] = []
+    for c in X.chunks[0]:
+        k = -(-c // rows)
+        new += [c // k + 1] * (c % k) + [c // k] * (k - c % k)
+    log.debug("scores: %d-column blocks; row chunks split to %d tasks", q, len(new))
+    X = X.rechunk({0: tuple(new)})
+    return X, None if y is None else y.rechunk((tuple(new),))
+
+
+
 def pass1(
     X: da.Array,
     y: da.Array | None,
@@ -160,7 +185,8 @@ def pass1(
     """
     if spec.kind == "uniform":  # 1/n needs n only: no pass over X
         return kernels.finalize_pass1(spec, {"n": int(X.shape[0])})
-    yy = y if spec.needs_y else None
+    X, y = split_for_dual(X, y if spec.needs_y else None, spec)
+    yy = y
     if store is not None and not spec.persistable:
         store = None
     parts = [
@@ -196,10 +222,23 @@ def pass2(
     ``concatenate=False``: dask would otherwise copy every X block once (concatenating the
     single column block) before the kernel sees it. With a ``store`` (the one pass 1 used)
     each task also gets its chunk index and reads the block pass 1 persisted, if any.
+    Wide blocks run on split row chunks (:func:`split_for_dual`), merged back at the end.
     """
-    meta = np.empty((0,), dtype=np.float64)
     if spec.kind == "uniform":  # chunked like X's rows, without reading X
         return da.full(X.shape[0], 1.0 / norm.total, chunks=(X.chunks[0],), dtype=np.float64)
+    rows = X.chunks[0]
+    X, y = split_for_dual(X, y if spec.needs_y else None, spec)
+    if X.chunks[0] != rows:  # back to X's row chunks (merges the split parts)
+        return _pass2(X, y, spec, norm, store).rechunk((rows,))
+    return _pass2(X, y, spec, norm, store)
+
+
+def _pass2(
+    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer,
+    store: Any,
+) -> da.Array:
+    """:func:`pass2` on row chunks that need no split."""
+    meta = np.empty((0,), dtype=np.float64)
     yargs: list[Any] = [y, "i"] if spec.needs_y else []
     ykw: dict[str, Any] = {} if spec.needs_y else {"y": None}
     if store is not None and spec.persistable:

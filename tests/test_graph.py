@@ -125,3 +125,38 @@ def test_graph_input_errors(diabetes, tmp_path):
     (tmp_path / "notzarr").mkdir()
     with pytest.raises(NldistError, match="not a Zarr group|no array 'X'"):
         graph.as_dask_xy(str(tmp_path / "notzarr"))
+
+
+@pytest.mark.parametrize("persist", ["never", "always"])
+def test_wide_dual_blocks_run_on_split_chunks(diabetes, monkeypatch, sync_scheduler, persist):
+    """A dual wider than X (relu2: q = 12 h + 1) gets X's row chunks split so that no
+    task builds a block over DUAL_BLOCK_BYTES; the scores keep X's chunks and values."""
+    from nldist import dualstore, kernels
+    from nldist.api import make_spec
+
+    X, y = diabetes
+    m = nldist.get_model("relu2:6", n_features=X.shape[1])
+    theta = m.init_theta(0) if hasattr(m, "init_theta") else 0.3 * np.ones(m.n_params)
+    spec = make_spec("nonlinear-leverage", m, theta, X.shape[1], True)
+    q = spec.n_cols(X.shape[1])
+    monkeypatch.setattr(graph, "DUAL_BLOCK_BYTES", 8 * q * 50)  # 50 rows per task
+    seen = []
+    orig = kernels.pass1_block
+
+    def rec(Xb, *a, **k):
+        seen.append(len(Xb))
+        return orig(Xb, *a, **k)
+
+    monkeypatch.setattr(kernels, "pass1_block", rec)
+    dX, dy = da.from_array(X, chunks=(160, -1)), da.from_array(y, chunks=160)
+    store = dualstore.temporary("always") if persist == "always" else None
+    norm = graph.pass1(dX, dy, spec, store=store)
+    probs = graph.pass2(dX, dy, spec, norm, store=store)
+    assert probs.chunks == dX.chunks[:1]
+    assert max(seen) <= 50 and sum(seen) == len(X) and len(seen) == 4 + 4 + 3  # 160, 160, 122 rows
+    tasks = len(seen)
+    ref = nldist.leverage(nldist.dual_matrix(m, theta, X, y))
+    np.testing.assert_allclose(probs.compute(), ref / ref.sum(), rtol=1e-9, atol=1e-15)
+    if store is not None:
+        assert norm.persist["persisted"] == tasks
+        dualstore.remove(store)
