@@ -36,28 +36,32 @@ def plot(runs: list[dict], load: dict | None, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2), gridspec_kw={"width_ratios": [2, 1, 1.2]})
     # 1: ratios to the read pass
     ax = axes[0]
-    width = 0.8 / len(OPS)
+    ops = [op for op in OPS if any(op in run["times"] for run in runs)]
+    width = 0.8 / len(ops)
     for j, run in enumerate(runs):
         t = {k: v["median"] for k, v in run["times"].items()}
-        for i, op in enumerate(OPS):
+        for i, op in enumerate(ops):
             if op not in t or "read" not in t:
                 continue
             r = t[op] / t["read"]
-            x = j + (i - (len(OPS) - 1) / 2) * width
+            x = j + (i - (len(ops) - 1) / 2) * width
             ax.bar(x, r, width, color=COLORS[op], label=op if j == 0 else None)
             ax.text(x, r, f"{r:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.axhline(2.5, ls="--", color="#1f77b4", lw=1)
-    ax.text(len(runs) - 0.5, 2.5, "target ours <= 2.5x read", ha="right", va="bottom",
-            fontsize=8, color="#1f77b4")
+    ax.axhline(2.5, ls="--", color="#1f77b4", lw=1, label="target: ours-lin <= 2.5x read")
+    ax.axhline(1.5, ls=":", color="#17becf", lw=1, label="target: in memory <= 1.5x read")
     ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([f"{_rows(r['n'])} x {r['d']}\n{r['n_chunks']} chunks, "
-                        f"{r['workers']} x {r['memory_limit']}" for r in runs])
+    ax.set_xticklabels([f"{_rows(r['n'])} x {r['d']}, {r.get('label', '')}\n"
+                        f"{r['n_chunks']} chunks, {r['workers']} x {r['memory_limit']}"
+                        for r in runs], fontsize=8)
+    top = max(v["median"] / r["times"]["read"]["median"] for r in runs
+              for v in r["times"].values())
+    ax.set_ylim(0, top * 1.45)
     ax.set_ylabel("wall time / read pass (median)")
     ax.set_title("Exact leverage scores vs a read pass and dask tsqr")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", ncol=4)
     # 2: weak scaling
     ax = axes[1]
     for run in runs:
@@ -77,6 +81,7 @@ def plot(runs: list[dict], load: dict | None, out: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     # 3: memory vs n
     ax = axes[2]
+    ax.set_xscale("log")
     for run in runs:
         mem = run.get("memory_vs_n")
         if not mem:
@@ -87,19 +92,24 @@ def plot(runs: list[dict], load: dict | None, out: Path) -> None:
                     label=f"{op}, scores only")
         ax.plot(xs, [max(p["idle_rss_mib"]) for p in pts], ":", color="#888888",
                 label="idle worker")
+    tq = [(r["n"], max(r["times"]["tsqr"]["peak_rss_mib"]), r["times"]["tsqr"]["spilled_mib_max"])
+          for r in runs if "tsqr" in r["times"] and r["memory_limit"] == "1GiB"]
+    if tq:
+        ax.plot([a for a, _, _ in tq], [b for _, b, _ in tq], "s", color=COLORS["tsqr"],
+                label="dask tsqr, scores only (27M: spilled "
+                      f"{max(c for _, _, c in tq) / 1024:.1f} GiB)")
     if load:
         peak = max(load["peak_rss_mib_per_worker"])
         ax.plot([load["n"]], [peak], "*", ms=14, color="#9467bd",
                 label=f"whole job (fit, scores, sample, train, evaluate), {_rows(load['n'])}")
     ax.axhline(1024, ls="--", color="#d62728", lw=1)
-    ax.text(ax.get_xlim()[0], 1024, " worker memory limit 1 GiB", va="bottom", fontsize=8,
-            color="#d62728")
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1150)
+    ax.text(0.02, 1024, "worker memory limit 1 GiB", va="bottom", fontsize=8,
+            color="#d62728", transform=ax.get_yaxis_transform())
+    ax.set_ylim(0, 1600)
     ax.set_xlabel("rows n (log)")
     ax.set_ylabel("peak RSS per worker (MiB)")
     ax.set_title("Worker memory vs n (flat = bounded)")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
@@ -111,7 +121,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--load", type=Path, default=None, help="bench_load.py --json output")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("scores.png"))
     args = ap.parse_args(argv)
-    runs = sorted((json.loads(p.read_text()) for p in args.runs), key=lambda r: r["n"])
+    runs = []
+    for p in args.runs:
+        run = json.loads(p.read_text())
+        run["label"] = "X in memory" if "ours-mem" in run["times"] else "Zarr (zstd)"
+        if "lz4" in run["path"]:
+            run["label"] = "Zarr (lz4)"
+        runs.append(run)
+    runs.sort(key=lambda r: (r["n"], r["label"]))
     load = json.loads(args.load.read_text()) if args.load else None
     plot(runs, load, args.out)
 
