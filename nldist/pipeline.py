@@ -372,11 +372,11 @@ class Runner:
         X, y = self.xy()
         theta = self.theta()
         results: dict[str, dict] = {}
-        thetas = []
+        draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for kind in self.job.kinds():
             probs, attrs = self.scores(kind, theta)
+            results[kind] = {"rank": attrs.get("rank")}
             if stop_after == "score":
-                results[kind] = {"rank": attrs.get("rank")}
                 continue
             idx, w = self.sample(kind, probs, self.sample_size(kind),
                                  sampling.as_rng(self.job.seed))
@@ -384,19 +384,26 @@ class Runner:
                       seed=self.job.seed, kind=kind, s=self.job.s, alpha=self.job.alpha,
                       n=int(X.shape[0]), model=self.job.model,
                       theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
-            if stop_after == "sample":
-                results[kind] = {"rank": attrs.get("rank"), "unique_rows": int(np.unique(idx).size)}
-                continue
-            with self.timed("gather"):
-                Xs, ys = graph.gather_rows(X, y, idx)
-            fit = self.train(Xs, ys, w)
-            np.save(self.path(f"theta_{kind}.npy"), fit.theta)
-            thetas.append(fit.theta)
-            results[kind] = {"rank": attrs.get("rank"), "fit": _fit_info(fit),
-                             "unique_rows": int(np.unique(idx).size),
-                             "max_weight": float(w.max()), "s": int(idx.size)}
+            draws[kind] = (idx, w)
+            results[kind]["unique_rows"] = int(np.unique(idx).size)
             if attrs.get("persist"):
                 results[kind]["persist"] = attrs["persist"]
+        thetas = []
+        if stop_after in ("train", "evaluate") and draws:
+            # every kind's rows in one pass over X (random rows touch every chunk)
+            allidx = np.unique(np.concatenate([idx for idx, _ in draws.values()]))
+            with self.timed("gather"):
+                Xu, yu = graph.gather_rows(X, y, allidx)
+            for kind, (idx, w) in draws.items():
+                pos = np.searchsorted(allidx, idx)
+                fit = self.train(Xu[pos], None if yu is None else yu[pos], w)
+                np.save(self.path(f"theta_{kind}.npy"), fit.theta)
+                thetas.append(fit.theta)
+                results[kind] = {"rank": results[kind]["rank"], "fit": _fit_info(fit),
+                                 "unique_rows": results[kind]["unique_rows"],
+                                 "max_weight": float(w.max()), "s": int(idx.size),
+                                 **({"persist": results[kind]["persist"]}
+                                    if "persist" in results[kind] else {})}
         if stop_after != "evaluate":
             return {"stage": stop_after, "kinds": results, "out": str(self.out)}
         theta_star, star_info = self.optimum()
