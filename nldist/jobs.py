@@ -203,6 +203,11 @@ class JobConfig(_Strict):
         "instead of rebuilding it: never | always | auto (per chunk, when building the block "
         "took longer than a measured write + read of it, e.g. torch: models by quadrature); "
         "the scores are bit-identical either way")
+    cache_x: Literal["never", "always", "auto"] = Field(
+        "auto", description="keep X and y in the workers' memory after the first read, so "
+        "the theta* fit, the score passes, the gathers and the evaluation read the store "
+        "once: never | always | auto (when X and y take at most a quarter of the workers' "
+        "summed memory limits)")
     device: str = Field(
         "numpy", description="where the exact scores' R factors and per-row leverages are "
         "computed: numpy (NumPy/LAPACK) | cpu | cuda | cuda:N (torch kernels on that device, "

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -68,6 +69,37 @@ def safe_out_dir(out: str | Path) -> Path:
     return out
 
 
+#: fraction of the workers' summed memory limits that X and y may take with cache_x: auto
+#: (dask starts spilling at 60 % of a worker's limit; the passes need the rest)
+CACHE_FRACTION = 0.25
+
+
+def _client() -> Any:
+    """The distributed client dask computes on now, or None (a local scheduler is in
+    force, e.g. ``dask.config.set(scheduler="synchronous")``, or there is no client)."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    from dask.base import get_scheduler
+
+    return client if getattr(get_scheduler(), "__self__", None) is client else None
+
+
+def cache_budget(client: Any) -> int | None:
+    """Bytes ``cache_x: auto`` may keep in worker memory: CACHE_FRACTION of the workers'
+    summed memory limits (None without a client or when a worker has no limit)."""
+    if client is None:
+        return None
+    limits = [w.get("memory_limit") or 0
+              for w in client.scheduler_info().get("workers", {}).values()]
+    if not limits or min(limits) <= 0:
+        return None
+    return int(CACHE_FRACTION * sum(limits))
+
+
 class Runner:
     """Runs one job's stages on the current Dask client.
 
@@ -86,6 +118,7 @@ class Runner:
         self.resume_stats: dict[str, dict] = {}  # per kind: chunks reused / computed
         self._model: Model | None = None
         self._xy: tuple[da.Array, da.Array] | None = None
+        self.cached_x = False
 
     # -- helpers ---------------------------------------------------------------------
     @contextmanager
@@ -137,8 +170,34 @@ class Runner:
             X, y = graph.open_zarr_xy(self.dataset_path())
             if y is None:
                 raise NldistError(f"dataset {self.dataset_path()} has no y; ingest with a target")
-            self._xy = graph.as_dask_xy(X, y)
+            self._xy = self._cache(*graph.as_dask_xy(X, y))
         return self._xy
+
+    def _cache(self, X: da.Array, y: da.Array) -> tuple[da.Array, da.Array]:
+        """X, y persisted in the workers' memory per ``job.cache_x`` (else unchanged)."""
+        mode = self.job.cache_x
+        if mode == "never":
+            return X, y
+        nbytes = int(X.nbytes + y.nbytes)
+        client = _client()
+        budget = cache_budget(client)
+        if mode == "auto" and (budget is None or nbytes > budget):
+            log.info("X not cached in worker memory (%.0f MiB; budget %s)", nbytes / 2**20,
+                     "none without a distributed client" if budget is None
+                     else f"{budget / 2**20:.0f} MiB")
+            return X, y
+        with self.timed("cache"):
+            if client is not None:
+                from distributed import wait
+
+                X, y = client.persist([X, y])
+                wait([X, y])
+            else:
+                X, y = dask.persist(X, y)
+        log.info("X and y cached in worker memory (%.0f MiB, one read of the store)",
+                 nbytes / 2**20)
+        self.cached_x = True
+        return X, y
 
     @property
     def model(self) -> Model:
@@ -172,6 +231,7 @@ class Runner:
             "memory_per_task_bytes": int(per_task),
             "memory_per_worker_bytes": int(per_task * self.job.cluster.threads_per_worker),
             "device": self.job.device,
+            "cache_x": self.job.cache_x,
             "memory_formula": "threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) "
                               "+ 32(p+1)^2 bytes (+ 16*max_elems for quadrature models), "
                               "independent of n",
@@ -424,6 +484,7 @@ class Runner:
             "theta_star": star_info, "kinds": results,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "resume": self.resume_stats,
+            "cached_x": self.cached_x,
             "nldist_version": __version__,
         }
         np.save(self.path("theta.npy"), thetas[0])

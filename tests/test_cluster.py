@@ -172,3 +172,44 @@ def test_tls_missing_file_is_one_line(tmp_path):
     with pytest.raises(NldistError, match="cluster.tls.ca_file"):
         with connect(cfg):
             pass
+
+
+def test_cache_x_reads_once_same_results(data, reference, tmp_path, monkeypatch):
+    """cache_x: X, y persisted in worker memory (auto: they fit) give the same scores,
+    samples, theta* and relative errors as reading the store every pass."""
+    from distributed import Future
+
+    import nldist.pipeline as pl
+
+    got = {}
+    for mode, fraction, cached in (("auto", pl.CACHE_FRACTION, True), ("never", 1.0, False),
+                                   ("auto", 1e-9, False)):  # budget too small: not cached
+        monkeypatch.setattr(pl, "CACHE_FRACTION", fraction)
+        job = validate_job({**job_dict(data), "cache_x": mode})
+        out = tmp_path / f"{mode}-{fraction}"
+        with connect(job.cluster) as client:
+            runner = Runner(job, out)
+            runner.run()
+            assert runner.cached_x is cached
+            X, _ = runner.xy()
+            tasks = dict(X.__dask_graph__()).values()  # persisted: futures on the workers
+            assert all(isinstance(t, Future) for t in tasks) is cached
+            assert client.status == "running"
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["cached_x"] is cached and ("cache" in metrics["timings"]) is cached
+        _same(outputs(out, KINDS), reference)
+        got[(mode, fraction)] = metrics
+    a, b, c = got.values()
+    for m in (b, c):
+        assert m["loss_opt"] == a["loss_opt"]
+        assert [k["rel_error"] for k in m["kinds"].values()] == \
+               [k["rel_error"] for k in a["kinds"].values()]
+
+
+def test_cache_x_without_a_distributed_client(data, tmp_path):
+    for mode, cached in (("auto", False), ("always", True)):
+        job = validate_job({**job_dict(data, address="synchronous"), "cache_x": mode})
+        with connect(job.cluster):
+            runner = Runner(job, tmp_path / mode)
+            runner.run(stop_after="score")
+            assert runner.cached_x is cached
