@@ -173,6 +173,7 @@ def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
         f"  read per pass: {_mib(plan['bytes_per_pass'])}; memory per task: "
         f"{_mib(plan['memory_per_task_bytes'])}, per worker: "
         f"{_mib(plan['memory_per_worker_bytes'])} (limit {c.memory_limit}; independent of n)",
+        f"  cache_x {plan['cache_x']}",
         f"  sample: s = {job.s} per kind, seed {job.seed}; ball radius {job.radius}",
     ]
     exp = job.experiment

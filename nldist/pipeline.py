@@ -165,12 +165,17 @@ class Runner:
             io.write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True)
         return path
 
+    def _open_xy(self) -> tuple[da.Array, da.Array]:
+        """Lazy X, y of the dataset (not cached; cheap: metadata only)."""
+        X, y = graph.open_zarr_xy(self.dataset_path())
+        if y is None:
+            raise NldistError(f"dataset {self.dataset_path()} has no y; ingest with a target")
+        return graph.as_dask_xy(X, y)
+
     def xy(self) -> tuple[da.Array, da.Array]:
+        """X, y for the passes: cached in worker memory per ``job.cache_x`` on first use."""
         if self._xy is None:
-            X, y = graph.open_zarr_xy(self.dataset_path())
-            if y is None:
-                raise NldistError(f"dataset {self.dataset_path()} has no y; ingest with a target")
-            self._xy = self._cache(*graph.as_dask_xy(X, y))
+            self._xy = self._cache(*self._open_xy())
         return self._xy
 
     def _cache(self, X: da.Array, y: da.Array) -> tuple[da.Array, da.Array]:
@@ -202,7 +207,7 @@ class Runner:
     @property
     def model(self) -> Model:
         if self._model is None:
-            X, _ = self.xy()
+            X, _ = self._xy or self._open_xy()
             self._model = get_model(self.job.model, X.shape[1])
             if self.job.adjoint is not None and nets.uses_quadrature(self._model):
                 from nldist.quadrature import configure
@@ -213,14 +218,28 @@ class Runner:
     # -- plan ------------------------------------------------------------------------
     def plan(self) -> dict:
         """What the run will do, its bytes read and a per-worker memory bound (n-independent)."""
-        X, _ = self.xy()
+        X, y = self._open_xy()
         n, d = X.shape
         p = self.model.n_params
         q = p + 1
         chunk = int(max(X.chunks[0]))
         itemsize = X.dtype.itemsize
         kinds = self.job.kinds()
-        passes = 2 * len([k for k in kinds if k != "uniform"]) + 1
+        # two per exact kind, one gather of all samples, one evaluation (uniform: none)
+        passes = 2 * len([k for k in kinds if k != "uniform"]) + 2
+        nbytes = int(X.nbytes + y.nbytes)
+        c = self.job.cluster
+        if self.job.cache_x == "never":
+            cache = "never: every pass reads the store"
+        elif c.address == "local":
+            budget = int(CACHE_FRACTION * c.n_workers * dask.utils.parse_bytes(c.memory_limit))
+            fits = self.job.cache_x == "always" or nbytes <= budget
+            cache = (f"{self.job.cache_x}: X+y {nbytes / 2**20:,.1f} MiB vs budget "
+                     f"{budget / 2**20:,.1f} MiB -> "
+                     + ("read once, then every pass from worker memory" if fits
+                        else "streamed from the store every pass"))
+        else:
+            cache = f"{self.job.cache_x}: decided at run time from the workers' memory limits"
         per_task = chunk * (d * itemsize + d * 8 + 3 * q * 8 + 2 * 8) + 4 * q * q * 8
         per_task += nets.quadrature_bytes(self.model)
         return {
@@ -231,7 +250,7 @@ class Runner:
             "memory_per_task_bytes": int(per_task),
             "memory_per_worker_bytes": int(per_task * self.job.cluster.threads_per_worker),
             "device": self.job.device,
-            "cache_x": self.job.cache_x,
+            "cache_x": cache,
             "memory_formula": "threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) "
                               "+ 32(p+1)^2 bytes (+ 16*max_elems for quadrature models), "
                               "independent of n",

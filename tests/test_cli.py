@@ -105,7 +105,12 @@ def test_stage_verbs_validate_and_dry_run(finished_run, tmp_path):
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["n_rows"] == 442 and plan["chunks"] == 12 and plan["memory_per_worker_bytes"] > 0
+    assert plan["cache_x"].startswith("auto") and "read once" in plan["cache_x"]
+    assert "cache_x auto" in done.stderr
     assert not (tmp_path / "dry" / "metrics.json").exists()
+    done = cli("run", d / "job.yaml", "--out", tmp_path / "dry", "--dry-run",
+               "--set", "cache_x=never")
+    assert json.loads(done.stdout)["cache_x"].startswith("never")
     done = cli("score", d / "job.yaml", "--out", tmp_path / "sc", "--cluster", "synchronous")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "sc" / "scores.zarr").exists()
