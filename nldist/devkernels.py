@@ -324,9 +324,7 @@ def row_leverage(A: np.ndarray, fac: linalg.RFactor, device: str) -> np.ndarray:
     torch = _torch()
     A = _host(A)
     n = A.shape[0]
-    if n == 0:
-        return np.zeros(0)
-    if fac.rank == 0 and fac.ridge == 0:
+    if linalg.zero_leverage(n, fac):
         return np.zeros(n)
     gemm = fac.solve_r is None
     M = _factor(fac, device)

@@ -165,7 +165,6 @@ def split_for_dual(
     return X, None if y is None else y.rechunk((tuple(new),))
 
 
-
 def pass1(
     X: da.Array,
     y: da.Array | None,
@@ -185,8 +184,7 @@ def pass1(
     """
     if spec.kind == "uniform":  # 1/n needs n only: no pass over X
         return kernels.finalize_pass1(spec, {"n": int(X.shape[0])})
-    X, y = split_for_dual(X, y if spec.needs_y else None, spec)
-    yy = y
+    X, yy = split_for_dual(X, y if spec.needs_y else None, spec)
     if store is not None and not spec.persistable:
         store = None
     parts = [

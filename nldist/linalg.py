@@ -410,6 +410,11 @@ def _full_rank(
     return RFactor(R, svals, rank, ridge, np.asfortranarray(T), None, total)
 
 
+def zero_leverage(n: int, fac: RFactor) -> bool:
+    """Every row's leverage is 0 without computing: no rows, or rank 0 and no ridge."""
+    return n == 0 or (fac.rank == 0 and fac.ridge == 0)
+
+
 def row_leverage(A: np.ndarray, fac: RFactor, overwrite_a: bool = False) -> np.ndarray:
     """Per-row leverage of a row block given the global factor.
 
@@ -430,9 +435,7 @@ def row_leverage(A: np.ndarray, fac: RFactor, overwrite_a: bool = False) -> np.n
     """
     A = _as_f64(A)
     n = A.shape[0]
-    if n == 0:
-        return np.zeros(0)
-    if fac.rank == 0 and fac.ridge == 0:
+    if zero_leverage(n, fac):
         return np.zeros(n)
     out = np.empty(n)
     step = sub_rows(A.shape[1])

@@ -88,16 +88,28 @@ def _client() -> Any:
     return client if getattr(get_scheduler(), "__self__", None) is client else None
 
 
-def cache_budget(client: Any) -> int | None:
+def cache_budget(limits: list[int]) -> int | None:
     """Bytes ``cache_x: auto`` may keep in worker memory: CACHE_FRACTION of the workers'
-    summed memory limits (None without a client or when a worker has no limit)."""
-    if client is None:
-        return None
-    limits = [w.get("memory_limit") or 0
-              for w in client.scheduler_info().get("workers", {}).values()]
+    summed memory limits (None without workers or when a worker has no limit)."""
     if not limits or min(limits) <= 0:
         return None
     return int(CACHE_FRACTION * sum(limits))
+
+
+def _bytes(size: str) -> int | None:
+    """``"1GiB"`` -> bytes; None for what dask decides itself (``"auto"``) or cannot parse."""
+    try:
+        return int(dask.utils.parse_bytes(size))
+    except (ValueError, TypeError):
+        return None
+
+
+def worker_limits(client: Any) -> list[int]:
+    """Memory limit in bytes of each worker of ``client`` (0: none); [] without a client."""
+    if client is None:
+        return []
+    return [w.get("memory_limit") or 0
+            for w in client.scheduler_info().get("workers", {}).values()]
 
 
 class Runner:
@@ -185,7 +197,7 @@ class Runner:
             return X, y
         nbytes = int(X.nbytes + y.nbytes)
         client = _client()
-        budget = cache_budget(client)
+        budget = cache_budget(worker_limits(client))
         if mode == "auto" and (budget is None or nbytes > budget):
             log.info("X not cached in worker memory (%.0f MiB; budget %s)", nbytes / 2**20,
                      "none without a distributed client" if budget is None
@@ -231,11 +243,12 @@ class Runner:
         c = self.job.cluster
         if self.job.cache_x == "never":
             cache = "never: every pass reads the store"
-        elif c.address == "local":
-            budget = int(CACHE_FRACTION * c.n_workers * dask.utils.parse_bytes(c.memory_limit))
-            fits = self.job.cache_x == "always" or nbytes <= budget
+        elif c.address == "local" and _bytes(c.memory_limit) is not None:
+            budget = cache_budget([_bytes(c.memory_limit)] * c.n_workers)
+            fits = self.job.cache_x == "always" or (budget is not None and nbytes <= budget)
             cache = (f"{self.job.cache_x}: X+y {nbytes / 2**20:,.1f} MiB vs budget "
-                     f"{budget / 2**20:,.1f} MiB -> "
+                     + (f"{budget / 2**20:,.1f} MiB" if budget is not None else "none")
+                     + " -> "
                      + ("read once, then every pass from worker memory" if fits
                         else "streamed from the store every pass"))
         else:

@@ -111,6 +111,9 @@ def test_stage_verbs_validate_and_dry_run(finished_run, tmp_path):
     done = cli("run", d / "job.yaml", "--out", tmp_path / "dry", "--dry-run",
                "--set", "cache_x=never")
     assert json.loads(done.stdout)["cache_x"].startswith("never")
+    done = cli("run", d / "job.yaml", "--out", tmp_path / "dry", "--dry-run",
+               "--set", "cluster.memory_limit=auto")  # dask's own limit: known at run time
+    assert done.returncode == 0 and "at run time" in json.loads(done.stdout)["cache_x"]
     done = cli("score", d / "job.yaml", "--out", tmp_path / "sc", "--cluster", "synchronous")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "sc" / "scores.zarr").exists()
