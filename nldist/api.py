@@ -6,9 +6,18 @@ from typing import Any
 
 import numpy as np
 
-from nldist import devkernels, kernels, sampling
+from nldist import graph
+from nldist._checks import check_finite_block
 from nldist.errors import NldistError
-from nldist.models import Model, get_model
+from nldist.models.base import Model
+from nldist.scores import block, sampling
+from nldist.scores import sketch as sketch_mod
+from nldist.scores.backends import check_device
+from nldist.scores.kinds import get_kind
+from nldist.scores.linalg import block_r
+from nldist.scores.rows import dual_block
+from nldist.scores.spec import make_spec
+from nldist.store.dual_blocks import check_mode, temporary
 
 
 def _is_dask(a: Any) -> bool:
@@ -54,7 +63,7 @@ def dual_matrix(model: Model, theta: Any, X: Any, y: Any) -> np.ndarray:
             f"y has {None if y is None else y.shape[0]} entries but X has {X.shape[0]} rows; "
             f"pass y of shape ({X.shape[0]},)"
         )
-    return kernels.dual_block(model, model.check_theta(theta), X, y)
+    return dual_block(model, model.check_theta(theta), X, y)
 
 
 def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
@@ -77,81 +86,29 @@ def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
     if ridge < 0 or not np.isfinite(ridge):
         raise NldistError(f"ridge must be a finite number >= 0, got {ridge!r}")
     if _is_dask(A):
-        from nldist import graph
-
         return graph.leverage_dask(A, ridge=ridge, rtol=rtol)
     A = np.asarray(A)
     if A.ndim != 2:
         raise NldistError(f"A must be 2-D (n, q), got shape {A.shape}")
     if A.shape[0] == 0:
         raise NldistError("A has no rows")
-    kernels.check_finite_block(A, None)
-    kind = "ridge-leverage" if ridge > 0 else "linear-leverage"
-    spec = kernels.ScoreSpec(kind=kind, model=None, theta=None, use_y=False, raw=True)
-    norm = kernels.finalize_pass1(spec, kernels.pass1_block(A, None, spec), ridge=ridge, rtol=rtol)
-    return kernels.pass2_block(A, None, spec, norm) * norm.total
-
-
-def make_spec(
-    kind: str,
-    model: Model | str | None,
-    theta: Any,
-    n_features: int,
-    has_y: bool,
-    linear_augment_y: bool = False,
-) -> kernels.ScoreSpec:
-    """Validate the score arguments once and bundle them for the block kernels."""
-    kernels.check_kind(kind)
-    if isinstance(model, str):
-        model = get_model(model, n_features)
-    if kind in kernels.NONLINEAR_KINDS:
-        if model is None:
-            raise NldistError(f"kind {kind!r} needs a model; pass model='glm:sigmoid' (or another "
-                              "spec) and theta")
-        if model.n_features != n_features:
-            raise NldistError(
-                f"model {model.spec!r} was built for {model.n_features} features but X has "
-                f"{n_features} columns; rebuild it with n_features={n_features}"
-            )
-        theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
-        return kernels.ScoreSpec(kind, model, theta, use_y=has_y)
-    bias = model.has_bias if isinstance(model, Model) else True
-    return kernels.ScoreSpec(kind, None, None, use_y=has_y and linear_augment_y, linear_bias=bias)
+    check_finite_block(A, None)
+    spec = graph.raw_spec(ridge)
+    norm = block.finalize_pass1(spec, block.pass1_block(A, None, spec), ridge=ridge, rtol=rtol)
+    return block.pass2_block(A, None, spec, norm) * norm.total
 
 
 def as_sketch(sketch: Any) -> Any:
-    """None, a :class:`nldist.sketch.Sketch`, or a dict of its fields -> Sketch or None."""
-    if sketch is None:
-        return None
-    from nldist.sketch import Sketch
-
-    if isinstance(sketch, Sketch):
+    """None, a :class:`nldist.scores.sketch.Sketch`, or a dict of its fields -> Sketch or None."""
+    if sketch is None or isinstance(sketch, sketch_mod.Sketch):
         return sketch
     if isinstance(sketch, dict):
         try:
-            return Sketch(**sketch)
+            return sketch_mod.Sketch(**sketch)
         except TypeError as exc:
             raise NldistError(f"bad sketch options {sketch!r} ({exc}); use cols, rows, jl, nnz, "
                               "seed") from None
     raise NldistError(f"sketch must be a dict like {{'rows': 2000, 'jl': 256}}, got {sketch!r}")
-
-
-def _with_sketch(spec: kernels.ScoreSpec, sk: Any) -> kernels.ScoreSpec:
-    """Attach a column sketch to the spec (row sketches are handled by their own passes)."""
-    if not sk.cols:
-        return spec
-    from dataclasses import replace
-
-    return replace(spec, col_sketch=sk)
-
-
-def _with_device(spec: kernels.ScoreSpec, device: str) -> kernels.ScoreSpec:
-    """The spec with the passes' R / leverage work on ``device`` (:mod:`nldist.devkernels`)."""
-    if device == spec.device:
-        return spec
-    from dataclasses import replace
-
-    return replace(spec, device=devkernels.check_device(device))
 
 
 def scores(
@@ -191,13 +148,13 @@ def scores(
         Rank threshold relative to the largest singular value (default max(n, q) * eps).
     split_every : int
         Fan-in of the R tree reduction (Dask input).
-    sketch : nldist.sketch.Sketch or dict, optional
+    sketch : nldist.scores.sketch.Sketch or dict, optional
         Approximate scores: ``cols=k`` projects each dual row to k dims (large p);
         ``rows=r, jl=k`` takes R from an r-row CountSketch and the scores from a k-column
-        JL projection (huge n, Drineas et al.). See :mod:`nldist.sketch`.
+        JL projection (huge n, Drineas et al.). See :mod:`nldist.scores.sketch`.
     persist : {"auto", "never", "always"}
         Whether pass 1 keeps each chunk's dual block on disk for pass 2 instead of pass 2
-        rebuilding it (:mod:`nldist.dualstore`): ``"auto"`` per chunk, when building the
+        rebuilding it (:mod:`nldist.store.dual_blocks`): ``"auto"`` per chunk, when building the
         block took longer than a measured write + read of it (``torch:`` models by
         quadrature; closed forms rebuild faster). The blocks go to a temporary directory,
         removed when the result (for dask input: the returned array's graph) is released.
@@ -205,7 +162,7 @@ def scores(
         way.
     device : {"numpy", "cpu", "cuda", "cuda:N", "auto"}
         Where the exact scores' R factors and per-row leverages are computed
-        (:mod:`nldist.devkernels`): ``"numpy"`` (default) the NumPy/LAPACK kernels;
+        (:mod:`nldist.scores.backends`): ``"numpy"`` (default) the NumPy/LAPACK kernels;
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` torch kernels on that device (float64, the
         same scores to about 1e-12 relative); ``"auto"`` cuda when the worker has one,
         else numpy. The dual block itself is built on the host (persisted blocks are the
@@ -216,16 +173,15 @@ def scores(
     ndarray (n,) float64 for ndarray input; a dask array (n,) otherwise (pass 1, which
     forms R, has already run; pass 2 is lazy).
     """
-    from nldist import dualstore
-
-    dualstore.check_mode(persist)
-    devkernels.check_device(device)
+    check_mode(persist)
+    check_device(device)
     sk = as_sketch(sketch)
-    if sk is not None and sk.rows and kind not in ("nonlinear-leverage", "linear-leverage"):
+    k = get_kind(kind)
+    if sk is not None and sk.rows and not (k.leverage and not k.ridge):
         raise NldistError(f"a row sketch approximates leverage; kind {kind!r} does not need one "
                           "(drop sketch.rows or use a leverage kind)")
-    if kind == "ridge-leverage" and (ridge <= 0 or not np.isfinite(ridge)):
-        raise NldistError(f"kind 'ridge-leverage' needs ridge > 0, got {ridge!r}")
+    if k.ridge and (ridge <= 0 or not np.isfinite(ridge)):
+        raise NldistError(f"kind {kind!r} needs ridge > 0, got {ridge!r}")
     if not (isinstance(X, str) or _is_dask(X) or _is_dask(y)):
         Xa = np.asarray(X)
         if Xa.ndim != 2:
@@ -238,37 +194,27 @@ def scores(
                               f"of shape ({Xa.shape[0]},)")
         if not np.issubdtype(Xa.dtype, np.number):
             raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
-        spec = make_spec(kind, model, theta, Xa.shape[1], ya is not None, linear_augment_y)
-        spec = _with_device(spec, device)
-        if sk is not None:
-            spec = _with_sketch(spec, sk)
+        spec = make_spec(k, model, theta, Xa.shape[1], ya is not None, linear_augment_y,
+                         sketch=sk, device=device)
         if sk is not None and sk.rows:
-            from nldist import linalg
-            from nldist import sketch as sketch_mod
-
-            PiA = sketch_mod.rowsketch_block(Xa, ya, spec, sk, 0)
-            M, _ = sketch_mod.jl_factor(linalg.block_r(PiA), sk.jl, sk.seed)
-            raw = sketch_mod.jl_scores_block(Xa, ya, spec, sk, M)
+            PiA = sketch_mod.rowsketch_block(Xa, ya, spec.rows, sk, 0)
+            M, _ = sketch_mod.jl_factor(block_r(PiA), sk.jl, sk.seed)
+            raw = sketch_mod.jl_scores_block(Xa, ya, spec.rows, M)
             return raw / raw.sum()
-        store = dualstore.temporary(persist) if persist != "never" and spec.persistable \
-            else None
+        store = temporary(persist) if persist != "never" and spec.persistable else None
         try:
-            stats = kernels.pass1_block(Xa, ya, spec, 0, store, 0)
-            norm = kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
-            return kernels.pass2_block(Xa, ya, spec, norm, store, 0)
+            stats = block.pass1_block(Xa, ya, spec, 0, store, 0)
+            norm = block.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+            return block.pass2_block(Xa, ya, spec, norm, store, 0)
         finally:
             if store is not None:
                 store.owner.cleanup()
-    from nldist import graph
-
     dX, dy = graph.as_dask_xy(X, y)
-    spec = make_spec(kind, model, theta, dX.shape[1], dy is not None, linear_augment_y)
-    spec = _with_device(spec, device)
-    if sk is not None:
-        spec = _with_sketch(spec, sk)
-        if sk.rows:
-            return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
-    store = dualstore.temporary(persist) if persist != "never" and spec.persistable else None
+    spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
+                     sketch=sk, device=device)
+    if sk is not None and sk.rows:
+        return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
+    store = temporary(persist) if persist != "never" and spec.persistable else None
     norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every,
                        store=store)
     if store is not None and not (norm.persist or {}).get("persisted"):
@@ -299,7 +245,5 @@ def sample(
     weights : ndarray (s,) float64, 1 / (s pi_i)
     """
     if _is_dask(probs):
-        from nldist import graph
-
         return graph.sample_blocks(probs, s, random_state, alpha)
     return sampling.sample_array(probs, s, random_state, alpha)

@@ -111,8 +111,8 @@ def ingest(
 ) -> None:
     """Ingest a table or packaged dataset into a row-chunked Zarr v3 dataset."""
     _logging(verbose, quiet)
-    from nldist.io import ingest as do_ingest
-    from nldist.io import read_attrs
+    from nldist.ingest import ingest as do_ingest
+    from nldist.store.dataset import read_attrs
 
     cls = None
     if classes:

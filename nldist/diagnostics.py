@@ -122,7 +122,7 @@ def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed:
 def row_losses(X: da.Array, y: da.Array, model: Any, theta: np.ndarray, loss: str = "squared"
                ) -> da.Array:
     """Per-row loss r_i(θ)² (n,), lazy, chunked like X."""
-    from nldist.losses import get_loss
+    from nldist.models.losses import get_loss
 
     lo = get_loss(loss)
 
@@ -175,7 +175,8 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     -------
     dict written to OUT/diagnostics.json.
     """
-    from nldist.pipeline import Runner, _write_json
+    from nldist.pipeline import Runner
+    from nldist.store.records import write_json as _write_json
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -201,7 +202,7 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     for kind in ("nonlinear-leverage", "nonlinear-norm", "linear-leverage"):
         rankings[kind], _ = runner.scores(kind, theta)
     with _timed(timings, "score:linear-leverage+y"):
-        from nldist.api import make_spec
+        from nldist.scores.spec import make_spec
 
         spec = make_spec("linear-leverage", runner.model, None, X.shape[1], True, True)
         norm = graph.pass1(X, y, spec, split_every=job.split_every)

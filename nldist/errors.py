@@ -13,3 +13,7 @@ class NldistError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class BadBlock(Exception):
+    """A persisted dual block failed its check (the reason is the message); it is rebuilt."""

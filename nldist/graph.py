@@ -1,6 +1,7 @@
 """The one module that builds Dask graphs.
 
-It maps the pure kernels of :mod:`nldist.kernels` / :mod:`nldist.linalg` over row blocks
+It maps the pure kernels of :mod:`nldist.scores.block`, :mod:`nldist.train` and
+:mod:`nldist.scores.sampling` over row blocks
 of a row-chunked X (n, d) and y (n,), reduces small per-block results in a tree of bounded
 fan-in (``split_every``), and brings only small things to the driver: R (q, q), scalars,
 the sample. No (n, .) array is ever computed on the driver.
@@ -11,6 +12,11 @@ recomputed in pass 2 rather than stored, because for the closed-form models it c
 than the read (see bench/RESULTS.md); with a :class:`nldist.dualstore.DualStore` pass 1
 persists the blocks whose measured build time exceeds a measured write + read of them
 (``torch:`` models by quadrature) and pass 2 reads those back.
+
+Besides the score passes it holds every other graph of the package: the distributed
+Gauss-Newton and loss passes, sampling and gathering rows, the resumable writes of the
+score store, keeping X in worker memory, and the report's and diagnostics' passes
+(histograms, top-k rows, per-row losses, label flips).
 """
 
 from __future__ import annotations
@@ -25,17 +31,22 @@ import dask
 import dask.array as da
 import numpy as np
 
-from nldist import kernels, sampling
+from nldist import train
+from nldist._budget import DUAL_BLOCK_BYTES
+from nldist._checks import as_rng
 from nldist.errors import NldistError
-from nldist.models import Model
+from nldist.models.base import Model
+from nldist.scores import block, sampling, sketch
+from nldist.scores.block import ScoreSpec
+from nldist.scores.kinds import get_kind
+from nldist.scores.linalg import block_r
+from nldist.scores.reductions import Normalizer
+from nldist.scores.rows import RawRows
+from nldist.store.dataset import open_dataset
 
 log = logging.getLogger("nldist")
 
 SPLIT_EVERY = 8
-#: largest (rows, q) float64 matrix block one scores task builds: wide duals (neural nets,
-#: column sketches) get X's row chunks split so that a block and its QR work space stay
-#: well inside a worker's memory (X's own chunks are sized for X's width).
-DUAL_BLOCK_BYTES = 64 * 2**20
 
 
 # --------------------------------------------------------------------------------------
@@ -45,23 +56,8 @@ DUAL_BLOCK_BYTES = 64 * 2**20
 
 def open_zarr_xy(path: str | Path) -> tuple[da.Array, da.Array | None]:
     """Lazy X (n, d) and y (n,) of a Zarr dataset group written by ``nldist ingest``."""
-    import zarr
-
-    path = Path(path)
-    if not path.exists():
-        raise NldistError(f"dataset {str(path)!r} does not exist; run `nldist ingest` first")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for "not a group"
-        raise NldistError(
-            f"{str(path)!r} is not a Zarr group ({type(exc).__name__}); point at a store "
-            "written by `nldist ingest`"
-        ) from None
-    if "X" not in group:
-        raise NldistError(f"Zarr group {str(path)!r} has no array 'X'; re-run `nldist ingest`")
-    X = da.from_zarr(group["X"])
-    y = da.from_zarr(group["y"]) if "y" in group else None
-    return X, y
+    X, y = open_dataset(path)
+    return da.from_zarr(X), (None if y is None else da.from_zarr(y))
 
 
 def as_dask_xy(
@@ -146,10 +142,10 @@ def tree_reduce(items: Sequence[Any], combine: Callable, split_every: int = SPLI
 
 
 def split_for_dual(
-    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec
+    X: da.Array, y: da.Array | None, spec: ScoreSpec
 ) -> tuple[da.Array, da.Array | None]:
     """X, y with every row chunk split into near-equal parts whose (rows, q) matrix block is
-    at most :data:`DUAL_BLOCK_BYTES` (unchanged when already so). Splits only, never
+    at most :data:`nldist._budget.DUAL_BLOCK_BYTES` (unchanged when already so). Splits only, never
     merges: each task still reads one chunk of the store. Deterministic in the chunking
     and ``spec``, so pass 1 and pass 2 (and a persisted block's index) agree."""
     q = spec.n_cols(X.shape[1])
@@ -168,51 +164,51 @@ def split_for_dual(
 def pass1(
     X: da.Array,
     y: da.Array | None,
-    spec: kernels.ScoreSpec,
+    spec: ScoreSpec,
     ridge: float = 0.0,
     rtol: float | None = None,
     split_every: int = SPLIT_EVERY,
     store: Any = None,
-) -> kernels.Normalizer:
+) -> Normalizer:
     """Pass 1: per-block R (or norms) reduced in a tree; returns the global normalizer.
 
     Parameters
     ----------
-    store : nldist.dualstore.DualStore, optional
-        Persist dual blocks for pass 2 (:func:`nldist.kernels.pass1_block`); the counts and
-        seconds come back in ``Normalizer.persist``.
+    store : nldist.store.dual_blocks.DualStore, optional
+        Persist dual blocks for pass 2 (:func:`nldist.scores.block.pass1_block`); the counts
+        and seconds come back in ``Normalizer.persist``.
     """
-    if spec.kind == "uniform":  # 1/n needs n only: no pass over X
-        return kernels.finalize_pass1(spec, {"n": int(X.shape[0])})
+    if spec.kind.uniform:  # 1/n needs n only: no pass over X
+        return block.finalize_pass1(spec, {"n": int(X.shape[0])})
     X, yy = split_for_dual(X, y if spec.needs_y else None, spec)
     if store is not None and not spec.persistable:
         store = None
     parts = [
-        dask.delayed(kernels.pass1_block, pure=True)(xb, yb, spec, off, store, i)
+        dask.delayed(block.pass1_block, pure=True)(xb, yb, spec, off, store, i)
         for i, (xb, yb, off) in enumerate(_blocks(X, yy))
     ]
-    (stats,) = dask.compute(tree_reduce(parts, kernels.combine_pass1, split_every))
-    return kernels.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+    (stats,) = dask.compute(tree_reduce(parts, block.combine_pass1, split_every))
+    return block.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
 
 
 def _pass2_task(
-    xs: list, y: Any, spec: kernels.ScoreSpec, norm: kernels.Normalizer
+    xs: list, y: Any, spec: ScoreSpec, norm: Normalizer
 ) -> np.ndarray:
     """Pass-2 task: X arrives as the list of its column blocks (one after ``as_dask_xy``)."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
-    return kernels.pass2_block(x, y, spec, norm)
+    return block.pass2_block(x, y, spec, norm)
 
 
-def _pass2_store_task(xs: list, ids: np.ndarray, y: Any, spec: kernels.ScoreSpec,
-                      norm: kernels.Normalizer, store: Any) -> np.ndarray:
+def _pass2_store_task(xs: list, ids: np.ndarray, y: Any, spec: ScoreSpec,
+                      norm: Normalizer, store: Any) -> np.ndarray:
     """Pass-2 task with a dual store: ``ids`` is the one-element block of chunk indices."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
     index = int(np.asarray(ids).reshape(-1)[0]) if np.size(ids) else 0
-    return kernels.pass2_block(x, y, spec, norm, store, index)
+    return block.pass2_block(x, y, spec, norm, store, index)
 
 
 def pass2(
-    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer,
+    X: da.Array, y: da.Array | None, spec: ScoreSpec, norm: Normalizer,
     store: Any = None,
 ) -> da.Array:
     """Pass 2 (lazy): per-row probabilities (n,) float64, chunked like X's rows.
@@ -222,7 +218,7 @@ def pass2(
     each task also gets its chunk index and reads the block pass 1 persisted, if any.
     Wide blocks run on split row chunks (:func:`split_for_dual`), merged back at the end.
     """
-    if spec.kind == "uniform":  # chunked like X's rows, without reading X
+    if spec.kind.uniform:  # chunked like X's rows, without reading X
         return da.full(X.shape[0], 1.0 / norm.total, chunks=(X.chunks[0],), dtype=np.float64)
     rows = X.chunks[0]
     X, y = split_for_dual(X, y if spec.needs_y else None, spec)
@@ -232,7 +228,7 @@ def pass2(
 
 
 def _pass2(
-    X: da.Array, y: da.Array | None, spec: kernels.ScoreSpec, norm: kernels.Normalizer,
+    X: da.Array, y: da.Array | None, spec: ScoreSpec, norm: Normalizer,
     store: Any,
 ) -> da.Array:
     """:func:`pass2` on row chunks that need no split."""
@@ -251,17 +247,21 @@ def _pass2(
                         spec=spec, norm=norm, **ykw)
 
 
+def raw_spec(ridge: float = 0.0) -> ScoreSpec:
+    """The spec of :func:`nldist.leverage`: the rows of A itself, plain or ridge leverage."""
+    return ScoreSpec(get_kind("ridge-leverage" if ridge > 0 else "linear-leverage"), RawRows())
+
+
 def leverage_dask(A: da.Array, ridge: float = 0.0, rtol: float | None = None) -> da.Array:
     """Per-row leverage (n,) of a tall dask A: sums to rank (or the effective dimension)."""
     A, _ = as_dask_xy(A)
-    kind = "ridge-leverage" if ridge > 0 else "linear-leverage"
-    spec = kernels.ScoreSpec(kind=kind, model=None, theta=None, use_y=False, raw=True)
+    spec = raw_spec(ridge)
     norm = pass1(A, None, spec, ridge=ridge, rtol=rtol)
     return pass2(A, None, spec, norm) * norm.total
 
 
 # --------------------------------------------------------------------------------------
-# Resumable writes (nldist.resume): selected blocks only, small results back
+# Resumable writes (nldist.store.scores): selected blocks only, small results back
 # --------------------------------------------------------------------------------------
 
 
@@ -281,6 +281,11 @@ def map_tasks(func: Callable, arg_tuples: Sequence[tuple]) -> list:
     return list(dask.compute(*[dask.delayed(func, pure=False)(*a) for a in arg_tuples]))
 
 
+def store_whole(arr: da.Array, target: Any) -> None:
+    """Compute a lazy array into a Zarr array in one locked pass (irregular chunks)."""
+    da.store(arr, target, lock=True)
+
+
 # --------------------------------------------------------------------------------------
 # Full-data loss, gradient and Gauss-Newton matrix (distributed training oracle)
 # --------------------------------------------------------------------------------------
@@ -292,10 +297,10 @@ def gn_pass(
 ) -> dict:
     """One distributed pass: full-data loss, gradient (p,) and Gauss-Newton matrix (p, p)."""
     parts = [
-        dask.delayed(kernels.gn_block, pure=True)(model, theta, xb, yb, off, loss)
+        dask.delayed(train.gn_block, pure=True)(model, theta, xb, yb, off, loss)
         for xb, yb, off in _blocks(X, y)
     ]
-    (out,) = dask.compute(tree_reduce(parts, kernels.combine_sum, split_every))
+    (out,) = dask.compute(tree_reduce(parts, train.combine_sum, split_every))
     return out
 
 
@@ -306,7 +311,7 @@ def losses_pass(
     """Full-data losses (m,) of m parameter vectors (m, p) in one distributed pass."""
     thetas = np.atleast_2d(np.asarray(thetas, dtype=np.float64))
     parts = [
-        dask.delayed(kernels.losses_block, pure=True)(model, thetas, xb, yb, loss)
+        dask.delayed(train.losses_block, pure=True)(model, thetas, xb, yb, loss)
         for xb, yb, _ in _blocks(X, y)
     ]
     (out,) = dask.compute(tree_reduce(parts, sum, split_every))
@@ -331,7 +336,7 @@ def sample_blocks(
 
     The s uniforms come from ``random_state`` alone; per-block sums (small) route each one to
     its block on the driver, and each block resolves its own draws with
-    :func:`nldist.sampling.draw_in_block`. Only (s,) arrays reach the driver.
+    :func:`nldist.scores.sampling.draw_in_block`. Only (s,) arrays reach the driver.
 
     Returns
     -------
@@ -368,7 +373,7 @@ def sample_many(
     total = float(np.sum(sums))
     bounds = np.cumsum(sums)
     starts = np.concatenate([[0.0], bounds[:-1]])
-    u = np.concatenate([sampling.as_rng(rs).random(s) * total
+    u = np.concatenate([as_rng(rs).random(s) * total
                         for s, (_, rs) in zip(sizes, requests, strict=True)])
     blk = np.minimum(np.searchsorted(bounds, u, side="right"), len(sums) - 1)
     while np.any(sums[blk] <= 0):  # rounding at a boundary into an all-zero block
@@ -414,7 +419,7 @@ def gather_rows(
 def rowsketch_scores(
     X: da.Array,
     y: da.Array | None,
-    spec: kernels.ScoreSpec,
+    spec: ScoreSpec,
     sk: Any,
     split_every: int = SPLIT_EVERY,
 ) -> tuple[da.Array, dict]:
@@ -429,23 +434,20 @@ def rowsketch_scores(
     probs : dask array (n,) float64
     info : dict with ``rank`` (of the sketched R), ``rows``, ``jl``, ``cols``
     """
-    from nldist import linalg, sketch
-
     yy = y if spec.needs_y else None
     parts = [
-        dask.delayed(sketch.rowsketch_block, pure=True)(xb, yb, spec, sk, off)
+        dask.delayed(sketch.rowsketch_block, pure=True)(xb, yb, spec.rows, sk, off)
         for xb, yb, off in _blocks(X, yy)
     ]
     (PiA,) = dask.compute(tree_reduce(parts, sum, split_every))
-    M, rank = sketch.jl_factor(linalg.block_r(PiA), sk.jl, sk.seed)
+    M, rank = sketch.jl_factor(block_r(PiA), sk.jl, sk.seed)
     args = (X, "ij", yy, "i") if yy is not None else (X, "ij")
     raw = da.blockwise(_jl_block, "i", *args, dtype=np.float64, concatenate=True,
-                       spec=spec, sk=sk, M=M, has_y=yy is not None)
+                       rows=spec.rows, M=M, has_y=yy is not None)
     info = {"rank": rank, "rows": sk.rows, "jl": sk.jl, "cols": sk.cols, "seed": sk.seed}
     return raw / raw.sum(), info
 
 
-def _jl_block(X, y=None, *, spec, sk, M, has_y):
-    from nldist import sketch
-
-    return sketch.jl_scores_block(X, y if has_y else None, spec, sk, M)
+def _jl_block(X: np.ndarray, y: np.ndarray | None = None, *, rows: Any, M: np.ndarray,
+              has_y: bool) -> np.ndarray:
+    return sketch.jl_scores_block(X, y if has_y else None, rows, M)

@@ -22,12 +22,11 @@ from pydantic import (
 )
 
 from nldist.errors import NldistError
-from nldist.kernels import KINDS
+from nldist.models import check_spec
+from nldist.scores.backends import check_device
+from nldist.scores.kinds import NAMES as KINDS
 
-Kind = Literal[
-    "nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm", "uniform",
-    "ridge-leverage",
-]
+Kind = Literal[KINDS]  # the registry of nldist.scores.kinds
 
 
 class _Strict(BaseModel):
@@ -148,7 +147,7 @@ class ExperimentConfig(_Strict):
 
 
 class SketchConfig(_Strict):
-    """Approximate scores for the job's chosen kind (see nldist.sketch)."""
+    """Approximate scores for the job's chosen kind (see nldist.scores.sketch)."""
 
     cols: int | None = Field(None, gt=0, description="project dual rows to k dims (large p)")
     rows: int | None = Field(None, gt=0, description="CountSketch rows r for R (huge n)")
@@ -219,15 +218,8 @@ class JobConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _model_spec(cls, v: str) -> str:
-        from nldist.models import get_model
-
         try:
-            if v.strip().startswith("torch:"):  # do not build: the factory needs the real d
-                from nldist.nets import parse_torch_spec
-
-                parse_torch_spec(v, check_import=True)
-            else:
-                get_model(v, 1)
+            check_spec(v)
         except NldistError as exc:
             raise ValueError(str(exc)) from None
         return v
@@ -235,8 +227,6 @@ class JobConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from nldist.devkernels import check_device
-
         try:
             return check_device(v)
         except NldistError as exc:

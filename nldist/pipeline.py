@@ -23,42 +23,32 @@ import dask
 import dask.array as da
 import numpy as np
 
-from nldist import __version__, dualstore, graph, io, kernels, nets, resume, sampling
-from nldist.api import _with_sketch, as_sketch, make_spec
+from nldist import graph, ingest
+from nldist._budget import MEMORY_FORMULA, cache_budget, memory_per_task
+from nldist._checks import as_rng
+from nldist._version import __version__
+from nldist.api import as_sketch
 from nldist.errors import NldistError
 from nldist.jobs import JobConfig
-from nldist.models import Model, get_model
+from nldist.models import get_model
+from nldist.models.base import Model
+from nldist.models.glm import swish_ratio
+from nldist.scores.block import ScoreSpec
+from nldist.scores.kinds import get_kind
+from nldist.scores.reductions import Normalizer
+from nldist.scores.linalg import RFactor
+from nldist.scores.spec import make_spec
+from nldist.store import dual_blocks as dualstore
+from nldist.store import scores as resume
+from nldist.store.dataset import is_dataset, read_attrs, write_dataset
+from nldist.store.records import array_digest, save_npz, write_json
 from nldist.train import FitResult, fit_ball, train_on_sample
 
 log = logging.getLogger("nldist")
 
 
-def _hash_array(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()[:16]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
-
-
-def _save_npz(path: Path, **arrays: Any) -> None:
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+#: the dataclasses a stored pass-1 result may hold (nothing else is ever constructed)
+PASS1_CLASSES = {"Normalizer": Normalizer, "RFactor": RFactor}
 
 
 def safe_out_dir(out: str | Path) -> Path:
@@ -67,11 +57,6 @@ def safe_out_dir(out: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise NldistError(f"output path {out} is a file; choose a directory with --out")
     return out
-
-
-#: fraction of the workers' summed memory limits that X and y may take with cache_x: auto
-#: (dask starts spilling at 60 % of a worker's limit; the passes need the rest)
-CACHE_FRACTION = 0.25
 
 
 def _client() -> Any:
@@ -86,14 +71,6 @@ def _client() -> Any:
     from dask.base import get_scheduler
 
     return client if getattr(get_scheduler(), "__self__", None) is client else None
-
-
-def cache_budget(limits: list[int]) -> int | None:
-    """Bytes ``cache_x: auto`` may keep in worker memory: CACHE_FRACTION of the workers'
-    summed memory limits (None without workers or when a worker has no limit)."""
-    if not limits or min(limits) <= 0:
-        return None
-    return int(CACHE_FRACTION * sum(limits))
 
 
 def _bytes(size: str) -> int | None:
@@ -149,7 +126,7 @@ class Runner:
         """The Zarr dataset: the source itself when it is one, else OUT/dataset.zarr."""
         ds = self.job.dataset
         src = Path(ds.source)
-        if src.is_dir() and (src / "zarr.json").exists():
+        if is_dataset(src):
             return src
         return self.out / "dataset.zarr"
 
@@ -161,12 +138,12 @@ class Runner:
             return path
         key = self.job.digest("dataset")
         if path.exists():
-            if io.read_attrs(path).get("ingest_key") == key:
+            if read_attrs(path).get("ingest_key") == key:
                 return path
             shutil.rmtree(path)
         with self.timed("ingest"):
-            df, meta = io.read_source(ds.source, ds.target)
-            X, y, attrs = io.prepare(
+            df, meta = ingest.read_source(ds.source, ds.target)
+            X, y, attrs = ingest.prepare(
                 df, meta["target"], features=ds.features, classes=ds.classes, dropna=ds.dropna,
                 standardize=ds.standardize, standardize_target=ds.standardize_target,
                 dtype=ds.dtype,
@@ -174,7 +151,7 @@ class Runner:
             attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
             attrs["ingest_key"] = key
             self.out.mkdir(parents=True, exist_ok=True)
-            io.write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True)
+            write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True)
         return path
 
     def _open_xy(self) -> tuple[da.Array, da.Array]:
@@ -221,10 +198,8 @@ class Runner:
         if self._model is None:
             X, _ = self._xy or self._open_xy()
             self._model = get_model(self.job.model, X.shape[1])
-            if self.job.adjoint is not None and nets.uses_quadrature(self._model):
-                from nldist.quadrature import configure
-
-                configure(self._model, **self.job.adjoint.model_dump())
+            if self.job.adjoint is not None:
+                self._model.configure(**self.job.adjoint.model_dump())
         return self._model
 
     # -- plan ------------------------------------------------------------------------
@@ -238,7 +213,7 @@ class Runner:
         itemsize = X.dtype.itemsize
         kinds = self.job.kinds()
         # two per exact kind, one gather of all samples, one evaluation (uniform: none)
-        passes = 2 * len([k for k in kinds if k != "uniform"]) + 2
+        passes = 2 * len([k for k in kinds if not get_kind(k).uniform]) + 2
         nbytes = int(X.nbytes + y.nbytes)
         c = self.job.cluster
         if self.job.cache_x == "never":
@@ -253,8 +228,7 @@ class Runner:
                         else "streamed from the store every pass"))
         else:
             cache = f"{self.job.cache_x}: decided at run time from the workers' memory limits"
-        per_task = chunk * (d * itemsize + d * 8 + 3 * q * 8 + 2 * 8) + 4 * q * q * 8
-        per_task += nets.quadrature_bytes(self.model)
+        per_task = memory_per_task(self.model, chunk, d, itemsize)
         return {
             "n_rows": n, "n_features": d, "n_params": p, "chunks": len(X.chunks[0]),
             "chunk_rows": chunk, "kinds": kinds,
@@ -264,9 +238,7 @@ class Runner:
             "memory_per_worker_bytes": int(per_task * self.job.cluster.threads_per_worker),
             "device": self.job.device,
             "cache_x": cache,
-            "memory_formula": "threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) "
-                              "+ 32(p+1)^2 bytes (+ 16*max_elems for quadrature models), "
-                              "independent of n",
+            "memory_formula": MEMORY_FORMULA,
         }
 
     # -- stage: theta ----------------------------------------------------------------
@@ -288,7 +260,7 @@ class Runner:
         info = _fit_info(fit)
         if not fit.converged:
             log.warning("theta* did not converge in %d iterations", fit.iterations)
-        _save_npz(npz, theta=fit.theta, key=key, info=json.dumps(info))
+        save_npz(npz, theta=fit.theta, key=key, info=json.dumps(info))
         return fit.theta, info
 
     def theta(self) -> np.ndarray:
@@ -307,7 +279,7 @@ class Runner:
             raise NldistError(f"theta file {src!r} not found; use zeros, init, optimum, pilot, "
                               "a .npy file or a torch state_dict .pt file")
         if path.suffix in (".pt", ".pth"):
-            return nets.load_checkpoint(self.model, path)
+            return self.model.theta_from_checkpoint(path)
         try:
             t = np.load(path, allow_pickle=False)
         except Exception as exc:
@@ -337,7 +309,7 @@ class Runner:
                 Xs, ys = graph.gather_rows(X, y, idx)
             fit = train_on_sample(self.model, Xs, ys, w, self.job.radius, tol=self.job.tol,
                                   max_iter=self.job.max_iter, loss=self.job.loss)
-        _save_npz(npz, theta=fit.theta, key=key, indices=idx, info=json.dumps(_fit_info(fit)))
+        save_npz(npz, theta=fit.theta, key=key, indices=idx, info=json.dumps(_fit_info(fit)))
         return fit.theta
 
     def start_theta(self) -> np.ndarray:
@@ -347,30 +319,29 @@ class Runner:
     def sample_size(self, kind: str) -> int:
         """s for a kind: with ``swish_bound`` the main kind draws ceil(s * c2 / c1) rows."""
         if self.job.swish_bound and kind == self.job.kind:
-            return int(np.ceil(self.job.s * nets.swish_ratio(self.model)))
+            return int(np.ceil(self.job.s * swish_ratio(self.model)))
         return self.job.s
 
     # -- stage: scores ---------------------------------------------------------------
     def scores(self, kind: str, theta: np.ndarray) -> tuple[da.Array, dict]:
         """Scores of one kind written to OUT/scores.zarr/<kind> (reused when provenance matches)."""
         X, y = self.xy()
-        spec = make_spec(kind, self.model, theta, X.shape[1], True, self.job.linear_augment_y)
-        nonlinear = kind in kernels.NONLINEAR_KINDS
-        if nonlinear and self.job.loss != "squared":
-            spec = dataclasses.replace(spec, loss=self.job.loss)
-        if self.job.device != "numpy":
-            spec = dataclasses.replace(spec, device=self.job.device)
+        k = get_kind(kind)
+        nonlinear = k.nonlinear
+        sk = None
+        if self.job.sketch is not None and kind == self.job.kind and not k.uniform:
+            sk = as_sketch(self.job.sketch.model_dump())
+        spec = make_spec(k, self.model, theta, X.shape[1], True, self.job.linear_augment_y,
+                         loss=self.job.loss, sketch=sk, device=self.job.device)
         prov = {
-            "kind": kind, "model": self.job.model, "theta_sha": _hash_array(theta)
+            "kind": kind, "model": self.job.model, "theta_sha": array_digest(theta)
             if nonlinear else None, "loss": self.job.loss if nonlinear else None,
-            "ridge": self.job.ridge if kind == "ridge-leverage" else 0.0,
-            "dataset_key": self.job.digest("dataset"), "linear_augment_y": spec.use_y,
+            "ridge": self.job.ridge if k.ridge else 0.0,
+            "dataset_key": self.job.digest("dataset"),
+            "linear_augment_y": True if nonlinear else self.job.linear_augment_y,
             "n": int(X.shape[0]), "nldist_version": __version__,
         }
-        sk = None
-        if self.job.sketch is not None and kind == self.job.kind and kind != "uniform":
-            sk = as_sketch(self.job.sketch.model_dump())
-            spec = _with_sketch(spec, sk)
+        if sk is not None:
             prov["sketch"] = dataclasses.asdict(sk)
         # per-chunk completion records (nldist.resume): a re-run verifies them and computes
         # only unfinished or damaged chunks; pass 1 is kept once done
@@ -385,27 +356,27 @@ class Runner:
         with self.timed(f"score:{kind}"):
             if sk is not None and sk.rows:
                 probs, info = graph.rowsketch_scores(X, y, spec, sk, self.job.split_every)
-                out.write(probs, graph.store_chunks)
+                out.write(probs, graph.store_chunks, graph.store_whole)
                 arr = out.array
                 out.finish({**prov, "rank": info["rank"], "complete": True})
                 return da.from_zarr(arr), out.attrs
             store = self.dual_store(spec, out.key, scratch)
             t0 = time.perf_counter()
-            norm = out.load_pass1()
+            norm = out.load_pass1(PASS1_CLASSES)
             if norm is None:
                 norm = graph.pass1(X, y, spec, ridge=self.job.ridge,
                                    split_every=self.job.split_every, store=store)
-                out.save_pass1(norm)
+                out.save_pass1(norm, PASS1_CLASSES)
             t1 = time.perf_counter()
             probs = graph.pass2(X, y, spec, norm, store=store)
-            out.write(probs, graph.store_chunks)
+            out.write(probs, graph.store_chunks, graph.store_whole)
             t2 = time.perf_counter()
             arr = out.array
             attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
             if norm.factor is not None:
                 attrs["svals"] = norm.factor.svals.tolist()
                 attrs["R"] = norm.factor.R.tolist()
-                if kind == "ridge-leverage":
+                if k.ridge:
                     attrs["effective_dimension"] = norm.total
             if spec.persistable:
                 attrs["persist"] = {"mode": self.job.persist, **(norm.persist or {}),
@@ -415,7 +386,7 @@ class Runner:
             dualstore.remove(scratch)
         return da.from_zarr(arr), out.attrs
 
-    def dual_store(self, spec: kernels.ScoreSpec, key: str, scratch: Path) -> Any:
+    def dual_store(self, spec: ScoreSpec, key: str, scratch: Path) -> Any:
         """The scratch store of persisted dual blocks for one kind (job.persist), or None.
 
         Lives in OUT/dual.zarr.partial/<kind>; its key ties it to the scores' resume key and
@@ -471,8 +442,8 @@ class Runner:
             if stop_after == "score":
                 continue
             idx, w = self.sample(kind, probs, self.sample_size(kind),
-                                 sampling.as_rng(self.job.seed))
-            _save_npz(self.path("samples", f"{kind}.npz"), indices=idx, weights=w,
+                                 as_rng(self.job.seed))
+            save_npz(self.path("samples", f"{kind}.npz"), indices=idx, weights=w,
                       seed=self.job.seed, kind=kind, s=self.job.s, alpha=self.job.alpha,
                       n=int(X.shape[0]), model=self.job.model,
                       theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
@@ -520,7 +491,7 @@ class Runner:
             "nldist_version": __version__,
         }
         np.save(self.path("theta.npy"), thetas[0])
-        _write_json(self.path("metrics.json"), metrics)
+        write_json(self.path("metrics.json"), metrics)
         return metrics
 
     # -- experiment (paper Fig. 1 protocol) -------------------------------------------
@@ -575,7 +546,7 @@ class Runner:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "nldist_version": __version__,
         }
-        _write_json(self.path("experiment.json"), result)
+        write_json(self.path("experiment.json"), result)
         return result
 
 

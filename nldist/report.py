@@ -747,7 +747,7 @@ def write_report(out_dir: str | Path, top_k: int | None = None) -> Path:
     dataset = Path(first.get("dataset", out / "dataset.zarr"))
     attrs: dict = {}
     if dataset.exists():
-        from nldist.io import read_attrs
+        from nldist.store.dataset import read_attrs
 
         attrs = read_attrs(dataset)
     n = first.get("n_rows", attrs.get("n_rows"))

@@ -24,7 +24,9 @@ import numpy as np
 from scipy import optimize
 
 from nldist.errors import NldistError
-from nldist.models import Model
+from nldist._checks import check_finite_block
+from nldist.models.base import Model
+from nldist.models.losses import get_loss
 
 Oracle = Callable[[np.ndarray], dict]
 
@@ -177,7 +179,7 @@ def sample_oracle(
     w : ndarray (s,)
         Importance weights 1 / (s pi_j).
     loss : str
-        ``"squared"``, or a loss of :mod:`nldist.losses`: then sum_j w_j r_j(theta)^2 with
+        ``"squared"``, or a loss of :mod:`nldist.models.losses`: then sum_j w_j r_j(theta)^2 with
         its residuals r_j and J_r = dr/df * J.
     """
     import torch
@@ -188,8 +190,6 @@ def sample_oracle(
     wt = torch.as_tensor(np.asarray(w, dtype=np.float64))
     res = None
     if loss != "squared":
-        from nldist.losses import get_loss
-
         lo = get_loss(loss)
         lo.check(None, np.asarray(y, dtype=np.float64))
         res = lo.torch_residual
@@ -244,7 +244,7 @@ def train_on_sample(
         Default ``model.initial_theta()`` (zeros for GLMs; a seeded random start for
         networks, where 0 is a stationary point).
     loss : str
-        ``"squared"``, ``"bce"`` or ``"poisson"`` (:mod:`nldist.losses`).
+        ``"squared"``, ``"bce"`` or ``"poisson"`` (:mod:`nldist.models.losses`).
 
     Returns
     -------
@@ -254,3 +254,69 @@ def train_on_sample(
     theta0 = model.initial_theta() if theta0 is None else model.check_theta(theta0)
     return fit_ball(sample_oracle(model, X, y, weights, loss), theta0, radius, tol=tol,
                     max_iter=max_iter)
+
+
+# --------------------------------------------------------------------------------------
+# Full-data pieces (one row block each; nldist.graph reduces them over blocks)
+# --------------------------------------------------------------------------------------
+
+
+def gn_block(
+    model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray, offset: int = 0,
+    loss: str = "squared",
+) -> dict:
+    """Loss, gradient and Gauss-Newton matrix of L = sum (f_i - y_i)^2 on one block.
+
+    With another ``loss`` (:mod:`nldist.models.losses`) the same for L = sum r_i^2, with
+    J_r = dr/df * J.
+
+    Returns
+    -------
+    dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J
+    """
+    check_finite_block(np.asarray(X), np.asarray(y), offset)
+    y = np.asarray(y, dtype=np.float64)
+    if loss == "squared":
+        r = model.predict(theta, X) - y
+        J = model.jacobian(theta, X)
+    else:
+        lo = get_loss(loss)
+        f = model.predict(theta, X)
+        lo.check(f, y)
+        r = lo.residual(f, y)
+        J = model.jacobian(theta, X) * lo.dresidual(f, y)[:, None]
+    return {"loss": float(r @ r), "grad": 2.0 * (J.T @ r), "gn": 2.0 * (J.T @ J)}
+
+
+def combine_sum(parts: list[dict]) -> dict:
+    """Sum dicts of arrays/scalars key by key (tree-reduction step)."""
+    return {k: sum(p[k] for p in parts) for k in parts[0]}
+
+
+def losses_block(
+    model: Model, thetas: np.ndarray, X: np.ndarray, y: np.ndarray, loss: str = "squared"
+) -> np.ndarray:
+    """Full-data loss contributions of several parameter vectors at once.
+
+    Parameters
+    ----------
+    thetas : ndarray (m, p)
+    loss : str
+        ``"squared"``: sum_i (f(theta_j; x_i) - y_i)^2; another loss: sum_i r_i(theta_j)^2.
+
+    Returns
+    -------
+    ndarray (m,) over the block's rows
+    """
+    y = np.asarray(y, dtype=np.float64)
+    lo = None if loss == "squared" else get_loss(loss)
+    out = np.empty(thetas.shape[0])
+    for j, th in enumerate(thetas):
+        f = model.predict(th, X)
+        if lo is None:
+            r = f - y
+        else:
+            lo.check(f, y)
+            r = lo.residual(f, y)
+        out[j] = r @ r
+    return out

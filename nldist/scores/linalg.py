@@ -2,8 +2,18 @@
 
 These follow the small kernels of ``dask/array/linalg.py``: arrays in, arrays out. The
 graph module (:mod:`nldist.graph`) maps them over row blocks and reduces the R factors
-in a tree. Q is never formed and R is never inverted explicitly: leverage rows come from
-a triangular solve with R (full rank) or from the SVD of the small R (rank-deficient).
+in a tree. Q is never formed. Per-row leverage ``‖R⁻ᵀ a_i‖²`` comes from one of three
+products, chosen once per job from the global R by :func:`finalize_r`:
+
+* full rank and ``cond(R) <= INVERSE_MAX_COND`` (1e4): one GEMM per row slice with the
+  explicit inverse ``R⁻¹`` (LAPACK ``trtri``) — its error is ~ 2·cond·eps <= 5e-12
+  relative, the order of the triangular solve's own, and it is measured ~2x faster than
+  TRSM on tall slices (bench/RESULTS.md);
+* full rank and ``cond(R) > 1e4``: a triangular solve with R (BLAS TRSM) per slice;
+* rank-deficient: a GEMM with ``V_r / s_r`` from the SVD of the small R (with ridge λ: the
+  R of ``[R; √λ I]``, by the same rule).
+
+``pinv(FᵀF)`` is never formed.
 
 How a block's R is computed (``method="auto"``, the default)
 -------------------------------------------------------------
@@ -39,10 +49,13 @@ Costs on the benchmark (84k × 51 float64 block, one core): read+decode ≈ 100 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import linalg as sla
 from scipy.linalg import blas, lapack
+
+from nldist._budget import sub_rows
 
 __all__ = [
     "KAPPA_CHOLQR",
@@ -51,13 +64,15 @@ __all__ = [
     "RFactor",
     "block_r",
     "block_r_method",
+    "chol_upper",
+    "cholqr2",
     "cholqr_r",
     "combine_r",
     "finalize_r",
     "gram",
     "row_leverage",
     "row_sqnorms",
-    "sub_rows",
+    "zero_leverage",
 ]
 
 EPS = float(np.finfo(np.float64).eps)
@@ -74,15 +89,6 @@ KAPPA_SCHOLQR3 = 1e-3 / EPS
 #: condition number is at most this (leverage error ~ 2 * cond * eps <= 5e-12 relative, the
 #: order of the solve's own); above it, a triangular solve (BLAS TRSM) per row slice.
 INVERSE_MAX_COND = 1e4
-#: target bytes of a row slice processed in cache (TRSM, Householder, fused kernels).
-SUB_BYTES = 2**20
-
-
-def sub_rows(q: int, itemsize: int = 8) -> int:
-    """Rows of a cache-sized slice of a (., q) matrix (at least 256)."""
-    return max(256, SUB_BYTES // max(1, q * itemsize))
-
-
 def _as_f64(A: np.ndarray) -> np.ndarray:
     return np.asarray(A, dtype=np.float64)
 
@@ -99,7 +105,7 @@ def gram(A: np.ndarray) -> np.ndarray:
         return A.T @ A
 
 
-def _chol_upper(G: np.ndarray) -> np.ndarray | None:
+def chol_upper(G: np.ndarray) -> np.ndarray | None:
     """Upper Cholesky factor of a symmetric G (upper triangle read), or None if not PD."""
     if not np.all(np.isfinite(G)):
         return None
@@ -144,10 +150,10 @@ def _householder_r(A: np.ndarray) -> np.ndarray:
     return _triu_r(lapack.dgeqrf(np.vstack(Rs))[0], q)
 
 
-def _cholqr2(A: np.ndarray, R1: np.ndarray) -> np.ndarray | None:
+def cholqr2(A: np.ndarray, R1: np.ndarray) -> np.ndarray | None:
     """Second CholeskyQR step from a first factor R1: R = chol((A R1⁻¹)ᵀ(A R1⁻¹)) R1."""
     Q1 = _right_solve_inplace(np.array(A, dtype=np.float64, order="C", copy=True), R1)
-    R2 = _chol_upper(Q1.T @ Q1)
+    R2 = chol_upper(Q1.T @ Q1)
     return None if R2 is None else R2 @ R1
 
 
@@ -155,21 +161,21 @@ def _scholqr3(A: np.ndarray, G: np.ndarray) -> np.ndarray | None:
     """Shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yamazaki 2020)."""
     n, q = A.shape
     shift = 11.0 * (n * q + q * (q + 1)) * EPS * float(np.trace(G))
-    R1 = _chol_upper(G + shift * np.eye(q))
+    R1 = chol_upper(G + shift * np.eye(q))
     if R1 is None:
         return None
     Q1 = _right_solve_inplace(np.array(A, dtype=np.float64, order="C", copy=True), R1)
-    R2 = _chol_upper(Q1.T @ Q1)
+    R2 = chol_upper(Q1.T @ Q1)
     if R2 is None:
         return None
     Q2 = _right_solve_inplace(Q1, R2)
-    R3 = _chol_upper(Q2.T @ Q2)
+    R3 = chol_upper(Q2.T @ Q2)
     if R3 is None:
         return None
     return R3 @ (R2 @ R1)
 
 
-def _equilibrated_chol(G: np.ndarray) -> tuple[np.ndarray | None, float]:
+def equilibrated_chol(G: np.ndarray) -> tuple[np.ndarray | None, float]:
     """Cholesky R1 of G computed on D G D (D = diag(G)^-1/2) and kappa estimate of D-scaled R1.
 
     Returns ``(R1, kappa)`` with ``R1ᵀR1 = G`` (R1 = chol(DGD) D⁻¹), or ``(None, inf)``.
@@ -180,7 +186,7 @@ def _equilibrated_chol(G: np.ndarray) -> tuple[np.ndarray | None, float]:
     if not np.all(dg > 0) or not np.all(np.isfinite(G)):
         return None, float("inf")
     d = 1.0 / np.sqrt(dg)
-    C = _chol_upper(G * d[:, None] * d[None, :])
+    C = chol_upper(G * d[:, None] * d[None, :])
     if C is None:
         return None, float("inf")
     return C / d[None, :], _kappa(C)
@@ -215,7 +221,7 @@ def cholqr_r(G: np.ndarray) -> np.ndarray | None:
     nz = np.diag(G) > 0
     if not nz.any():
         return np.zeros((q, q))
-    R1, kappa = _equilibrated_chol(G if nz.all() else G[np.ix_(nz, nz)])
+    R1, kappa = equilibrated_chol(G if nz.all() else G[np.ix_(nz, nz)])
     if R1 is None or kappa > KAPPA_CHOLQR:
         return None
     return R1 if nz.all() else _embed(R1, nz)
@@ -229,7 +235,7 @@ def _embed(sub: np.ndarray, nz: np.ndarray) -> np.ndarray:
 
 
 def block_r_method(
-    A: np.ndarray, method: str = "auto", G: np.ndarray | None = None
+    A: np.ndarray, method: str = "auto", G: np.ndarray | None = None, ops: Any = None
 ) -> tuple[np.ndarray, str]:
     """R factor (q, q) of one row block and the name of the method that produced it.
 
@@ -242,6 +248,9 @@ def block_r_method(
         definite) falls back to Householder.
     G : ndarray (q, q), optional
         ``AᵀA`` if the caller already has it (saves one GEMM).
+    ops : object with ``gram(A)`` and ``cholqr2(A, R1)``, optional
+        Where the O(n q²) steps run (a backend of :mod:`nldist.scores.backends`: a torch
+        device); default these NumPy functions. The q × q decisions are made here either way.
 
     Returns
     -------
@@ -260,21 +269,22 @@ def block_r_method(
     if method == "householder" or n < 4 * q:
         return _householder_r(A), "householder"
     if G is None:
-        G = gram(A)
+        G = gram(A) if ops is None else ops.gram(A)
     if not np.all(np.isfinite(G)):  # overflow in the Gram of a finite block
         return _householder_r(A), "householder"
     nz = np.diag(G) > 0
     if not nz.any():
         return np.zeros((q, q)), "zero"
     if not nz.all():  # exactly zero columns: factor the others, embed
-        sub, used = block_r_method(np.ascontiguousarray(A[:, nz]), method, G[np.ix_(nz, nz)])
+        sub, used = block_r_method(np.ascontiguousarray(A[:, nz]), method, G[np.ix_(nz, nz)],
+                                   ops)
         return _embed(sub, nz), used
-    R1, kappa = _equilibrated_chol(G)
+    R1, kappa = equilibrated_chol(G)
     auto = method == "auto"
     if R1 is not None and (method == "cholqr" or (auto and kappa <= KAPPA_CHOLQR)):
         return R1, "cholqr"
     if R1 is not None and (method == "cholqr2" or (auto and kappa <= KAPPA_CHOLQR2)):
-        R = _cholqr2(A, R1)
+        R = cholqr2(A, R1) if ops is None else ops.cholqr2(A, R1)
         if R is not None:
             return R, "cholqr2"
     if method in ("scholqr3", "auto"):

@@ -1,30 +1,30 @@
-"""Device kernels: a block's R and per-row leverage on a torch device (no Dask).
+"""Where the O(n q²) work of the score passes runs: :class:`NumpyBackend` or :class:`TorchBackend`.
 
-The ``device`` option of :func:`nldist.scores` (job field ``device``) moves the O(n q²)
-linear algebra of the two score passes onto a torch device; the matrix block itself (the
-dual block of :mod:`nldist.kernels`) is built on the host exactly as with NumPy, so a
-persisted block (:mod:`nldist.dualstore`) holds the same bytes whatever the device.
+A backend is injected into the block engine (:mod:`nldist.scores.block`); the matrix block
+itself (the dual block of :mod:`nldist.scores.rows`) is built on the host either way, so a
+persisted block holds the same bytes whatever the device. The ``device`` option of
+:func:`nldist.scores` (job field ``device``) picks it, on the worker that runs the block:
 
 =============  ==========================================================================
-device         meaning
+device         backend
 =============  ==========================================================================
-``numpy``      the NumPy/LAPACK kernels of :mod:`nldist.linalg` (default; nothing here)
-``cpu``        these kernels on torch's CPU device (how CI exercises the torch path)
-``cuda[:N]``   these kernels on a CUDA device; an error on a worker that has none
+``numpy``      :class:`NumpyBackend`: the NumPy/LAPACK kernels of :mod:`.linalg` (default)
+``cpu``        :class:`TorchBackend` on torch's CPU device (how CI exercises the torch path)
+``cuda[:N]``   :class:`TorchBackend` on a CUDA device; an error on a worker that has none
 ``auto``       ``cuda`` when ``torch.cuda.is_available()`` on the worker, else ``numpy``
 =============  ==========================================================================
 
-Blocks go to the device in row slices of at most :data:`SLICE_BYTES` (float32 input is
-sent as float32 and upcast there); all arithmetic is float64, R factors are accumulated
-in float64 (the Gram ``AᵀA`` of the slices), and results come back as float64 NumPy
-arrays. Only the q × q decisions stay on the host, with :mod:`nldist.linalg`'s own code:
-the column-equilibrated Cholesky and its condition estimate pick CholeskyQR (κ̂ <=
-:data:`nldist.linalg.KAPPA_CHOLQR`) or CholeskyQR2 (κ̂ <= :data:`nldist.linalg.KAPPA_CHOLQR2`,
-its triangular solve and second Gram on the device); anything else (Cholesky breakdown,
-κ̂ above that bound, blocks with fewer than 4q rows, forced ``scholqr3``/``householder``)
-falls back to :func:`nldist.linalg.block_r_method` on the host. Per-row leverage is one
-GEMM with ``RFactor.basis`` when present (R⁻¹ of a well-conditioned R, or V_r / s_r of a
-rank-deficient one), else a triangular solve with ``RFactor.solve_r``.
+Every backend has the same five operations: ``reducer(q, gram)`` (running Gram ``AᵀA`` or
+``‖A‖_F²`` of row slices), ``gram(A)``, ``cholqr2(A, R1)``, ``row_leverage(A, factor)`` and
+``row_sqnorms(A)``; ``block_r`` is :func:`nldist.scores.linalg.block_r_method` — the one
+decision tree of the block R — with the backend's ``gram`` and ``cholqr2``. A new device
+(CuPy, MPS) is one more class with these methods.
+
+On a torch device, blocks go up in row slices of at most
+:data:`nldist._budget.DEVICE_SLICE_BYTES` (float32 input is sent as float32 and upcast
+there); all arithmetic is float64, and results come back as float64 NumPy arrays. Per-row
+leverage is one GEMM with ``RFactor.basis`` when present (R⁻¹ of a well-conditioned R, or
+V_r / s_r of a rank-deficient one), else a triangular solve with ``RFactor.solve_r``.
 """
 
 from __future__ import annotations
@@ -36,27 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from nldist import linalg
+from nldist._budget import device_rows
+from nldist._budget import slices as _row_slices
+from nldist._runtime import use_worker_threads
 from nldist.errors import NldistError
+from nldist.scores import linalg
 
-__all__ = [
-    "DEVICES",
-    "SLICE_BYTES",
-    "Reducer",
-    "block_r",
-    "check_device",
-    "gram",
-    "resolve",
-    "row_leverage",
-    "row_sqnorms",
-]
+__all__ = ["DEVICES", "NumpyBackend", "TorchBackend", "backend", "check_device", "resolve"]
 
 #: the values of the ``device`` option (``cuda:N`` names device N)
 DEVICES = ("numpy", "cpu", "cuda", "cuda:N", "auto")
 _DEVICE_RE = re.compile(r"^(numpy|cpu|auto|cuda(:\d+)?)$")
-#: largest row slice (bytes of float64 values) sent to the device at once; bounds the
-#: device memory of a kernel at about three such slices
-SLICE_BYTES = 2**26
 
 
 def check_device(device: Any) -> str:
@@ -111,8 +101,6 @@ def resolve(device: str) -> str | None:
         return None
     torch = _torch()
     if device == "cpu":
-        from nldist.quadrature import use_worker_threads
-
         use_worker_threads()  # one torch thread per Dask worker thread
         return "cpu"
     has_cuda = bool(torch.cuda.is_available())
@@ -130,14 +118,8 @@ def resolve(device: str) -> str | None:
     return device
 
 
-def _rows(q: int) -> int:
-    """Rows of a device slice of a (., q) float64 matrix (at least 256)."""
-    return max(256, SLICE_BYTES // max(1, 8 * q))
-
-
 def _slices(n: int, q: int) -> list[slice]:
-    step = _rows(q)
-    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+    return _row_slices(n, device_rows(q)) if n else []
 
 
 def _host(A: np.ndarray) -> np.ndarray:
@@ -167,10 +149,10 @@ def _numpy(t: Any) -> np.ndarray:
     return np.asarray(t.detach().cpu().numpy(), dtype=np.float64)
 
 
-class Reducer:
+class _TorchReducer:
     """Running float64 reduction of row slices on a device: the Gram ``AᵀA`` or ``‖A‖_F²``.
 
-    Pass 1 feeds it the matrix block slice by slice (:func:`nldist.kernels.pass1_block`);
+    Pass 1 feeds it the matrix block slice by slice (:func:`nldist.scores.block.pass1_block`);
     the sum stays on the device until :meth:`value`.
 
     Parameters
@@ -206,79 +188,6 @@ class Reducer:
         return float(self._acc.item())
 
 
-def gram(A: np.ndarray, device: str) -> np.ndarray:
-    """Gram ``AᵀA`` of a block A (n_b, q) on the device, float64 (q, q) ndarray."""
-    A = _host(A)
-    acc = Reducer(A.shape[1], device)
-    acc.add(A)
-    return acc.value()
-
-
-def _cholqr2(A: np.ndarray, R1: np.ndarray, device: str) -> np.ndarray | None:
-    """Second CholeskyQR step on the device: R = chol((A R1⁻¹)ᵀ(A R1⁻¹)) R1, or None."""
-    torch = _torch()
-    q = A.shape[1]
-    R1t = _tensor(R1, device)
-    G2 = torch.zeros((q, q), dtype=torch.float64, device=device)
-    for s in _slices(A.shape[0], q):
-        Q1 = torch.linalg.solve_triangular(R1t, _upload(A[s], device), upper=True, left=False)
-        G2.addmm_(Q1.T, Q1)
-    R2 = linalg._chol_upper(_numpy(G2))
-    return None if R2 is None else R2 @ R1
-
-
-def block_r(
-    A: np.ndarray, device: str, method: str = "auto", G: np.ndarray | None = None
-) -> tuple[np.ndarray, str]:
-    """R factor (q, q) of one row block, with its O(n q²) work on the device.
-
-    The device version of :func:`nldist.linalg.block_r_method` (same arguments, same
-    contract): the Gram and the CholeskyQR2 step run on the device; the q × q choice uses
-    linalg's equilibrated Cholesky and condition estimate; what is not CholeskyQR or
-    CholeskyQR2 is computed by :func:`nldist.linalg.block_r_method` on the host.
-
-    Parameters
-    ----------
-    A : ndarray, shape (n_b, q)
-        A row block, float32 or float64.
-    device : str
-        A torch device from :func:`resolve`.
-    method : {"auto", "cholqr", "cholqr2", "scholqr3", "householder"}
-    G : ndarray (q, q), optional
-        ``AᵀA`` if the caller already has it (saves a pass over A).
-
-    Returns
-    -------
-    R : ndarray, shape (q, q), float64
-        Upper triangular with ``RᵀR = AᵀA`` to the accuracy of the method.
-    method : str
-        The method used (as :func:`nldist.linalg.block_r_method`).
-    """
-    A = _host(A)
-    n, q = A.shape
-    if method not in ("auto", "cholqr", "cholqr2") or n == 0 or q == 0 or n < 4 * q:
-        return linalg.block_r_method(A, method, G)  # raises for an unknown method
-    if G is None:
-        G = gram(A, device)
-    if not np.all(np.isfinite(G)):
-        return linalg.block_r_method(A, method, G)
-    nz = np.diag(G) > 0
-    if not nz.any():
-        return np.zeros((q, q)), "zero"
-    if not nz.all():  # exactly zero columns: factor the others, embed
-        sub, used = block_r(np.ascontiguousarray(A[:, nz]), device, method, G[np.ix_(nz, nz)])
-        return linalg._embed(sub, nz), used
-    R1, kappa = linalg._equilibrated_chol(G)
-    auto = method == "auto"
-    if R1 is not None and (method == "cholqr" or (auto and kappa <= linalg.KAPPA_CHOLQR)):
-        return R1, "cholqr"
-    if R1 is not None and (method == "cholqr2" or (auto and kappa <= linalg.KAPPA_CHOLQR2)):
-        R = _cholqr2(A, R1, device)
-        if R is not None:
-            return R, "cholqr2"
-    return linalg.block_r_method(A, method, G)
-
-
 #: device copies of recent factors: pass 2 calls row_leverage once per cache-sized slice
 #: with the same factor; the entry holds the factor itself so its id stays unique
 _FACTORS: OrderedDict[tuple[int, str], tuple[linalg.RFactor, Any]] = OrderedDict()
@@ -302,7 +211,7 @@ def _factor(fac: linalg.RFactor, device: str) -> Any:
     return M
 
 
-def row_leverage(A: np.ndarray, fac: linalg.RFactor, device: str) -> np.ndarray:
+def _row_leverage(A: np.ndarray, fac: linalg.RFactor, device: str) -> np.ndarray:
     """Per-row leverage of a row block given the global factor, on the device.
 
     ``l_i = ||a_i B||²`` by one GEMM per slice when ``fac.basis`` B is set (R⁻¹ of a
@@ -339,7 +248,7 @@ def row_leverage(A: np.ndarray, fac: linalg.RFactor, device: str) -> np.ndarray:
     return _numpy(out)
 
 
-def row_sqnorms(A: np.ndarray, device: str) -> np.ndarray:
+def _row_sqnorms(A: np.ndarray, device: str) -> np.ndarray:
     """Squared Euclidean norm of each row on the device: (n_b, q) -> (n_b,) float64."""
     torch = _torch()
     A = _host(A)
@@ -349,3 +258,114 @@ def row_sqnorms(A: np.ndarray, device: str) -> np.ndarray:
         T = _upload(A[s], device)
         out[s] = (T * T).sum(dim=1)
     return _numpy(out)
+
+
+def _gram(A: np.ndarray, device: str) -> np.ndarray:
+    """Gram ``AᵀA`` of a block A (n_b, q) on the device, float64 (q, q) ndarray."""
+    A = _host(A)
+    acc = _TorchReducer(A.shape[1], device)
+    acc.add(A)
+    return acc.value()
+
+
+def _cholqr2(A: np.ndarray, R1: np.ndarray, device: str) -> np.ndarray | None:
+    """Second CholeskyQR step on the device: R = chol((A R1⁻¹)ᵀ(A R1⁻¹)) R1, or None."""
+    torch = _torch()
+    A = _host(A)
+    q = A.shape[1]
+    R1t = _tensor(R1, device)
+    G2 = torch.zeros((q, q), dtype=torch.float64, device=device)
+    for s in _slices(A.shape[0], q):
+        Q1 = torch.linalg.solve_triangular(R1t, _upload(A[s], device), upper=True, left=False)
+        G2.addmm_(Q1.T, Q1)
+    R2 = linalg.chol_upper(_numpy(G2))
+    return None if R2 is None else R2 @ R1
+
+
+# --------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------
+
+
+class _NumpyReducer:
+    """Running float64 Gram ``G += AᵀA`` (or ``‖A‖_F²``) of host row slices."""
+
+    def __init__(self, q: int, gram: bool = True) -> None:
+        self.gram = gram
+        self.G = np.zeros((q, q)) if gram else None
+        self.fro2 = 0.0
+
+    def add(self, A: np.ndarray) -> None:
+        if self.gram:
+            self.G += A.T @ A
+        else:
+            self.fro2 += float(np.einsum("ij,ij->", A, A))
+
+    def value(self) -> np.ndarray | float:
+        return self.G if self.gram else self.fro2
+
+
+class NumpyBackend:
+    """The NumPy/LAPACK kernels of :mod:`nldist.scores.linalg` on the host."""
+
+    name = "numpy"
+    #: the Gram of ``[X, 1, y]`` may be added without forming the block (linear rows)
+    host_gram = True
+
+    def reducer(self, q: int, gram: bool = True) -> _NumpyReducer:
+        return _NumpyReducer(q, gram)
+
+    def gram(self, A: np.ndarray) -> np.ndarray:
+        return linalg.gram(A)
+
+    def cholqr2(self, A: np.ndarray, R1: np.ndarray) -> np.ndarray | None:
+        return linalg.cholqr2(A, R1)
+
+    def block_r(self, A: np.ndarray, method: str = "auto", G: np.ndarray | None = None
+                ) -> tuple[np.ndarray, str]:
+        return linalg.block_r_method(A, method, G)
+
+    def row_leverage(self, A: np.ndarray, fac: linalg.RFactor, overwrite: bool = False
+                     ) -> np.ndarray:
+        return linalg.row_leverage(A, fac, overwrite_a=overwrite)
+
+    def row_sqnorms(self, A: np.ndarray) -> np.ndarray:
+        return linalg.row_sqnorms(A)
+
+
+class TorchBackend:
+    """The same kernels on a torch device (float64), ``device`` from :func:`resolve`."""
+
+    host_gram = False
+
+    def __init__(self, device: str) -> None:
+        self.name = self.device = device
+
+    def reducer(self, q: int, gram: bool = True) -> _TorchReducer:
+        return _TorchReducer(q, self.device, gram)
+
+    def gram(self, A: np.ndarray) -> np.ndarray:
+        return _gram(A, self.device)
+
+    def cholqr2(self, A: np.ndarray, R1: np.ndarray) -> np.ndarray | None:
+        return _cholqr2(A, R1, self.device)
+
+    def block_r(self, A: np.ndarray, method: str = "auto", G: np.ndarray | None = None
+                ) -> tuple[np.ndarray, str]:
+        return linalg.block_r_method(A, method, G, ops=self)
+
+    def row_leverage(self, A: np.ndarray, fac: linalg.RFactor, overwrite: bool = False
+                     ) -> np.ndarray:
+        return _row_leverage(A, fac, self.device)
+
+    def row_sqnorms(self, A: np.ndarray) -> np.ndarray:
+        return _row_sqnorms(A, self.device)
+
+
+_NUMPY = NumpyBackend()
+
+
+def backend(device: str) -> NumpyBackend | TorchBackend:
+    """The backend of ``device`` on this worker (``auto`` follows this worker's GPU)."""
+    dev = None if device == "numpy" else resolve(device)
+    return _NUMPY if dev is None else TorchBackend(dev)

@@ -1,9 +1,9 @@
 """Persisted dual blocks: a scratch Zarr store that carries pass 1's blocks to pass 2.
 
-Exact scores read X twice (:mod:`nldist.graph`): pass 1 builds each chunk's matrix block
+Exact scores read X twice (:mod:`nldist.graph`, :mod:`nldist.scores.block`): pass 1 builds each chunk's matrix block
 (the dual block ``[F*(theta), f(0) - y]``) for the global R, pass 2 builds it again for the
 per-row scores. For closed-form models rebuilding costs about a copy of X; for ``torch:``
-models (quadrature, :mod:`nldist.quadrature`) it costs far more than writing the block to
+models (quadrature, :mod:`nldist.models.quadrature`) it costs far more than writing the block to
 disk and reading it back. With ``persist`` (``"never" | "always" | "auto"``) pass 1 writes
 blocks here and pass 2 reads them instead of rebuilding; ``"auto"`` decides per chunk from
 measured times (:func:`decide`).
@@ -12,7 +12,7 @@ Layout of one store (a Zarr v3 group; attrs ``nldist_scratch: true`` and ``key``
 
     <root>/b<i>/             chunk i's block, an uncompressed (n_i, q) float64 Zarr array
     <root>/done/<i>.json     its completion record: rows, cols, SHA-256 of the float64
-                             values and the store key (:mod:`nldist.resume` records)
+                             values and the store key (:mod:`nldist.store.records`)
 
 A block is written under a temporary name and renamed into place; its record is written
 (atomically) only afterwards, so a record vouches for a whole block. Pass 2 uses a block
@@ -44,22 +44,18 @@ from typing import Any
 
 import numpy as np
 
-from nldist import linalg
-from nldist.errors import NldistError
-from nldist.resume import _atomic_write, _record_path, chunk_sha, read_record
+import zarr
+
+from nldist._budget import dual_chunk_rows as chunk_rows
+from nldist.errors import BadBlock, NldistError
+from nldist.store.records import array_sha, atomic_write, read_record, record_path
 
 log = logging.getLogger("nldist")
 
 PERSIST_MODES = ("never", "always", "auto")
 
-#: target bytes of one Zarr chunk of a persisted block (a whole number of pass-2 slices)
-CHUNK_BYTES = 8 * 2**20
 #: bytes of the larger calibration round trip of :func:`io_cost`
 PROBE_BYTES = 4 * 2**20
-
-
-class BadBlock(Exception):
-    """A persisted block failed its check (the reason is the message)."""
 
 
 def check_mode(mode: str) -> str:
@@ -97,6 +93,24 @@ class DualStore:
 
     def __dask_tokenize__(self) -> tuple:
         return ("nldist.DualStore", self.path, self.key, self.mode)
+
+    # the sink / source interface of nldist.scores.block
+    def available(self) -> bool:
+        """The store's root is visible on this machine."""
+        return Path(self.path).is_dir()
+
+    def decide(self, rows: int, q: int, build_s: float) -> tuple[bool, float | None]:
+        """See :func:`decide`."""
+        return decide(self, rows, q, build_s)
+
+    def write(self, i: int, A: np.ndarray) -> float | None:
+        """See :func:`write_block`."""
+        return write_block(self, i, A)
+
+    def iter_block(self, i: int, n: int, q: int, slices: list[slice]
+                   ) -> Iterator[tuple[slice, np.ndarray]]:
+        """See :func:`iter_block`."""
+        return iter_block(self, i, n, q, slices)
 
 
 class _TempDir:
@@ -142,7 +156,7 @@ def prepare(root: str | Path, key: str, mode: str) -> DualStore:
             "nldist_scratch": True, "key": key,
             "about": "dual blocks persisted between pass 1 and pass 2 of exact scores; "
                      "removed when the scores are complete; safe to delete"}}
-        _atomic_write(meta, json.dumps(doc, indent=2))
+        atomic_write(meta, json.dumps(doc, indent=2))
     return DualStore(str(root), key, check_mode(mode))
 
 
@@ -178,15 +192,7 @@ def _block_path(store: DualStore, i: int) -> Path:
     return Path(store.path) / f"b{int(i)}"
 
 
-def chunk_rows(q: int) -> int:
-    """Rows of one Zarr chunk of a persisted block: whole pass-2 slices, about CHUNK_BYTES."""
-    step = linalg.sub_rows(max(q, 1))
-    return step * max(1, CHUNK_BYTES // (step * max(q, 1) * 8))
-
-
 def _write_array(path: Path, A: np.ndarray) -> None:
-    import zarr
-
     arr = zarr.create_array(store=str(path), shape=A.shape,
                             chunks=(max(1, chunk_rows(A.shape[1])), max(1, A.shape[1])),
                             dtype="float64", compressors=None, filters=None, fill_value=0.0,
@@ -209,15 +215,15 @@ def write_block(store: DualStore, i: int, A: np.ndarray) -> float | None:
     t0 = time.perf_counter()
     final = _block_path(store, i)
     tmp = root / f".b{int(i)}.{uuid.uuid4().hex}.tmp"
-    record = _record_path(root, i)
+    record = record_path(root, i)
     try:
         record.unlink(missing_ok=True)  # the old block is no longer vouched for
         _write_array(tmp, A)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _atomic_write(record, json.dumps(
+        atomic_write(record, json.dumps(
             {"chunk": int(i), "rows": int(A.shape[0]), "cols": int(A.shape[1]),
-             "sha256": chunk_sha(A), "key": store.key}))
+             "sha256": array_sha(A), "key": store.key}))
     except OSError as exc:
         log.warning("dual block %d not persisted (%s); pass 2 rebuilds it", i, exc)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -241,8 +247,6 @@ def iter_block(
         The record or the data do not match (other key or shape, unreadable, truncated,
         or a checksum mismatch). Slices already yielded must then be discarded.
     """
-    import zarr
-
     rec = read_record(store.path, i)
     if rec is None:
         raise FileNotFoundError(i)
@@ -288,14 +292,12 @@ _COST: dict[str, tuple[float, float]] = {}
 
 def _round_trip(store: DualStore, A: np.ndarray) -> float:
     """Seconds to write A like a block, read it back and hash it (then delete it)."""
-    import zarr
-
     path = Path(store.path) / f".probe.{uuid.uuid4().hex}"
     t0 = time.perf_counter()
     try:
         _write_array(path, A)
         back = np.ascontiguousarray(zarr.open_array(str(path), mode="r")[...])
-        chunk_sha(back)
+        array_sha(back)
         return time.perf_counter() - t0
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -343,21 +345,3 @@ def decide(store: DualStore, rows: int, q: int, build_s: float) -> tuple[bool, f
     if store.mode == "always":
         return True, est
     return (est is not None and build_s > est), est
-
-
-def empty_stats() -> dict:
-    """Pass-1 persist statistics of no chunk (summed by :func:`combine_stats`)."""
-    return {"chunks": 0, "persisted": 0, "bytes": 0, "build_s": 0.0, "io_est_s": 0.0,
-            "write_s": 0.0, "unavailable": 0}
-
-
-def combine_stats(parts: list[dict | None]) -> dict | None:
-    """Sum per-chunk persist statistics (None when no chunk had any)."""
-    got = [p for p in parts if p]
-    if not got:
-        return None
-    out = empty_stats()
-    for p in got:
-        for k in out:
-            out[k] += p.get(k, 0)
-    return out

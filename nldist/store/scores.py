@@ -16,54 +16,39 @@ killed run loses at most the chunks in flight, and a corrupt or partially writte
 detected, never silently reused. A different provenance discards the whole array.
 
 The functions that run on workers (:func:`write_chunk`, :func:`verify_chunk`) take and
-return small things; :mod:`nldist.graph` maps them over blocks. Nothing here unpickles:
-pass-1 results are stored as arrays plus JSON (``allow_pickle=False``).
+return small things; :mod:`nldist.graph` maps them over blocks (and is injected where a
+whole array must be written). Records, hashes and the pass-1 file use
+:mod:`nldist.store.records`; nothing here unpickles or computes: the pass-1 result is stored
+as arrays plus JSON (``allow_pickle=False``), and only the classes the caller names are ever
+constructed from it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
-from nldist import linalg
-from nldist.kernels import Normalizer
+from nldist.store.records import (
+    array_sha,
+    digest,
+    load_dataclass,
+    read_record,
+    save_dataclass,
+    write_record,
+)
 
 log = logging.getLogger("nldist")
-
-#: dataclasses a stored pass-1 result may contain (nothing else is ever constructed)
-_DATACLASSES = {"Normalizer": Normalizer, "RFactor": linalg.RFactor}
 
 
 def resume_key(prov: dict, chunks: tuple[int, ...]) -> str:
     """Digest of the provenance and the row chunking that chunk records must match."""
-    blob = json.dumps({"prov": prov, "chunks": [int(c) for c in chunks]}, sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def chunk_sha(values: np.ndarray) -> str:
-    """SHA-256 of a chunk's values as contiguous float64 bytes."""
-    return hashlib.sha256(np.ascontiguousarray(values, dtype=np.float64).tobytes()).hexdigest()
-
-
-def _record_path(array_path: str | Path, i: int) -> Path:
-    return Path(array_path) / "done" / f"{i}.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return digest({"prov": prov, "chunks": [int(c) for c in chunks]})
 
 
 def write_chunk(block: np.ndarray, i: int, start: int, array_path: str, key: str,
@@ -87,26 +72,14 @@ def write_chunk(block: np.ndarray, i: int, start: int, array_path: str, key: str
     -------
     (i, sha256 of the values)
     """
-    import zarr
-
     block = np.asarray(block, dtype=np.float64)
     arr = zarr.open_array(str(array_path), mode="r+")
     stop = start + block.shape[0]
     arr[start:stop] = block
-    sha = chunk_sha(block)
-    _atomic_write(_record_path(array_path, i), json.dumps(
-        {"chunk": int(i), "start": int(start), "stop": int(stop), "sha256": sha, "key": key,
-         "run": run_id}))
+    sha = array_sha(block)
+    write_record(array_path, i, {"chunk": int(i), "start": int(start), "stop": int(stop),
+                                 "sha256": sha, "key": key, "run": run_id})
     return int(i), sha
-
-
-def read_record(array_path: str | Path, i: int) -> dict | None:
-    """The completion record of chunk i, or None when absent or unreadable."""
-    try:
-        rec = json.loads(_record_path(array_path, i).read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 def verify_chunk(array_path: str, i: int, start: int, stop: int, key: str) -> str:
@@ -116,8 +89,6 @@ def verify_chunk(array_path: str, i: int, start: int, stop: int, key: str) -> st
     -------
     ``"ok"``, ``"missing"`` (no record: never finished), or the reason the check failed.
     """
-    import zarr
-
     rec = read_record(array_path, i)
     if rec is None:
         return "missing"
@@ -129,82 +100,9 @@ def verify_chunk(array_path: str, i: int, start: int, stop: int, key: str) -> st
         values = zarr.open_array(str(array_path), mode="r")[start:stop]
     except Exception as exc:  # noqa: BLE001 - a damaged chunk raises codec-specific errors
         return f"unreadable chunk ({type(exc).__name__})"
-    if chunk_sha(values) != rec.get("sha256"):
+    if array_sha(values) != rec.get("sha256"):
         return "checksum mismatch"
     return "ok"
-
-
-# --------------------------------------------------------------------------------------
-# pass-1 result (a Normalizer) as arrays + JSON, no pickle
-# --------------------------------------------------------------------------------------
-
-
-def _encode(obj: Any, prefix: str, meta: dict, arrays: dict) -> None:
-    meta[prefix] = {"__class__": type(obj).__name__}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        name = f"{prefix}.{f.name}"
-        if dataclasses.is_dataclass(v):
-            if type(v).__name__ not in _DATACLASSES:
-                raise TypeError(type(v))
-            meta[prefix][f.name] = {"__dataclass__": name}
-            _encode(v, name, meta, arrays)
-        elif isinstance(v, np.ndarray):
-            arrays[name] = v
-            meta[prefix][f.name] = {"__array__": name}
-        else:
-            meta[prefix][f.name] = json.loads(json.dumps(v, default=_json_scalar))
-
-
-def _json_scalar(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    raise TypeError(type(o))
-
-
-def _decode(prefix: str, meta: dict, arrays: Any) -> Any:
-    spec = meta[prefix]
-    cls = _DATACLASSES[spec["__class__"]]
-    kw = {}
-    for f in dataclasses.fields(cls):
-        v = spec.get(f.name)
-        if isinstance(v, dict) and "__dataclass__" in v:
-            v = _decode(v["__dataclass__"], meta, arrays)
-        elif isinstance(v, dict) and "__array__" in v:
-            v = np.array(arrays[v["__array__"]])
-        kw[f.name] = v
-    return cls(**kw)
-
-
-def save_normalizer(path: Path, norm: Normalizer, key: str) -> bool:
-    """Store a pass-1 result atomically; False (nothing written) if it holds other types."""
-    meta: dict = {}
-    arrays: dict = {}
-    try:
-        _encode(norm, "norm", meta, arrays)
-    except TypeError:
-        log.info("pass-1 result of %s not stored (unsupported field type)", norm.kind)
-        return False
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
-    np.savez(tmp, __meta__=np.array(json.dumps(meta)), __key__=np.array(key), **arrays)
-    os.replace(tmp, path)
-    return True
-
-
-def load_normalizer(path: Path, key: str) -> Normalizer | None:
-    """A stored pass-1 result with this key, or None (absent, other key, or unreadable)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["__key__"]) != key:
-                return None
-            meta = json.loads(str(z["__meta__"]))
-            return _decode("norm", meta, z)
-    except Exception:  # noqa: BLE001 - absent, truncated or foreign file: recompute
-        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -237,8 +135,6 @@ class ChunkedScores:
 
     def __init__(self, store: Path, kind: str, prov: dict, chunks: tuple[int, ...],
                  run_id: str) -> None:
-        import zarr
-
         self.store = Path(store)
         self.kind = kind
         self.path = self.store / kind
@@ -302,29 +198,31 @@ class ChunkedScores:
         """Chunks this run must compute."""
         return [i for i in range(len(self.chunks)) if i not in self.valid]
 
-    def load_pass1(self) -> Normalizer | None:
-        norm = load_normalizer(self.path / "pass1.npz", self.key)
+    def load_pass1(self, classes: dict[str, type]) -> Any:
+        """The stored pass-1 result of these inputs (built from ``classes`` only), or None."""
+        norm = load_dataclass(self.path / "pass1.npz", self.key, classes)
         if norm is not None:
             self.stats["pass1"] = "reused"
         return norm
 
-    def save_pass1(self, norm: Normalizer) -> None:
+    def save_pass1(self, norm: Any, classes: dict[str, type]) -> None:
+        """Store the pass-1 result (a dataclass of ``classes``) beside the array."""
         self.stats["pass1"] = "computed"
-        save_normalizer(self.path / "pass1.npz", norm, self.key)
+        if not save_dataclass(self.path / "pass1.npz", norm, self.key, classes):
+            log.info("pass-1 result of %s not stored (unsupported field type)", self.kind)
 
-    def write(self, probs: Any, store_chunks: Any) -> None:
-        """Compute and write the missing chunks of ``probs`` (a lazy (n,) dask array).
+    def write(self, probs: Any, store_chunks: Any, store_whole: Any) -> None:
+        """Compute and write the missing chunks of ``probs`` (a lazy (n,) array).
 
         ``store_chunks(probs, blocks, func, *args, starts=...)`` (from :mod:`nldist.graph`)
-        runs ``func(block, i, start, *args)`` for the selected blocks on the cluster.
+        runs ``func(block, i, start, *args)`` for the selected blocks on the cluster;
+        ``store_whole(probs, array)`` writes all of it (irregular chunks).
         """
         blocks = self.todo
         if not blocks:
             return
         if not self.aligned:  # cannot write block by block without chunk races
-            import dask.array as da
-
-            da.store(probs, self.array, lock=True)
+            store_whole(probs, self.array)
             self.stats["computed"] = len(self.chunks)
             return
         done = store_chunks(probs, blocks, write_chunk, str(self.path), self.key, self.run_id,

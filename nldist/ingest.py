@@ -1,32 +1,25 @@
-"""Ingest tables into row-chunked Zarr v3 datasets, and open them.
+"""Ingest tables (packaged datasets, CSV/Parquet/NPZ/NPY files) into row-chunked Zarr datasets.
 
-A dataset is a Zarr group with ``X`` (n, d) float (row chunks, one column chunk), ``y`` (n,)
-and attrs: feature names, target, source, task, categories of one-hot encoded columns,
-standardization (means and scales), dropped rows, chunk rows and the nldist version.
-Writes go to ``OUT.partial`` and are renamed into place only when complete.
+Reads a source into a table (:func:`read_source`), turns it into numeric X (n, d), y (n,)
+and provenance attrs (:func:`prepare`: one-hot categories, missing values, two classes,
+standardization) and writes the dataset through :mod:`nldist.store.dataset`, which
+describes the layout and writes atomically.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nldist import datasets
 from nldist.errors import NldistError
+from nldist.store.dataset import write_dataset
 
 log = logging.getLogger("nldist")
-
-TARGET_CHUNK_BYTES = 32 * 2**20
-
-
-def default_chunk_rows(n_cols: int, itemsize: int = 8) -> int:
-    """Rows per chunk for about 32 MiB per X chunk."""
-    return max(1, TARGET_CHUNK_BYTES // max(1, n_cols * itemsize))
-
 
 def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, dict]:
     """Read a packaged dataset name or a CSV/Parquet/NPZ/NPY file into a DataFrame.
@@ -36,8 +29,6 @@ def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, d
     frame : DataFrame including the target column
     meta : dict with ``target``, ``source``, ``task`` (may be None), ``license``
     """
-    from nldist import datasets
-
     src = str(source)
     path = Path(src)
     if not path.exists() and src in datasets.DATASETS:
@@ -174,42 +165,6 @@ def prepare(
     return X.astype(dtype), y.astype(dtype), attrs
 
 
-def write_dataset(
-    out: str | Path, X: np.ndarray, y: np.ndarray, attrs: dict, chunk_rows: int | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write X, y and attrs to a Zarr v3 group atomically (OUT.partial, then rename)."""
-    import zarr
-
-    from nldist import __version__
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
-    n, d = X.shape
-    cr = int(chunk_rows or default_chunk_rows(d, X.dtype.itemsize))
-    if cr < 1:
-        raise NldistError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        ax = g.create_array("X", shape=(n, d), chunks=(min(cr, n), d), dtype=X.dtype)
-        ay = g.create_array("y", shape=(n,), chunks=(min(cr, n),), dtype=y.dtype)
-        for start in range(0, n, cr):
-            ax[start : start + cr] = X[start : start + cr]
-            ay[start : start + cr] = y[start : start + cr]
-        g.attrs.update({**attrs, "n_rows": n, "n_features": d, "chunk_rows": cr,
-                        "nldist_version": __version__})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 def ingest(
     source: str | Path,
     out: str | Path,
@@ -248,10 +203,3 @@ def ingest(
                           dtype=dtype)
     attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
     return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite)
-
-
-def read_attrs(path: str | Path) -> dict:
-    """Attributes of a Zarr group (dataset or output store)."""
-    import zarr
-
-    return dict(zarr.open_group(str(path), mode="r").attrs)

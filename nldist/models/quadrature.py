@@ -35,7 +35,6 @@ engine sets ``torch.set_num_threads(1)`` (one torch thread per worker thread).
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -47,7 +46,9 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.overrides import TorchFunctionMode
 
+from nldist._runtime import use_worker_threads
 from nldist.errors import NldistError
+from nldist.models.gauss import gauss_legendre
 
 log = logging.getLogger("nldist")
 
@@ -153,36 +154,9 @@ def configure(model: Any, **kwargs: Any) -> Any:
     return model
 
 
-@functools.lru_cache(maxsize=64)
-def gauss_legendre(q: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Legendre nodes and weights on [0, 1] (exact for degree 2q - 1).
-
-    Returns
-    -------
-    t : ndarray (q,), increasing, in (0, 1)
-    w : ndarray (q,), positive, summing to 1
-    """
-    x, w = np.polynomial.legendre.leggauss(int(q))
-    t, w = (x + 1.0) / 2.0, w / 2.0
-    return t, w
-
-
 # probe grid for breakpoints: geometric near 0 (roots of deeper layers' switches can sit
 # close to 0), then uniform
 _GRID = np.concatenate([[1e-9, 1e-6, 1e-3], np.arange(1, 17) / 16.0])
-
-
-def use_worker_threads() -> None:
-    """On a Dask worker, run torch with one thread (the worker's threads are the cores)."""
-    dist = sys.modules.get("distributed")
-    if dist is None:
-        return
-    try:
-        dist.get_worker()
-    except Exception:  # noqa: BLE001 - not on a worker
-        return
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------------------
@@ -870,7 +844,8 @@ def model_ray(model: Any, theta: Any, X: Any, aux: Any = None, post: Post | None
     return FunctionalRay(fn, {"theta": th}, Xt, at, post, opts.max_elems)
 
 
-def _guard(model: Any, what: str, call: Callable[[], Any]) -> Any:
+def guard(model: Any, what: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``; a torch error of a user model becomes a one-line NldistError."""
     try:
         return call()
     except NldistError:
@@ -900,7 +875,7 @@ def adjoint(model: Any, theta: Any, X: Any, aux: Any = None, post: Post | None =
     """
     use_worker_threads()
     ray = model_ray(model, theta, X, aux, post)
-    F, info = _guard(model, "the adjoint", lambda: integrate(ray, options(model)))
+    F, info = guard(model, "the adjoint", lambda: integrate(ray, options(model)))
     return (F, info) if return_info else F
 
 
@@ -910,7 +885,7 @@ def predict(model: Any, theta: Any, X: Any, aux: Any = None, post: Post | None =
     use_worker_threads()
     ray = model_ray(model, theta, X, aux, post)
     with torch.no_grad():
-        out = _guard(model, "the forward", lambda: ray.forward(t, torch.arange(ray.X.shape[0])))
+        out = guard(model, "the forward", lambda: ray.forward(t, torch.arange(ray.X.shape[0])))
     _check_finite("output", out, torch.arange(out.shape[0]))
     return out.double().numpy()
 
@@ -921,6 +896,6 @@ def jacobian(model: Any, theta: Any, X: Any, aux: Any = None,
     use_worker_threads()
     ray = model_ray(model, theta, X, aux, post)
     one = torch.ones(1, dtype=ray.theta.dtype)
-    J = _guard(model, "the Jacobian", lambda: ray.grads(torch.arange(ray.X.shape[0]), one, one))
+    J = guard(model, "the Jacobian", lambda: ray.grads(torch.arange(ray.X.shape[0]), one, one))
     _check_finite("gradient", J, torch.arange(J.shape[0]))
     return J.double().numpy()

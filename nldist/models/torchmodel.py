@@ -1,14 +1,4 @@
-"""Neural-network model specs: ``relu2:<h>[:<act>]`` and ``torch:<module.path>:<factory>``.
-
-Registered with :func:`nldist.models.register_spec` on import (``get_model`` imports this
-module lazily; torch itself is imported only when a torch model is built).
-
-``relu2:<h>`` / ``relu2:<h>:sigmoid``
-    g(theta; x) = sum_j a_j relu(<b_j, x>), theta = [a (h), B (h x d) row-major], no biases,
-    so g is positively 2-homogeneous and (MATH.md §1, Prop. 3.1) the adjoint of
-    f = phi(g) is the closed form ``f* = [(phi(g) - phi(0)) / (2 g)] grad g`` — one
-    gradient, no integral, pure NumPy (no torch on the workers). ``<act>`` is any
-    activation of ``glm:`` (identity when omitted; sigmoid for classification).
+"""``torch:<module.path>:<factory>``: any PyTorch module, adjoint by quadrature or Prop. 3.1.
 
 ``torch:<module.path>:<factory>`` (optionally ``...:<factory>(key=value,...)``)
     Any ``torch.nn.Module`` the factory returns. The factory is called as
@@ -22,12 +12,16 @@ module lazily; torch itself is imported only when a torch model is built).
     optionally ``outer_activation = "sigmoid"`` (then the model is sigmoid(forward(X)));
     the adjoint is then the one-gradient shortcut of Prop. 3.1, verified row by row by
     (ID) with quadrature as the fallback. Otherwise it is computed by quadrature
-    (:mod:`nldist.quadrature`). A trailing ``nn.Sigmoid`` of an ``nn.Sequential`` is taken
+    (:mod:`nldist.models.quadrature`). A trailing ``nn.Sigmoid`` of an ``nn.Sequential`` is taken
     as the outer map too, so ``loss: bce`` works on the logit (exact when f saturates).
 
     The model object is small and pickle-safe: it travels as spec + the module's
     ``state_dict`` bytes, and is rebuilt on a worker with ``torch.load(weights_only=True)``
     (once per worker thread, cached).
+
+:class:`TorchForwardModel` is the base of every model that only has a torch forward: its
+NumPy methods go through the quadrature engine. This module (and torch) is loaded only when
+a ``torch:`` spec is built (:mod:`nldist.models` registers it by name).
 """
 
 from __future__ import annotations
@@ -48,145 +42,54 @@ from typing import Any
 
 import numpy as np
 
+from nldist._runtime import use_worker_threads
 from nldist.errors import NldistError
-from nldist.models import GLM, Activation, Model, _activation, _parse_params, register_spec
+from nldist.models import quadrature
+from nldist.models.activations import Activation, activation
+from nldist.models.base import Model
+from nldist.models.losses import psi_divdiff
+from nldist.models.torchspec import import_factory, parse_torch_spec, takes_positional
 
 log = logging.getLogger("nldist")
 
-__all__ = [
-    "ReLU2",
-    "TorchModel",
-    "load_checkpoint",
-    "parse_torch_spec",
-    "quadrature_bytes",
-    "swish_ratio",
-    "uses_quadrature",
-]
-
-# --------------------------------------------------------------------------------------
-# relu2: two-layer ReLU net without biases (closed form)
-# --------------------------------------------------------------------------------------
-
-_RELU2_RE = re.compile(
-    r"^relu2:(?P<h>\d+)(?::(?P<act>[a-z]+)(?:\((?P<params>[^)]*)\))?)?$"
-)
-
 
 @dataclass
-class ReLU2(Model):
-    """f = phi(sum_j a_j relu(<b_j, x>)); theta = [a (h), B (h, d) row-major], p = h (d + 1).
+class TorchForwardModel(Model):
+    """A model given by ``torch_forward`` alone: predict, adjoint, residual adjoint, Jacobian
+    and f(0) by the quadrature engine (:mod:`nldist.models.quadrature`, float64 unless
+    configured otherwise)."""
 
-    Closed forms (MATH.md §1): with Z = X B^T, g = relu(Z) a,
-    ``grad g = [relu(Z), (a 1[Z > 0]) (x) x]`` and
-    ``f* = [(phi(g) - phi(0)) / (2 g)] grad g``, the factor being phi'(0) / 2 at g = 0.
-    """
-
-    hidden: int = 1
-    activation: Activation = field(default_factory=lambda: _activation("identity", {}))
-    homogeneous_degree = 2
-
-    def __post_init__(self) -> None:
-        if self.hidden < 1:
-            raise NldistError(f"relu2 needs at least one hidden unit, got {self.hidden}")
-        self.n_params = self.hidden * (self.n_features + 1)
-
-    def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h, d = self.hidden, self.n_features
-        return theta[:h], theta[h:].reshape(h, d)
-
-    def _inner(self, theta: np.ndarray, X: np.ndarray, scale: np.ndarray | None = None,
-               grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """g (n,) and, when ``grad``, scale[:, None] * grad g (n, p)."""
-        a, B = self._split(theta)
-        Z = X @ B.T
-        R = np.maximum(Z, 0.0)
-        g = R @ a
-        if not grad:
-            return g, None
-        n, h, d = X.shape[0], self.hidden, self.n_features
-        c = np.ones(n) if scale is None else scale
-        out = np.empty((n, self.n_params), dtype=np.float64)
-        np.multiply(R, c[:, None], out=out[:, :h])
-        M = np.where(Z > 0, a * c[:, None], 0.0)
-        out[:, h:] = (M[:, :, None] * X[:, None, :]).reshape(n, h * d)
-        return g, out
+    quad_options: Any = None
 
     def predict(self, theta: Any, X: Any) -> np.ndarray:
-        """f(theta; x_i), (n,) float64."""
-        theta, X = self.check_theta(theta), self.check_X(X)
-        return self.activation.phi(self._inner(theta, X, grad=False)[0])
+        """f(theta; x_i) for every row, (n,) float64 (the torch forward)."""
+        return quadrature.predict(self, self.check_theta(theta), self.check_X(X))
 
     def adjoint(self, theta: Any, X: Any) -> np.ndarray:
-        """F*(theta), (n, p) float64, closed form (Prop. 3.1 with k = 2)."""
-        theta, X = self.check_theta(theta), self.check_X(X)
-        g, _ = self._inner(theta, X, grad=False)
-        return self._inner(theta, X, 0.5 * self.activation.divdiff(g))[1]
-
-    def jacobian(self, theta: Any, X: Any) -> np.ndarray:
-        """d f_i / d theta, (n, p) float64."""
-        theta, X = self.check_theta(theta), self.check_X(X)
-        g, _ = self._inner(theta, X, grad=False)
-        return self._inner(theta, X, self.activation.dphi(g))[1]
-
-    def f0(self, X: Any) -> np.ndarray:
-        """f(0; x_i) = phi(0), (n,) float64."""
-        return np.full(np.shape(X)[0], self.activation.phi0, dtype=np.float64)
+        """F*(theta), (n, p) float64 (Gauss-Legendre quadrature along t theta)."""
+        return quadrature.adjoint(self, self.check_theta(theta), self.check_X(X))
 
     def residual_adjoint(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                          loss: Any) -> np.ndarray:
-        """Adjoint of r_i = r(phi(g_i), y_i): Prop. 3.1 with the outer map psi_y = r(phi(.), y)."""
-        from nldist.losses import psi_divdiff
+        """Adjoint of r_i = r(f_i, y_i) by quadrature with the residual as post-map."""
+        return quadrature.adjoint(self, theta, X, aux=y, post=loss.torch_post())
 
-        theta, X = self.check_theta(theta), self.check_X(X)
-        g, _ = self._inner(theta, X, grad=False)
-        return self._inner(theta, X, 0.5 * psi_divdiff(loss, self.activation, g, y))[1]
+    def jacobian(self, theta: Any, X: Any) -> np.ndarray:
+        """d f_i / d theta, (n, p) float64 (torch.func per-row gradients)."""
+        return quadrature.jacobian(self, self.check_theta(theta), self.check_X(X))
 
-    def torch_forward(self, theta: Any, X: Any) -> Any:
-        """f(theta; X) on torch tensors (differentiable in theta)."""
-        import torch
+    def f0(self, X: Any) -> np.ndarray:
+        """f(0; x_i), (n,) float64 (the torch forward at theta = 0)."""
+        return quadrature.predict(self, np.zeros(self.n_params), self.check_X(X))
 
-        h, d = self.hidden, self.n_features
-        a, B = theta[:h], theta[h:].reshape(h, d)
-        return self.activation.torch_phi(torch.relu(X @ B.T) @ a)
+    def configure(self, **options: Any) -> Model:
+        """Set quadrature options (fields of :class:`nldist.models.quadrature.QuadOptions`)."""
+        return quadrature.configure(self, **options)
 
-    def torch_jacobian(self, theta: Any, X: Any) -> Any:
-        """d f_i / d theta on torch tensors (n, p), closed form."""
-        import torch
+    def workspace_bytes(self) -> int:
+        """The quadrature engine's largest vectorized evaluation: 16 bytes x max_elems."""
+        return 16 * quadrature.options(self).max_elems
 
-        h, d = self.hidden, self.n_features
-        a, B = theta[:h], theta[h:].reshape(h, d)
-        Z = X @ B.T
-        R = torch.relu(Z)
-        g = R @ a
-        with torch.enable_grad():
-            gg = g.detach().requires_grad_(True)
-            (dphi,) = torch.autograd.grad(self.activation.torch_phi(gg).sum(), gg)
-        M = (Z > 0).to(X.dtype) * a
-        J = torch.cat([R, (M[:, :, None] * X[:, None, :]).reshape(X.shape[0], h * d)], dim=1)
-        return J * dphi[:, None]
-
-    def initial_theta(self, seed: int = 0) -> np.ndarray:
-        """Random start (theta = 0 is a stationary point): B ~ N(0, 1/d), a ~ N(0, 1/h)."""
-        rng = np.random.default_rng([seed, 2])
-        h, d = self.hidden, self.n_features
-        return np.concatenate([rng.normal(0, 1 / math.sqrt(h), h),
-                               rng.normal(0, 1 / math.sqrt(d), h * d)])
-
-
-def _relu2_spec(spec: str, d: int) -> Model:
-    match = _RELU2_RE.match(spec)
-    if not match:
-        raise NldistError(f"cannot read model spec {spec!r}; write relu2:<hidden units>, e.g. "
-                          "relu2:32 or relu2:32:sigmoid")
-    act = _activation(match["act"] or "identity", _parse_params(match["params"], spec))
-    return ReLU2(spec=spec, n_features=d, hidden=int(match["h"]), activation=act)
-
-
-# --------------------------------------------------------------------------------------
-# torch:<module.path>:<factory>
-# --------------------------------------------------------------------------------------
-
-_TORCH_RE = re.compile(r"^torch:(?P<mod>.+):(?P<fac>[A-Za-z_][A-Za-z_0-9]*)(?:\((?P<kw>.*)\))?$")
 
 # Layers computing L(c P; a) = c L(P; a) in their own parameters P: the fast scaled ray.
 _LINEAR_IN_PARAMS = (
@@ -194,79 +97,6 @@ _LINEAR_IN_PARAMS = (
     "ConvTranspose3d", "Embedding", "LayerNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d",
     "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
 )
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_torch_spec(spec: str, check_import: bool = False) -> tuple[str, str, dict]:
-    """Split ``torch:<module.path>:<factory>[(k=v,...)]`` into (module, factory, kwargs).
-
-    With ``check_import`` also import the module and check the factory is callable.
-    """
-    match = _TORCH_RE.match(spec.strip())
-    if not match:
-        raise NldistError(f"cannot read model spec {spec!r}; write torch:<module.path>:<factory>"
-                          ", e.g. torch:nldist.examples.nets:mlp or torch:nets.py:make")
-    kwargs: dict[str, Any] = {}
-    if match["kw"]:
-        for item in match["kw"].split(","):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip().isidentifier():
-                raise NldistError(f"cannot read factory argument {item!r} in {spec!r}; write "
-                                  "key=value, e.g. mlp(hidden=32,act=tanh)")
-            kwargs[key.strip()] = _literal(value.strip())
-    if check_import:
-        _factory(match["mod"], match["fac"], spec)
-    return match["mod"], match["fac"], kwargs
-
-
-def _import(path: str, spec: str) -> Any:
-    if path.endswith(".py"):
-        file = Path(path).expanduser().resolve()
-        if not file.exists():
-            raise NldistError(f"model file {path!r} in {spec!r} not found; give a path relative "
-                              "to the working directory or an importable module name")
-        name = "nldist_user_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
-        if name in _FILE_MODULES:
-            return _FILE_MODULES[name]
-        loader = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(loader)  # type: ignore[arg-type]
-        loader.loader.exec_module(module)  # type: ignore[union-attr]
-        _FILE_MODULES[name] = module
-        return module
-    try:
-        return importlib.import_module(path)
-    except ImportError as exc:
-        raise NldistError(f"cannot import module {path!r} of model spec {spec!r} ({exc}); "
-                          "install it or put it on PYTHONPATH of the driver and the workers"
-                          ) from None
-
-
-_FILE_MODULES: dict[str, Any] = {}
-
-
-def _factory(mod: str, fac: str, spec: str) -> Any:
-    module = _import(mod, spec)
-    factory = getattr(module, fac, None)
-    if not callable(factory):
-        raise NldistError(f"module {mod!r} has no callable {fac!r} (model spec {spec!r}); name "
-                          "a function returning a torch.nn.Module")
-    return factory
-
-
-def _takes_positional(factory: Any) -> bool:
-    try:
-        params = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    return bool(params) and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                               inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                               inspect.Parameter.VAR_POSITIONAL)
 
 
 @dataclass
@@ -292,7 +122,7 @@ def _module_dtype_cast(d: dict[str, Any], dtype: Any) -> dict[str, Any]:
 
 
 @dataclass
-class TorchModel(Model):
+class TorchModel(TorchForwardModel):
     """A ``torch.nn.Module`` from ``torch:<module.path>:<factory>`` (see module docstring).
 
     Attributes
@@ -303,7 +133,7 @@ class TorchModel(Model):
     """
 
     state: bytes = field(default=b"", repr=False)
-    quad_options: Any = None
+    accepts_state_dict = True
 
     # -- building ------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -340,11 +170,11 @@ class TorchModel(Model):
         import torch
 
         _, _, kwargs = parse_torch_spec(self.spec)
-        factory = _factory(self._mod, self._fac, self.spec)
+        factory = import_factory(self._mod, self._fac, self.spec)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                net = (factory(self.n_features, **kwargs) if _takes_positional(factory)
+                net = (factory(self.n_features, **kwargs) if takes_positional(factory)
                        else factory(**kwargs))
         except NldistError:
             raise
@@ -379,15 +209,13 @@ class TorchModel(Model):
         buffers = {n: b.detach() for n, b in net.named_buffers()}
         fast = _linear_in_params(net)
         if fast:
-            from nldist.quadrature import install_scale_hooks
-
-            install_scale_hooks(net, [m for m in net.modules()
+            quadrature.install_scale_hooks(net, [m for m in net.modules()
                                       if next(m.parameters(recurse=False), None) is not None])
         degree = getattr(net, "homogeneous_degree", None)
         if degree is not None and (not isinstance(degree, (int, float)) or degree <= 0):
             raise NldistError(f"module of {self.spec!r} declares homogeneous_degree={degree!r}; "
                               "it must be a positive number")
-        outer = _activation(outer_name, {}) if outer_name else None
+        outer = activation(outer_name, {}) if outer_name else None
         built = _Built(net, names, shapes, params, buffers, fast, 1, degree, outer)
         built.width = self._validate(built)
         try:
@@ -410,7 +238,6 @@ class TorchModel(Model):
         import torch
         from torch.func import functional_call, grad
 
-        from nldist.quadrature import as_rows
 
         d = self.n_features
         X = torch.linspace(-1.0, 1.0, 3 * d, dtype=torch.float64).reshape(3, d)
@@ -433,13 +260,13 @@ class TorchModel(Model):
         finally:
             for hk in hooks:
                 hk.remove()
-        out = as_rows(out, 3, f"module of {self.spec!r}")
+        out = quadrature.as_rows(out, 3, f"module of {self.spec!r}")
         if not torch.all(torch.isfinite(out)):
             raise NldistError(f"module of {self.spec!r} returns NaN or inf on test rows; fix its "
                               "forward or initialization")
 
         def f(prm: dict) -> Any:
-            return as_rows(functional_call(built.net, (prm, built.buffers), (X,)), 3).sum()
+            return quadrature.as_rows(functional_call(built.net, (prm, built.buffers), (X,)), 3).sum()
 
         try:
             g = grad(f)(built.params)
@@ -455,7 +282,7 @@ class TorchModel(Model):
         if gnorm == 0.0:
             zero = {k: torch.zeros_like(v) for k, v in built.params.items()}
             with torch.no_grad():
-                moved = float((as_rows(functional_call(built.net, (zero, built.buffers), (X,)), 3)
+                moved = float((quadrature.as_rows(functional_call(built.net, (zero, built.buffers), (X,)), 3)
                                - out).abs().max())
             if moved > 0:
                 raise NldistError(f"module of {self.spec!r} is not differentiable in its "
@@ -467,7 +294,6 @@ class TorchModel(Model):
         """The scaled evaluator equals the generic one on two rows at two points of the ray."""
         import torch
 
-        from nldist.quadrature import FunctionalRay, ScaledModuleRay
 
         d = self.n_features
         X = torch.linspace(-1.0, 1.0, 2 * d, dtype=torch.float64).reshape(2, d).flip(1)
@@ -475,20 +301,19 @@ class TorchModel(Model):
         rows = torch.arange(2)
         T = torch.tensor([0.3, 0.8], dtype=torch.float64)
         W = torch.tensor([0.5, 0.5], dtype=torch.float64)
-        slow = FunctionalRay(fn, built.params, X).grads(rows, T, W)
-        quick = ScaledModuleRay(built.net, built.params, built.buffers, X).grads(rows, T, W)
+        slow = quadrature.FunctionalRay(fn, built.params, X).grads(rows, T, W)
+        quick = quadrature.ScaledModuleRay(built.net, built.params, built.buffers, X).grads(rows, T, W)
         scale = float(slow.abs().max()) or 1.0
         return float((slow - quick).abs().max()) <= 1e-9 * scale
 
     def _fn(self, built: _Built) -> Any:
         from torch.func import functional_call
 
-        from nldist.quadrature import as_rows
 
         where = f"module of {self.spec!r}"
 
         def fn(prm: dict, Xb: Any) -> Any:
-            return as_rows(functional_call(built.net, (prm, built.buffers), (Xb,)), Xb.shape[0],
+            return quadrature.as_rows(functional_call(built.net, (prm, built.buffers), (Xb,)), Xb.shape[0],
                            where)
 
         return fn
@@ -548,10 +373,10 @@ class TorchModel(Model):
         import torch
 
         _, _, kwargs = parse_torch_spec(self.spec)
-        factory = _factory(self._mod, self._fac, self.spec)
+        factory = import_factory(self._mod, self._fac, self.spec)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            net = (factory(self.n_features, **kwargs) if _takes_positional(factory)
+            net = (factory(self.n_features, **kwargs) if takes_positional(factory)
                    else factory(**kwargs))
         return net.double().eval()
 
@@ -580,26 +405,24 @@ class TorchModel(Model):
         return lambda out, a: post(phi(out), a)
 
     def _ray(self, theta: Any, X: Any, aux: Any, post: Any, opts: Any, inner: bool = False):
-        from nldist.quadrature import FunctionalRay, QuadOptions, ScaledModuleRay
 
-        opts = opts or QuadOptions()
+        opts = opts or quadrature.QuadOptions()
         built = self._built()
         dt = X.dtype
         prm = self._params(theta, dt)
         post = post if inner else self._post(built, post)
         if built.fast:
-            return ScaledModuleRay(built.net, prm, _module_dtype_cast(built.buffers, dt), X, aux,
+            return quadrature.ScaledModuleRay(built.net, prm, _module_dtype_cast(built.buffers, dt), X, aux,
                                    post, opts.max_elems, built.width)
         buffers = _module_dtype_cast(built.buffers, dt)
         from torch.func import functional_call
 
-        from nldist.quadrature import as_rows
 
         def fn(p: dict, Xb: Any) -> Any:
-            return as_rows(functional_call(built.net, (p, buffers), (Xb,)), Xb.shape[0],
+            return quadrature.as_rows(functional_call(built.net, (p, buffers), (Xb,)), Xb.shape[0],
                            f"module of {self.spec!r}")
 
-        return FunctionalRay(fn, prm, X, aux, post, opts.max_elems)
+        return quadrature.FunctionalRay(fn, prm, X, aux, post, opts.max_elems)
 
     def ray(self, theta: Any, X: Any, aux: Any, post: Any, opts: Any) -> Any:
         """The quadrature engine's evaluator for this module (fast scaled one when eligible)."""
@@ -608,21 +431,19 @@ class TorchModel(Model):
     # -- adjoint: homogeneous shortcut, else quadrature --------------------------------------
     def adjoint(self, theta: Any, X: Any) -> np.ndarray:
         """F*(theta) (n, p) float64: Prop. 3.1 if the module declares a degree, else quadrature."""
-        from nldist import quadrature
 
         theta, X = self.check_theta(theta), self.check_X(X)
         if self._built().degree is not None:
-            outer = self._built().outer or _activation("identity", {})
+            outer = self._built().outer or activation("identity", {})
             return self._homogeneous(theta, X, lambda g: outer.divdiff(g), None)
         return quadrature.adjoint(self, theta, X)
 
     def residual_adjoint(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                          loss: Any) -> np.ndarray:
         """Adjoint of r_i = r(f_i, y_i) (Prop. 3.1 when homogeneous, else quadrature)."""
-        from nldist.losses import psi_divdiff
 
         if self._built().degree is not None:
-            outer = self._built().outer or _activation("identity", {})
+            outer = self._built().outer or activation("identity", {})
             return self._homogeneous(theta, X, lambda g: psi_divdiff(loss, outer, g, y),
                                      (y, loss))
         return self.residual_adjoint_quadrature(theta, X, y, loss)
@@ -630,7 +451,6 @@ class TorchModel(Model):
     def residual_adjoint_quadrature(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                                     loss: Any) -> np.ndarray:
         """Adjoint of r_i by quadrature (bce of a sigmoid output: from the logit)."""
-        from nldist import quadrature
 
         outer = self._built().outer
         logit = loss.name == "bce" and outer is not None and outer.name == "sigmoid"
@@ -641,9 +461,8 @@ class TorchModel(Model):
         """f* = factor(g) / k * grad g; rows failing (ID) fall back to quadrature."""
         import torch
 
-        from nldist import quadrature
 
-        quadrature.use_worker_threads()
+        use_worker_threads()
         built = self._built()
         opts = quadrature.options(self)
         dt = opts.torch_dtype
@@ -651,13 +470,13 @@ class TorchModel(Model):
                         opts, inner=True)
         rows = torch.arange(X.shape[0])
         one = torch.ones(1, dtype=dt)
-        G = quadrature._guard(self, "the gradient", lambda: ray.grads(rows, one, one))
+        G = quadrature.guard(self, "the gradient", lambda: ray.grads(rows, one, one))
         with torch.no_grad():
             g = ray.forward(1.0, rows).double().numpy()
         G = G.double().numpy()
         F = G * (factor(g) / float(built.degree))[:, None]
         # (ID) check on the model's own output (or residual) and fallback
-        outer = built.outer or _activation("identity", {})
+        outer = built.outer or activation("identity", {})
         f1, f0 = outer.phi(g), np.full_like(g, outer.phi0)
         if resid is not None:
             y, loss = resid
@@ -700,82 +519,7 @@ def _linear_in_params(net: Any) -> bool:
     return True
 
 
-def _torch_spec(spec: str, d: int) -> Model:
+def torch_spec(spec: str, d: int) -> TorchModel:
+    """``torch:<module.path>:<factory>[(k=v,...)]``."""
     parse_torch_spec(spec)
     return TorchModel(spec=spec, n_features=d)
-
-
-# --------------------------------------------------------------------------------------
-# Scores without theta*: the parameter-independent swish bound (MATH.md §5)
-# --------------------------------------------------------------------------------------
-
-
-def swish_ratio(model: Model) -> float:
-    """c2 / c1 of a ``glm:swish(...)`` model: nonlinear <= (c2/c1) x linear leverage.
-
-    Sampling by linear leverage with s scaled by this ratio then carries the nonlinear
-    leverage guarantee for every theta (MATH.md §5, Example 3.3).
-    """
-    spec = getattr(model, "spec", "")
-    match = re.match(r"^glm:swish(?:\((?P<params>[^)]*)\))?(?::nobias)?$", spec)
-    if not isinstance(model, GLM) or not match:
-        raise NldistError(f"the swish bound needs a glm:swish model, got {spec!r}; set model: "
-                          "glm:swish(c1=..,c2=..) or drop swish_bound")
-    params = {"c1": 1.0, "c2": 2.0, **_parse_params(match["params"], spec)}
-    return params["c2"] / params["c1"]
-
-
-# --------------------------------------------------------------------------------------
-# Pipeline helpers
-# --------------------------------------------------------------------------------------
-
-
-def uses_quadrature(model: Model) -> bool:
-    """Whether the model's adjoint may go through :mod:`nldist.quadrature` (torch models)."""
-    return isinstance(model, TorchModel) or (
-        not isinstance(model, (GLM, ReLU2)) and type(model).adjoint is Model.adjoint
-    )
-
-
-def quadrature_bytes(model: Model) -> int:
-    """Per-task memory bound of the quadrature engine (0 for closed-form models)."""
-    if not uses_quadrature(model):
-        return 0
-    from nldist.quadrature import options
-
-    return 16 * options(model).max_elems
-
-
-def load_checkpoint(model: Model, path: str | Path) -> np.ndarray:
-    """theta from a torch checkpoint loaded with ``weights_only=True``.
-
-    Accepts a 1-D tensor (theta itself), ``{"theta": tensor}``, or — for ``torch:`` models —
-    a ``state_dict`` (also nested under ``"state_dict"`` / ``"model_state_dict"``), whose
-    buffers then become part of the model.
-    """
-    import torch
-
-    try:
-        obj = torch.load(str(path), weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise NldistError(f"cannot read checkpoint {str(path)!r} with torch.load(weights_only="
-                          f"True) ({type(exc).__name__}: {msg}); save a tensor or a "
-                          "state_dict with torch.save") from None
-    if isinstance(obj, torch.Tensor):
-        return model.check_theta(obj.detach().double().reshape(-1))
-    if isinstance(obj, dict):
-        if isinstance(obj.get("theta"), torch.Tensor):
-            return model.check_theta(obj["theta"].detach().double().reshape(-1))
-        for key in ("state_dict", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if isinstance(model, TorchModel):
-            return model.theta_from_state_dict(obj)
-    raise NldistError(f"checkpoint {str(path)!r} holds {type(obj).__name__}; for model "
-                      f"{model.spec!r} save theta as a 1-D tensor (or {{'theta': tensor}})")
-
-
-register_spec("relu2", _relu2_spec)
-register_spec("torch", _torch_spec)

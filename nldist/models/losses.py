@@ -21,10 +21,11 @@ Losses (``loss:`` in a job):
 * ``poisson``: Poisson deviance / 2 of a positive mean f (``glm:exp``, ``glm:softplus``),
   counts y >= 0: l = f - y - y log(f/y) (= f for y = 0).
 
-Adjoints of r: closed forms for GLMs (single index, k = 1) and ``relu2`` (Prop. 3.1, k = 2)
-through a stable divided difference of psi_y(z) = r(phi(z), y), and quadrature
-(:mod:`nldist.quadrature`) for any other model. Nothing here imports torch unless a torch
-function is called.
+This module is pure residual math (r, dr/df and their torch forms, and the stable divided
+difference of psi_y(z) = r(phi(z), y)); the adjoints of r are the models' own
+``residual_adjoint``: closed forms for GLMs (single index, k = 1) and ``relu2``
+(Prop. 3.1, k = 2), quadrature (:mod:`nldist.models.quadrature`) for torch modules.
+Nothing here imports torch unless a torch function is called.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 from scipy.special import expit as special_expit
 
 from nldist.errors import NldistError
+from nldist.models.gauss import gauss_legendre
 
 LOSSES = ("squared", "bce", "poisson")
 BCE_EPS = 1e-12
@@ -266,14 +268,12 @@ def psi_divdiff(loss: Loss, act: Any, z: np.ndarray, y: np.ndarray,
     Parameters
     ----------
     loss : Loss
-    act : nldist.models.Activation
+    act : nldist.models.activations.Activation
         The output map phi (identity for a plain linear predictor).
     z : ndarray (n,)
         The index <theta, x~> (GLM) or the homogeneous inner map g (relu2).
     y : ndarray (n,)
     """
-    from nldist.quadrature import gauss_legendre
-
     z = np.asarray(z, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if loss.name == "bce" and act.name == "sigmoid":  # from the logit: exact when saturated
@@ -298,73 +298,4 @@ def psi_divdiff(loss: Loss, act: Any, z: np.ndarray, y: np.ndarray,
         zs = z[~big][:, None] * s[None, :]
         ys = y[~big][:, None]
         out[~big] = dpsi(zs, ys) @ w
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# Block kernels (pure NumPy in, NumPy out; torch only for torch models)
-# --------------------------------------------------------------------------------------
-
-
-def residual_adjoint(model: Any, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
-                     loss: Loss) -> np.ndarray:
-    """Adjoint r*(theta) (n, p) of r_i(theta) = r(f(theta; x_i), y_i).
-
-    GLMs: closed form ``psi_divdiff(z) * [x, 1]``; models with their own
-    ``residual_adjoint`` (relu2, homogeneous torch modules) use it; any other model goes
-    through quadrature with the residual as post-map.
-    """
-    from nldist.models import GLM
-
-    if isinstance(model, GLM):
-        z = model._z(theta, X)
-        return model._design(X, psi_divdiff(loss, model.activation, z, y))
-    own = getattr(model, "residual_adjoint", None)
-    if own is not None:
-        return own(theta, X, y, loss)
-    from nldist import quadrature
-
-    return quadrature.adjoint(model, theta, X, aux=y, post=loss.torch_post())
-
-
-def dual_block(model: Any, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
-               loss: str | Loss) -> np.ndarray:
-    """Augmented dual block [r*(theta), r(0)] (n_b, p + 1) for a non-squared loss.
-
-    ``out @ [theta, 1] = r(theta)`` row by row (MATH.md §2 with r in place of f - y).
-    """
-    loss = get_loss(loss)
-    theta, X = model.check_theta(theta), model.check_X(X)
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    loss.check(model.predict(theta, X), y)
-    F = residual_adjoint(model, theta, X, y, loss)
-    out = np.empty((F.shape[0], F.shape[1] + 1), dtype=np.float64)
-    out[:, :-1] = F
-    out[:, -1] = loss.residual(model.f0(X), y)
-    return out
-
-
-def gn_block(model: Any, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
-             loss: str | Loss) -> dict:
-    """Loss sum r_i^2, gradient 2 J_r^T r (p,) and Gauss-Newton 2 J_r^T J_r (p, p) on a block."""
-    loss = get_loss(loss)
-    y = np.asarray(y, dtype=np.float64)
-    f = model.predict(theta, X)
-    loss.check(f, y)
-    r = loss.residual(f, y)
-    J = model.jacobian(theta, X) * loss.dresidual(f, y)[:, None]
-    return {"loss": float(r @ r), "grad": 2.0 * (J.T @ r), "gn": 2.0 * (J.T @ J)}
-
-
-def losses_block(model: Any, thetas: np.ndarray, X: np.ndarray, y: np.ndarray,
-                 loss: str | Loss) -> np.ndarray:
-    """sum_i r_i(theta_j)^2 over the block for each theta_j (m, p) -> (m,)."""
-    loss = get_loss(loss)
-    y = np.asarray(y, dtype=np.float64)
-    out = np.empty(thetas.shape[0])
-    for j, th in enumerate(thetas):
-        f = model.predict(th, X)
-        loss.check(f, y)
-        r = loss.residual(f, y)
-        out[j] = r @ r
     return out

@@ -21,11 +21,14 @@ Two independent approximations, both seeded and independent of the chunking:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import linalg as sla
 from scipy import sparse
 
+from nldist._budget import SKETCH_BATCH_BYTES
+from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -167,14 +170,13 @@ def jl_factor(
 # Block kernels of the sketched scores (used by nldist.graph and the in-memory API)
 # --------------------------------------------------------------------------------------
 
-_BATCH_BYTES = 64 * 2**20
 
+def sketched_matrix(rows: Any, sk: Sketch, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    """The block matrix of ``rows`` (:mod:`nldist.scores.rows`) with its columns projected
+    to ``sk.cols`` dims.
 
-def sketched_matrix(spec, sk: Sketch, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    """The block matrix of ``spec`` with its columns projected to ``sk.cols`` dims.
-
-    Rows are processed in batches of at most ~64 MiB of the unprojected matrix, so a dual
-    with p ~ 1e5 columns never exists whole for the block.
+    Rows are processed in batches of at most :data:`nldist._budget.SKETCH_BATCH_BYTES` of
+    the unprojected matrix, so a dual with p ~ 1e5 columns never exists whole for the block.
 
     Returns
     -------
@@ -182,35 +184,29 @@ def sketched_matrix(spec, sk: Sketch, X: np.ndarray, y: np.ndarray | None) -> np
     """
     X = np.asarray(X)
     n_b = X.shape[0]
-    probe = spec.matrix(X[:1], None if y is None else np.asarray(y)[:1])
+    probe = rows.matrix(X[:1], None if y is None else np.asarray(y)[:1])
     q = probe.shape[1]
     S = sparse_sign(q, sk.cols, sk.seed, sk.nnz)
-    step = max(1, _BATCH_BYTES // (8 * q))
+    step = max(1, SKETCH_BATCH_BYTES // (8 * q))
     out = np.empty((n_b, sk.cols))
     for i in range(0, n_b, step):
         yb = None if y is None else np.asarray(y)[i : i + step]
-        out[i : i + step] = project_cols(spec.matrix(X[i : i + step], yb), S)
+        out[i : i + step] = project_cols(rows.matrix(X[i : i + step], yb), S)
     return out
 
 
-def block_matrix(spec, sk: Sketch | None, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    """``spec.matrix`` with the optional column sketch applied."""
-    if sk is not None and sk.cols:
-        return sketched_matrix(spec, sk, X, y)
-    return spec.matrix(np.asarray(X), y)
+def rowsketch_block(X: np.ndarray, y: np.ndarray | None, rows: Any, sk: Sketch, offset: int
+                    ) -> np.ndarray:
+    """Pass 1 of the row-sketch scores on one block: its (r, q) share of Pi A, for the
+    matrix of ``rows`` (column-sketched already when ``sk.cols`` is set)."""
+    yy = y if rows.needs_y else None
+    check_finite_block(np.asarray(X), yy, offset)
+    return countsketch_rows(rows.matrix(np.asarray(X), yy), offset, sk.seed, sk.rows)
 
 
-def rowsketch_block(X, y, spec, sk: Sketch, offset: int) -> np.ndarray:
-    """Pass 1 of the row-sketch scores on one block: its (r, q) share of Pi A."""
-    from nldist.kernels import check_finite_block
-
-    check_finite_block(np.asarray(X), y if spec.needs_y else None, offset)
-    A = block_matrix(spec, sk, X, y if spec.needs_y else None)
-    return countsketch_rows(A, offset, sk.seed, sk.rows)
-
-
-def jl_scores_block(X, y, spec, sk: Sketch, M: np.ndarray) -> np.ndarray:
+def jl_scores_block(X: np.ndarray, y: np.ndarray | None, rows: Any, M: np.ndarray
+                    ) -> np.ndarray:
     """Pass 2 of the row-sketch scores: ||a_i M||^2 for the block's rows, (n_b,)."""
-    A = block_matrix(spec, sk, X, y if spec.needs_y else None)
+    A = rows.matrix(np.asarray(X), y if rows.needs_y else None)
     G = A @ M
     return np.einsum("ij,ij->i", G, G)

@@ -12,20 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from nldist._checks import as_rng
 from nldist.errors import NldistError
-
-
-def as_rng(random_state: Any) -> np.random.Generator:
-    """A Generator from an int, None, SeedSequence or Generator (the job's one random_state)."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    try:
-        return np.random.default_rng(random_state)
-    except (TypeError, ValueError):
-        raise NldistError(
-            "random_state must be an int, a SeedSequence or a numpy Generator, "
-            f"got {random_state!r}"
-        ) from None
 
 
 def check_sample_args(s: Any, alpha: float) -> int:

@@ -1,4 +1,6 @@
-"""Let a block kernel reuse freed heap memory inside Dask workers (glibc only; else no-op).
+"""Process runtime settings of the kernels: heap reuse inside Dask workers, torch threads.
+
+**Heap** (glibc only; else no-op).
 
 Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand memory back
 to the OS). Setting that also switches off glibc's dynamic mmap threshold, so every
@@ -14,6 +16,9 @@ freed slices are reused from the heap, then restores the worker's settings and t
 heap (``malloc_trim(0)``), so memory still goes back to the OS after every task. It only
 acts where ``MALLOC_TRIM_THRESHOLD_`` is set (a plain process keeps glibc's adaptive
 behaviour) and nests across threads (the settings are restored when the last one leaves).
+
+**Threads**: :func:`use_worker_threads` runs torch with one thread on a Dask worker (the
+worker's threads are the cores).
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["reuse_freed_memory"]
+__all__ = ["reuse_freed_memory", "use_worker_threads"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -88,3 +94,18 @@ def reuse_freed_memory() -> Iterator[None]:
                 lib.mallopt(_M_TRIM_THRESHOLD, trim)
                 lib.mallopt(_M_MMAP_THRESHOLD, _MMAP_DEFAULT)
                 lib.malloc_trim(0)
+
+
+def use_worker_threads() -> None:
+    """On a Dask worker, run torch with one thread (the worker's threads are the cores)."""
+    dist = sys.modules.get("distributed")
+    if dist is None:
+        return
+    try:
+        dist.get_worker()
+    except Exception:  # noqa: BLE001 - not on a worker
+        return
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)

@@ -1,0 +1,93 @@
+"""Models: spec strings -> :class:`Model` objects with their capabilities (no Dask, no Zarr).
+
+The registry below is the only place a spec prefix means anything. Each entry is a
+factory ``(spec, n_features) -> Model``; ``torch:`` is loaded by name on first use, because
+importing its module imports torch (about a second and a few hundred MB per worker that GLM
+and relu2 jobs never pay).
+
+========================  =========================================  ===================
+spec                      model                                      module
+========================  =========================================  ===================
+``linear[:nobias]``       <w, x> + b                                 :mod:`.glm`
+``glm:<act>[:nobias]``    act(<w, x> + b)                            :mod:`.glm`
+``relu2:<h>[:<act>]``     act(sum_j a_j relu(<b_j, x>))              :mod:`.relu2`
+``torch:<mod>:<factory>`` any torch.nn.Module                        :mod:`.torchmodel`
+========================  =========================================  ===================
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+
+from nldist.errors import NldistError
+from nldist.models import glm, relu2
+from nldist.models.base import Model
+from nldist.models.glm import SPEC_HELP
+from nldist.models.torchspec import parse_torch_spec
+
+#: spec prefix -> factory(spec, d), or "module:function" loaded on first use
+FACTORIES: dict[str, Callable[[str, int], Model] | str] = {
+    "linear": glm.linear_spec,
+    "glm": glm.glm_spec,
+    "relu2": relu2.relu2_spec,
+    "torch": "nldist.models.torchmodel:torch_spec",
+}
+
+
+def _factory(prefix: str) -> Callable[[str, int], Model]:
+    entry = FACTORIES[prefix]
+    if isinstance(entry, str):
+        module, name = entry.split(":")
+        entry = FACTORIES[prefix] = getattr(importlib.import_module(module), name)
+    return entry
+
+
+def get_model(spec: str, n_features: int) -> Model:
+    """Build a model from a spec string.
+
+    Parameters
+    ----------
+    spec : str
+        Model spec, see the table in DESIGN.md (``"linear"``, ``"glm:sigmoid"``, ...).
+    n_features : int
+        Number of input columns d.
+
+    Returns
+    -------
+    Model
+        With ``n_params`` (p) and the array methods of :class:`Model`.
+    """
+    if not isinstance(spec, str):
+        raise NldistError(f"model spec must be a string like 'glm:sigmoid', got {spec!r}")
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)):
+        raise NldistError(f"n_features must be a positive integer, got {n_features!r}")
+    if n_features < 1:
+        raise NldistError(f"n_features must be >= 1, got {n_features}; check the data has columns")
+    spec = spec.strip().replace(" ", "")
+    if spec in ("linear", "linear:nobias"):
+        prefix = "linear"
+    elif glm.GLM_RE.match(spec):
+        prefix = "glm"
+    else:
+        prefix = spec.split(":", 1)[0]
+        if prefix in ("linear", "glm") or prefix not in FACTORIES:
+            known = SPEC_HELP + "".join(f", {p}:..." for p in FACTORIES
+                                        if p not in ("linear", "glm"))
+            raise NldistError(f"unknown model spec {spec!r}; use one of {known}")
+    return _factory(prefix)(spec, int(n_features))
+
+
+def check_spec(spec: str) -> str:
+    """Validate a spec without building the model (a ``torch:`` factory is imported, not
+    called: it may need the real number of features); one-line error when it is bad."""
+    if isinstance(spec, str) and spec.strip().startswith("torch:"):
+        parse_torch_spec(spec, check_import=True)
+    else:
+        get_model(spec, 1)
+    return spec
+
+
+__all__ = ["FACTORIES", "Model", "check_spec", "get_model"]

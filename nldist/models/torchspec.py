@@ -1,0 +1,94 @@
+"""Spec strings of ``torch:`` models: parsing and importing the factory (no torch import).
+
+``torch:<module.path>:<factory>[(key=value,...)]``: ``<module.path>`` is an importable dotted
+module name or a path to a ``.py`` file; the factory returns a ``torch.nn.Module``
+(:mod:`nldist.models.torchmodel` builds it). Kept apart so that validating a job does not
+import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+from nldist.errors import NldistError
+
+_TORCH_RE = re.compile(r"^torch:(?P<mod>.+):(?P<fac>[A-Za-z_][A-Za-z_0-9]*)(?:\((?P<kw>.*)\))?$")
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_torch_spec(spec: str, check_import: bool = False) -> tuple[str, str, dict]:
+    """Split ``torch:<module.path>:<factory>[(k=v,...)]`` into (module, factory, kwargs).
+
+    With ``check_import`` also import the module and check the factory is callable.
+    """
+    match = _TORCH_RE.match(spec.strip())
+    if not match:
+        raise NldistError(f"cannot read model spec {spec!r}; write torch:<module.path>:<factory>"
+                          ", e.g. torch:nldist.examples.nets:mlp or torch:nets.py:make")
+    kwargs: dict[str, Any] = {}
+    if match["kw"]:
+        for item in match["kw"].split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise NldistError(f"cannot read factory argument {item!r} in {spec!r}; write "
+                                  "key=value, e.g. mlp(hidden=32,act=tanh)")
+            kwargs[key.strip()] = _literal(value.strip())
+    if check_import:
+        import_factory(match["mod"], match["fac"], spec)
+    return match["mod"], match["fac"], kwargs
+
+
+def _import(path: str, spec: str) -> Any:
+    if path.endswith(".py"):
+        file = Path(path).expanduser().resolve()
+        if not file.exists():
+            raise NldistError(f"model file {path!r} in {spec!r} not found; give a path relative "
+                              "to the working directory or an importable module name")
+        name = "nldist_user_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
+        if name in _FILE_MODULES:
+            return _FILE_MODULES[name]
+        loader = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(loader)  # type: ignore[arg-type]
+        loader.loader.exec_module(module)  # type: ignore[union-attr]
+        _FILE_MODULES[name] = module
+        return module
+    try:
+        return importlib.import_module(path)
+    except ImportError as exc:
+        raise NldistError(f"cannot import module {path!r} of model spec {spec!r} ({exc}); "
+                          "install it or put it on PYTHONPATH of the driver and the workers"
+                          ) from None
+
+
+_FILE_MODULES: dict[str, Any] = {}
+
+
+def import_factory(mod: str, fac: str, spec: str) -> Any:
+    module = _import(mod, spec)
+    factory = getattr(module, fac, None)
+    if not callable(factory):
+        raise NldistError(f"module {mod!r} has no callable {fac!r} (model spec {spec!r}); name "
+                          "a function returning a torch.nn.Module")
+    return factory
+
+
+def takes_positional(factory: Any) -> bool:
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    return bool(params) and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                               inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               inspect.Parameter.VAR_POSITIONAL)

@@ -1,0 +1,141 @@
+"""A score kind bound to its inputs: :class:`ScoreSpec`, validated once by :func:`make_spec`.
+
+The API, the pipeline and the diagnostics build every spec here; the block engine
+(:mod:`nldist.scores.block`) and :mod:`nldist.graph` only read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from nldist.errors import NldistError
+from nldist.models import get_model
+from nldist.models.base import Model
+from nldist.scores.backends import check_device
+from nldist.scores.kinds import Kind, get_kind
+from nldist.scores.rows import SketchedRows
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Everything a block needs: the kind, its rows, and where and how R is computed.
+
+    Attributes
+    ----------
+    kind : Kind
+    rows : DualRows, DataRows, RawRows, SketchedRows or None (uniform)
+    qr_method : str
+        How pass 1 computes each block's R: ``"auto"`` (condition-based choice between
+        CholeskyQR, CholeskyQR2, shifted CholeskyQR3 and Householder) or one of those; see
+        :mod:`nldist.scores.linalg`.
+    device : str
+        Where the R and leverage work runs (:mod:`nldist.scores.backends`): ``"numpy"``,
+        ``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``"auto"``. The matrix block itself is built on
+        the host either way.
+    """
+
+    kind: Kind
+    rows: Any
+    qr_method: str = "auto"
+    device: str = "numpy"
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def reduction(self) -> Any:
+        return self.kind.reduction
+
+    def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
+        """The block of the matrix whose row scores are wanted (None for uniform)."""
+        return None if self.rows is None else self.rows.matrix(X, y)
+
+    @property
+    def needs_y(self) -> bool:
+        return self.rows is not None and self.rows.needs_y
+
+    @property
+    def cheap(self) -> bool:
+        """The matrix is a copy of X (plus bias/y columns): cheaper to rebuild than to keep."""
+        return self.rows is not None and self.rows.cheap
+
+    @property
+    def persistable(self) -> bool:
+        """Pass 1 may persist the block for pass 2: a model's dual block or a sketched
+        matrix; never a copy of X (linear kinds) or uniform scores."""
+        return self.rows is not None and self.rows.persistable
+
+    @property
+    def cheap_to_rebuild(self) -> bool:
+        """Rebuilding the matrix costs about a copy of X: linear kinds, closed-form models."""
+        return self.rows is not None and self.rows.cheap_to_rebuild
+
+    def n_cols(self, d: int) -> int:
+        """Columns q of the matrix for X with d columns (0 for uniform)."""
+        return 0 if self.rows is None else self.rows.n_cols(d)
+
+
+def make_spec(
+    kind: str | Kind,
+    model: Model | str | None,
+    theta: Any,
+    n_features: int,
+    has_y: bool,
+    linear_augment_y: bool = False,
+    *,
+    loss: str = "squared",
+    sketch: Any = None,
+    device: str = "numpy",
+) -> ScoreSpec:
+    """Validate the score arguments once and bundle them for the block kernels.
+
+    Parameters
+    ----------
+    kind : str or Kind
+    model : Model, spec str or None
+        Needed for nonlinear kinds (built with ``n_features`` from a spec); for linear
+        kinds it decides the bias column.
+    theta : array-like (p,) or None
+        Parameters of nonlinear kinds (default zeros).
+    n_features : int
+    has_y : bool
+        Labels are given (nonlinear kinds then use the augmented dual).
+    linear_augment_y : bool
+        Append y to the data matrix of the linear kinds.
+    loss : str
+        Residuals of the nonlinear kinds (:mod:`nldist.models.losses`).
+    sketch : nldist.scores.sketch.Sketch, optional
+        With ``cols``: project each row to that many columns (:class:`SketchedRows`).
+    device : str
+        Where the passes' R and leverage work runs (:mod:`nldist.scores.backends`).
+
+    Returns
+    -------
+    ScoreSpec
+    """
+    k = get_kind(kind)
+    if isinstance(model, str):
+        model = get_model(model, n_features)
+    if k.nonlinear:
+        if model is None:
+            raise NldistError(f"kind {k.name!r} needs a model; pass model='glm:sigmoid' (or "
+                              "another spec) and theta")
+        if model.n_features != n_features:
+            raise NldistError(
+                f"model {model.spec!r} was built for {model.n_features} features but X has "
+                f"{n_features} columns; rebuild it with n_features={n_features}"
+            )
+        theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
+    rows = k.make_rows(model, theta, has_y, loss=loss, linear_augment_y=linear_augment_y)
+    if sketch is not None and sketch.cols and rows is not None:
+        rows = SketchedRows(rows, sketch)
+    return ScoreSpec(k, rows, device=check_device(device))
+
+
+def with_device(spec: ScoreSpec, device: str) -> ScoreSpec:
+    """The spec with its R / leverage work on ``device``."""
+    return spec if device == spec.device else replace(spec, device=check_device(device))

@@ -1,0 +1,81 @@
+"""The dataset store: X (n, d) and y (n,) of a job as a row-chunked Zarr v3 group.
+
+A dataset is a Zarr group with ``X`` (n, d) float (row chunks, one column chunk), ``y`` (n,)
+and attrs: feature names, target, source, task, categories of one-hot encoded columns,
+standardization (means and scales), dropped rows, chunk rows and the nldist version.
+Writes go to ``OUT.partial`` and are renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from nldist._budget import x_chunk_rows
+from nldist._version import __version__
+from nldist.errors import NldistError
+
+
+def open_dataset(path: str | Path) -> tuple[Any, Any | None]:
+    """The Zarr arrays X (n, d) and y (n,) (or None) of a dataset group, with one-line
+    errors for a missing path, a non-group and a group without X."""
+    path = Path(path)
+    if not path.exists():
+        raise NldistError(f"dataset {str(path)!r} does not exist; run `nldist ingest` first")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not a group"
+        raise NldistError(
+            f"{str(path)!r} is not a Zarr group ({type(exc).__name__}); point at a store "
+            "written by `nldist ingest`"
+        ) from None
+    if "X" not in group:
+        raise NldistError(f"Zarr group {str(path)!r} has no array 'X'; re-run `nldist ingest`")
+    return group["X"], (group["y"] if "y" in group else None)
+
+
+def is_dataset(path: str | Path) -> bool:
+    """Whether path is a Zarr group directory (a dataset to use in place)."""
+    p = Path(path)
+    return p.is_dir() and (p / "zarr.json").exists()
+
+
+def write_dataset(
+    out: str | Path, X: np.ndarray, y: np.ndarray, attrs: dict, chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write X, y and attrs to a Zarr v3 group atomically (OUT.partial, then rename)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    n, d = X.shape
+    cr = int(chunk_rows or x_chunk_rows(d, X.dtype.itemsize))
+    if cr < 1:
+        raise NldistError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        ax = g.create_array("X", shape=(n, d), chunks=(min(cr, n), d), dtype=X.dtype)
+        ay = g.create_array("y", shape=(n,), chunks=(min(cr, n),), dtype=y.dtype)
+        for start in range(0, n, cr):
+            ax[start : start + cr] = X[start : start + cr]
+            ay[start : start + cr] = y[start : start + cr]
+        g.attrs.update({**attrs, "n_rows": n, "n_features": d, "chunk_rows": cr,
+                        "nldist_version": __version__})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_attrs(path: str | Path) -> dict:
+    """Attributes of a Zarr group (dataset or output store)."""
+    return dict(zarr.open_group(str(path), mode="r").attrs)

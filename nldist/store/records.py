@@ -1,0 +1,170 @@
+"""The one record format of every output nldist writes and may reuse.
+
+Everything a later run may reuse (score chunks, persisted dual blocks, the pass-1 result,
+stage caches, the dataset) is written the same way and checked the same way:
+
+* **atomic write**: to a temporary name in the same directory, then ``os.replace``; a
+  killed writer leaves the old file or none, never a half-written one;
+* **sha256**: of the payload's float64 bytes (:func:`array_sha`), kept in the record;
+* **digest**: a short hash of the inputs the output depends on (:func:`digest`); a record
+  with another digest is stale and ignored;
+* **completion record**: a JSON file ``<dir>/done/<i>.json`` written after its payload,
+  so a record vouches for finished data (:func:`write_record` / :func:`read_record`).
+
+Nothing here computes or imports a compute module: payloads are arrays and JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def digest(data: Any, length: int = 32) -> str:
+    """Short SHA-256 of a JSON-able value (sorted keys): the provenance key of an output."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def array_sha(values: np.ndarray) -> str:
+    """SHA-256 of an array's values as contiguous float64 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=np.float64).tobytes()).hexdigest()
+
+
+def array_digest(values: np.ndarray) -> str:
+    """Short (16 hex digits) :func:`array_sha`: the digest of a theta vector."""
+    return array_sha(values)[:16]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write text to path through a temporary file and a rename (creates the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON (indented, NumPy scalars and arrays converted) written atomically."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def save_npz(path: Path, **arrays: Any) -> None:
+    """``np.savez`` written atomically (read back with ``allow_pickle=False``)."""
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def record_path(directory: str | Path, i: int) -> Path:
+    """Where the completion record of item i of ``directory`` lives."""
+    return Path(directory) / "done" / f"{i}.json"
+
+
+def write_record(directory: str | Path, i: int, fields: dict) -> None:
+    """The completion record of item i (written after its payload)."""
+    atomic_write(record_path(directory, i), json.dumps(fields))
+
+
+def read_record(directory: str | Path, i: int) -> dict | None:
+    """The completion record of item i, or None when absent or unreadable."""
+    try:
+        rec = json.loads(record_path(directory, i).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+# --------------------------------------------------------------------------------------
+# small dataclasses (a pass-1 result) as arrays + JSON, no pickle
+# --------------------------------------------------------------------------------------
+
+
+def _json_scalar(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    raise TypeError(type(o))
+
+
+def _encode(obj: Any, prefix: str, meta: dict, arrays: dict, classes: dict) -> None:
+    meta[prefix] = {"__class__": type(obj).__name__}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        name = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(v):
+            if type(v).__name__ not in classes:
+                raise TypeError(type(v))
+            meta[prefix][f.name] = {"__dataclass__": name}
+            _encode(v, name, meta, arrays, classes)
+        elif isinstance(v, np.ndarray):
+            arrays[name] = v
+            meta[prefix][f.name] = {"__array__": name}
+        else:
+            meta[prefix][f.name] = json.loads(json.dumps(v, default=_json_scalar))
+
+
+def _decode(prefix: str, meta: dict, arrays: Any, classes: dict) -> Any:
+    spec = meta[prefix]
+    cls = classes[spec["__class__"]]
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = spec.get(f.name)
+        if isinstance(v, dict) and "__dataclass__" in v:
+            v = _decode(v["__dataclass__"], meta, arrays, classes)
+        elif isinstance(v, dict) and "__array__" in v:
+            v = np.array(arrays[v["__array__"]])
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def save_dataclass(path: Path, obj: Any, key: str, classes: dict[str, type]) -> bool:
+    """Store a (nested) dataclass as arrays + JSON atomically, keyed; False (nothing
+    written) when it holds a dataclass not in ``classes`` (name -> class)."""
+    meta: dict = {}
+    arrays: dict = {}
+    try:
+        _encode(obj, "norm", meta, arrays, classes)
+    except TypeError:
+        return False
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
+    np.savez(tmp, __meta__=np.array(json.dumps(meta)), __key__=np.array(key), **arrays)
+    os.replace(tmp, path)
+    return True
+
+
+def load_dataclass(path: Path, key: str, classes: dict[str, type]) -> Any:
+    """A dataclass stored with this key (only ``classes`` are ever constructed), or None
+    (absent, other key, or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["__key__"]) != key:
+                return None
+            meta = json.loads(str(z["__meta__"]))
+            return _decode("norm", meta, z, classes)
+    except Exception:  # noqa: BLE001 - absent, truncated or foreign file: recompute
+        return None
