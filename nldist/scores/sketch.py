@@ -20,7 +20,6 @@ Two independent approximations, both seeded and independent of the chunking:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from scipy import sparse
 from nldist._budget import SKETCH_BATCH_BYTES
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
+from nldist.options import SketchOptions
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -113,38 +113,6 @@ def gaussian_jl(q: int, k: int, seed: int) -> np.ndarray:
     return rng.standard_normal((q, k)) / np.sqrt(k)
 
 
-@dataclass(frozen=True)
-class Sketch:
-    """Options of approximate scores.
-
-    Attributes
-    ----------
-    cols : int or None
-        Column sketch size k (project dual rows p+1 -> k); None: no column sketch.
-    rows : int or None
-        Row sketch size r for the R of huge-n data (Drineas et al.); None: exact R.
-    jl : int
-        JL dimension k of the row-sketch scores (used with ``rows``).
-    nnz : int
-        Nonzeros per row of the sparse column sketch.
-    seed : int
-    """
-
-    cols: int | None = None
-    rows: int | None = None
-    jl: int = 256
-    nnz: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("cols", "rows"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
-                raise NldistError(f"sketch.{name} must be a positive integer, got {v!r}")
-        if self.jl < 1 or self.nnz < 1:
-            raise NldistError(f"sketch.jl and sketch.nnz must be >= 1, got {self.jl}, {self.nnz}")
-
-
 def jl_factor(
     R: np.ndarray, k: int, seed: int, rtol: float | None = None
 ) -> tuple[np.ndarray, int]:
@@ -171,7 +139,7 @@ def jl_factor(
 # --------------------------------------------------------------------------------------
 
 
-def sketched_matrix(rows: Any, sk: Sketch, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
     """The block matrix of ``rows`` (:mod:`nldist.scores.rows`) with its columns projected
     to ``sk.cols`` dims.
 
@@ -195,7 +163,7 @@ def sketched_matrix(rows: Any, sk: Sketch, X: np.ndarray, y: np.ndarray | None) 
     return out
 
 
-def rowsketch_block(X: np.ndarray, y: np.ndarray | None, rows: Any, sk: Sketch, offset: int
+def rowsketch_block(X: np.ndarray, y: np.ndarray | None, rows: Any, sk: SketchOptions, offset: int
                     ) -> np.ndarray:
     """Pass 1 of the row-sketch scores on one block: its (r, q) share of Pi A, for the
     matrix of ``rows`` (column-sketched already when ``sk.cols`` is set)."""

@@ -108,7 +108,7 @@ def make_spec(
         Append y to the data matrix of the linear kinds.
     loss : str
         Residuals of the nonlinear kinds (:mod:`nldist.models.losses`).
-    sketch : nldist.scores.sketch.Sketch, optional
+    sketch : nldist.options.SketchOptions, optional
         With ``cols``: project each row to that many columns (:class:`SketchedRows`).
     device : str
         Where the passes' R and leverage work runs (:mod:`nldist.scores.backends`).

@@ -38,6 +38,20 @@ def open_dataset(path: str | Path) -> tuple[Any, Any | None]:
     return group["X"], (group["y"] if "y" in group else None)
 
 
+def open_arrays(path: str | Path) -> dict[str, Any]:
+    """{name: Zarr array} of every array of a group (empty when the path does not exist)."""
+    if not Path(path).exists():
+        return {}
+    group = zarr.open_group(str(path), mode="r")
+    return {name: group[name] for name in group.array_keys()}
+
+
+def open_member(path: str | Path, name: str) -> Any | None:
+    """The Zarr array ``name`` of a group, or None when the group has none."""
+    group = zarr.open_group(str(path), mode="r")
+    return group[name] if name in group else None
+
+
 def is_dataset(path: str | Path) -> bool:
     """Whether path is a Zarr group directory (a dataset to use in place)."""
     p = Path(path)
@@ -79,3 +93,28 @@ def write_dataset(
 def read_attrs(path: str | Path) -> dict:
     """Attributes of a Zarr group (dataset or output store)."""
     return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def create_partial(out: str | Path, arrays: dict[str, tuple[tuple, tuple, Any]]) -> tuple:
+    """A fresh ``OUT.partial`` group with empty arrays {name: (shape, chunks, dtype)}.
+
+    Returns
+    -------
+    (the group, {name: Zarr array}); finish with :func:`commit_partial`.
+    """
+    tmp = Path(out).with_name(Path(out).name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    made = {name: g.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+            for name, (shape, chunks, dtype) in arrays.items()}
+    return g, made
+
+
+def commit_partial(out: str | Path, attrs: dict) -> Path:
+    """Set the attrs of ``OUT.partial`` and rename it into place (replacing OUT)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    zarr.open_group(str(tmp), mode="r+").attrs.update(attrs)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import zarr
 
 from nldist._budget import dual_chunk_rows as chunk_rows

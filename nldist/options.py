@@ -1,0 +1,184 @@
+"""Option constraints, declared once (pydantic) and shared by the job schema and the API.
+
+* :class:`SketchOptions` — approximate scores (``sketch:`` of a job, ``sketch=`` of
+  :func:`nldist.scores`, :mod:`nldist.scores.sketch`);
+* :class:`AdjointOptions` — the quadrature engine (``adjoint:`` of a job,
+  ``model.configure(...)``, :mod:`nldist.models.quadrature`);
+* annotated scalar types (:data:`SampleSize`, :data:`Ridge`, :data:`Alpha`, ...) that the
+  job schema's fields and the API's parameters both use;
+* :func:`check_params` — validate a function's parameters against those declarations
+  with scikit-learn style one-line errors ("The 's' parameter of sample must be an int
+  in the range [1, inf). Got 0 instead."), and :func:`format_error` — the one-line form of
+  a job file's validation error.
+
+A leaf: imports pydantic and :mod:`nldist.errors` only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from nldist.errors import NldistError
+
+PersistMode = Literal["never", "always", "auto"]
+SampleSize = Annotated[int, Field(gt=0, description="sample size")]
+Ridge = Annotated[float, Field(ge=0, allow_inf_nan=False,
+                               description="ridge lambda of ridge-leverage")]
+Alpha = Annotated[float, Field(ge=0, le=1, description="defensive mixture weight")]
+SplitEvery = Annotated[int, Field(ge=2, description="fan-in of the R tree reduction")]
+Rtol = Annotated[float | None, Field(None, gt=0, lt=1, description="rank threshold "
+                                     "relative to the largest singular value")]
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SketchOptions(_Options):
+    """Approximate scores (see :mod:`nldist.scores.sketch`)."""
+
+    cols: int | None = Field(None, gt=0, description="project dual rows to k dims (large p)")
+    rows: int | None = Field(None, gt=0, description="CountSketch rows r for R (huge n)")
+    jl: int = Field(256, gt=0, description="JL dimension of the row-sketch scores")
+    nnz: int = Field(4, gt=0, description="nonzeros per row of the column sketch")
+    seed: int = Field(0, ge=0)
+
+
+class AdjointOptions(_Options):
+    """Settings of the quadrature engine for models without a closed-form adjoint
+    (``torch:`` specs); they travel with the model to the workers."""
+
+    q: int = Field(8, gt=0, le=512, description="Gauss-Legendre nodes per piece to start "
+                   "the per-batch q-vs-2q check from")
+    q_min: int = Field(2, ge=1, le=512, description="fewest nodes the check may use")
+    q_max: int = Field(64, gt=0, le=512, description="most nodes the check may use (2q <= q_max)")
+    tol: float | None = Field(None, gt=0, lt=1, description="relative (ID) tolerance "
+                              "(default 1e-10 in float64, 1e-5 in float32)")
+    dtype: Literal["float64", "float32"] = Field(
+        "float64", description="arithmetic of the torch evaluation (float32: faster, "
+        "(ID) to ~1e-5)")
+    batch_rows: int = Field(1024, gt=0, description="rows per batch (breakpoints, probes "
+                            "and refinement are per batch)")
+    max_elems: int = Field(1 << 22, gt=0, description="floats one vectorized evaluation may "
+                           "materialize (rows x nodes x p); sets the per-worker memory")
+    probe_rows: int = Field(8, gt=0, description="rows per batch recomputed with 2q nodes")
+    kinks: bool = Field(True, description="locate ReLU-type breakpoints along the ray")
+    max_depth: int = Field(48, ge=0, description="bisection levels of the refinement")
+
+    @model_validator(mode="after")
+    def _order(self) -> AdjointOptions:
+        if not (self.q_min <= self.q <= self.q_max):
+            raise ValueError(f"needs q_min <= q <= q_max, got q_min={self.q_min}, q={self.q}, "
+                             f"q_max={self.q_max}")
+        return self
+
+    @property
+    def rtol(self) -> float:
+        """The tolerance in force (default depends on dtype)."""
+        if self.tol is not None:
+            return float(self.tol)
+        return 1e-10 if self.dtype == "float64" else 1e-5
+
+
+def make(cls: type[BaseModel], where: str, **values: Any) -> Any:
+    """``cls(**values)`` with a one-line NldistError naming the field on bad input."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise NldistError(format_error(where, exc)) from None
+
+
+# --------------------------------------------------------------------------------------
+# errors: the job file's one-line form and scikit-learn's parameter form
+# --------------------------------------------------------------------------------------
+
+
+def format_error(where: str, exc: ValidationError, allowed: Any = None) -> str:
+    """``where: field.path: message (got value)`` for the first error (+ how many more).
+
+    ``allowed(loc)`` lists the fields allowed at a location (for unknown-field errors).
+    """
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden" and allowed is not None:
+        msg = f"unknown field; allowed here: {', '.join(allowed(err['loc'][:-1]))}"
+    got = err.get("input")
+    show = err["type"] != "missing" and not isinstance(got, dict)
+    tail = f" (got {got!r})" if show else ""
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{where}: {loc}: {msg}{tail}{more}"
+
+
+_TYPE_WORDS = {"int": "an int", "float": "a float", "bool": "a bool", "str": "a str"}
+
+
+def _range(field: Any) -> str | None:
+    """``"an int in the range [1, inf)"`` from a field's annotated bounds, or None."""
+    lo = hi = None
+    lo_open = hi_open = True
+    for m in getattr(field, "metadata", ()):
+        for attr, is_lo, is_open in (("gt", True, True), ("ge", True, False),
+                                     ("lt", False, True), ("le", False, False)):
+            v = getattr(m, attr, None)
+            if v is None:
+                continue
+            if is_lo:
+                lo, lo_open = v, is_open
+            else:
+                hi, hi_open = v, is_open
+    if lo is None and hi is None:
+        return None
+    ann = field.annotation
+    integer = ann is int
+    if integer and lo is not None and lo_open:
+        lo, lo_open = lo + 1, False
+    left = "(-inf" if lo is None else ("(" if lo_open else "[") + f"{lo}"
+    right = "inf)" if hi is None else f"{hi}" + (")" if hi_open else "]")
+    return f"{'an int' if integer else 'a float'} in the range {left}, {right}"
+
+
+def _constraint(err: dict, field: Any) -> str:
+    t = err["type"]
+    if t == "literal_error":
+        return "a str among " + str((err.get("ctx") or {}).get("expected", "")).replace("'", "")
+    bounded = _range(field) if field is not None else None
+    if bounded is not None:
+        return bounded
+    if t == "finite_number":
+        return "a finite float"
+    if t.endswith("_type") or t.endswith("_parsing") or t.endswith("_from_bool"):
+        return _TYPE_WORDS.get(t.split("_")[0], f"of type {t.split('_')[0]}")
+    return err["msg"][0].lower() + err["msg"][1:]
+
+
+def _plain(v: Any) -> Any:
+    """A NumPy scalar as the Python scalar it holds (pydantic does not take np.int64)."""
+    return v.item() if hasattr(v, "dtype") and getattr(v, "shape", None) == () else v
+
+
+def check_params(func: str, model: type[BaseModel], **params: Any) -> BaseModel:
+    """Validate ``params`` of public function ``func`` against ``model``.
+
+    Raises
+    ------
+    NldistError
+        For the first bad parameter, in scikit-learn's form, e.g. "The 's' parameter of
+        sample must be an int in the range [1, inf). Got 0 instead."
+    """
+    try:
+        return model.model_validate({k: _plain(v) for k, v in params.items()})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        field = model.model_fields.get(name)
+        raise NldistError(f"The {name!r} parameter of {func} must be "
+                          f"{_constraint(err, field)}. Got {params.get(name)!r} instead."
+                          ) from None
+
+
+def params_model(name: str, **fields: Any) -> type[BaseModel]:
+    """A pydantic model of a function's parameters: ``fields`` name -> (type, default)."""
+    return create_model(name, __config__=ConfigDict(arbitrary_types_allowed=True), **fields)

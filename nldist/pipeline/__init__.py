@@ -1,0 +1,16 @@
+"""Orchestration: a job's stages over a :class:`RunContext` (no numerics here).
+
+:mod:`.context` (the run's state and progress events), :mod:`.stages` (one function per
+stage, each with its declared cache key), :mod:`.run` (a whole job, ``metrics.json``),
+:mod:`.experiment` (the paper's protocol), :mod:`.plan` (the dry run) and :mod:`.diagnose`
+(label-noise diagnostics).
+"""
+
+from nldist.pipeline.context import Event, RunContext
+from nldist.pipeline.diagnose import diagnose
+from nldist.pipeline.experiment import experiment
+from nldist.pipeline.plan import plan
+from nldist.pipeline.run import run
+from nldist.pipeline.stages import ingest
+
+__all__ = ["Event", "RunContext", "diagnose", "experiment", "ingest", "plan", "run"]

@@ -1,0 +1,61 @@
+"""The dry-run plan: what a run will do, bytes read per pass, and a per-worker memory bound.
+
+Every number comes from :mod:`nldist._budget` (the same constants the kernels size their
+work by) and the model's own ``memory_per_row`` / ``workspace_bytes``; nothing runs.
+"""
+
+from __future__ import annotations
+
+import dask
+
+from nldist._budget import MEMORY_FORMULA, cache_budget, memory_per_task
+from nldist.pipeline import stages
+from nldist.pipeline.context import RunContext
+from nldist.scores.kinds import get_kind
+
+
+def _bytes(size: str) -> int | None:
+    """``"1GiB"`` -> bytes; None for what dask decides itself (``"auto"``) or cannot parse."""
+    try:
+        return int(dask.utils.parse_bytes(size))
+    except (ValueError, TypeError):
+        return None
+
+
+def plan(ctx: RunContext) -> dict:
+    """What the run will do, its bytes read and a per-worker memory bound (n-independent)."""
+    job = ctx.job
+    X, y = stages.open_xy(ctx)
+    n, d = X.shape
+    m = stages.model(ctx)
+    chunk = int(max(X.chunks[0]))
+    itemsize = X.dtype.itemsize
+    kinds = job.kinds()
+    # two per exact kind, one gather of all samples, one evaluation (uniform: none)
+    passes = 2 * len([k for k in kinds if not get_kind(k).uniform]) + 2
+    nbytes = int(X.nbytes + y.nbytes)
+    c = job.cluster
+    if job.cache_x == "never":
+        cache = "never: every pass reads the store"
+    elif c.address == "local" and _bytes(c.memory_limit) is not None:
+        budget = cache_budget([_bytes(c.memory_limit)] * c.n_workers)
+        fits = job.cache_x == "always" or (budget is not None and nbytes <= budget)
+        cache = (f"{job.cache_x}: X+y {nbytes / 2**20:,.1f} MiB vs budget "
+                 + (f"{budget / 2**20:,.1f} MiB" if budget is not None else "none")
+                 + " -> "
+                 + ("read once, then every pass from worker memory" if fits
+                    else "streamed from the store every pass"))
+    else:
+        cache = f"{job.cache_x}: decided at run time from the workers' memory limits"
+    per_task = memory_per_task(m, chunk, d, itemsize)
+    return {
+        "n_rows": n, "n_features": d, "n_params": m.n_params, "chunks": len(X.chunks[0]),
+        "chunk_rows": chunk, "kinds": kinds,
+        "passes_over_X": f"{passes} + 1 per training iteration of theta*",
+        "bytes_per_pass": int(n * d * itemsize),
+        "memory_per_task_bytes": int(per_task),
+        "memory_per_worker_bytes": int(per_task * job.cluster.threads_per_worker),
+        "device": job.device,
+        "cache_x": cache,
+        "memory_formula": MEMORY_FORMULA,
+    }
