@@ -31,7 +31,6 @@ from nldist.scores.rows import dual_block
 from nldist.scores.spec import make_spec
 from nldist.store.dual_blocks import temporary
 
-
 #: parameter constraints of the public functions (nldist.options, shared with the job schema)
 _LEVERAGE = params_model("leverage", ridge=(Ridge, 0.0), rtol=(Rtol, None))
 _SCORES = params_model("scores", ridge=(Ridge, 0.0), rtol=(Rtol, None),

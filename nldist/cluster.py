@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -29,6 +30,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import dask
 
 from nldist.errors import NldistError
 
@@ -139,8 +142,6 @@ def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
     """
     address = cfg.address.strip()
     if address == "synchronous":
-        import dask
-
         with dask.config.set(scheduler="synchronous"):
             yield None
         return
@@ -211,8 +212,6 @@ def _at_address(address: str, cfg: Any) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _scheduler_file(path: str, cfg: Any) -> Iterator[Any]:
-    import json
-
     if not Path(path).exists():
         raise NldistError(f"scheduler file {path!r} not found; start `dask scheduler "
                           f"--scheduler-file {path}` first")

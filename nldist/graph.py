@@ -30,6 +30,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import get_scheduler
 
 from nldist import train
 from nldist._budget import DUAL_BLOCK_BYTES
@@ -456,6 +457,25 @@ def _jl_block(X: np.ndarray, y: np.ndarray | None = None, *, rows: Any, M: np.nd
 # --------------------------------------------------------------------------------------
 # X and y in worker memory (cache_x)
 # --------------------------------------------------------------------------------------
+
+
+def current_client() -> Any:
+    """The distributed client dask computes on now, or None (a local scheduler is in
+    force, e.g. ``dask.config.set(scheduler="synchronous")``, or there is no client)."""
+    try:
+        from distributed import get_client
+
+        c = get_client()
+    except (ImportError, ValueError):
+        return None
+    return c if getattr(get_scheduler(), "__self__", None) is c else None
+
+
+def worker_memory_limits(c: Any) -> list[int]:
+    """Memory limit in bytes of each worker of client ``c`` (0: none); [] without one."""
+    if c is None:
+        return []
+    return [w.get("memory_limit") or 0 for w in c.scheduler_info().get("workers", {}).values()]
 
 
 def persist_xy(X: da.Array, y: da.Array, client: Any = None) -> tuple[da.Array, da.Array]:

@@ -49,12 +49,15 @@ RINGS: dict[str, float] = {
     "nldist._checks": 0,
     "nldist._budget": 0,
     "nldist._runtime": 0,
+    "nldist._version": 0,
+    # option constraints declared once (pydantic), shared by the job schema, the API and
+    # the models' quadrature settings: a leaf
+    "nldist.options": 0,
     # ring 1: models
     "nldist.models": 1,
-    # ring 2: math (+ option constraints declared once, shared by the job schema and the API)
+    # ring 2: math
     "nldist.scores": 2,
     "nldist.train": 2,
-    "nldist.options": 2,
     # ring 3: wiring + I/O (of results, and of sources: packaged datasets and files)
     "nldist.graph": 3,
     "nldist.store": 3,

@@ -47,8 +47,8 @@ from torch.overrides import TorchFunctionMode
 
 from nldist._runtime import use_worker_threads
 from nldist.errors import NldistError
-from nldist.options import AdjointOptions, make
 from nldist.models.gauss import gauss_legendre
+from nldist.options import AdjointOptions, make
 
 log = logging.getLogger("nldist")
 

@@ -43,8 +43,14 @@ from nldist.models import quadrature
 from nldist.models.activations import Activation, activation
 from nldist.models.base import Model
 from nldist.models.losses import psi_divdiff
-from nldist.options import AdjointOptions
+from nldist.models.quadrature import (
+    FunctionalRay,
+    ScaledModuleRay,
+    as_rows,
+    install_scale_hooks,
+)
 from nldist.models.torchspec import import_factory, parse_torch_spec, takes_positional
+from nldist.options import AdjointOptions
 
 log = logging.getLogger("nldist")
 
@@ -205,7 +211,7 @@ class TorchModel(TorchForwardModel):
         buffers = {n: b.detach() for n, b in net.named_buffers()}
         fast = _linear_in_params(net)
         if fast:
-            quadrature.install_scale_hooks(net, [m for m in net.modules()
+            install_scale_hooks(net, [m for m in net.modules()
                                       if next(m.parameters(recurse=False), None) is not None])
         degree = getattr(net, "homogeneous_degree", None)
         if degree is not None and (not isinstance(degree, (int, float)) or degree <= 0):
@@ -256,13 +262,13 @@ class TorchModel(TorchForwardModel):
         finally:
             for hk in hooks:
                 hk.remove()
-        out = quadrature.as_rows(out, 3, f"module of {self.spec!r}")
+        out = as_rows(out, 3, f"module of {self.spec!r}")
         if not torch.all(torch.isfinite(out)):
             raise NldistError(f"module of {self.spec!r} returns NaN or inf on test rows; fix its "
                               "forward or initialization")
 
         def f(prm: dict) -> Any:
-            return quadrature.as_rows(functional_call(built.net, (prm, built.buffers), (X,)), 3).sum()
+            return as_rows(functional_call(built.net, (prm, built.buffers), (X,)), 3).sum()
 
         try:
             g = grad(f)(built.params)
@@ -278,7 +284,7 @@ class TorchModel(TorchForwardModel):
         if gnorm == 0.0:
             zero = {k: torch.zeros_like(v) for k, v in built.params.items()}
             with torch.no_grad():
-                moved = float((quadrature.as_rows(functional_call(built.net, (zero, built.buffers), (X,)), 3)
+                moved = float((as_rows(functional_call(built.net, (zero, built.buffers), (X,)), 3)
                                - out).abs().max())
             if moved > 0:
                 raise NldistError(f"module of {self.spec!r} is not differentiable in its "
@@ -297,8 +303,8 @@ class TorchModel(TorchForwardModel):
         rows = torch.arange(2)
         T = torch.tensor([0.3, 0.8], dtype=torch.float64)
         W = torch.tensor([0.5, 0.5], dtype=torch.float64)
-        slow = quadrature.FunctionalRay(fn, built.params, X).grads(rows, T, W)
-        quick = quadrature.ScaledModuleRay(built.net, built.params, built.buffers, X).grads(rows, T, W)
+        slow = FunctionalRay(fn, built.params, X).grads(rows, T, W)
+        quick = ScaledModuleRay(built.net, built.params, built.buffers, X).grads(rows, T, W)
         scale = float(slow.abs().max()) or 1.0
         return float((slow - quick).abs().max()) <= 1e-9 * scale
 
@@ -309,7 +315,7 @@ class TorchModel(TorchForwardModel):
         where = f"module of {self.spec!r}"
 
         def fn(prm: dict, Xb: Any) -> Any:
-            return quadrature.as_rows(functional_call(built.net, (prm, built.buffers), (Xb,)), Xb.shape[0],
+            return as_rows(functional_call(built.net, (prm, built.buffers), (Xb,)), Xb.shape[0],
                            where)
 
         return fn
@@ -408,17 +414,17 @@ class TorchModel(TorchForwardModel):
         prm = self._params(theta, dt)
         post = post if inner else self._post(built, post)
         if built.fast:
-            return quadrature.ScaledModuleRay(built.net, prm, _module_dtype_cast(built.buffers, dt), X, aux,
+            return ScaledModuleRay(built.net, prm, _module_dtype_cast(built.buffers, dt), X, aux,
                                    post, opts.max_elems, built.width)
         buffers = _module_dtype_cast(built.buffers, dt)
         from torch.func import functional_call
 
 
         def fn(p: dict, Xb: Any) -> Any:
-            return quadrature.as_rows(functional_call(built.net, (p, buffers), (Xb,)), Xb.shape[0],
+            return as_rows(functional_call(built.net, (p, buffers), (Xb,)), Xb.shape[0],
                            f"module of {self.spec!r}")
 
-        return quadrature.FunctionalRay(fn, prm, X, aux, post, opts.max_elems)
+        return FunctionalRay(fn, prm, X, aux, post, opts.max_elems)
 
     def ray(self, theta: Any, X: Any, aux: Any, post: Any, opts: Any) -> Any:
         """The quadrature engine's evaluator for this module (fast scaled one when eligible)."""

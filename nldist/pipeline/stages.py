@@ -115,27 +115,6 @@ def open_xy(ctx: RunContext) -> tuple[Any, Any]:
     return graph.as_dask_xy(X, y)
 
 
-def client() -> Any:
-    """The distributed client dask computes on now, or None (a local scheduler is in
-    force, e.g. ``dask.config.set(scheduler="synchronous")``, or there is no client)."""
-    try:
-        from distributed import get_client
-
-        c = get_client()
-    except (ImportError, ValueError):
-        return None
-    from dask.base import get_scheduler
-
-    return c if getattr(get_scheduler(), "__self__", None) is c else None
-
-
-def worker_limits(c: Any) -> list[int]:
-    """Memory limit in bytes of each worker of client ``c`` (0: none); [] without one."""
-    if c is None:
-        return []
-    return [w.get("memory_limit") or 0 for w in c.scheduler_info().get("workers", {}).values()]
-
-
 def xy(ctx: RunContext) -> tuple[Any, Any]:
     """X, y for the passes: kept in worker memory per ``job.cache_x`` on first use."""
     if ctx.xy_cache is None:
@@ -148,8 +127,8 @@ def _cache(ctx: RunContext, X: Any, y: Any) -> tuple[Any, Any]:
     if mode == "never":
         return X, y
     nbytes = int(X.nbytes + y.nbytes)
-    c = client()
-    budget = cache_budget(worker_limits(c))
+    c = graph.current_client()
+    budget = cache_budget(graph.worker_memory_limits(c))
     if mode == "auto" and (budget is None or nbytes > budget):
         log.info("X not cached in worker memory (%.0f MiB; budget %s)", nbytes / 2**20,
                  "none without a distributed client" if budget is None

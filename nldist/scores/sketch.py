@@ -139,7 +139,8 @@ def jl_factor(
 # --------------------------------------------------------------------------------------
 
 
-def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray | None
+                    ) -> np.ndarray:
     """The block matrix of ``rows`` (:mod:`nldist.scores.rows`) with its columns projected
     to ``sk.cols`` dims.
 

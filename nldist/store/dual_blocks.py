@@ -1,12 +1,12 @@
 """Persisted dual blocks: a scratch Zarr store that carries pass 1's blocks to pass 2.
 
-Exact scores read X twice (:mod:`nldist.graph`, :mod:`nldist.scores.block`): pass 1 builds each chunk's matrix block
-(the dual block ``[F*(theta), f(0) - y]``) for the global R, pass 2 builds it again for the
-per-row scores. For closed-form models rebuilding costs about a copy of X; for ``torch:``
-models (quadrature, :mod:`nldist.models.quadrature`) it costs far more than writing the block to
-disk and reading it back. With ``persist`` (``"never" | "always" | "auto"``) pass 1 writes
-blocks here and pass 2 reads them instead of rebuilding; ``"auto"`` decides per chunk from
-measured times (:func:`decide`).
+Exact scores read X twice (:mod:`nldist.graph`, :mod:`nldist.scores.block`): pass 1 builds
+each chunk's matrix block (the dual block ``[F*(theta), f(0) - y]``) for the global R, pass 2
+builds it again for the per-row scores. For closed-form models rebuilding costs about a copy
+of X; for ``torch:`` models (quadrature, :mod:`nldist.models.quadrature`) it costs far more
+than writing the block to disk and reading it back. With ``persist`` (``"never" | "always" |
+"auto"``) pass 1 writes blocks here and pass 2 reads them instead of rebuilding; ``"auto"``
+decides per chunk from measured times (:func:`decide`).
 
 Layout of one store (a Zarr v3 group; attrs ``nldist_scratch: true`` and ``key``)::
 
