@@ -101,16 +101,6 @@ def read_record(directory: str | Path, i: int) -> dict | None:
 # --------------------------------------------------------------------------------------
 
 
-def _json_scalar(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    raise TypeError(type(o))
-
-
 def _encode(obj: Any, prefix: str, meta: dict, arrays: dict, classes: dict) -> None:
     meta[prefix] = {"__class__": type(obj).__name__}
     for f in dataclasses.fields(obj):
@@ -125,7 +115,7 @@ def _encode(obj: Any, prefix: str, meta: dict, arrays: dict, classes: dict) -> N
             arrays[name] = v
             meta[prefix][f.name] = {"__array__": name}
         else:
-            meta[prefix][f.name] = json.loads(json.dumps(v, default=_json_scalar))
+            meta[prefix][f.name] = json.loads(json.dumps(v, default=_json_default))
 
 
 def _decode(prefix: str, meta: dict, arrays: Any, classes: dict) -> Any:
