@@ -231,7 +231,8 @@ class _Progress:
         elif event.status == "end":
             self.open = [e for e in self.open
                          if (e.stage, e.kind) != (event.stage, event.kind)]
-            if event.stage != "train" and event.seconds is not None and event.seconds >= 0.5:
+            if event.stage != "train" and event.seconds is not None and event.seconds >= 0.5 \
+                    and self.prog.console.is_terminal:  # a log file keeps only the results
                 self.prog.console.print(f"{self.name}: {event.label} "
                                         f"[dim]{event.seconds:.1f} s[/dim]")
         current = self.open[-1].label if self.open else "working"
