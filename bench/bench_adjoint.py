@@ -31,8 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nldist import quadrature  # noqa: E402
-from nldist.models import get_model  # noqa: E402
+from nldist.models import get_model, quadrature  # noqa: E402
 
 MODELS = [
     ("glm:swish", "glm:swish"),

@@ -278,9 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
     import zarr
 
     import nldist
-    from nldist.io import default_chunk_rows
+    from nldist._budget import x_chunk_rows
 
-    cr = args.chunk_rows or default_chunk_rows(args.d)
+    cr = args.chunk_rows or x_chunk_rows(args.d)
     path = args.path or HERE / "data" / f"bio_{args.n}_{args.d}_{cr}.zarr"
     if not path.exists():
         import make_data  # noqa: I001  (bench/ sibling script)

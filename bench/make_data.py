@@ -9,7 +9,7 @@ The real data (``nldist.datasets.load("bio")``: 145,751 rows, 74 numeric feature
    to every tiled copy, so that no two rows are identical and the chunks do not compress to
    nothing; the target is tiled unchanged.
 
-The layout is that of :func:`nldist.io.write_dataset` (``X`` (n, d) float64 in row chunks
+The layout is that of :func:`nldist.store.dataset.write_dataset` (``X`` (n, d) float64 in row chunks
 with one column chunk, ``y`` (n,), attrs), written chunk by chunk into ``OUT.partial`` and
 renamed into place: at most one chunk of the tall array is in memory at a time.
 
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="output group (default bench/data/bio_<n>_<d>.zarr)")
     args = ap.parse_args(argv)
-    from nldist.io import default_chunk_rows
+    from nldist._budget import x_chunk_rows
 
-    cr = args.chunk_rows or default_chunk_rows(args.d)
+    cr = args.chunk_rows or x_chunk_rows(args.d)
     out = args.out or HERE / "data" / f"bio_{args.n}_{args.d}_{cr}.zarr"
     t0 = time.perf_counter()
     write(out, args.n, args.d, cr, args.noise, args.seed)

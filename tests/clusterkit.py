@@ -22,7 +22,7 @@ PYTHON = sys.executable
 def make_dataset(path: Path, n: int = 4000, d: int = 6, chunk_rows: int = 500,
                  seed: int = 0) -> Path:
     """A small real Zarr dataset (written by nldist's own writer) with a nonlinear target."""
-    from nldist.io import write_dataset
+    from nldist.store.dataset import write_dataset
 
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
@@ -69,13 +69,13 @@ def outputs(out: Path, kinds: list[str]) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def run_local(job: dict, out: Path, stop_after: str = "sample") -> dict:
     """Run ``job`` in this process on a LocalCluster (the reference run)."""
+    from nldist import pipeline
     from nldist.cluster import connect
     from nldist.jobs import validate_job
-    from nldist.pipeline import Runner
 
     cfg = validate_job(job)
     with connect(cfg.cluster, name=cfg.name):
-        return Runner(cfg, out).run(stop_after=stop_after)
+        return pipeline.run(pipeline.RunContext(cfg, out), stop_after=stop_after)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:

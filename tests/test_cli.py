@@ -147,7 +147,7 @@ def test_bad_input_exits_nonzero_with_one_line(tmp_path, args, match):
     X = np.ones((10, 2))
     X[4, 1] = np.nan
     np.savez(tmp_path / "nan.npz", X=X, y=np.ones(10))
-    from nldist.io import write_dataset
+    from nldist.store.dataset import write_dataset
 
     write_dataset(tmp_path / "nan.zarr", X, np.ones(10), {}, chunk_rows=3)
     extra = ["--out", "o"] if args[0] == "run" else []
@@ -161,7 +161,7 @@ def test_bad_input_exits_nonzero_with_one_line(tmp_path, args, match):
 
 def test_api_on_a_real_local_cluster(local_client, tmp_path, diabetes):
     """Public API with Dask input on worker processes: same scores and sample as in memory."""
-    from nldist.io import write_dataset
+    from nldist.store.dataset import write_dataset
 
     X, y = diabetes
     path = write_dataset(tmp_path / "d.zarr", X, y, {}, chunk_rows=37)

@@ -24,10 +24,11 @@ from clusterkit import (
     write_job,
 )
 
+from nldist import _budget, pipeline
 from nldist.cluster import connect, require
 from nldist.errors import NldistError
 from nldist.jobs import ClusterConfig, validate_job
-from nldist.pipeline import Runner
+from nldist.pipeline import RunContext, stages
 
 KINDS = ["nonlinear-leverage", "linear-leverage", "uniform"]
 
@@ -42,7 +43,7 @@ def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     job = validate_job(job_dict(data, address="synchronous"))
     with connect(job.cluster):
-        Runner(job, out).run(stop_after="sample")
+        pipeline.run(RunContext(job, out), stop_after="sample")
     return outputs(out, KINDS)
 
 
@@ -56,7 +57,7 @@ def cli_cluster(tmp_path_factory):
 def _run(job_dict_, out):
     job = validate_job(job_dict_)
     with connect(job.cluster, name=job.name) as client:
-        Runner(job, out).run(stop_after="sample")
+        pipeline.run(RunContext(job, out), stop_after="sample")
         return client
 
 
@@ -150,7 +151,7 @@ def test_tls_local_cluster_and_tls_address(data, reference, tmp_path):
         addr = client.scheduler.address
         assert addr.startswith("tls://127.0.0.1:")
         assert all(w.startswith("tls://") for w in client.scheduler_info()["workers"])
-        Runner(job, tmp_path / "out").run(stop_after="sample")
+        pipeline.run(RunContext(job, tmp_path / "out"), stop_after="sample")
         # a second client by tls:// address with the same certificates works ...
         with connect(ClusterConfig(address=addr, tls=tls)) as other:
             assert other.submit(sum, [1, 2]).result() == 3
@@ -179,19 +180,17 @@ def test_cache_x_reads_once_same_results(data, reference, tmp_path, monkeypatch)
     samples, theta* and relative errors as reading the store every pass."""
     from distributed import Future
 
-    import nldist.pipeline as pl
-
     got = {}
-    for mode, fraction, cached in (("auto", pl.CACHE_FRACTION, True), ("never", 1.0, False),
+    for mode, fraction, cached in (("auto", _budget.CACHE_FRACTION, True), ("never", 1.0, False),
                                    ("auto", 1e-9, False)):  # budget too small: not cached
-        monkeypatch.setattr(pl, "CACHE_FRACTION", fraction)
+        monkeypatch.setattr(_budget, "CACHE_FRACTION", fraction)
         job = validate_job({**job_dict(data), "cache_x": mode})
         out = tmp_path / f"{mode}-{fraction}"
         with connect(job.cluster) as client:
-            runner = Runner(job, out)
-            runner.run()
-            assert runner.cached_x is cached
-            X, _ = runner.xy()
+            ctx = RunContext(job, out)
+            pipeline.run(ctx)
+            assert ctx.cached_x is cached
+            X, _ = stages.xy(ctx)
             tasks = dict(X.__dask_graph__()).values()  # persisted: futures on the workers
             assert all(isinstance(t, Future) for t in tasks) is cached
             assert client.status == "running"
@@ -210,6 +209,6 @@ def test_cache_x_without_a_distributed_client(data, tmp_path):
     for mode, cached in (("auto", False), ("always", True)):
         job = validate_job({**job_dict(data, address="synchronous"), "cache_x": mode})
         with connect(job.cluster):
-            runner = Runner(job, tmp_path / mode)
-            runner.run(stop_after="score")
-            assert runner.cached_x is cached
+            ctx = RunContext(job, tmp_path / mode)
+            pipeline.run(ctx, stop_after="score")
+            assert ctx.cached_x is cached

@@ -29,8 +29,8 @@ import pytest
 from clusterkit import PYTHON, ROOT, Proc, job_dict, make_dataset, outputs, wait_for, write_job
 
 from nldist import graph
-from nldist.api import make_spec
 from nldist.models import get_model
+from nldist.scores.spec import make_spec
 
 pytestmark = pytest.mark.slow
 
@@ -157,7 +157,7 @@ DRIVER = textwrap.dedent('''
     from pathlib import Path
     from distributed import Client
     from nldist import graph
-    from nldist.api import make_spec
+    from nldist.scores.spec import make_spec
     from nldist.models import get_model
 
     sched, data, marks, out, theta = sys.argv[1:6]

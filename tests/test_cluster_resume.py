@@ -1,4 +1,4 @@
-"""Resume after a killed driver, from per-chunk completion records (nldist.resume).
+"""Resume after a killed driver, from per-chunk completion records (nldist.store.scores).
 
 A real ``nldist sample`` process (driver + its LocalCluster worker, one process group) is
 SIGKILLed while it writes the second kind's score chunks. Running the same job again must
@@ -22,9 +22,10 @@ import pytest
 import zarr
 from clusterkit import PYTHON, ROOT, Proc, make_dataset, write_job
 
+from nldist import pipeline
 from nldist.cluster import connect
 from nldist.jobs import validate_job
-from nldist.pipeline import Runner
+from nldist.pipeline import RunContext
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +45,12 @@ def job(tmp_path_factory):
             "seed": 11, "cluster": {"address": "synchronous"}}
 
 
-def _run(job: dict, out: Path) -> Runner:
+def _run(job: dict, out: Path) -> RunContext:
     cfg = validate_job(job)
-    runner = Runner(cfg, out)
+    ctx = RunContext(cfg, out)
     with connect(cfg.cluster):
-        runner.run(stop_after="sample")
-    return runner
+        pipeline.run(ctx, stop_after="sample")
+    return ctx
 
 
 def _read(out: Path) -> dict:
@@ -79,8 +80,8 @@ def _records(out: Path, kind: str) -> dict[int, dict]:
 @pytest.fixture(scope="module")
 def reference(job, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
-    runner = _run(job, out)
-    assert all(runner.resume_stats[k]["computed"] == NCH for k in KINDS)
+    ctx = _run(job, out)
+    assert all(ctx.resume_stats[k]["computed"] == NCH for k in KINDS)
     return _read(out)
 
 
@@ -116,8 +117,8 @@ def test_killed_driver_resumes_without_redoing_finished_chunks(job, reference, t
     killed_run = {r["run"] for r in before[KINDS[1]].values()}
     assert len(killed_run) == 1
 
-    runner = _run(job, out)  # the same job again
-    st = runner.resume_stats
+    ctx = _run(job, out)  # the same job again
+    st = ctx.resume_stats
     assert st[KINDS[0]] == {"chunks": NCH, "reused": NCH, "computed": 0, "invalid": 0,
                             "pass1": None}
     assert st[KINDS[1]] == {"chunks": NCH, "reused": done2, "computed": NCH - done2,
@@ -126,7 +127,7 @@ def test_killed_driver_resumes_without_redoing_finished_chunks(job, reference, t
     assert len(after) == NCH
     for i, rec in before[KINDS[1]].items():  # finished chunks were not rewritten
         assert after[i] == rec
-    assert {r["run"] for i, r in after.items() if i not in before[KINDS[1]]} == {runner.run_id}
+    assert {r["run"] for i, r in after.items() if i not in before[KINDS[1]]} == {ctx.run_id}
     assert _records(out, KINDS[0]) == before[KINDS[0]]
     _identical(_read(out), reference)
 
@@ -149,12 +150,12 @@ def test_damaged_outputs_are_detected_and_recomputed(job, reference, tmp_path, c
     # 4. a corrupt record file
     (path / "done" / "13.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="nldist"):
-        runner = _run(job, out)
-    st = runner.resume_stats[kind]
+        ctx = _run(job, out)
+    st = ctx.resume_stats[kind]
     assert st["computed"] == 4 and st["reused"] == NCH - 4 and st["invalid"] == 2, st
     msgs = " ".join(r.getMessage() for r in caplog.records)
     assert "checksum mismatch" in msgs and "unreadable chunk" in msgs
-    assert runner.resume_stats[KINDS[1]]["computed"] == 0
+    assert ctx.resume_stats[KINDS[1]]["computed"] == 0
     _identical(_read(out), reference)
 
 
@@ -163,10 +164,10 @@ def test_other_inputs_never_reuse_chunks(job, reference, tmp_path):
     _run(job, out)
     theta2 = tmp_path / "theta2.npy"
     np.save(theta2, np.array([0.3, -0.2, 0.1, 0.4, 0.06]))
-    runner = _run({**job, "theta": str(theta2)}, out)
-    assert runner.resume_stats[KINDS[0]]["computed"] == NCH  # theta changed: all recomputed
-    assert runner.resume_stats[KINDS[0]]["reused"] == 0
-    assert runner.resume_stats[KINDS[1]]["computed"] == 0  # linear scores do not use theta
+    ctx = _run({**job, "theta": str(theta2)}, out)
+    assert ctx.resume_stats[KINDS[0]]["computed"] == NCH  # theta changed: all recomputed
+    assert ctx.resume_stats[KINDS[0]]["reused"] == 0
+    assert ctx.resume_stats[KINDS[1]]["computed"] == 0  # linear scores do not use theta
     assert not np.array_equal(_read(out)[KINDS[0]][0], reference[KINDS[0]][0])
     # and back: recomputed again, bit-identical to the clean run
     shutil.rmtree(out / "samples")

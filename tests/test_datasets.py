@@ -16,7 +16,7 @@ import zarr
 
 from nldist import datasets
 from nldist.errors import NldistError
-from nldist.io import ingest
+from nldist.ingest import ingest
 
 
 def _write_idx(path: Path, data: np.ndarray, compress: bool = True) -> None:

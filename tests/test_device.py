@@ -1,4 +1,4 @@
-"""The ``device`` option (nldist.devkernels): torch kernels for the block R and per-row
+"""The ``device`` option (nldist.scores.backends): torch kernels for the block R and per-row
 leverage give the NumPy path's scores to ~1e-12 relative on every kind, chunking, rank-
 deficient and float32 input; persisted blocks keep their bytes; one-line device errors.
 The CUDA class runs the same equalities on a GPU and skips without one."""
@@ -13,15 +13,20 @@ import pytest
 import torch
 
 import nldist
-from nldist import devkernels, dualstore, graph, kernels, linalg
-from nldist.api import make_spec
+from nldist import _budget, graph, pipeline
 from nldist.errors import NldistError
 from nldist.jobs import validate_job
-from nldist.pipeline import Runner
-from nldist.resume import read_record
+from nldist.pipeline import RunContext, stages
+from nldist.scores import backends, block, linalg
+from nldist.scores.kinds import get_kind
+from nldist.scores.rows import DualRows, linear_block
+from nldist.scores.spec import ScoreSpec, make_spec, with_device
+from nldist.store import dual_blocks
+from nldist.store.records import read_record
 
 HAS_CUDA = torch.cuda.is_available()
 RTOL = 1e-12
+CPU = backends.TorchBackend("cpu")
 
 #: (id, model spec, kind, ridge)
 CASES = [
@@ -46,9 +51,11 @@ def calls(monkeypatch):
 
         return wrapper
 
-    monkeypatch.setattr(devkernels.Reducer, "add", counted("reduce", devkernels.Reducer.add))
+    reducer = type(CPU.reducer(1))  # the device reducer class of TorchBackend
+    monkeypatch.setattr(reducer, "add", counted("reduce", reducer.add))
     for name in ("row_leverage", "row_sqnorms"):
-        monkeypatch.setattr(devkernels, name, counted("rows", getattr(devkernels, name)))
+        monkeypatch.setattr(backends.TorchBackend, name,
+                            counted("rows", getattr(backends.TorchBackend, name)))
     return counts
 
 
@@ -58,7 +65,7 @@ def _theta(model, seed=1):
 
 def _spec(X, spec_str, kind, device="numpy"):
     m = nldist.get_model(spec_str, n_features=X.shape[1])
-    theta = _theta(m) if kind in kernels.NONLINEAR_KINDS else None
+    theta = _theta(m) if get_kind(kind).nonlinear else None
     spec = make_spec(kind, m, theta, X.shape[1], True)
     return replace(spec, device=device)
 
@@ -101,13 +108,13 @@ def _ill(diabetes, eps=1e-4):
 
 @pytest.mark.parametrize("value", ["numpy", "cpu", "cuda", "cuda:0", "cuda:3", "auto"])
 def test_check_device_accepts(value):
-    assert devkernels.check_device(value) == value
+    assert backends.check_device(value) == value
 
 
 @pytest.mark.parametrize("value", ["gpu", "CUDA", "cuda:", "cuda:x", "", None, 0])
 def test_check_device_rejects_with_allowed_values(value, diabetes):
     with pytest.raises(NldistError) as err:
-        devkernels.check_device(value)
+        backends.check_device(value)
     msg = str(err.value)
     assert "\n" not in msg and "use one of numpy, cpu, cuda, cuda:N, auto" in msg
     X, y = diabetes
@@ -120,12 +127,12 @@ def test_cuda_without_gpu_is_a_one_line_error(diabetes):
     X, y = diabetes
     for dev in ("cuda", "cuda:0"):
         with pytest.raises(NldistError) as err:
-            devkernels.resolve(dev)
+            backends.resolve(dev)
         assert str(err.value) == (f"device {dev!r} requested but torch sees no CUDA device on "
                                   "the worker; use device: auto or numpy")
         with pytest.raises(NldistError, match="no CUDA device"):
             nldist.scores(X, y, model="glm:swish", device=dev)
-    assert devkernels.resolve("auto") is None  # auto without a GPU: the NumPy kernels
+    assert backends.resolve("auto") is None  # auto without a GPU: the NumPy kernels
     ref = nldist.scores(X, y, model="glm:swish")
     np.testing.assert_array_equal(nldist.scores(X, y, model="glm:swish", device="auto"), ref)
 
@@ -133,12 +140,12 @@ def test_cuda_without_gpu_is_a_one_line_error(diabetes):
 def test_resolve_names_the_cuda_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert devkernels.resolve("auto") == "cuda"
-    assert devkernels.resolve("cuda:0") == "cuda:0"
+    assert backends.resolve("auto") == "cuda"
+    assert backends.resolve("cuda:0") == "cuda:0"
     with pytest.raises(NldistError, match=r"sees 1 CUDA device\(s\) on the worker "
                        r"\(cuda:0..cuda:0\); use device: cuda, auto or numpy"):
-        devkernels.resolve("cuda:1")
-    assert devkernels.resolve("numpy") is None and devkernels.resolve("cpu") == "cpu"
+        backends.resolve("cuda:1")
+    assert backends.resolve("numpy") is None and backends.resolve("cpu") == "cpu"
 
 
 def test_job_schema_device():
@@ -156,13 +163,13 @@ def test_job_schema_device():
 
 
 # --------------------------------------------------------------------------------------
-# kernels: block R, leverage, norms against nldist.linalg
+# kernels: block R, leverage, norms against nldist.scores.linalg
 # --------------------------------------------------------------------------------------
 
 
 def _blocks(diabetes):
     X, y = diabetes
-    lin = kernels.linear_block(X, y)
+    lin = linear_block(X, y)
     zero = np.hstack([lin[:, :3], np.zeros((X.shape[0], 1)), lin[:, 3:]])
     return {
         "cholqr": lin,
@@ -177,9 +184,9 @@ def _blocks(diabetes):
 @pytest.mark.parametrize("name", ["cholqr", "cholqr2", "scholqr3", "zero-column", "short",
                                   "float32"])
 def test_block_r_matches_linalg(diabetes, name, monkeypatch):
-    monkeypatch.setattr(devkernels, "SLICE_BYTES", 1)  # 256-row device slices
+    monkeypatch.setattr(_budget, "DEVICE_SLICE_BYTES", 1)  # 256-row device slices
     A = _blocks(diabetes)[name]
-    R, method = devkernels.block_r(A, "cpu")
+    R, method = CPU.block_r(A)
     Rref, mref = linalg.block_r_method(A)
     assert method == mref
     expect = {"zero-column": "cholqr", "short": "householder", "float32": "cholqr"}
@@ -196,31 +203,31 @@ def test_block_r_matches_linalg(diabetes, name, monkeypatch):
 @pytest.mark.parametrize("method", ["cholqr", "cholqr2", "scholqr3", "householder"])
 def test_block_r_forced_methods(diabetes, method):
     A = _ill(diabetes, 1e-3)
-    R, used = devkernels.block_r(A, "cpu", method, G=devkernels.gram(A, "cpu"))
+    R, used = CPU.block_r(A, method, G=CPU.gram(A))
     Rref, uref = linalg.block_r_method(A, method)
     assert used == uref == method
     np.testing.assert_allclose(R, Rref, rtol=0, atol=1e-10 * np.abs(Rref).max())
     with pytest.raises(ValueError, match="unknown QR method"):
-        devkernels.block_r(A, "cpu", "qr")
+        CPU.block_r(A, "qr")
 
 
 def test_gram_and_reducer_match_numpy(diabetes, monkeypatch):
-    monkeypatch.setattr(devkernels, "SLICE_BYTES", 1)
+    monkeypatch.setattr(_budget, "DEVICE_SLICE_BYTES", 1)
     A = _blocks(diabetes)["cholqr"]
-    np.testing.assert_allclose(devkernels.gram(A, "cpu"), A.T @ A, rtol=1e-13, atol=1e-11)
-    acc = devkernels.Reducer(A.shape[1], "cpu", gram=False)
+    np.testing.assert_allclose(CPU.gram(A), A.T @ A, rtol=1e-13, atol=1e-11)
+    acc = CPU.reducer(A.shape[1], gram=False)
     acc.add(A[:300])
     acc.add(A[300:].astype(np.float32))  # float32 slices are upcast on the device
     B = np.vstack([A[:300], A[300:].astype(np.float32).astype(np.float64)])
     assert acc.value() == pytest.approx(float(np.sum(B * B)), rel=1e-14)
-    np.testing.assert_allclose(devkernels.row_sqnorms(A, "cpu"), linalg.row_sqnorms(A),
+    np.testing.assert_allclose(CPU.row_sqnorms(A), linalg.row_sqnorms(A),
                                rtol=1e-14)
 
 
 def _factors(diabetes):
     """Global factors taking each pass-2 path: inverse GEMM, TRSM, V_r / s_r, ridge."""
     X, y = diabetes
-    lin = kernels.linear_block(X, y)
+    lin = linear_block(X, y)
     scaled = lin * np.r_[np.ones(lin.shape[1] - 1), 1e6]  # cond(R) ~ 1e6 > INVERSE_MAX_COND
     zero = np.hstack([lin, np.zeros((lin.shape[0], 1))])
     out = {}
@@ -232,32 +239,30 @@ def _factors(diabetes):
 
 @pytest.mark.parametrize("name", ["inverse", "trsm", "rank", "ridge"])
 def test_row_leverage_matches_linalg(diabetes, name, monkeypatch):
-    monkeypatch.setattr(devkernels, "SLICE_BYTES", 1)
+    monkeypatch.setattr(_budget, "DEVICE_SLICE_BYTES", 1)
     A, fac = _factors(diabetes)[name]
     assert (fac.solve_r is not None) == (name == "trsm")
     assert fac.rank == A.shape[1] - (name == "rank")
     ref = linalg.row_leverage(A, fac)
-    got = devkernels.row_leverage(A, fac, "cpu")
+    got = CPU.row_leverage(A, fac)
     assert_same_scores(got, ref)
     assert got.sum() == pytest.approx(ref.sum(), rel=1e-12) and got.sum() == pytest.approx(
         fac.total, rel=1e-10)
     B = A.astype(np.float32)  # float32 blocks: upcast on the device
-    assert_same_scores(devkernels.row_leverage(B, fac, "cpu"), linalg.row_leverage(B, fac))
+    assert_same_scores(CPU.row_leverage(B, fac), linalg.row_leverage(B, fac))
     ro = A.copy()
     ro.flags.writeable = False  # read-only blocks (e.g. from a store) are copied, not wrapped
-    assert_same_scores(devkernels.row_leverage(ro, fac, "cpu"), ref)
-    assert devkernels.row_leverage(A[:0], fac, "cpu").shape == (0,)
+    assert_same_scores(CPU.row_leverage(ro, fac), ref)
+    assert CPU.row_leverage(A[:0], fac).shape == (0,)
 
 
 def test_float32_blocks_upcast_on_the_device(diabetes):
     A = _blocks(diabetes)["float32"]
     A64 = A.astype(np.float64)
     _, fac = _factors(diabetes)["inverse"]
-    np.testing.assert_array_equal(devkernels.gram(A, "cpu"), devkernels.gram(A64, "cpu"))
-    np.testing.assert_array_equal(devkernels.row_leverage(A, fac, "cpu"),
-                                  devkernels.row_leverage(A64, fac, "cpu"))
-    np.testing.assert_array_equal(devkernels.row_sqnorms(A, "cpu"),
-                                  devkernels.row_sqnorms(A64, "cpu"))
+    np.testing.assert_array_equal(CPU.gram(A), CPU.gram(A64))
+    np.testing.assert_array_equal(CPU.row_leverage(A, fac), CPU.row_leverage(A64, fac))
+    np.testing.assert_array_equal(CPU.row_sqnorms(A), CPU.row_sqnorms(A64))
 
 
 # --------------------------------------------------------------------------------------
@@ -312,11 +317,10 @@ def test_ill_conditioned_block_takes_device_cholqr2(diabetes, sync_scheduler):
     A = _ill(diabetes, 1e-4)
     out = {}
     for device in ("numpy", "cpu"):
-        spec = kernels.ScoreSpec("linear-leverage", None, None, use_y=False, raw=True,
-                                 device=device)
-        stats = kernels.pass1_block(A, None, spec)
-        norm = kernels.finalize_pass1(spec, stats)
-        out[device] = (kernels.pass2_block(A, None, spec, norm), stats["methods"], norm.rank)
+        spec = with_device(graph.raw_spec(), device)
+        stats = block.pass1_block(A, None, spec)
+        norm = block.finalize_pass1(spec, stats)
+        out[device] = (block.pass2_block(A, None, spec, norm), stats["methods"], norm.rank)
     assert out["cpu"][1] == out["numpy"][1] == {"cholqr2": 1}
     assert out["cpu"][2] == out["numpy"][2] == A.shape[1]
     assert_same_scores(out["cpu"][0], out["numpy"][0], rtol=1e-11)
@@ -349,13 +353,14 @@ def test_persisted_blocks_same_bytes(diabetes, sync_scheduler, calls):
         spec = _spec(X, "relu2:8", "nonlinear-leverage", device)
         dX, dy = graph.as_dask_xy(da.from_array(X, chunks=(150, -1)),
                                   da.from_array(y, chunks=150))
-        store = dualstore.temporary("always")
+        store = dual_blocks.temporary("always")
         try:
             norm = graph.pass1(dX, dy, spec, store=store)
             assert norm.persist["persisted"] == 3
             shas[device] = [read_record(store.path, i)["sha256"] for i in range(3)]
             with pytest.MonkeyPatch.context() as mp:  # pass 2 reads, never rebuilds
-                mp.setattr(kernels.ScoreSpec, "matrix", _no_rebuild)
+                mp.setattr(ScoreSpec, "matrix", _no_rebuild)
+                mp.setattr(DualRows, "matrix", _no_rebuild)
                 scores[device] = graph.pass2(dX, dy, spec, norm, store=store).compute()
         finally:
             store.owner.cleanup()
@@ -376,11 +381,11 @@ def test_runner_device_field(tmp_path, diabetes, sync_scheduler, calls):
                             "model": "glm:swish", "theta": "init", "s": 50,
                             "baselines": ["linear-leverage"], "device": device,
                             "cluster": {"address": "synchronous"}})
-        run = Runner(job, tmp_path / device)
-        run.run(stop_after="score")
-        assert run.plan()["device"] == device
+        ctx = RunContext(job, tmp_path / device)
+        pipeline.run(ctx, stop_after="score")
+        assert pipeline.plan(ctx)["device"] == device
         assert (calls["reduce"] > 0) == (device == "cpu")  # 2 kinds x 3 chunks
-        probs[device] = {k: run.scores(k, run.theta())[0].compute()
+        probs[device] = {k: stages.scores(ctx, k, stages.theta(ctx))[0].compute()
                          for k in ("nonlinear-leverage", "linear-leverage")}
     for k, ref in probs["numpy"].items():
         assert_same_scores(probs["cpu"][k], ref)
@@ -412,13 +417,13 @@ class TestCuda:
         _check_graph_equal(X, y, spec_str, kind, ridge, chunks, "cuda")
 
     def test_auto_picks_cuda(self):
-        assert devkernels.resolve("auto") == "cuda"
-        assert devkernels.resolve("cuda:0") == "cuda:0"
+        assert backends.resolve("auto") == "cuda"
+        assert backends.resolve("cuda:0") == "cuda:0"
 
     @pytest.mark.parametrize("name", ["cholqr", "cholqr2", "zero-column", "float32"])
     def test_block_r(self, diabetes, name):
         A = _blocks(diabetes)[name]
-        R, method = devkernels.block_r(A, "cuda")
+        R, method = backends.TorchBackend("cuda").block_r(A)
         Rref, mref = linalg.block_r_method(A)
         assert method == mref
         np.testing.assert_allclose(R, Rref, rtol=0, atol=1e-10 * np.abs(Rref).max())
@@ -426,7 +431,8 @@ class TestCuda:
     @pytest.mark.parametrize("name", ["inverse", "trsm", "rank", "ridge"])
     def test_row_leverage(self, diabetes, name):
         A, fac = _factors(diabetes)[name]
-        assert_same_scores(devkernels.row_leverage(A, fac, "cuda"), linalg.row_leverage(A, fac))
+        assert_same_scores(backends.TorchBackend("cuda").row_leverage(A, fac),
+                           linalg.row_leverage(A, fac))
 
     def test_scores_api_rank_deficient_float32(self, diabetes, sync_scheduler):
         X, y = diabetes

@@ -11,11 +11,13 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from nldist import diagnostics as dg
 from nldist.cli import app
 from nldist.errors import NldistError
-from nldist.io import ingest
+from nldist.graph import precision_at_k
+from nldist.ingest import ingest
 from nldist.jobs import validate_job
+from nldist.pipeline.diagnose import diagnose, write_noisy_dataset
+from nldist.scores.sampling import hash_uniform
 
 JOB = {"name": "bc", "dataset": {"source": "breast_cancer", "standardize": True,
                                  "chunk_rows": 100},
@@ -25,21 +27,21 @@ JOB = {"name": "bc", "dataset": {"source": "breast_cancer", "standardize": True,
 
 def test_hash_uniform_is_deterministic_and_uniform():
     idx = np.arange(200_000)
-    u = dg.hash_uniform(idx, 7)
-    np.testing.assert_array_equal(u, dg.hash_uniform(idx, 7))
+    u = hash_uniform(idx, 7)
+    np.testing.assert_array_equal(u, hash_uniform(idx, 7))
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.005
     counts = np.histogram(u, bins=20, range=(0, 1))[0]
     assert counts.min() > 0.95 * len(u) / 20
-    assert not np.array_equal(u[:100], dg.hash_uniform(idx[:100], 8)[:100])
-    np.testing.assert_array_equal(u[5000:6000], dg.hash_uniform(idx[5000:6000], 7))
+    assert not np.array_equal(u[:100], hash_uniform(idx[:100], 8)[:100])
+    np.testing.assert_array_equal(u[5000:6000], hash_uniform(idx[5000:6000], 7))
 
 
 def test_noisy_dataset_flips_the_same_rows_for_any_chunking(tmp_path):
     masks = []
     for cr in (37, 569):
         src = ingest("breast_cancer", tmp_path / f"bc{cr}.zarr", chunk_rows=cr)
-        facts = dg.write_noisy_dataset(src, tmp_path / f"noisy{cr}.zarr", 0.2, seed=3)
+        facts = write_noisy_dataset(src, tmp_path / f"noisy{cr}.zarr", 0.2, seed=3)
         g = zarr.open_group(str(tmp_path / f"noisy{cr}.zarr"), mode="r")
         clean = zarr.open_group(str(src), mode="r")
         fl = g["flipped"][:].astype(bool)
@@ -56,9 +58,9 @@ def test_noisy_dataset_flips_the_same_rows_for_any_chunking(tmp_path):
 def test_noisy_dataset_rejects_bad_input(tmp_path):
     src = ingest("diabetes", tmp_path / "d.zarr")
     with pytest.raises(NldistError, match=r"y in \{0, 1\}.*dataset.classes"):
-        dg.write_noisy_dataset(src, tmp_path / "n.zarr", 0.1)
+        write_noisy_dataset(src, tmp_path / "n.zarr", 0.1)
     with pytest.raises(NldistError, match="flip fraction"):
-        dg.write_noisy_dataset(src, tmp_path / "n.zarr", 0.7)
+        write_noisy_dataset(src, tmp_path / "n.zarr", 0.7)
 
 
 def test_precision_at_k_matches_a_full_sort(rng):
@@ -66,8 +68,8 @@ def test_precision_at_k_matches_a_full_sort(rng):
     scores = rng.random(n)
     flipped = (rng.random(n) < 0.3).astype(np.int8)
     ks = [1, 10, 100, 3000]
-    prec, rec = dg.precision_at_k(da.from_array(scores, chunks=250),
-                                  da.from_array(flipped, chunks=250), ks)
+    prec, rec = precision_at_k(da.from_array(scores, chunks=250),
+                               da.from_array(flipped, chunks=250), ks)
     order = np.argsort(-scores)
     for k, p, r in zip(ks, prec, rec, strict=True):
         assert p == pytest.approx(flipped[order[:k]].mean())
@@ -77,9 +79,17 @@ def test_precision_at_k_matches_a_full_sort(rng):
 
 def test_diagnose_end_to_end_on_real_data(tmp_path):
     """Breast cancer (real, bundled): the loss and nonlinear leverage find flipped labels."""
+    events = []
     with dask.config.set(scheduler="synchronous"):
-        res = dg.diagnose(validate_job(JOB), tmp_path / "out", fraction=0.1, seed=1,
-                          ks=[10, 25, 50])
+        res = diagnose(validate_job(JOB), tmp_path / "out", fraction=0.1, seed=1,
+                       ks=[10, 25, 50], listener=events.append)
+    # the listener hears both contexts (clean and noisy data), each stage with its own kind
+    done = [(e.stage, e.kind) for e in events if e.status == "end"]
+    assert [s for s, _ in done if s in ("ingest", "flip", "optimum", "rank")] == [
+        "ingest", "flip", "optimum", "rank"]
+    assert [k for s, k in done if s == "score"] == [
+        "nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-leverage+y"]
+    assert sum(e.status == "start" for e in events) == len(done)
     saved = json.loads((tmp_path / "out" / "diagnostics.json").read_text())
     assert saved["precision"] == res["precision"]
     assert set(res["precision"]) == {"nonlinear-leverage", "nonlinear-norm", "linear-leverage",

@@ -20,8 +20,8 @@ import pytest
 from clusterkit import CliCluster, make_dataset, wait_for
 
 from nldist import graph
-from nldist.api import make_spec
 from nldist.models import get_model
+from nldist.scores.spec import make_spec
 
 pytestmark = pytest.mark.slow
 

@@ -75,7 +75,7 @@ def test_column_chunked_input_is_rechunked(diabetes, sync_scheduler, caplog):
 
 def test_leverage_dask_and_zarr_path(diabetes, tmp_path, sync_scheduler):
     X, y = diabetes
-    from nldist.io import write_dataset
+    from nldist.store.dataset import write_dataset
 
     path = write_dataset(tmp_path / "d.zarr", X, y, {"features": []}, chunk_rows=64)
     ref = nldist.scores(X, y, model="glm:sigmoid", theta=np.full(11, 0.1))
@@ -131,8 +131,9 @@ def test_graph_input_errors(diabetes, tmp_path):
 def test_wide_dual_blocks_run_on_split_chunks(diabetes, monkeypatch, sync_scheduler, persist):
     """A dual wider than X (relu2: q = 12 h + 1) gets X's row chunks split so that no
     task builds a block over DUAL_BLOCK_BYTES; the scores keep X's chunks and values."""
-    from nldist import dualstore, kernels
-    from nldist.api import make_spec
+    from nldist.scores import block
+    from nldist.scores.spec import make_spec
+    from nldist.store import dual_blocks
 
     X, y = diabetes
     m = nldist.get_model("relu2:6", n_features=X.shape[1])
@@ -141,15 +142,15 @@ def test_wide_dual_blocks_run_on_split_chunks(diabetes, monkeypatch, sync_schedu
     q = spec.n_cols(X.shape[1])
     monkeypatch.setattr(graph, "DUAL_BLOCK_BYTES", 8 * q * 50)  # 50 rows per task
     seen = []
-    orig = kernels.pass1_block
+    orig = block.pass1_block
 
     def rec(Xb, *a, **k):
         seen.append(len(Xb))
         return orig(Xb, *a, **k)
 
-    monkeypatch.setattr(kernels, "pass1_block", rec)
+    monkeypatch.setattr(block, "pass1_block", rec)
     dX, dy = da.from_array(X, chunks=(160, -1)), da.from_array(y, chunks=160)
-    store = dualstore.temporary("always") if persist == "always" else None
+    store = dual_blocks.temporary("always") if persist == "always" else None
     norm = graph.pass1(dX, dy, spec, store=store)
     probs = graph.pass2(dX, dy, spec, norm, store=store)
     assert probs.chunks == dX.chunks[:1]
@@ -159,4 +160,4 @@ def test_wide_dual_blocks_run_on_split_chunks(diabetes, monkeypatch, sync_schedu
     np.testing.assert_allclose(probs.compute(), ref / ref.sum(), rtol=1e-9, atol=1e-15)
     if store is not None:
         assert norm.persist["persisted"] == tasks
-        dualstore.remove(store)
+        dual_blocks.remove(store)

@@ -8,7 +8,9 @@ import pytest
 import zarr
 
 from nldist import NldistError
-from nldist.io import default_chunk_rows, ingest, read_attrs
+from nldist._budget import x_chunk_rows
+from nldist.ingest import ingest
+from nldist.store.dataset import read_attrs
 
 
 @pytest.fixture
@@ -108,4 +110,4 @@ def test_existing_output_is_not_overwritten(tmp_path, rng):
 
 
 def test_default_chunk_rows_targets_tens_of_mib():
-    assert default_chunk_rows(50) * 50 * 8 == pytest.approx(32 * 2**20, rel=1e-3)
+    assert x_chunk_rows(50) * 50 * 8 == pytest.approx(32 * 2**20, rel=1e-3)

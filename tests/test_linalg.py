@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import replace
 
 import dask
 import dask.array as da
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 import nldist
-from nldist import kernels, linalg
+from nldist import _budget, _runtime
+from nldist.scores import block, linalg
+from nldist.scores.spec import ScoreSpec, make_spec
 
 EPS = np.finfo(np.float64).eps
 METHODS = ["auto", "cholqr", "cholqr2", "scholqr3", "householder"]
@@ -195,8 +198,8 @@ def test_sliced_solve_equals_unsliced(monkeypatch, rng):
     A = with_condition(3000, 5, 1e3, rng)
     fac = linalg.finalize_r(linalg.block_r(A), len(A))
     whole = linalg.row_leverage(A, fac)
-    monkeypatch.setattr(linalg, "SUB_BYTES", 1)  # 256-row slices
-    assert linalg.sub_rows(5) == 256
+    monkeypatch.setattr(_budget, "SUB_BYTES", 1)  # 256-row slices
+    assert _budget.sub_rows(5) == 256
     A2 = A.copy()
     sliced = linalg.row_leverage(A2, fac, overwrite_a=True)
     np.testing.assert_allclose(sliced, whole, rtol=1e-13, atol=0)
@@ -233,16 +236,17 @@ def test_inverse_gemm_path_matches_solve_and_svd(kappa, ridge, rng):
 @pytest.mark.parametrize("qr_method", METHODS)
 def test_pass_kernels_in_slices_match_dense(monkeypatch, diabetes, qr_method):
     """pass1_block / pass2_block with many row slices equal the dense dual-matrix reference."""
-    monkeypatch.setattr(linalg, "SUB_BYTES", 1)
+    monkeypatch.setattr(_budget, "SUB_BYTES", 1)
     X, y = diabetes
     m = nldist.get_model("glm:swish", X.shape[1])
     theta = 0.3 * np.random.default_rng(1).normal(size=m.n_params)
-    spec = kernels.ScoreSpec("nonlinear-leverage", m, theta, use_y=True, qr_method=qr_method)
-    stats = kernels.pass1_block(X, y, spec)
+    spec = replace(make_spec("nonlinear-leverage", m, theta, X.shape[1], True),
+                   qr_method=qr_method)
+    stats = block.pass1_block(X, y, spec)
     assert stats["methods"] == {"cholqr" if qr_method == "auto" else qr_method: 1}
-    norm = kernels.finalize_pass1(spec, stats)
+    norm = block.finalize_pass1(spec, stats)
     ref, r = svd_leverage(nldist.dual_matrix(m, theta, X, y))
-    np.testing.assert_allclose(kernels.pass2_block(X, y, spec, norm), ref / r, atol=1e-15)
+    np.testing.assert_allclose(block.pass2_block(X, y, spec, norm), ref / r, atol=1e-15)
 
 
 def test_dask_leverage_ill_conditioned_and_deficient(sync_scheduler, rng):
@@ -323,34 +327,35 @@ def test_uniform_scores_read_no_block(sync_scheduler, rng):
 @pytest.mark.parametrize("cheap", [True, False])
 def test_ill_conditioned_dual_block_kept_or_rebuilt(monkeypatch, rng, cheap):
     """The slow-path block is rebuilt (closed forms) or kept from the slices (quadrature)."""
-    monkeypatch.setattr(linalg, "SUB_BYTES", 1)
-    monkeypatch.setattr(kernels.ScoreSpec, "cheap_to_rebuild", property(lambda self: cheap))
+    monkeypatch.setattr(_budget, "SUB_BYTES", 1)
+    monkeypatch.setattr(ScoreSpec, "cheap_to_rebuild", property(lambda self: cheap))
     X = with_condition(2000, 4, 1e8, rng)
     y = rng.standard_normal(2000)
     m = nldist.get_model("glm:tanh", 4)
     theta = np.array([0.3, -0.2, 0.1, 0.5, 0.05])
-    spec = kernels.ScoreSpec("nonlinear-leverage", m, theta, use_y=True)
-    stats = kernels.pass1_block(X, y, spec)
+    spec = make_spec("nonlinear-leverage", m, theta, 4, True)
+    stats = block.pass1_block(X, y, spec)
     assert set(stats["methods"]) <= {"scholqr3", "householder"}
-    norm = kernels.finalize_pass1(spec, stats)
+    norm = block.finalize_pass1(spec, stats)
     ref, r = svd_leverage(nldist.dual_matrix(m, theta, X, y))
-    np.testing.assert_allclose(kernels.pass2_block(X, y, spec, norm) * r, ref, atol=1e-7)
+    np.testing.assert_allclose(block.pass2_block(X, y, spec, norm) * r, ref, atol=1e-7)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("augment", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_linear_gram_without_copy_matches_dense(monkeypatch, diabetes, bias, augment, dtype):
-    monkeypatch.setattr(linalg, "SUB_BYTES", 1)
+    monkeypatch.setattr(_budget, "SUB_BYTES", 1)
     X, y = diabetes
     X = X.astype(dtype)
-    spec = kernels.ScoreSpec("linear-leverage", None, None, use_y=augment, linear_bias=bias)
-    norm = kernels.finalize_pass1(spec, kernels.pass1_block(X, y, spec))
+    spec = make_spec("linear-leverage", "linear" if bias else "linear:nobias", None, X.shape[1],
+                     True, augment)
+    norm = block.finalize_pass1(spec, block.pass1_block(X, y, spec))
     cols = [X.astype(np.float64)] + ([np.ones((len(X), 1))] if bias else []) + \
         ([y[:, None]] if augment else [])
     ref, r = svd_leverage(np.hstack(cols))
     assert norm.rank == r
-    np.testing.assert_allclose(kernels.pass2_block(X, y, spec, norm) * r, ref, atol=1e-13)
+    np.testing.assert_allclose(block.pass2_block(X, y, spec, norm) * r, ref, atol=1e-13)
 
 
 def test_heap_reuse_context_in_worker_setting(monkeypatch, diabetes):
@@ -358,15 +363,13 @@ def test_heap_reuse_context_in_worker_setting(monkeypatch, diabetes):
     context (nested, across threads) and give the same scores; the depth returns to 0."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from nldist import heap
-
     X, y = diabetes
     m = nldist.get_model("glm:swish", X.shape[1])
     theta = np.full(m.n_params, 0.1)
     plain = nldist.scores(X, y, model=m, theta=theta)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    with heap.reuse_freed_memory(), ThreadPoolExecutor(2) as ex:
+    with _runtime.reuse_freed_memory(), ThreadPoolExecutor(2) as ex:
         outs = list(ex.map(lambda _: nldist.scores(X, y, model=m, theta=theta), range(4)))
-    assert heap._depth == 0
+    assert _runtime._depth == 0
     for out in outs:
         np.testing.assert_array_equal(out, plain)

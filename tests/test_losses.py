@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from nldist import kernels, losses
+from nldist import train
 from nldist.errors import NldistError
 from nldist.jobs import validate_job
-from nldist.models import get_model
+from nldist.models import get_model, losses
+from nldist.models.torchmodel import TorchForwardModel
+from nldist.scores.rows import dual_block
+from nldist.scores.spec import make_spec
 from nldist.train import train_on_sample
 
 
@@ -94,27 +97,25 @@ def test_dual_block_identity_for_losses(spec, loss, data):
     m = get_model(spec, 4)
     rng = np.random.default_rng(2)
     theta = m.initial_theta() + 0.3 * rng.normal(size=m.n_params)
-    D = kernels.dual_block(m, theta, X, y, loss)
+    D = dual_block(m, theta, X, y, loss)
     lo = losses.get_loss(loss)
     r1 = lo.residual(m.predict(theta, X), y)
     np.testing.assert_allclose(D[:, -1], lo.residual(m.f0(X), y))
     scale = np.abs(r1) + np.abs(D[:, -1]) + np.abs(D[:, :-1]) @ np.abs(theta)
     assert np.max(np.abs(D @ np.append(theta, 1.0) - r1) / scale) < 1e-10
     # the spec with loss: scores are a distribution
-    spec_ = kernels.ScoreSpec("nonlinear-leverage", m, theta, loss=loss)
+    spec_ = make_spec("nonlinear-leverage", m, theta, X.shape[1], True, loss=loss)
     assert spec_.matrix(X, y).shape == (X.shape[0], m.n_params + 1)
 
 
 def test_glm_closed_form_equals_quadrature_for_bce(data):
     from dataclasses import dataclass
 
-    from nldist.models import Model
-
     X, yb, _ = data
     glm = get_model("glm:sigmoid", 4)
 
     @dataclass
-    class TorchOnly(Model):
+    class TorchOnly(TorchForwardModel):
         def __post_init__(self):
             self.n_params = 5
 
@@ -122,8 +123,8 @@ def test_glm_closed_form_equals_quadrature_for_bce(data):
             return glm.torch_forward(theta, X)
 
     theta = np.random.default_rng(1).normal(size=5)
-    a = losses.residual_adjoint(glm, theta, X, yb, losses.get_loss("bce"))
-    b = losses.residual_adjoint(TorchOnly("t", 4), theta, X, yb, losses.get_loss("bce"))
+    a = glm.residual_adjoint(theta, X, yb, losses.get_loss("bce"))
+    b = TorchOnly("t", 4).residual_adjoint(theta, X, yb, losses.get_loss("bce"))
     assert np.max(np.abs(a - b)) < 1e-10 * np.abs(a).max()
 
 
@@ -134,14 +135,14 @@ def test_gn_block_gradient_and_losses_block(spec, loss, data):
     y = yb if loss == "bce" else yp
     m = get_model(spec, 4)
     theta = m.initial_theta() + 0.2
-    out = kernels.gn_block(m, theta, X, y, 0, loss)
-    L = kernels.losses_block(m, theta[None], X, y, loss)[0]
+    out = train.gn_block(m, theta, X, y, 0, loss)
+    L = train.losses_block(m, theta[None], X, y, loss)[0]
     assert abs(out["loss"] - L) < 1e-9 * L
     h = 1e-6
     for j in (0, m.n_params - 1):
         e = np.zeros(m.n_params)
         e[j] = h
-        Lp, Lm = kernels.losses_block(m, np.vstack([theta + e, theta - e]), X, y, loss)
+        Lp, Lm = train.losses_block(m, np.vstack([theta + e, theta - e]), X, y, loss)
         assert abs(out["grad"][j] - (Lp - Lm) / (2 * h)) < 1e-5 * (abs(out["grad"][j]) + 1)
     assert np.all(np.linalg.eigvalsh(out["gn"]) > -1e-8)
 
@@ -153,22 +154,22 @@ def test_training_with_bce_and_poisson(data):
     fit = train_on_sample(m, X, yb, w, radius=20.0, loss="bce")
     assert fit.converged
     # optimality: the gradient of the weighted BCE vanishes at an interior optimum
-    g = kernels.gn_block(m, fit.theta, X, yb, 0, "bce")["grad"]
+    g = train.gn_block(m, fit.theta, X, yb, 0, "bce")["grad"]
     assert np.linalg.norm(g) < 1e-6 * fit.loss
     mp = get_model("glm:exp", 4)
     fitp = train_on_sample(mp, X, yp, w, radius=20.0, loss="poisson")
-    gp = kernels.gn_block(mp, fitp.theta, X, yp, 0, "poisson")["grad"]
+    gp = train.gn_block(mp, fitp.theta, X, yp, 0, "poisson")["grad"]
     assert np.linalg.norm(gp) < 1e-6 * fitp.loss and abs(fitp.theta[1] - 0.5) < 0.2
 
 
 def test_domain_errors_are_one_line(data):
     X, yb, yp = data
     with pytest.raises(NldistError, match="outputs in \\(0, 1\\)"):
-        kernels.dual_block(get_model("glm:identity", 4), np.ones(5), X, yb, "bce")
+        dual_block(get_model("glm:identity", 4), np.ones(5), X, yb, "bce")
     with pytest.raises(NldistError, match="labels in \\[0, 1\\]"):
-        kernels.dual_block(get_model("glm:sigmoid", 4), np.ones(5), X, yp + 2, "bce")
+        dual_block(get_model("glm:sigmoid", 4), np.ones(5), X, yp + 2, "bce")
     with pytest.raises(NldistError, match="positive model outputs"):
-        kernels.gn_block(get_model("linear", 4), np.ones(5), X, yp, 0, "poisson")
+        train.gn_block(get_model("linear", 4), np.ones(5), X, yp, 0, "poisson")
     with pytest.raises(NldistError, match="unknown loss"):
         losses.get_loss("hinge")
 
@@ -214,7 +215,7 @@ def test_saturated_sigmoid_models_keep_the_identity_under_bce(data):
                  "torch:nldist.examples.nets:paper_mlp(hidden=3)"):
         m = get_model(spec, 4)
         theta = (m.initial_theta() + 0.5) * 12.0  # |logits| up to ~100: f is 0 or 1 in float64
-        D = kernels.dual_block(m, theta, X, yb, "bce")
+        D = dual_block(m, theta, X, yb, "bce")
         assert np.all(np.isfinite(D))
         # (ID) on the residual computed from the logit (f alone has lost the digits)
         if spec == "glm:sigmoid":

@@ -9,7 +9,8 @@ import torch
 import nldist
 from nldist.errors import NldistError
 from nldist.models import get_model
-from nldist.nets import ReLU2, swish_ratio
+from nldist.models.glm import swish_ratio
+from nldist.models.relu2 import ReLU2
 
 
 def id_rel(m, theta, X, F):

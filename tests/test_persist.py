@@ -1,5 +1,6 @@
-"""Persisted dual blocks (nldist.dualstore): same bits with persist never/always/auto, pass 2
-reads instead of rebuilding, measured auto decision, scratch cleanup, damaged blocks rebuilt."""
+"""Persisted dual blocks (nldist.store.dual_blocks): same bits with persist never/always/auto,
+pass 2 reads instead of rebuilding, measured auto decision, scratch cleanup, damaged blocks
+rebuilt."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import numpy as np
 import pytest
 
 import nldist
-from nldist import dualstore, graph, kernels
-from nldist.api import make_spec
+from nldist import _budget, graph, pipeline
 from nldist.errors import NldistError
 from nldist.jobs import validate_job
-from nldist.pipeline import Runner
+from nldist.pipeline import RunContext, stages
+from nldist.scores import block
+from nldist.scores.spec import ScoreSpec, make_spec
+from nldist.store import dual_blocks
 
 TORCH = "torch:tests/torch_models.py:make"
 MODES = ("never", "always", "auto")
@@ -42,8 +45,8 @@ def _passes(X, y, spec, chunks, mode, store=None):
     """pass 1 + pass 2 through nldist.graph with a fresh temporary store (None for never)."""
     dX, dy = graph.as_dask_xy(*_dask(X, y, chunks))
     if store is None and mode != "never":
-        store = dualstore.temporary(mode)
-    norm = graph.pass1(dX, dy, spec, ridge=0.5 if spec.kind == "ridge-leverage" else 0.0,
+        store = dual_blocks.temporary(mode)
+    norm = graph.pass1(dX, dy, spec, ridge=0.5 if spec.kind.ridge else 0.0,
                        store=store)
     return graph.pass2(dX, dy, spec, norm, store=store).compute(), norm, store
 
@@ -53,13 +56,13 @@ class _Count:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        orig = kernels.ScoreSpec.matrix
+        orig = ScoreSpec.matrix
 
         def counted(spec, X, y):
             self.calls += 1
             return orig(spec, X, y)
 
-        monkeypatch.setattr(kernels.ScoreSpec, "matrix", counted)
+        monkeypatch.setattr(ScoreSpec, "matrix", counted)
 
 
 # --------------------------------------------------------------------------------------
@@ -102,10 +105,10 @@ def test_modes_identical_other_kinds(data, kind, sync_scheduler):
 def test_modes_identical_multi_slice_blocks(diabetes, monkeypatch, sync_scheduler):
     """Blocks of several pass-2 slices, read back in several Zarr chunks."""
     X, y = diabetes  # 442 rows, q = 441: two slices of <= 297 rows per 442-row block
-    monkeypatch.setattr(dualstore, "CHUNK_BYTES", 1)  # one slice per Zarr chunk
+    monkeypatch.setattr(_budget, "DUAL_CHUNK_BYTES", 1)  # one slice per Zarr chunk
     m = nldist.get_model("relu2:40", n_features=X.shape[1])
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
-    assert len(kernels._slices(442, 441)) == 2
+    assert len(block._slices(442, 441)) == 2
     ref, _, _ = _passes(X, y, spec, 442, "never")
     got, norm, store = _passes(X, y, spec, 442, "always")
     np.testing.assert_array_equal(got, ref)
@@ -128,7 +131,8 @@ def test_modes_identical_local_cluster(data, local_client):
             if mode == "always":
                 assert norm.persist["persisted"] == nb
                 assert len(list((Path(store.path) / "done").glob("*.json"))) == nb
-        api = nldist.scores(*_dask(X, y, chunks), model=m, theta=spec.theta, persist="always")
+        api = nldist.scores(*_dask(X, y, chunks), model=m, theta=spec.rows.theta,
+                            persist="always")
         np.testing.assert_array_equal(api.compute(), ref)
 
 
@@ -144,7 +148,7 @@ def test_always_pass2_does_not_rebuild(data, monkeypatch, sync_scheduler):
     count = _Count(monkeypatch)
     for mode, pass2_calls in (("never", 3), ("always", 0)):
         dX, dy = graph.as_dask_xy(*_dask(X, y, 80))
-        store = dualstore.temporary(mode) if mode != "never" else None
+        store = dual_blocks.temporary(mode) if mode != "never" else None
         norm = graph.pass1(dX, dy, spec, store=store)
         assert count.calls == 3  # one slice per block
         count.calls = 0
@@ -155,8 +159,8 @@ def test_always_pass2_does_not_rebuild(data, monkeypatch, sync_scheduler):
 
 def test_io_cost_is_measured(tmp_path):
     """The write + read + verify estimate is positive and grows with the block's bytes."""
-    store = dualstore.prepare(tmp_path, "k", "auto")
-    small, big = dualstore.io_cost(store, 1, 10), dualstore.io_cost(store, 200_000, 10)
+    store = dual_blocks.prepare(tmp_path, "k", "auto")
+    small, big = dual_blocks.io_cost(store, 1, 10), dual_blocks.io_cost(store, 200_000, 10)
     assert 0 < small < big
     assert not [p for p in Path(store.path).iterdir() if p.name.startswith(".probe")]
 
@@ -170,7 +174,7 @@ def test_auto_decides_by_measured_cost(data, monkeypatch, sync_scheduler, io_s, 
     two real timings would be a coin toss, not a test.
     """
     X, y = data
-    monkeypatch.setattr(dualstore, "io_cost", lambda store, rows, q: io_s)
+    monkeypatch.setattr(dual_blocks, "io_cost", lambda store, rows, q: io_s)
     m = nldist.get_model(TORCH, n_features=X.shape[1])
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
     ref, _, _ = _passes(X, y, spec, 120, "never")
@@ -206,7 +210,7 @@ def test_damaged_blocks_are_rebuilt(data, monkeypatch, caplog, sync_scheduler):
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
     ref, _, _ = _passes(X, y, spec, 60, "never")
     dX, dy = graph.as_dask_xy(*_dask(X, y, 60))
-    store = dualstore.temporary("always")
+    store = dual_blocks.temporary("always")
     norm = graph.pass1(dX, dy, spec, store=store)
     assert norm.persist["persisted"] == 4
     # 0: truncated chunk file; 1: one value changed; 2: record of other inputs;
@@ -237,7 +241,7 @@ def test_missing_chunk_file_is_caught(data, sync_scheduler):
     m = nldist.get_model("relu2:40", n_features=X.shape[1])
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
     ref, _, _ = _passes(X, y, spec, 240, "never")
-    store = dualstore.temporary("always")
+    store = dual_blocks.temporary("always")
     dX, dy = graph.as_dask_xy(*_dask(X, y, 240))
     norm = graph.pass1(dX, dy, spec, store=store)
     files = _chunk_files(store, 0)
@@ -248,18 +252,18 @@ def test_missing_chunk_file_is_caught(data, sync_scheduler):
 
 def test_prepare_discards_other_inputs(tmp_path):
     root = tmp_path / "dual.zarr.partial" / "k"
-    st = dualstore.prepare(root, "key-a", "always")
-    assert dualstore.write_block(st, 0, np.ones((5, 3))) is not None
-    again = dualstore.prepare(root, "key-a", "auto")
+    st = dual_blocks.prepare(root, "key-a", "always")
+    assert dual_blocks.write_block(st, 0, np.ones((5, 3))) is not None
+    again = dual_blocks.prepare(root, "key-a", "auto")
     assert (root / "b0").is_dir() and again.mode == "auto"
-    dualstore.prepare(root, "key-b", "always")
+    dual_blocks.prepare(root, "key-b", "always")
     assert not (root / "b0").exists() and not (root / "done").exists()
     attrs = json.loads((root / "zarr.json").read_text())["attributes"]
     assert attrs["nldist_scratch"] is True and attrs["key"] == "key-b"
-    dualstore.remove(root)
+    dual_blocks.remove(root)
     assert not (tmp_path / "dual.zarr.partial").exists()
     with pytest.raises(NldistError, match="persist must be one of"):
-        dualstore.check_mode("sometimes")
+        dual_blocks.check_mode("sometimes")
 
 
 def test_unseen_root_skips_persisting(data, sync_scheduler):
@@ -267,7 +271,7 @@ def test_unseen_root_skips_persisting(data, sync_scheduler):
     X, y = data
     m = nldist.get_model("relu2:3", n_features=X.shape[1])
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
-    store = dualstore.DualStore("/nonexistent/nldist-dual-x", "k", "always")
+    store = dual_blocks.DualStore("/nonexistent/nldist-dual-x", "k", "always")
     ref, _, _ = _passes(X, y, spec, 100, "never")
     got, norm, _ = _passes(X, y, spec, 100, "always", store=store)
     np.testing.assert_array_equal(got, ref)
@@ -278,14 +282,14 @@ def test_unseen_root_skips_persisting(data, sync_scheduler):
 def test_api_temp_dirs_are_removed(data, monkeypatch, sync_scheduler):
     X, y = data
     made = []
-    orig = dualstore.temporary
+    orig = dual_blocks.temporary
 
     def recording(mode):
         st = orig(mode)
         made.append(Path(st.path))
         return st
 
-    monkeypatch.setattr(dualstore, "temporary", recording)
+    monkeypatch.setattr(nldist.api, "temporary", recording)  # imported there by name
     m = nldist.get_model("relu2:3", n_features=X.shape[1])
     nldist.scores(X, y, model=m, theta=_theta(m), persist="always")
     assert len(made) == 1 and not made[0].exists()
@@ -298,12 +302,13 @@ def test_api_temp_dirs_are_removed(data, monkeypatch, sync_scheduler):
     nldist.scores(*_dask(X, y, 100), model="linear", theta=None, kind="linear-leverage",
                   persist="always")
     assert len(made) == 2  # linear kinds: no store at all
-    with pytest.raises(NldistError, match="persist must be one of"):
+    with pytest.raises(NldistError, match=r"^The 'persist' parameter of scores must be a str "
+                       r"among never, always or auto\. Got 'yes' instead\.$"):
         nldist.scores(X, y, model=m, persist="yes")
 
 
 # --------------------------------------------------------------------------------------
-# jobs: schema field, Runner, provenance attrs, scratch removed
+# jobs: schema field, RunContext, provenance attrs, scratch removed
 # --------------------------------------------------------------------------------------
 
 
@@ -333,9 +338,9 @@ def test_job_schema_persist():
 def test_runner_scores_identical_and_scratch_removed(npz, tmp_path, sync_scheduler):
     probs = {}
     for mode in MODES:
-        run = Runner(_job(npz, persist=mode), tmp_path / mode)
-        run.run(stop_after="score")
-        p, attrs = run.scores("nonlinear-leverage", run.theta())
+        ctx = RunContext(_job(npz, persist=mode), tmp_path / mode)
+        pipeline.run(ctx, stop_after="score")
+        p, attrs = stages.scores(ctx, "nonlinear-leverage", stages.theta(ctx))
         probs[mode] = p.compute()
         st = attrs["persist"]
         assert st["mode"] == mode and st["pass2_s"] >= 0
@@ -346,7 +351,7 @@ def test_runner_scores_identical_and_scratch_removed(npz, tmp_path, sync_schedul
         if mode == "always":
             assert st["persisted"] == 3 and st["bytes"] > 0
         assert not (tmp_path / mode / "dual.zarr.partial").exists()
-        lin = run.scores("linear-leverage", run.theta())[1]
+        lin = stages.scores(ctx, "linear-leverage", stages.theta(ctx))[1]
         assert "persist" not in lin
     for mode in MODES:
         np.testing.assert_array_equal(probs[mode], probs["never"])
@@ -355,22 +360,22 @@ def test_runner_scores_identical_and_scratch_removed(npz, tmp_path, sync_schedul
 def test_runner_reuses_blocks_of_a_killed_run(npz, tmp_path, monkeypatch, sync_scheduler):
     """Blocks persisted before a crash in pass 2 are read by the resumed run, not rebuilt."""
     job = _job(npz, persist="always")
-    run = Runner(job, tmp_path / "r")
-    run.ingest()
-    theta = run.theta()
+    ctx = RunContext(job, tmp_path / "r")
+    pipeline.ingest(ctx)
+    theta = stages.theta(ctx)
 
     def crash(*a, **k):
         raise RuntimeError("killed")
 
     monkeypatch.setattr(graph, "pass2", crash)
     with pytest.raises(RuntimeError):
-        run.scores("nonlinear-leverage", theta)
+        stages.scores(ctx, "nonlinear-leverage", theta)
     scratch = tmp_path / "r" / "dual.zarr.partial" / "nonlinear-leverage"
     assert len(list((scratch / "done").glob("*.json"))) == 3
     monkeypatch.undo()
     count = _Count(monkeypatch)
-    run2 = Runner(job, tmp_path / "r")
-    _, attrs = run2.scores("nonlinear-leverage", theta)
+    ctx2 = RunContext(job, tmp_path / "r")
+    _, attrs = stages.scores(ctx2, "nonlinear-leverage", theta)
     assert count.calls == 0  # pass 1 reused from its record, pass 2 from the blocks
     assert attrs["persist"]["pass1"] == "reused"
     assert not (tmp_path / "r" / "dual.zarr.partial").exists()

@@ -1,4 +1,4 @@
-"""Jobs with the new model kinds, losses and theta sources, through the Runner and the CLI."""
+"""Jobs with the new model kinds, losses and theta sources, through the pipeline and the CLI."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from nldist import pipeline
 from nldist.jobs import load_job, validate_job
-from nldist.pipeline import Runner
+from nldist.pipeline import RunContext, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_JOBS = ["california-relu2", "adult-relu2-sigmoid-bce", "california-torch-mlp",
@@ -45,19 +46,19 @@ def test_new_job_files_validate(name):
 
 
 def test_bce_relu2_with_pilot_and_checkpoint(npz, tmp_path, sync_scheduler):
-    run = Runner(_job(npz, theta="pilot", pilot_s=120), tmp_path / "pilot")
-    m = run.run()
+    ctx = RunContext(_job(npz, theta="pilot", pilot_s=120), tmp_path / "pilot")
+    m = pipeline.run(ctx)
     assert m["loss"] == "bce" and m["theta_source"] == "pilot"
     assert (tmp_path / "pilot" / "theta_pilot.npz").exists()
     assert all(r["rel_error"] > -1e-6 for r in m["kinds"].values())
     assert m["rank"] is not None and m["rank"] <= 2 * 7 + 1
-    theta0 = run.pilot()
+    theta0 = stages.pilot(ctx)
     # a torch checkpoint (weights_only) as the score point
     torch.save(torch.as_tensor(theta0), tmp_path / "theta0.pt")
-    run2 = Runner(_job(npz, theta=str(tmp_path / "theta0.pt")), tmp_path / "ck")
-    run2.ingest()
-    np.testing.assert_array_equal(run2.theta(), theta0)
-    m2 = run2.run(stop_after="score")
+    ctx2 = RunContext(_job(npz, theta=str(tmp_path / "theta0.pt")), tmp_path / "ck")
+    pipeline.ingest(ctx2)
+    np.testing.assert_array_equal(stages.theta(ctx2), theta0)
+    m2 = pipeline.run(ctx2, stop_after="score")
     assert m2["kinds"]["nonlinear-leverage"]["rank"] == m["rank"]
 
 
@@ -68,18 +69,18 @@ def test_torch_model_job_with_state_dict_checkpoint(npz, tmp_path, sync_schedule
     net = get_model(spec, 6)._build_plain()
     torch.save(net.state_dict(), tmp_path / "net.pt")
     job = _job(npz, model=spec, theta=str(tmp_path / "net.pt"), adjoint={"q": 4})
-    run = Runner(job, tmp_path / "torch")
-    m = run.run()
+    ctx = RunContext(job, tmp_path / "torch")
+    m = pipeline.run(ctx)
     assert m["n_params"] == (6 * 3 + 3) + (3 * 3 + 3) + (3 + 1) and m["loss"] == "bce"
-    assert run.model.quad_options.q == 4
-    plan = run.plan()
-    assert plan["memory_per_task_bytes"] > 16 * run.model.quad_options.max_elems
+    assert stages.model(ctx).quad_options.q == 4
+    plan = pipeline.plan(ctx)
+    assert plan["memory_per_task_bytes"] > 16 * stages.model(ctx).quad_options.max_elems
 
 
 def test_swish_bound_scales_s(npz, tmp_path, sync_scheduler):
     job = _job(npz, model="glm:swish(c1=0.5,c2=2)", loss="squared", kind="linear-leverage",
                swish_bound=True, baselines=["uniform"], theta="zeros")
-    m = Runner(job, tmp_path / "swish").run()
+    m = pipeline.run(RunContext(job, tmp_path / "swish"))
     assert m["kinds"]["linear-leverage"]["s"] == 4 * 150
     assert m["kinds"]["uniform"]["s"] == 150
 

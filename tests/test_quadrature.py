@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import nldist
-from nldist import quadrature
 from nldist.errors import NldistError
-from nldist.models import GLM, Model, get_model
+from nldist.models import get_model, quadrature
+from nldist.models.base import Model
+from nldist.models.glm import GLM
+from nldist.models.torchmodel import TorchForwardModel
 
 FILE = "torch:tests/torch_models.py"
 MLP = "torch:nldist.examples.nets:mlp"
@@ -133,7 +135,7 @@ def test_float32_option(X):
 
 
 @dataclass
-class _TorchOnly(Model):
+class _TorchOnly(TorchForwardModel):
     """A model given only by torch_forward: all NumPy methods come from the base class."""
 
     inner: Model | None = None
@@ -208,8 +210,6 @@ def test_factory_called_with_or_without_n_features():
 
 
 def test_checkpoint_state_dict_and_tensor(tmp_path, X):
-    from nldist import nets
-
     m = get_model(f"{FILE}:direct", 5)
     net = m._build_plain()
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_checkpoint_state_dict_and_tensor(tmp_path, X):
             prm.mul_(0.5)
         net.shift.fill_(-1.0)  # a buffer: travels with the model
     torch.save(net.state_dict(), tmp_path / "ck.pt")
-    theta = nets.load_checkpoint(m, tmp_path / "ck.pt")
+    theta = m.theta_from_checkpoint(tmp_path / "ck.pt")
     np.testing.assert_allclose(theta, torch.nn.utils.parameters_to_vector(
         net.parameters()).detach().numpy())
     with torch.no_grad():
@@ -225,10 +225,10 @@ def test_checkpoint_state_dict_and_tensor(tmp_path, X):
     np.testing.assert_allclose(m.predict(theta, X), ref, rtol=1e-13)
     np.testing.assert_allclose(pickle.loads(pickle.dumps(m)).predict(theta, X), ref, rtol=1e-13)
     torch.save(torch.as_tensor(theta), tmp_path / "th.pt")
-    np.testing.assert_array_equal(nets.load_checkpoint(m, tmp_path / "th.pt"), theta)
+    np.testing.assert_array_equal(m.theta_from_checkpoint(tmp_path / "th.pt"), theta)
     torch.save({"theta": torch.zeros(3)}, tmp_path / "bad.pt")
     with pytest.raises(NldistError, match="theta has shape"):
-        nets.load_checkpoint(m, tmp_path / "bad.pt")
+        m.theta_from_checkpoint(tmp_path / "bad.pt")
 
 
 @pytest.mark.parametrize(

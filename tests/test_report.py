@@ -15,19 +15,20 @@ import numpy as np
 import pytest
 import zarr
 
-from nldist import report
+from nldist import pipeline, report
 from nldist.errors import NldistError
+from nldist.graph import top_bottom
 from nldist.jobs import validate_job
-from nldist.pipeline import Runner
+from nldist.pipeline import RunContext
 
 
 def _run(tmp: Path, job: dict, experiment: bool = True) -> Path:
     out = tmp / job["name"]
     with dask.config.set(scheduler="synchronous"):
-        runner = Runner(validate_job(job), out)
-        runner.run()
+        ctx = RunContext(validate_job(job), out)
+        pipeline.run(ctx)
         if experiment:
-            runner.experiment()
+            pipeline.experiment(ctx)
     return out
 
 
@@ -66,16 +67,16 @@ def image_run(tmp_path_factory):
 def test_top_bottom_is_a_distributed_topk_equal_to_a_full_sort(rng):
     v = rng.permutation(5000).astype(float) / 5000
     arr = da.from_array(v, chunks=337)
-    ti, tv, bi, bv = report.top_bottom(arr, 25)
+    ti, tv, bi, bv = top_bottom(arr, 25)
     order = np.argsort(v)
     np.testing.assert_array_equal(ti, order[::-1][:25])
     np.testing.assert_array_equal(bi, order[:25])
     np.testing.assert_array_equal(tv, v[ti])
     np.testing.assert_array_equal(bv, v[bi])
-    ti, *_ = report.top_bottom(arr, 10**6)  # k > n: everything, sorted
+    ti, *_ = top_bottom(arr, 10**6)  # k > n: everything, sorted
     assert len(ti) == 5000
     with pytest.raises(NldistError, match="k >= 1"):
-        report.top_bottom(arr, 0)
+        top_bottom(arr, 0)
 
 
 def test_tabular_report_has_every_section_and_real_units(tabular_run):

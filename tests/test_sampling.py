@@ -62,7 +62,11 @@ def test_defensive_mixture_bounds_weights(rng):
 
 @pytest.mark.parametrize(
     "probs, s, kw, match",
-    [(np.ones(3), 0, {}, "positive integer"), (np.ones(3), 2.5, {}, "positive integer"),
+    [(np.ones(3), 0, {}, r"^The 's' parameter of sample must be an int in the range "
+                          r"\[1, inf\)\. Got 0 instead\.$"),
+     (np.ones(3), 2.5, {}, r"^The 's' parameter of sample must be an int in the range "
+                           r"\[1, inf\)\. Got 2\.5 instead\.$"),
+     (np.ones(3), True, {}, "sample size s must be a positive integer"),
      (np.array([1.0, -1.0]), 2, {}, "negative"), (np.array([np.nan, 1.0]), 2, {}, "NaN"),
      (np.zeros(3), 2, {}, "sum to zero"), (np.ones(3), 2, {"alpha": 2}, "alpha"),
      (np.ones((2, 2)), 2, {}, "1-D"), (np.ones(0), 2, {}, "empty")],

@@ -8,7 +8,7 @@ import pytest
 
 import nldist
 from nldist import NldistError
-from nldist.sketch import countsketch_rows, hash_rows, sparse_sign
+from nldist.scores.sketch import countsketch_rows, hash_rows, sparse_sign
 
 
 @pytest.fixture(scope="module")
@@ -94,27 +94,30 @@ def test_row_sketch_with_rank_deficient_dual(rng):
 
 def test_sketch_errors(heavy):
     X, y, m, theta, _ = heavy
-    with pytest.raises(NldistError, match="positive integer"):
+    with pytest.raises(NldistError,
+                       match=r"^sketch: rows: Input should be greater than 0 \(got 0\)$"):
         nldist.scores(X, y, model=m, theta=theta, sketch={"rows": 0})
-    with pytest.raises(NldistError, match="bad sketch options"):
+    with pytest.raises(NldistError,
+                       match=r"^sketch: k: Extra inputs are not permitted \(got 3\)$"):
         nldist.scores(X, y, model=m, theta=theta, sketch={"k": 3})
     with pytest.raises(NldistError, match="row sketch approximates leverage"):
         nldist.scores(X, y, model=m, theta=theta, kind="nonlinear-norm", sketch={"rows": 10})
 
 
 def test_job_with_sketch_runs_and_resumes(tmp_path, sync_scheduler):
+    from nldist import pipeline
     from nldist.jobs import validate_job
-    from nldist.pipeline import Runner
+    from nldist.pipeline import RunContext
 
     job = validate_job({"name": "sk", "dataset": {"source": "diabetes", "standardize": True},
                         "model": "glm:swish", "s": 80, "sketch": {"rows": 1500, "jl": 200},
                         "cluster": {"address": "synchronous"}})
-    m = Runner(job, tmp_path / "o").run()
+    m = pipeline.run(RunContext(job, tmp_path / "o"))
     assert m["rank"] == 12 and m["kinds"]["nonlinear-leverage"]["rel_error"] > -1e-9
     import zarr
 
     attrs = dict(zarr.open_group(str(tmp_path / "o" / "scores.zarr"), mode="r")
                  ["nonlinear-leverage"].attrs)
     assert attrs["sketch"]["rows"] == 1500 and attrs["complete"]
-    again = Runner(job, tmp_path / "o").run()
+    again = pipeline.run(RunContext(job, tmp_path / "o"))
     assert not any(k.startswith("score:") for k in again["timings"])

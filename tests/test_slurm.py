@@ -89,9 +89,10 @@ def test_up_is_idempotent(slurm):
 
 def test_dask_jobqueue_run_equals_local(slurm, data, reference, tmp_path):
     """cluster.address=slurm: two Slurm jobs, one Dask worker each, run the passes."""
+    from nldist import pipeline
     from nldist.cluster import connect
     from nldist.jobs import validate_job
-    from nldist.pipeline import Runner
+    from nldist.pipeline import RunContext
 
     job = validate_job(job_dict(data, address="slurm", slurm={
         "jobs": 2, "cores": 1, "memory": "1GiB", "walltime": "00:15:00", "interface": "lo",
@@ -105,7 +106,7 @@ def test_dask_jobqueue_run_equals_local(slurm, data, reference, tmp_path):
                                text=True, check=True).stdout
         for jid in job_ids.values():
             assert f"{jid} nldist-ctest RUNNING" in queue, queue
-        Runner(job, tmp_path / "out").run(stop_after="sample")
+        pipeline.run(RunContext(job, tmp_path / "out"), stop_after="sample")
     _same(outputs(tmp_path / "out", KINDS), reference)
     # the worker jobs are cancelled when the cluster closes
     for _ in range(100):
