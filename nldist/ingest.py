@@ -18,6 +18,7 @@ import pandas as pd
 from nldist import datasets
 from nldist.errors import NldistError
 from nldist.store.dataset import read_attrs, write_dataset
+from nldist.store.records import file_fingerprint, tree_fingerprint
 
 log = logging.getLogger("nldist")
 
@@ -76,6 +77,23 @@ def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, d
         raise NldistError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     meta["target"] = target
     return df, meta
+
+
+def source_fingerprint(source: str | Path) -> dict:
+    """What an ingest of ``source`` depends on: a packaged dataset's name and pinned package
+    (its content is fixed by that version), or a file's size, mtime and SHA-256."""
+    src = str(source)
+    path = Path(src)
+    if not path.exists() and src in datasets.DATASETS:
+        return {"dataset": src, "source": datasets.DATASETS[src].source}
+    if not path.exists():
+        raise NldistError(
+            f"source {src!r} not found; give an existing .csv/.parquet/.npz/.npy file or one of "
+            f"the packaged datasets: {', '.join(sorted(datasets.DATASETS))}"
+        )
+    if path.is_dir():
+        return {"directory": str(path.resolve()), "files": tree_fingerprint(path)}
+    return {"file": str(path.resolve()), **file_fingerprint(path)}
 
 
 def _bad_y(shape: tuple, n: int):
