@@ -94,7 +94,6 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
         "theta_star": star_info, "kinds": results,
         "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
         "resume": ctx.resume_stats,
-        "reuse": ctx.reuse_summary(),
         "cached_x": ctx.cached_x,
         "nldist_version": __version__,
     }
