@@ -5,6 +5,7 @@ Every user error is printed as one line ``error: ...`` on stderr with exit statu
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -64,11 +65,37 @@ def _one_line_errors(fn: Callable) -> Callable:
         except FileNotFoundError as exc:
             typer.echo(f"error: file not found: {exc.filename}; check the path", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            typer.echo(f"error: {_os_error(exc)}", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("error: interrupted; re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+#: what to do about an OS error, by errno name
+_OS_FIXES = {
+    "ENOSPC": "free disk space or choose another --out",
+    "EDQUOT": "free disk space (quota) or choose another --out",
+    "EACCES": "check the permissions, or choose another --out",
+    "EPERM": "check the permissions, or choose another --out",
+    "EROFS": "the file system is read-only; choose another --out",
+    "EISDIR": "give a file, not a directory",
+    "ENOTDIR": "a path component is a file, not a directory; check the path",
+    "EEXIST": "remove it or choose another path",
+    "ENOTEMPTY": "remove it or choose another path",
+}
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OS error: what failed, on which path, and the fix."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what = exc.strerror or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    fix = _OS_FIXES.get(name, "check the path and the disk")
+    return f"{what}{where}; {fix}"
 
 
 def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):

@@ -170,13 +170,24 @@ def prepare(
         raise NldistError("the table contains inf values; drop or clip them before ingest")
     attrs["features"] = [str(c) for c in Xdf.columns]
     if standardize:
-        mu, sd = X.mean(axis=0), X.std(axis=0)
-        sd[sd == 0] = 1.0
-        X = (X - mu) / sd
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu, sd = X.mean(axis=0), X.std(axis=0)
+            sd[sd == 0] = 1.0
+            X = (X - mu) / sd
+        bad = ~np.isfinite(X).all(axis=0) | ~np.isfinite(mu) | ~np.isfinite(sd)
+        if bad.any():
+            names = [attrs["features"][j] for j in np.flatnonzero(bad)]
+            raise NldistError(f"standardizing column(s) {', '.join(names[:5])} overflows "
+                              "(values near the float64 limit); rescale or drop them before "
+                              "ingest")
         attrs["standardize"] = {"mean": mu.tolist(), "scale": sd.tolist()}
     if standardize_target:
-        ym, ys = float(y.mean()), float(y.std()) or 1.0
-        y = (y - ym) / ys
+        with np.errstate(over="ignore", invalid="ignore"):
+            ym, ys = float(y.mean()), float(y.std()) or 1.0
+            y = (y - ym) / ys
+        if not (np.all(np.isfinite(y)) and np.isfinite(ym) and np.isfinite(ys)):
+            raise NldistError(f"standardizing the target {target!r} overflows (values near the "
+                              "float64 limit); rescale it before ingest")
         attrs["standardize_target"] = {"mean": ym, "scale": ys}
     if dtype not in ("float32", "float64"):
         raise NldistError(f"dtype must be float32 or float64, got {dtype!r}")

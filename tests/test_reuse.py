@@ -170,3 +170,84 @@ def test_zero_optimum_loss_prints_a_summary(tmp_path):
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["loss_opt"] == 0.0 and m["rel_error"] is None
     assert (tmp_path / "o" / "report.html").read_text().rstrip().endswith("</html>")
+
+
+# --------------------------------------------------------------------------------------
+# bad values and OS errors: one line, non-zero exit, nothing half-written
+# --------------------------------------------------------------------------------------
+
+
+def _cli(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nldist.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def _one_error_line(res: subprocess.CompletedProcess, match: str) -> None:
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert match in lines[0], lines[0]
+
+
+def test_standardizing_huge_values_is_an_error_naming_the_column(tmp_path):
+    df = pd.DataFrame({"ok": np.arange(10.0), "big": [1e308, -1e308] * 5, "y": np.ones(10)})
+    df.to_csv(tmp_path / "big.csv", index=False)
+    res = _cli("ingest", tmp_path / "big.csv", tmp_path / "big.zarr", "--target", "y",
+               "--standardize")
+    _one_error_line(res, "big")
+    assert "rescale or drop" in res.stderr
+    assert not (tmp_path / "big.zarr").exists() and not (tmp_path / "big.zarr.partial").exists()
+
+
+def test_ingest_overwrite_onto_a_file_is_one_line(tmp_path):
+    _csv(tmp_path / "d.csv", 20)
+    (tmp_path / "f.zarr").write_text("not a dataset")
+    res = _cli("ingest", tmp_path / "d.csv", tmp_path / "f.zarr", "--target", "y",
+               "--overwrite")
+    _one_error_line(res, "is a file")
+    assert (tmp_path / "f.zarr").read_text() == "not a dataset"
+
+
+def test_a_directory_as_job_file_is_one_line(tmp_path):
+    _one_error_line(_cli("run", tmp_path), "is a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_directory_is_one_line(tmp_path):
+    src = _csv(tmp_path / "d.csv", 60)
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(_job(src)))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        _one_error_line(_cli("run", job, "--out", ro / "out"), "permission")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_read_only_file_system_is_one_line(tmp_path):
+    """A bind mount made read-only (EROFS even for root); skipped where mounts are not allowed."""
+    src = _csv(tmp_path / "d.csv", 60)
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(_job(src)))
+    ro = tmp_path / "rofs"
+    ro.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot make a read-only bind mount here")
+    try:
+        _one_error_line(_cli("run", job, "--out", ro / "out"), "read-only")
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_sample_too_large_for_memory_is_refused(tmp_path):
+    import nldist
+
+    with pytest.raises(NldistError, match="GiB on the driver.*smaller s"):
+        nldist.sample(np.ones(10), 10**13)

@@ -76,6 +76,9 @@ def write_dataset(
     out = Path(out)
     if out.exists() and not overwrite:
         raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    if out.exists() and not out.is_dir():
+        raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
+                          "dataset directory: remove the file or choose another path")
     n, d = X.shape
     cr = int(chunk_rows or x_chunk_rows(d, X.dtype.itemsize))
     if cr < 1:
