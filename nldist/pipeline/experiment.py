@@ -51,6 +51,7 @@ def experiment(ctx: RunContext, force: bool = False) -> dict:
         errs = (losses[1:] - losses[0]) / losses[0]
         rel[kind] = errs.reshape(len(exp.s), exp.repeats).tolist()
         log.info("experiment %s done", kind)
+    ctx.emit("train", "end")
     ctx.timings["total"] = time.perf_counter() - t0
     summary = {
         kind: {str(s): {"median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),

@@ -72,6 +72,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
                              "unique_rows": prev["unique_rows"], "max_weight": float(w.max()),
                              "s": int(idx.size),
                              **({"persist": prev["persist"]} if "persist" in prev else {})}
+        ctx.emit("train", "end")
     if stop_after != "evaluate":
         stages.complete(ctx)
         return {"stage": stop_after, "kinds": results, "out": str(ctx.out)}
