@@ -5,6 +5,7 @@ Every user error is printed as one line ``error: ...`` on stderr with exit statu
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -40,6 +41,8 @@ ClusterOpt = Annotated[
                  "tls://HOST:PORT | scheduler-file.json (settings: the job's cluster: section)"),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="output directory (default runs/NAME)")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace the outputs of another job in "
+                                        "the output directory (deletes them first)")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="only errors")]
 
@@ -62,11 +65,37 @@ def _one_line_errors(fn: Callable) -> Callable:
         except FileNotFoundError as exc:
             typer.echo(f"error: file not found: {exc.filename}; check the path", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            typer.echo(f"error: {_os_error(exc)}", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("error: interrupted; re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+#: what to do about an OS error, by errno name
+_OS_FIXES = {
+    "ENOSPC": "free disk space or choose another --out",
+    "EDQUOT": "free disk space (quota) or choose another --out",
+    "EACCES": "check the permissions, or choose another --out",
+    "EPERM": "check the permissions, or choose another --out",
+    "EROFS": "the file system is read-only; choose another --out",
+    "EISDIR": "give a file, not a directory",
+    "ENOTDIR": "a path component is a file, not a directory; check the path",
+    "EEXIST": "remove it or choose another path",
+    "ENOTEMPTY": "remove it or choose another path",
+}
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OS error: what failed, on which path, and the fix."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what = exc.strerror or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    fix = _OS_FIXES.get(name, "check the path and the disk")
+    return f"{what}{where}; {fix}"
 
 
 def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
@@ -89,8 +118,10 @@ def _print_summary(metrics: dict) -> None:
     for col in ("kind", "rank", "L(theta_S)", "rel. error", "unique rows", "max weight"):
         table.add_column(col, justify="right" if col != "kind" else "left")
     for kind, r in metrics["kinds"].items():
+        rel = r["rel_error"]
         table.add_row(kind, str(r.get("rank", "")), f"{r['loss_full']:.6g}",
-                      f"{r['rel_error']:.3e}", str(r["unique_rows"]), f"{r['max_weight']:.3g}")
+                      f"{rel:.3e}" if rel is not None else "n/a (L(theta*) = 0)",
+                      str(r["unique_rows"]), f"{r['max_weight']:.3g}")
     con = Console()
     con.print(table)
     t = metrics["timings"]
@@ -243,7 +274,9 @@ class _Progress:
             self.prog.stop()
 
 
-def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verbose, quiet):
+def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verbose, quiet,
+               force: bool = False, experiment: bool = False):
+    """Run ``stage`` (then the experiment, when asked) of a job on one cluster."""
     _logging(verbose, quiet)
     job = _load(job_file, overrides, cluster)
     ctx = pipeline.RunContext(job, _out(job, out))
@@ -261,14 +294,19 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
         with _Progress(job.name, quiet) as progress:
             ctx.subscribe(progress)
             if stage == "experiment":
-                result = pipeline.experiment(ctx)
+                result = pipeline.experiment(ctx, force=force)
             else:
-                result = pipeline.run(ctx, stop_after=stage)
+                result = pipeline.run(ctx, stop_after=stage, force=force)
+            exp = pipeline.experiment(ctx) if experiment else None
     if not quiet:
         if stage == "evaluate":
             _print_summary(result)
         elif stage == "experiment":
             typer.echo(experiment_table(result))
+        if exp is not None:
+            typer.echo(experiment_table(exp))
+        if ctx.reuse:
+            typer.echo(ctx.reuse_summary())
         typer.echo(f"outputs in {ctx.out}")
     return ctx
 
@@ -284,15 +322,15 @@ def run(
     dry_run: Annotated[
         bool, typer.Option(help="print the plan and memory bound; run nothing")
     ] = False,
+    force: ForceOpt = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
 ) -> None:
     """Run a job end to end: scores, sample, train, evaluate, report."""
-    ctx = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet)
+    ctx = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet,
+                     force=force, experiment=experiment)
     if ctx is None:
         return
-    if experiment:
-        _run_stage("experiment", job_file, overrides, cluster, out, False, verbose, quiet)
     path = write_report(ctx.out)
     if not quiet:
         typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
@@ -306,10 +344,11 @@ def _stage_command(stage: str, doc: str) -> None:
         out: OutOpt = None,
         overrides: Overrides = None,
         dry_run: Annotated[bool, typer.Option(help="print the plan; run nothing")] = False,
+        force: ForceOpt = False,
         verbose: Verbose = 0,
         quiet: Quiet = False,
     ) -> None:
-        _run_stage(stage, job_file, overrides, cluster, out, dry_run, verbose, quiet)
+        _run_stage(stage, job_file, overrides, cluster, out, dry_run, verbose, quiet, force)
 
     command.__doc__ = doc
     app.command(name=stage)(command)
@@ -335,6 +374,7 @@ def diagnose(
     out: Annotated[Path | None, typer.Option(
         "--out", help="output directory (default runs/NAME-diagnose)")] = None,
     overrides: Overrides = None,
+    force: ForceOpt = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -351,7 +391,7 @@ def diagnose(
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with _Progress(job.name, quiet) as progress:
             res = pipeline.diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k,
-                                    listener=progress)
+                                    listener=progress, force=force)
     path = write_report(dest)
     if not quiet:
         names = list(res["precision"])

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -190,12 +191,51 @@ def _local(cfg: Any) -> Iterator[Any]:
         yield client
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast, in one line, when ``tcp://HOST:PORT`` is not a Dask scheduler.
+
+    A Dask scheduler speaks first on a new connection (its handshake), so something that
+    accepts the connection and then stays silent for ``timeout`` seconds (an HTTP server, the
+    dashboard port) is not one; distributed's own client would wait there far past its
+    timeout.
+    """
+    hostport = address.split("://", 1)[1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        sock = socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                        timeout=timeout)
+    except ValueError:
+        raise NldistError(f"cannot read the scheduler address {address!r}; write "
+                          "tcp://HOST:PORT") from None
+    except OSError as exc:
+        raise NldistError(f"cannot reach the Dask scheduler at {address} ({exc.strerror or exc});"
+                          " start it or fix cluster.address") from None
+    with sock:
+        try:
+            head = sock.recv(16)
+        except TimeoutError:
+            raise NldistError(
+                f"{address} accepts connections but did not answer as a Dask scheduler within "
+                f"{timeout:g} s (the dashboard port or another server?); give the scheduler's "
+                "address, e.g. tcp://HOST:8786") from None
+        except OSError as exc:
+            raise NldistError(f"cannot reach the Dask scheduler at {address} ({exc}); start it "
+                              "or fix cluster.address") from None
+    if not head or head[:4] in (b"HTTP", b"SSH-", b"<!DO", b"<htm"):
+        what = "closed the connection" if not head else f"answered {head[:8]!r}"
+        raise NldistError(f"{address} is not a Dask scheduler (it {what}); give the "
+                          "scheduler's address, e.g. tcp://HOST:8786")
+
+
 def _client_at(address: str, cfg: Any) -> Any:
     from distributed import Client
 
     sec = security(cfg)
     if address.startswith("tls://") and sec is None:
         raise NldistError(f"{address} is a TLS scheduler; set cluster.tls (ca_file, cert, key)")
+    timeout = float(getattr(cfg, "connect_timeout", 20.0))
+    if address.startswith("tcp://"):
+        _probe(address, timeout)
     try:
         return Client(address, timeout=f"{getattr(cfg, 'connect_timeout', 20.0)}s",
                       security=sec)
@@ -204,9 +244,20 @@ def _client_at(address: str, cfg: Any) -> Any:
                           "or fix cluster.address") from None
 
 
+def _wait_for_workers(client: Any, address: str, timeout: float) -> None:
+    """One line instead of a silent wait when the scheduler has no worker."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise NldistError(f"the Dask scheduler at {address} has no workers after {timeout:g} s; "
+                          f"start some (`dask worker {address}`) or raise "
+                          "cluster.connect_timeout") from None
+
+
 @contextlib.contextmanager
 def _at_address(address: str, cfg: Any) -> Iterator[Any]:
     with _client_at(address, cfg) as client:
+        _wait_for_workers(client, address, float(getattr(cfg, "connect_timeout", 20.0)))
         yield client
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from nldist import datasets
 from nldist.errors import NldistError
 from nldist.store.dataset import read_attrs, write_dataset
+from nldist.store.records import file_fingerprint, tree_fingerprint
 
 log = logging.getLogger("nldist")
 
@@ -76,6 +77,23 @@ def read_source(source: str | Path, target: str | None) -> tuple[pd.DataFrame, d
         raise NldistError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     meta["target"] = target
     return df, meta
+
+
+def source_fingerprint(source: str | Path) -> dict:
+    """What an ingest of ``source`` depends on: a packaged dataset's name and pinned package
+    (its content is fixed by that version), or a file's size, mtime and SHA-256."""
+    src = str(source)
+    path = Path(src)
+    if not path.exists() and src in datasets.DATASETS:
+        return {"dataset": src, "source": datasets.DATASETS[src].source}
+    if not path.exists():
+        raise NldistError(
+            f"source {src!r} not found; give an existing .csv/.parquet/.npz/.npy file or one of "
+            f"the packaged datasets: {', '.join(sorted(datasets.DATASETS))}"
+        )
+    if path.is_dir():
+        return {"directory": str(path.resolve()), "files": tree_fingerprint(path)}
+    return {"file": str(path.resolve()), **file_fingerprint(path)}
 
 
 def _bad_y(shape: tuple, n: int):
@@ -152,13 +170,24 @@ def prepare(
         raise NldistError("the table contains inf values; drop or clip them before ingest")
     attrs["features"] = [str(c) for c in Xdf.columns]
     if standardize:
-        mu, sd = X.mean(axis=0), X.std(axis=0)
-        sd[sd == 0] = 1.0
-        X = (X - mu) / sd
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu, sd = X.mean(axis=0), X.std(axis=0)
+            sd[sd == 0] = 1.0
+            X = (X - mu) / sd
+        bad = ~np.isfinite(X).all(axis=0) | ~np.isfinite(mu) | ~np.isfinite(sd)
+        if bad.any():
+            names = [attrs["features"][j] for j in np.flatnonzero(bad)]
+            raise NldistError(f"standardizing column(s) {', '.join(names[:5])} overflows "
+                              "(values near the float64 limit); rescale or drop them before "
+                              "ingest")
         attrs["standardize"] = {"mean": mu.tolist(), "scale": sd.tolist()}
     if standardize_target:
-        ym, ys = float(y.mean()), float(y.std()) or 1.0
-        y = (y - ym) / ys
+        with np.errstate(over="ignore", invalid="ignore"):
+            ym, ys = float(y.mean()), float(y.std()) or 1.0
+            y = (y - ym) / ys
+        if not (np.all(np.isfinite(y)) and np.isfinite(ym) and np.isfinite(ys)):
+            raise NldistError(f"standardizing the target {target!r} overflows (values near the "
+                              "float64 limit); rescale it before ingest")
         attrs["standardize_target"] = {"mean": ym, "scale": ys}
     if dtype not in ("float32", "float64"):
         raise NldistError(f"dtype must be float32 or float64, got {dtype!r}")

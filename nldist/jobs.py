@@ -285,6 +285,9 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     path = Path(path)
     if not path.exists():
         raise NldistError(f"job file {str(path)!r} not found; see jobs/ for examples")
+    if path.is_dir():
+        raise NldistError(f"{str(path)!r} is a directory; give a job YAML file, e.g. "
+                          "jobs/california.yaml")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

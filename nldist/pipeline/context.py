@@ -8,6 +8,7 @@ Stages (:mod:`nldist.pipeline.stages`) take a context and report what they do as
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,8 +44,9 @@ class Event:
     ----------
     stage : str
         A key of :data:`LABELS`.
-    status : {"start", "end", "advance"}
-        ``advance``: one more unit of ``total`` done (a training, a chunk).
+    status : {"start", "end", "advance", "reused", "recomputed"}
+        ``advance``: one more unit of ``total`` done (a training, a chunk); ``reused`` /
+        ``recomputed``: what a cached stage did (:meth:`RunContext.note`).
     kind : str or None
         The score kind the stage works for, when it has one.
     total : int or None
@@ -105,6 +107,13 @@ class RunContext:
         self.cached_x = False
         self.xy_cache: tuple[Any, Any] | None = None
         self.model_cache: Any = None
+        #: digest of the dataset's content (set by the ingest stage; part of every key that
+        #: depends on the data)
+        self.dataset_fp: str | None = None
+        #: what each cached stage did: (stage, "reused" | "recomputed", why or None)
+        self.reuse: list[tuple[str, str, str | None]] = []
+        #: stage results of this run by cache key (theta*, the pilot: computed or read once)
+        self.memo: dict[str, Any] = {}
         self._listeners: list[Callable[[Event], None]] = []
 
     # -- events ------------------------------------------------------------------------
@@ -139,5 +148,25 @@ class RunContext:
         return p
 
     def key(self, *fields: str) -> str:
-        """Digest of the job fields a stage's output depends on (its cache key)."""
-        return self.job.digest(*fields)
+        """Digest of what a stage's output depends on (its cache key): the job fields named,
+        and the dataset's content fingerprint when ``"dataset"`` is one of them."""
+        base = self.job.digest(*fields)
+        if "dataset" not in fields or self.dataset_fp is None:
+            return base
+        return hashlib.sha256(f"{base}:{self.dataset_fp}".encode()).hexdigest()[:16]
+
+    def note(self, stage: str, reused: bool, why: str | None = None) -> None:
+        """Record (and emit) whether a cached stage output was reused or recomputed."""
+        self.reuse.append((stage, "reused" if reused else "recomputed", why))
+        self.emit(stage, "reused" if reused else "recomputed")
+
+    def reuse_summary(self) -> str:
+        """One line: ``reused: ingest, theta*; recomputed: scores (dataset changed)``."""
+        parts = []
+        for what in ("reused", "recomputed"):
+            names = list(dict.fromkeys(
+                stage + (f" ({why})" if why else "") for stage, w, why in self.reuse
+                if w == what))
+            if names:
+                parts.append(f"{what}: {', '.join(names)}")
+        return "; ".join(parts)

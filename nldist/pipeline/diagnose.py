@@ -69,7 +69,7 @@ def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed:
 
 
 def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
-             ks: list[int] | None = None, listener: Any = None) -> dict:
+             ks: list[int] | None = None, listener: Any = None, force: bool = False) -> dict:
     """Flip labels, fit θ* on the noisy data, rank rows, report precision@k (diagnostics.json).
 
     Parameters
@@ -87,17 +87,19 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
         Cut-offs k (default 10 … 2500 and the number of flipped rows, those ≤ n).
     listener : callable, optional
         Subscribed to the progress events of both contexts (clean and noisy data).
+    force : bool
+        Replace the outputs of another job in ``out`` (:func:`stages.claim`).
 
     Returns
     -------
     dict written to OUT/diagnostics.json.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     clean = RunContext(job, out)
     if listener is not None:
         clean.subscribe(listener)
+    out = clean.out
+    stages.claim(clean, "diagnose", force)
     src = stages.ingest(clean)
     noisy_path = out / "noisy.zarr"
     with clean.timed("flip"):
@@ -107,6 +109,7 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     ctx = RunContext(noisy_job, out)
     if listener is not None:
         ctx.subscribe(listener)
+    stages.ingest(ctx)  # the noisy store in place: its fingerprint keys theta* and scores
     X, y = stages.xy(ctx)
     theta, star = stages.optimum(ctx)
     flipped = graph.open_array(noisy_path, "flipped", X.chunks[0])
@@ -143,5 +146,6 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
         "nldist_version": __version__,
     }
     write_json(out / "diagnostics.json", result)
+    stages.complete(clean)
     log.info("diagnostics written to %s", out / "diagnostics.json")
     return result

@@ -22,14 +22,17 @@ from nldist.store.records import write_json
 log = logging.getLogger("nldist")
 
 
-def experiment(ctx: RunContext) -> dict:
-    """Median relative error over repeated draws, per s and score kind (experiment.json)."""
+def experiment(ctx: RunContext, force: bool = False) -> dict:
+    """Median relative error over repeated draws, per s and score kind (experiment.json).
+
+    ``force`` replaces the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
+    """
     job = ctx.job
     exp = job.experiment
     if exp is None:
         raise NldistError("the job has no 'experiment:' section; add s: [..] and repeats")
     t0 = time.perf_counter()
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    stages.claim(ctx, "experiment", force)
     stages.ingest(ctx)
     X, _ = stages.xy(ctx)
     at = stages.theta(ctx)
@@ -48,6 +51,7 @@ def experiment(ctx: RunContext) -> dict:
         errs = (losses[1:] - losses[0]) / losses[0]
         rel[kind] = errs.reshape(len(exp.s), exp.repeats).tolist()
         log.info("experiment %s done", kind)
+    ctx.emit("train", "end")
     ctx.timings["total"] = time.perf_counter() - t0
     summary = {
         kind: {str(s): {"median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
@@ -65,4 +69,5 @@ def experiment(ctx: RunContext) -> dict:
         "nldist_version": __version__,
     }
     write_json(ctx.path("experiment.json"), result)
+    stages.complete(ctx)
     return result

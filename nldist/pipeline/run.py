@@ -20,7 +20,7 @@ from nldist.store.records import save_npz, write_json
 STOPS = ("score", "sample", "train", "evaluate")
 
 
-def run(ctx: RunContext, stop_after: str = "evaluate") -> dict:
+def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> dict:
     """Run every stage for the chosen kind and its baselines; write metrics.json.
 
     Parameters
@@ -28,6 +28,8 @@ def run(ctx: RunContext, stop_after: str = "evaluate") -> dict:
     ctx : RunContext
     stop_after : {"score", "sample", "train", "evaluate"}
         Last stage to run (the CLI verbs of the same names); earlier outputs are reused.
+    force : bool
+        Replace the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
 
     Returns
     -------
@@ -37,7 +39,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate") -> dict:
         raise NldistError(f"stop_after must be one of {STOPS}, got {stop_after!r}")
     job = ctx.job
     t0 = time.perf_counter()
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    stages.claim(ctx, "run", force)
     stages.ingest(ctx)
     X, _ = stages.xy(ctx)
     at = stages.theta(ctx)
@@ -70,7 +72,9 @@ def run(ctx: RunContext, stop_after: str = "evaluate") -> dict:
                              "unique_rows": prev["unique_rows"], "max_weight": float(w.max()),
                              "s": int(idx.size),
                              **({"persist": prev["persist"]} if "persist" in prev else {})}
+        ctx.emit("train", "end")
     if stop_after != "evaluate":
+        stages.complete(ctx)
         return {"stage": stop_after, "kinds": results, "out": str(ctx.out)}
     theta_star, star_info = stages.optimum(ctx)
     losses = stages.evaluate(ctx, np.vstack([theta_star, *thetas]))
@@ -96,4 +100,5 @@ def run(ctx: RunContext, stop_after: str = "evaluate") -> dict:
     }
     np.save(ctx.path("theta.npy"), thetas[0])
     write_json(ctx.path("metrics.json"), metrics)
+    stages.complete(ctx)
     return metrics

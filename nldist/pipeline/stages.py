@@ -23,6 +23,7 @@ stage              output                                               reused w
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -47,8 +48,8 @@ from nldist.scores.linalg import RFactor
 from nldist.scores.reductions import Normalizer
 from nldist.scores.spec import ScoreSpec, make_spec
 from nldist.store import dual_blocks, stage_cache
-from nldist.store.dataset import is_dataset, read_attrs, write_dataset
-from nldist.store.records import array_digest
+from nldist.store.dataset import fingerprint, is_dataset, read_attrs, write_dataset
+from nldist.store.records import array_digest, write_json
 from nldist.store.scores import ChunkedScores
 from nldist.train import FitResult, fit_ball, train_on_sample
 
@@ -76,6 +77,16 @@ def fit_info(fit: FitResult) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def dataset_fingerprint(path: Path) -> str:
+    """The content fingerprint of a dataset store (:func:`nldist.store.dataset.fingerprint`),
+    with a one-line error when it cannot be read."""
+    try:
+        return fingerprint(path)
+    except (OSError, ValueError) as exc:
+        raise NldistError(f"cannot read dataset {path} ({type(exc).__name__}: {exc}); "
+                          "re-ingest it") from None
+
+
 def dataset_path(ctx: RunContext) -> Path:
     """The Zarr dataset: the source itself when it is one, else OUT/dataset.zarr."""
     src = Path(ctx.job.dataset.source)
@@ -83,16 +94,31 @@ def dataset_path(ctx: RunContext) -> Path:
 
 
 def ingest(ctx: RunContext) -> Path:
-    """Ingest the source into OUT/dataset.zarr unless a matching one is there."""
+    """Ingest the source into OUT/dataset.zarr unless one made from the same source content
+    with the same settings is there; sets the context's dataset fingerprint.
+
+    The key is the digest of the job's ``dataset`` settings and the source's fingerprint
+    (:func:`nldist.ingest.source_fingerprint`: a file's size, mtime and SHA-256, a packaged
+    dataset's pinned package); a Zarr source used in place is fingerprinted by
+    :func:`nldist.store.dataset.fingerprint` (its recorded content hash and a stat digest of
+    its files), so an edited source invalidates every stage that depends on the data.
+    """
     path = dataset_path(ctx)
     ds = ctx.job.dataset
     if path != ctx.out / "dataset.zarr":
+        ctx.dataset_fp = dataset_fingerprint(path)
         return path
-    key = ctx.key(*KEYS["ingest"])
+    key = hashlib.sha256(json.dumps(
+        {"settings": ctx.job.digest(*KEYS["ingest"]),
+         "source": ingest_mod.source_fingerprint(ds.source)},
+        sort_keys=True).encode()).hexdigest()[:16]
     if path.exists():
         if read_attrs(path).get("ingest_key") == key:
+            ctx.dataset_fp = dataset_fingerprint(path)
+            ctx.note("ingest", True)
             return path
         shutil.rmtree(path)
+        ctx.note("ingest", False, "source or settings changed")
     with ctx.timed("ingest"):
         df, meta = ingest_mod.read_source(ds.source, ds.target)
         X, y, attrs = ingest_mod.prepare(
@@ -104,7 +130,18 @@ def ingest(ctx: RunContext) -> Path:
         attrs["ingest_key"] = key
         ctx.out.mkdir(parents=True, exist_ok=True)
         write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True)
+    ctx.dataset_fp = dataset_fingerprint(path)
     return path
+
+
+def _cached(ctx: RunContext, stage: str, npz: Path, key: str) -> dict | None:
+    """A stage cache hit (noted as reused) or None (noted as recomputed, with why)."""
+    hit = stage_cache.load(npz, key)
+    if hit is not None:
+        ctx.note(stage, True)
+    elif npz.exists():
+        ctx.note(stage, False, "inputs changed")
+    return hit
 
 
 def open_xy(ctx: RunContext) -> tuple[Any, Any]:
@@ -161,10 +198,13 @@ def model(ctx: RunContext) -> Model:
 def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     """Full-data theta* over the ball (distributed Gauss-Newton passes), cached."""
     key = ctx.key(*KEYS["optimum"])
+    if key in ctx.memo:
+        return ctx.memo[key]
     npz = ctx.path("theta_star.npz")
-    hit = stage_cache.load(npz, key)
+    hit = _cached(ctx, "theta*", npz, key)
     if hit is not None:
-        return hit["theta"], hit["info"]
+        ctx.memo[key] = hit["theta"], hit["info"]
+        return ctx.memo[key]
     X, y = xy(ctx)
     m = model(ctx)
     job = ctx.job
@@ -175,6 +215,7 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     if not fit.converged:
         log.warning("theta* did not converge in %d iterations", fit.iterations)
     stage_cache.save(npz, key, info=info, theta=fit.theta)
+    ctx.memo[key] = fit.theta, info
     return fit.theta, info
 
 
@@ -185,10 +226,13 @@ def pilot(ctx: RunContext) -> np.ndarray:
     the final sample (same loss, ball and tolerance). Cached in OUT/theta_pilot.npz.
     """
     key = ctx.key(*KEYS["pilot"])
+    if key in ctx.memo:
+        return ctx.memo[key]
     npz = ctx.path("theta_pilot.npz")
-    hit = stage_cache.load(npz, key)
+    hit = _cached(ctx, "pilot theta_0", npz, key)
     if hit is not None:
-        return hit["theta"]
+        ctx.memo[key] = hit["theta"]
+        return ctx.memo[key]
     X, y = xy(ctx)
     job = ctx.job
     n = int(X.shape[0])
@@ -201,6 +245,7 @@ def pilot(ctx: RunContext) -> np.ndarray:
         fit = train_on_sample(model(ctx), Xs, ys, w, job.radius, tol=job.tol,
                               max_iter=job.max_iter, loss=job.loss)
     stage_cache.save(npz, key, info=fit_info(fit), theta=fit.theta, indices=idx)
+    ctx.memo[key] = fit.theta
     return fit.theta
 
 
@@ -283,6 +328,13 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
     out = ChunkedScores(ctx.path("scores.zarr"), kind, prov, X.chunks[0], ctx.run_id)
     out.check(graph.map_tasks)
     ctx.resume_stats[kind] = out.stats
+    if out.finished:
+        ctx.note(f"scores {kind}", True)
+    elif out.stats["reused"]:
+        ctx.note(f"scores {kind}", False, f"{out.stats['reused']} of {out.stats['chunks']} "
+                 "chunks reused")
+    elif out.replaced:
+        ctx.note(f"scores {kind}", False, "inputs changed")
     scratch = ctx.out / "dual.zarr.partial" / kind
     if out.finished:
         dual_blocks.remove(scratch)  # left by a run killed after its last chunk
@@ -389,3 +441,89 @@ def evaluate(ctx: RunContext, thetas: np.ndarray) -> np.ndarray:
 def rng(ctx: RunContext, *extra: int) -> np.random.Generator:
     """The job's random state (with ``extra`` spawn words for repeated draws)."""
     return as_rng(ctx.job.seed) if not extra else np.random.default_rng([ctx.job.seed, *extra])
+
+
+# --------------------------------------------------------------------------------------
+# one run per output directory: the run manifest
+# --------------------------------------------------------------------------------------
+
+#: the run manifest in the output directory
+MANIFEST = "run.json"
+#: outputs that belong to one completed verb: removed when it starts again
+VERB_OUTPUTS = {
+    "run": ("metrics.json", "report.html", "report.md"),
+    "experiment": ("experiment.json", "report.html", "report.md"),
+    "diagnose": ("diagnostics.json", "report.html", "report.md"),
+}
+#: outputs of any earlier settings of the job: removed when the job's settings change
+SETTINGS_OUTPUTS = ("metrics.json", "experiment.json", "diagnostics.json", "report.html",
+                    "report.md", "samples", "theta.npy")
+
+
+def identity(job: Any) -> dict:
+    """What makes an output directory one job's: its name, data source, model and loss."""
+    return {"name": job.name, "source": str(job.dataset.source), "model": job.model,
+            "loss": job.loss}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def claim(ctx: RunContext, verb: str, force: bool = False) -> None:
+    """Make the output directory this job's before a verb writes into it.
+
+    A directory whose manifest names another job (:func:`identity`) is refused with a
+    one-line error, unless ``force``: then everything in it is removed first. The outputs of
+    this verb's previous run (and, when the job's settings changed, every per-settings
+    output) are removed, so a failed run never leaves an old metrics.json or report looking
+    current; the manifest is marked incomplete until :func:`complete`.
+    """
+    out = ctx.out
+    path = out / MANIFEST
+    old = None
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+    ident = identity(ctx.job)
+    if old is None and out.is_dir() and (out / "metrics.json").exists():
+        try:  # a run written before manifests existed
+            m = json.loads((out / "metrics.json").read_text())
+            old = {"identity": {"name": m.get("name"), "model": m.get("model"),
+                                "loss": m.get("loss"), "source": ident["source"]}}
+        except (OSError, ValueError):
+            old = {}
+    if old is not None and old.get("identity") != ident:
+        if not force:
+            who = (old.get("identity") or {})
+            raise NldistError(
+                f"output directory {out} holds the outputs of another job ({who.get('name')!r}, "
+                f"model {who.get('model')!r}, data {who.get('source')!r}); choose another "
+                "--out, or pass --force to delete them and run this job there")
+        for child in list(out.iterdir()):
+            _remove(child)
+        old = None
+    digest_now = ctx.job.digest()
+    stale = set(VERB_OUTPUTS[verb])
+    if old is not None and old.get("job_digest") != digest_now:
+        stale |= set(SETTINGS_OUTPUTS) | {p.name for p in out.glob("theta_*.npy")}
+    for name in stale:
+        _remove(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"identity": ident, "job_digest": digest_now, "verb": verb,
+                      "complete": False, "started": time.time(), "nldist_version": __version__})
+
+
+def complete(ctx: RunContext) -> None:
+    """Mark the manifest's current verb complete (its outputs are current)."""
+    path = ctx.out / MANIFEST
+    try:
+        man = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    write_json(path, {**man, "complete": True, "finished": time.time()})

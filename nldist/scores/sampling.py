@@ -22,7 +22,28 @@ def check_sample_args(s: Any, alpha: float) -> int:
         raise NldistError(f"sample size s must be a positive integer, got {s!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise NldistError(f"alpha (defensive mixture weight) must be in [0, 1], got {alpha!r}")
+    need = int(s) * SAMPLE_BYTES_PER_DRAW
+    avail = _available_memory()
+    if avail is not None and need > avail // 2:
+        raise NldistError(f"a sample of s = {int(s):,} draws needs about {need / 2**30:,.1f} GiB "
+                          f"on the driver but {avail / 2**30:,.1f} GiB are available; use a "
+                          "smaller s")
     return int(s)
+
+
+#: driver bytes per draw while sampling: uniforms, block ids, indices, probabilities,
+#: weights and the sort of the draws (float64 / int64 each)
+SAMPLE_BYTES_PER_DRAW = 48
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available on this machine (None when it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: do not refuse
+        return None
 
 
 def check_probs(p: np.ndarray) -> float:

@@ -8,6 +8,7 @@ Writes go to ``OUT.partial`` and are renamed into place only when complete.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import zarr
 from nldist._budget import x_chunk_rows
 from nldist._version import __version__
 from nldist.errors import NldistError
+from nldist.store.records import digest, tree_fingerprint
 
 
 def open_dataset(path: str | Path) -> tuple[Any, Any | None]:
@@ -36,6 +38,14 @@ def open_dataset(path: str | Path) -> tuple[Any, Any | None]:
     if "X" not in group:
         raise NldistError(f"Zarr group {str(path)!r} has no array 'X'; re-run `nldist ingest`")
     return group["X"], (group["y"] if "y" in group else None)
+
+
+def fingerprint(path: str | Path) -> str:
+    """What the dataset's content is, for cache keys: the SHA-256 of its X and y recorded
+    when nldist wrote it, plus a stat digest of every file of the store (an in-place rewrite
+    by any tool changes it)."""
+    attrs = read_attrs(path)
+    return digest({"content": attrs.get("content_sha256"), "files": tree_fingerprint(path)})
 
 
 def open_arrays(path: str | Path) -> dict[str, Any]:
@@ -66,6 +76,9 @@ def write_dataset(
     out = Path(out)
     if out.exists() and not overwrite:
         raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    if out.exists() and not out.is_dir():
+        raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
+                          "dataset directory: remove the file or choose another path")
     n, d = X.shape
     cr = int(chunk_rows or x_chunk_rows(d, X.dtype.itemsize))
     if cr < 1:
@@ -76,11 +89,15 @@ def write_dataset(
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         ax = g.create_array("X", shape=(n, d), chunks=(min(cr, n), d), dtype=X.dtype)
         ay = g.create_array("y", shape=(n,), chunks=(min(cr, n),), dtype=y.dtype)
+        h = hashlib.sha256()
         for start in range(0, n, cr):
-            ax[start : start + cr] = X[start : start + cr]
-            ay[start : start + cr] = y[start : start + cr]
+            xb, yb = X[start : start + cr], y[start : start + cr]
+            ax[start : start + cr] = xb
+            ay[start : start + cr] = yb
+            h.update(np.ascontiguousarray(xb).tobytes())
+            h.update(np.ascontiguousarray(yb).tobytes())
         g.attrs.update({**attrs, "n_rows": n, "n_features": d, "chunk_rows": cr,
-                        "nldist_version": __version__})
+                        "content_sha256": h.hexdigest(), "nldist_version": __version__})
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -43,6 +43,26 @@ def array_digest(values: np.ndarray) -> str:
     return array_sha(values)[:16]
 
 
+def file_fingerprint(path: str | Path, block: int = 1 << 22) -> dict:
+    """Size, mtime and SHA-256 (streamed) of a file: what a cache keyed on it depends on."""
+    p = Path(path)
+    st = p.stat()
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": h.hexdigest()}
+
+
+def tree_fingerprint(path: str | Path) -> str:
+    """Digest of every file under a directory by relative path, size and mtime (stat only,
+    nothing read): changes when any file of a Zarr store is rewritten."""
+    root = Path(path)
+    items = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in root.rglob("*") if f.is_file())
+    return digest(items)
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write text to path through a temporary file and a rename (creates the directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +81,13 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(type(o))
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to path through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:

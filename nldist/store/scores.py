@@ -146,14 +146,18 @@ class ChunkedScores:
                       "pass1": None}
         self.valid: set[int] = set()
         self.array = None
+        #: an array of other inputs (or an unreadable one) was replaced
+        self.replaced = False
         try:
             arr = zarr.open_array(str(self.path), mode="r+")
             if arr.attrs.get("resume_key") == self.key:
                 self.array = arr
             else:
+                self.replaced = True
                 log.info("scores.zarr/%s was made for other inputs; recomputing it", kind)
         except Exception:  # noqa: BLE001 - absent or unreadable: start afresh
             if self.path.exists():
+                self.replaced = True
                 log.warning("scores.zarr/%s is unreadable; recomputing it", kind)
         if self.array is None:
             shutil.rmtree(self.path, ignore_errors=True)
