@@ -10,9 +10,14 @@ into a fresh directory; what is compared:
   ``theta_star.npz`` / ``theta_pilot.npz`` (and the pilot's indices),
 * ``metrics.json`` and ``experiment.json`` without timings, paths and resume counts.
 
-Floats are compared as bytes. BLAS kernels are chosen per CPU, so on a machine whose CPU or
-library versions differ from the recording's (``machine.json``) the arrays are compared to
-1e-9 relative instead, and the test says so.
+Floats are compared as bytes, with the driver's BLAS on one thread (:data:`THREADS`; the
+last bits of a GEMM depend on how many threads split it). BLAS kernels are chosen per CPU,
+so on a machine whose CPU or library versions differ from the recording's
+(``machine.json``) the arrays are compared to 1e-9 relative instead, and the test says so.
+
+Recorded with the code before the redesign: ``git worktree add /tmp/old a08f6cf`` then
+``PYTHONPATH=/tmp/old python tests/goldenkit.py record`` (the CLI subprocesses then run the
+old package).
 """
 
 from __future__ import annotations
@@ -80,8 +85,14 @@ def job_file(name: str, work: Path) -> Path:
     return path
 
 
+#: BLAS and OpenMP threads of the driver: one, whatever the parent process set (a GEMM's
+#: last bits depend on how many threads split it; a test that started a LocalCluster
+#: earlier in the same pytest process leaves OMP_NUM_THREADS=1 behind)
+THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def cli(*args: Any, cwd: Path = ROOT, **kw: Any) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NLDIST_PROGRESS": "0"}
+    env = {**os.environ, **THREADS}
     return subprocess.run([sys.executable, "-m", "nldist.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, env=env, **kw)
 

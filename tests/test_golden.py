@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from goldenkit import ROOT, collect, job_file, load, run_job, same_machine
+from goldenkit import ROOT, THREADS, collect, job_file, load, run_job, same_machine
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_golden_resume_after_killed_driver(tmp_path):
                             str(out), "--quiet", "--cluster", "local",
                             "--set", "cluster.n_workers=1"],
                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True, env={**os.environ})
+                           start_new_session=True, env={**os.environ, **THREADS})
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 300:

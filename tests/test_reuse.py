@@ -251,3 +251,62 @@ def test_sample_too_large_for_memory_is_refused(tmp_path):
 
     with pytest.raises(NldistError, match="GiB on the driver.*smaller s"):
         nldist.sample(np.ones(10), 10**13)
+
+
+# --------------------------------------------------------------------------------------
+# bounded, talkative waits
+# --------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_port_that_is_not_a_dask_scheduler_fails_within_connect_timeout(tmp_path):
+    """An HTTP server accepts the connection and stays silent: one line, within the timeout
+    (distributed's own client waits far past it)."""
+    import time
+
+    port = _free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tmp_path)
+    try:
+        time.sleep(1.0)
+        src = _csv(tmp_path / "d.csv", 60)
+        job = tmp_path / "job.yaml"
+        job.write_text(json.dumps(_job(src, cluster={"address": "local",
+                                                     "connect_timeout": 3})))
+        t0 = time.monotonic()
+        res = _cli("run", job, "--out", tmp_path / "o", "--cluster", f"tcp://127.0.0.1:{port}")
+        took = time.monotonic() - t0
+    finally:
+        http.kill()
+        http.wait()
+    _one_error_line(res, "did not answer as a Dask scheduler within 3 s")
+    assert took < 30, took
+
+
+def test_a_scheduler_without_workers_fails_after_connect_timeout(tmp_path):
+    import time
+
+    port = _free_port()
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                              "--host", "127.0.0.1", "--port", str(port),
+                              "--dashboard-address", ":0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3.0)
+        src = _csv(tmp_path / "d.csv", 60)
+        job = tmp_path / "job.yaml"
+        job.write_text(json.dumps(_job(src, cluster={"address": "local",
+                                                     "connect_timeout": 3})))
+        res = _cli("run", job, "--out", tmp_path / "o", "--cluster", f"tcp://127.0.0.1:{port}")
+    finally:
+        sched.kill()
+        sched.wait()
+    _one_error_line(res, "has no workers after 3 s")
