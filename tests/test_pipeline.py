@@ -46,11 +46,20 @@ def recorded(tmp_path_factory):
 
 
 def _trainings(events, status):
-    return [e for e in events if e.stage == "train" and e.status == status and e.total is None]
+    """The per-training events (each with its kind); the counted stage around all of them
+    has kind None (one start with its total, one end)."""
+    return [e for e in events if e.stage == "train" and e.status == status
+            and e.kind is not None]
+
+
+def _counted(events):
+    return [e for e in events if e.stage == "train" and e.kind is None]
 
 
 def test_run_emits_a_counted_train_stage_with_one_advance_per_kind(recorded):
     ctx, metrics, events, _, _ = recorded
+    counted = _counted(events)
+    assert [(e.status, e.total) for e in counted] == [("start", len(KINDS)), ("end", None)]
     assert ctx.job.kinds() == KINDS and set(metrics["kinds"]) == set(KINDS)
     counted = [e for e in events if e.stage == "train" and e.status == "start"
                and e.total is not None]

@@ -87,6 +87,16 @@ def dataset_fingerprint(path: Path) -> str:
                           "re-ingest it") from None
 
 
+def data_key(ctx: RunContext, *fields: str) -> str:
+    """:meth:`RunContext.key` with the dataset's fingerprint taken first if no stage has
+    (a context that did not run :func:`ingest` keys its outputs the same way)."""
+    if ctx.dataset_fp is None and "dataset" in fields:
+        path = dataset_path(ctx)
+        if path.exists():
+            ctx.dataset_fp = dataset_fingerprint(path)
+    return ctx.key(*fields)
+
+
 def dataset_path(ctx: RunContext) -> Path:
     """The Zarr dataset: the source itself when it is one, else OUT/dataset.zarr."""
     src = Path(ctx.job.dataset.source)
@@ -197,7 +207,7 @@ def model(ctx: RunContext) -> Model:
 
 def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     """Full-data theta* over the ball (distributed Gauss-Newton passes), cached."""
-    key = ctx.key(*KEYS["optimum"])
+    key = data_key(ctx, *KEYS["optimum"])
     if key in ctx.memo:
         return ctx.memo[key]
     npz = ctx.path("theta_star.npz")
@@ -225,7 +235,7 @@ def pilot(ctx: RunContext) -> np.ndarray:
     Uniform draws with replacement (weights n / s), seeded from ``seed``; trained like
     the final sample (same loss, ball and tolerance). Cached in OUT/theta_pilot.npz.
     """
-    key = ctx.key(*KEYS["pilot"])
+    key = data_key(ctx, *KEYS["pilot"])
     if key in ctx.memo:
         return ctx.memo[key]
     npz = ctx.path("theta_pilot.npz")
@@ -317,7 +327,7 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
         "theta_sha": array_digest(at) if k.nonlinear else None,
         "loss": job.loss if k.nonlinear else None,
         "ridge": job.ridge if k.ridge else 0.0,
-        "dataset_key": ctx.key("dataset"),
+        "dataset_key": data_key(ctx, "dataset"),
         "linear_augment_y": True if k.nonlinear else job.linear_augment_y,
         "n": int(X.shape[0]), "nldist_version": __version__,
     }

@@ -20,7 +20,7 @@ Two independent approximations, both seeded and independent of the chunking:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import linalg as sla
@@ -29,7 +29,9 @@ from scipy import sparse
 from nldist._budget import SKETCH_BATCH_BYTES
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
-from nldist.options import SketchOptions
+
+if TYPE_CHECKING:  # annotations only: workers never import pydantic for the kernels
+    from nldist.options import SketchOptions
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
