@@ -144,14 +144,19 @@ def ingest(ctx: RunContext) -> Path:
     return path
 
 
-def _cached(ctx: RunContext, stage: str, npz: Path, key: str) -> dict | None:
-    """A stage cache hit (noted as reused) or None (noted as recomputed, with why)."""
+def _cached(ctx: RunContext, stage: str, npz: Path, key: str, pick: Any) -> Any:
+    """This run's result of a cached stage, else ``pick(arrays)`` of its cache file with this
+    key (noted as reused), else None (noted as recomputed when a stale file was there)."""
+    if key in ctx.memo:
+        return ctx.memo[key]
     hit = stage_cache.load(npz, key)
     if hit is not None:
         ctx.note(stage, True)
-    elif npz.exists():
+        ctx.memo[key] = pick(hit)
+        return ctx.memo[key]
+    if npz.exists():
         ctx.note(stage, False, "inputs changed")
-    return hit
+    return None
 
 
 def open_xy(ctx: RunContext) -> tuple[Any, Any]:
@@ -208,13 +213,10 @@ def model(ctx: RunContext) -> Model:
 def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     """Full-data theta* over the ball (distributed Gauss-Newton passes), cached."""
     key = data_key(ctx, *KEYS["optimum"])
-    if key in ctx.memo:
-        return ctx.memo[key]
     npz = ctx.path("theta_star.npz")
-    hit = _cached(ctx, "theta*", npz, key)
-    if hit is not None:
-        ctx.memo[key] = hit["theta"], hit["info"]
-        return ctx.memo[key]
+    got = _cached(ctx, "theta*", npz, key, lambda z: (z["theta"], z["info"]))
+    if got is not None:
+        return got
     X, y = xy(ctx)
     m = model(ctx)
     job = ctx.job
@@ -236,13 +238,10 @@ def pilot(ctx: RunContext) -> np.ndarray:
     the final sample (same loss, ball and tolerance). Cached in OUT/theta_pilot.npz.
     """
     key = data_key(ctx, *KEYS["pilot"])
-    if key in ctx.memo:
-        return ctx.memo[key]
     npz = ctx.path("theta_pilot.npz")
-    hit = _cached(ctx, "pilot theta_0", npz, key)
-    if hit is not None:
-        ctx.memo[key] = hit["theta"]
-        return ctx.memo[key]
+    got = _cached(ctx, "pilot theta_0", npz, key, lambda z: z["theta"])
+    if got is not None:
+        return got
     X, y = xy(ctx)
     job = ctx.job
     n = int(X.shape[0])
