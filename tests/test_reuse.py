@@ -310,3 +310,20 @@ def test_a_scheduler_without_workers_fails_after_connect_timeout(tmp_path):
         sched.kill()
         sched.wait()
     _one_error_line(res, "has no workers after 3 s")
+
+
+def test_validate_never_runs_user_code(tmp_path):
+    """A schema check reads the model file; importing it would have written the marker."""
+    marker = tmp_path / "ran"
+    (tmp_path / "net.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                     "def make(d):\n    raise SystemExit('ran')\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"dataset": {"source": "california"},
+                               "model": f"torch:{tmp_path / 'net.py'}:make"}))
+    res = _cli("validate", job)
+    assert res.returncode == 0, res.stderr
+    assert not marker.exists()
+    job.write_text(json.dumps({"dataset": {"source": "california"},
+                               "model": f"torch:{tmp_path / 'net.py'}:other"}))
+    _one_error_line(_cli("validate", job), "has no callable 'other'")
+    assert not marker.exists()

@@ -31,7 +31,8 @@ def _literal(text: str) -> Any:
 def parse_torch_spec(spec: str, check_import: bool = False) -> tuple[str, str, dict]:
     """Split ``torch:<module.path>:<factory>[(k=v,...)]`` into (module, factory, kwargs).
 
-    With ``check_import`` also import the module and check the factory is callable.
+    With ``check_import`` also check, without running user code, that the module exists and
+    defines the factory (:func:`check_factory`).
     """
     match = _TORCH_RE.match(spec.strip())
     if not match:
@@ -46,8 +47,55 @@ def parse_torch_spec(spec: str, check_import: bool = False) -> tuple[str, str, d
                                   "key=value, e.g. mlp(hidden=32,act=tanh)")
             kwargs[key.strip()] = _literal(value.strip())
     if check_import:
-        import_factory(match["mod"], match["fac"], spec)
+        check_factory(match["mod"], match["fac"], spec)
     return match["mod"], match["fac"], kwargs
+
+
+def _defines(source: str, name: str) -> bool:
+    """Whether module source text binds ``name`` at top level (def, class, assignment,
+    import)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return True  # let the real import report it
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (a.asname or a.name.split(".")[0]) == name for a in node.names):
+            return True
+    return False
+
+
+def check_factory(mod: str, fac: str, spec: str) -> None:
+    """Check that a ``torch:`` spec's module exists and defines its factory by reading the
+    module's source (a schema check never runs user code). Modules without a readable
+    ``.py`` source (compiled, namespace) are only located."""
+    if mod.endswith(".py"):
+        file = Path(mod).expanduser().resolve()
+        if not file.exists():
+            raise NldistError(f"model file {mod!r} in {spec!r} not found; give a path relative "
+                              "to the working directory or an importable module name")
+        origin: str | None = str(file)
+    else:
+        try:
+            found = importlib.util.find_spec(mod)
+        except (ImportError, ValueError) as exc:
+            found, why = None, str(exc)
+        else:
+            why = "no such module"
+        if found is None:
+            raise NldistError(f"cannot import module {mod!r} of model spec {spec!r} ({why}); "
+                              "install it or put it on PYTHONPATH of the driver and the workers")
+        origin = found.origin if found.origin and found.origin.endswith(".py") else None
+    if origin is not None and not _defines(Path(origin).read_text(), fac):
+        raise NldistError(f"module {mod!r} has no callable {fac!r} (model spec {spec!r}); name "
+                          "a function returning a torch.nn.Module")
 
 
 def _import(path: str, spec: str) -> Any:
