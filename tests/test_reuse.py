@@ -327,3 +327,26 @@ def test_validate_never_runs_user_code(tmp_path):
                                "model": f"torch:{tmp_path / 'net.py'}:other"}))
     _one_error_line(_cli("validate", job), "has no callable 'other'")
     assert not marker.exists()
+
+
+def test_disk_full_is_one_line(tmp_path):
+    """A 1 MiB tmpfs as the output directory (ENOSPC mid-run); skipped where mounts are not
+    allowed."""
+    src = _csv(tmp_path / "d.csv", 4000)
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(_job(src, dataset={"source": str(src), "target": "y",
+                                                 "chunk_rows": 500})))
+    small = tmp_path / "small"
+    small.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        res = _cli("run", job, "--out", small / "out")
+        _one_error_line(res, "No space left on device; free disk space")
+        assert not (small / "out" / "metrics.json").exists()
+        assert not list(small.rglob("*.partial.npz"))
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
