@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nldist import datasets, pipeline
+from nldist import __version__, datasets, pipeline
 from nldist.cluster import connect
 from nldist.errors import NldistError
 from nldist.ingest import dataset_attrs
@@ -45,6 +45,21 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="replace the outputs of 
                                         "the output directory (deletes them first)")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="only errors")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nldist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """nldist: importance sampling for nonlinear models with nonlinear leverage scores on
+    Dask + Zarr. Start with `nldist run jobs/california.yaml`."""
 
 
 def _logging(verbose: int, quiet: bool) -> None:
