@@ -355,6 +355,7 @@ def sample_many(
     Each result equals ``sample_blocks(probs, s, random_state, alpha)``.
     """
     sizes = [sampling.check_sample_args(s, alpha) for s, _ in requests]
+    sampling.check_sample_memory(sum(sizes))
     if probs.ndim != 1 or probs.shape[0] == 0:
         raise NldistError(f"probabilities must be a non-empty 1-D array, got shape {probs.shape}")
     if any(math.isnan(c) for c in probs.chunks[0]):

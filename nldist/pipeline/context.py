@@ -8,7 +8,6 @@ Stages (:mod:`nldist.pipeline.stages`) take a context and report what they do as
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nldist.errors import NldistError
+from nldist.store.records import digest
 from nldist.store.scores import new_run_id
 
 #: human labels of the stages (the keys of ``timings``)
@@ -153,7 +153,7 @@ class RunContext:
         base = self.job.digest(*fields)
         if "dataset" not in fields or self.dataset_fp is None:
             return base
-        return hashlib.sha256(f"{base}:{self.dataset_fp}".encode()).hexdigest()[:16]
+        return digest({"fields": base, "data": self.dataset_fp}, 16)
 
     def note(self, stage: str, reused: bool, why: str | None = None) -> None:
         """Record (and emit) whether a cached stage output was reused or recomputed."""

@@ -49,7 +49,7 @@ from nldist.scores.reductions import Normalizer
 from nldist.scores.spec import ScoreSpec, make_spec
 from nldist.store import dual_blocks, stage_cache
 from nldist.store.dataset import fingerprint, is_dataset, read_attrs, write_dataset
-from nldist.store.records import array_digest, write_json
+from nldist.store.records import array_digest, digest, write_json
 from nldist.store.scores import ChunkedScores
 from nldist.train import FitResult, fit_ball, train_on_sample
 
@@ -118,10 +118,8 @@ def ingest(ctx: RunContext) -> Path:
     if path != ctx.out / "dataset.zarr":
         ctx.dataset_fp = dataset_fingerprint(path)
         return path
-    key = hashlib.sha256(json.dumps(
-        {"settings": ctx.job.digest(*KEYS["ingest"]),
-         "source": ingest_mod.source_fingerprint(ds.source)},
-        sort_keys=True).encode()).hexdigest()[:16]
+    key = digest({"settings": ctx.job.digest(*KEYS["ingest"]),
+                  "source": ingest_mod.source_fingerprint(ds.source)}, 16)
     if path.exists():
         if read_attrs(path).get("ingest_key") == key:
             ctx.dataset_fp = dataset_fingerprint(path)

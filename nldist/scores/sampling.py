@@ -22,13 +22,18 @@ def check_sample_args(s: Any, alpha: float) -> int:
         raise NldistError(f"sample size s must be a positive integer, got {s!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise NldistError(f"alpha (defensive mixture weight) must be in [0, 1], got {alpha!r}")
-    need = int(s) * SAMPLE_BYTES_PER_DRAW
+    return int(s)
+
+
+def check_sample_memory(draws: int) -> None:
+    """Refuse a sampling call whose ``draws`` (all its samples together) cannot fit in the
+    driver's memory, with the size it would need."""
+    need = int(draws) * SAMPLE_BYTES_PER_DRAW
     avail = _available_memory()
     if avail is not None and need > avail // 2:
-        raise NldistError(f"a sample of s = {int(s):,} draws needs about {need / 2**30:,.1f} GiB "
-                          f"on the driver but {avail / 2**30:,.1f} GiB are available; use a "
-                          "smaller s")
-    return int(s)
+        raise NldistError(f"a sample of s = {int(draws):,} draws needs about "
+                          f"{need / 2**30:,.1f} GiB on the driver but {avail / 2**30:,.1f} GiB "
+                          "are available; use a smaller s")
 
 
 #: driver bytes per draw while sampling: uniforms, block ids, indices, probabilities,
@@ -105,6 +110,7 @@ def sample_array(
     weights : ndarray (s,) float64, 1 / (s * pi_i)
     """
     s = check_sample_args(s, alpha)
+    check_sample_memory(s)
     p = np.asarray(probs, dtype=np.float64)
     total = check_probs(p)
     p = mixture(p / total, alpha, p.size)

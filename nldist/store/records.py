@@ -83,13 +83,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o))
 
 
-def atomic_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to path through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: Any) -> None:
     """JSON (indented, NumPy scalars and arrays converted) written atomically."""
     tmp = path.with_name(path.name + ".partial")
