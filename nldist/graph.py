@@ -21,9 +21,11 @@ score store, keeping X in worker memory, and the report's and diagnostics' passe
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -170,17 +172,26 @@ def pass1(
     rtol: float | None = None,
     split_every: int = SPLIT_EVERY,
     store: Any = None,
+    masses: bool = False,
 ) -> Normalizer:
     """Pass 1: per-block R (or norms) reduced in a tree; returns the global normalizer.
 
     Parameters
     ----------
+    masses : bool
+        Also compute each row chunk's share of the scores from its block results
+        (:func:`nldist.scores.block.part_mass`; the blocks stay on the workers until then):
+        ``Normalizer.masses``, what :func:`sample_pass` needs to route the draws.
     store : nldist.store.dual_blocks.DualStore, optional
         Persist dual blocks for pass 2 (:func:`nldist.scores.block.pass1_block`); the counts
         and seconds come back in ``Normalizer.persist``.
     """
+    rows = X.chunks[0]
     if spec.kind.uniform:  # 1/n needs n only: no pass over X
-        return block.finalize_pass1(spec, {"n": int(X.shape[0])})
+        norm = block.finalize_pass1(spec, {"n": int(X.shape[0])})
+        if masses:
+            norm = replace(norm, masses=np.asarray(rows, dtype=np.float64) / norm.total)
+        return norm
     X, yy = split_for_dual(X, y if spec.needs_y else None, spec)
     if store is not None and not spec.persistable:
         store = None
@@ -188,8 +199,25 @@ def pass1(
         dask.delayed(block.pass1_block, pure=True)(xb, yb, spec, off, store, i)
         for i, (xb, yb, off) in enumerate(_blocks(X, yy))
     ]
+    if masses:  # keep the per-block results (small: R_b) where they were made
+        parts = list(dask.persist(*parts))
     (stats,) = dask.compute(tree_reduce(parts, block.combine_pass1, split_every))
-    return block.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+    norm = block.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
+    if not masses:
+        return norm
+    got = dask.compute(*[dask.delayed(block.part_mass, pure=True)(pt, spec, norm)
+                         for pt in parts])
+    owner = part_owner(rows, X.chunks[0])
+    m = np.zeros(len(rows))
+    np.add.at(m, owner, np.asarray(got, dtype=np.float64))
+    return replace(norm, masses=m / norm.total)
+
+
+def part_owner(rows: tuple[int, ...], parts: tuple[int, ...]) -> np.ndarray:
+    """For each part of a split chunking (:func:`split_for_dual`), the chunk it came from."""
+    ends = np.cumsum(rows)
+    starts = np.concatenate([[0], np.cumsum(parts)[:-1]])
+    return np.searchsorted(ends, starts, side="right")
 
 
 def _pass2_task(
@@ -372,6 +400,39 @@ def sample_many(
     sums = stats[:, 0] / total0
     if alpha:
         sums = (1 - alpha) * sums + alpha * np.asarray(probs.chunks[0], dtype=np.float64) / n
+    total, u, blk, local = _route(sums, sizes, requests)
+    offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
+    pblocks = p.to_delayed().ravel()
+    tasks, where = [], []
+    for b in np.unique(blk):
+        sel = np.flatnonzero(blk == b)
+        tasks.append(dask.delayed(sampling.draw_in_block, pure=True)(pblocks[b], local[sel]))
+        where.append((sel, offsets[b]))
+    indices = np.empty(u.size, dtype=np.int64)
+    pvals = np.empty(u.size, dtype=np.float64)
+    for (sel, off), (idx, pv) in zip(where, dask.compute(*tasks), strict=True):
+        indices[sel] = idx + off
+        pvals[sel] = pv
+    return [(indices[sl], 1.0 / (s * pvals[sl] / total)) for s, sl in _spans(sizes)]
+
+
+def _spans(sizes: Sequence[int]) -> list[tuple[int, slice]]:
+    """(s, slice) of each request's draws in the concatenated draws."""
+    ends = np.cumsum(sizes).tolist()
+    return [(s, slice(e - s, e)) for s, e in zip(sizes, ends, strict=True)]
+
+
+def _route(sums: np.ndarray, sizes: Sequence[int], requests: Sequence[tuple[int, Any]]
+           ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Place the requests' seeded uniforms into blocks of masses ``sums`` (n_blocks,).
+
+    Returns
+    -------
+    total : float, sum of the masses
+    u : ndarray (k,), every request's uniforms times total, concatenated
+    blk : ndarray (k,), the block of each
+    local : ndarray (k,), its target inside the block, in [0, sums[blk])
+    """
     total = float(np.sum(sums))
     bounds = np.cumsum(sums)
     starts = np.concatenate([[0.0], bounds[:-1]])
@@ -380,25 +441,102 @@ def sample_many(
     blk = np.minimum(np.searchsorted(bounds, u, side="right"), len(sums) - 1)
     while np.any(sums[blk] <= 0):  # rounding at a boundary into an all-zero block
         blk[sums[blk] <= 0] -= 1
-    offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
-    pblocks = p.to_delayed().ravel()
-    tasks, where = [], []
-    for b in np.unique(blk):
+    return total, u, blk, np.clip(u - starts[blk], 0.0, None)
+
+
+def _call_sink(func: Callable, i: int, start: int, args: tuple, p: np.ndarray) -> Any:
+    return func(p, i, start, *args)
+
+
+def sample_pass(
+    X: da.Array, y: da.Array | None, spec: ScoreSpec, norm: Normalizer,
+    requests: Sequence[tuple[int, Any]], alpha: float = 0.0, *, store: Any = None,
+    eval_rate: float = 0.0, eval_seed: int = 0, sink: tuple | None = None,
+) -> dict:
+    """Pass 2, sampling and gathering in one read of X (the fused pass).
+
+    ``norm.masses`` (from ``pass1(..., masses=True)``) gives every row chunk's share of the
+    probabilities before pass 2, so the requests' seeded uniforms are routed to chunks on
+    the driver exactly as :func:`sample_many` routes them by the stored scores' chunk sums;
+    each chunk task then computes its probabilities, draws its rows by inverse CDF and
+    returns them with their x and y — same distribution as pass 2 followed by
+    :func:`sample_many` and :func:`gather_rows`, same chunking invariance (up to rounding
+    at a chunk boundary). Optional in the same pass: a Bernoulli evaluation sample (rows
+    whose seeded hash uniform is below ``eval_rate``) and the scores output (``sink``).
+
+    Parameters
+    ----------
+    requests : sequence of (s, random_state)
+    alpha : float
+        Defensive mixture weight.
+    store : DualStore, optional
+        The persisted dual blocks of pass 1.
+    eval_rate, eval_seed : float, int
+        Evaluation sample (none when 0).
+    sink : (func, args, blocks), optional
+        Run ``func(p_block, i, start, *args)`` on the worker for the chunks i in ``blocks``
+        (the score store's writer, :func:`nldist.store.scores.write_chunk`).
+
+    Returns
+    -------
+    dict with ``draws``: [(indices (s,), weights (s,), X rows (s, d), y rows (s,) or
+    None)] per request; ``eval``: (indices (m,), X (m, d), y (m,) or None);
+    ``stored``: the sink's results.
+    """
+    if norm.masses is None:
+        raise NldistError("the fused sampling pass needs pass 1 with masses=True")
+    sizes = [sampling.check_sample_args(s, alpha) for s, _ in requests]
+    sampling.check_sample_memory(sum(sizes))
+    rows = tuple(int(c) for c in X.chunks[0])
+    n = int(X.shape[0])
+    sums = np.asarray(norm.masses, dtype=np.float64)
+    if alpha:
+        sums = (1 - alpha) * sums + alpha * np.asarray(rows, dtype=np.float64) / n
+    if not np.all(np.isfinite(sums)) or sums.sum() <= 0:
+        raise NldistError("the chunk masses of pass 1 are not finite or sum to zero; "
+                          "check the scores' inputs")
+    total, u, blk, local = _route(sums, sizes, requests)
+    if spec.kind.uniform:
+        parts_of = [[c] for c in rows]
+        first = list(range(len(rows)))
+    else:
+        split, _ = split_for_dual(X, None, spec)
+        owner = part_owner(rows, split.chunks[0])
+        parts_of = [[] for _ in rows]
+        for c, o in zip(split.chunks[0], owner, strict=True):
+            parts_of[o].append(int(c))
+        first = np.searchsorted(owner, np.arange(len(rows))).tolist()
+    func, args, blocks = sink if sink is not None else (None, (), ())
+    blocks = set(blocks)
+    tasks = []
+    for b, (xb, yb, off) in enumerate(_blocks(X, y)):
         sel = np.flatnonzero(blk == b)
-        local_u = np.clip(u[sel] - starts[b], 0.0, None)
-        tasks.append(dask.delayed(sampling.draw_in_block, pure=True)(pblocks[b], local_u))
-        where.append((sel, offsets[b]))
+        sk = functools.partial(_call_sink, func, b, off, tuple(args)) if b in blocks else None
+        tasks.append(dask.delayed(block.sample_block, pure=False)(
+            xb, yb, spec, norm, parts_of[b], local[sel], alpha=alpha, first_index=first[b],
+            store=store if spec.persistable else None, eval_rate=eval_rate,
+            eval_seed=eval_seed, offset=off, sink=sk))
+    got = dask.compute(*tasks)
+    offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    d = int(X.shape[1])
     indices = np.empty(u.size, dtype=np.int64)
     pvals = np.empty(u.size, dtype=np.float64)
-    for (sel, off), (idx, pv) in zip(where, dask.compute(*tasks), strict=True):
-        indices[sel] = idx + off
-        pvals[sel] = pv
-    out, start = [], 0
-    for s in sizes:
-        sl = slice(start, start + s)
-        out.append((indices[sl], 1.0 / (s * pvals[sl] / total)))
-        start += s
-    return out
+    Xs = np.empty((u.size, d), dtype=X.dtype)
+    ys = None if y is None else np.empty(u.size, dtype=y.dtype)
+    for b, g in enumerate(got):
+        sel = np.flatnonzero(blk == b)
+        indices[sel] = g["idx"] + offsets[b]
+        pvals[sel] = g["pi"]
+        Xs[sel] = g["X"]
+        if ys is not None:
+            ys[sel] = g["y"]
+    draws = [(indices[sl], 1.0 / (s * pvals[sl] / total), Xs[sl],
+              None if ys is None else ys[sl]) for s, sl in _spans(sizes)]
+    ev_idx = np.concatenate([g["eval_idx"] + offsets[b] for b, g in enumerate(got)])
+    ev_X = np.concatenate([g["eval_X"] for g in got]).reshape(-1, d)
+    ev_y = None if y is None else np.concatenate([g["eval_y"] for g in got])
+    return {"draws": draws, "eval": (ev_idx, ev_X, ev_y),
+            "stored": [g["stored"] for b, g in enumerate(got) if b in blocks]}
 
 
 def gather_rows(

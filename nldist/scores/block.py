@@ -33,7 +33,7 @@ from nldist._budget import sub_rows
 from nldist._checks import check_finite_block
 from nldist._runtime import reuse_freed_memory
 from nldist.errors import BadBlock, NldistError
-from nldist.scores import linalg
+from nldist.scores import linalg, sampling
 from nldist.scores.backends import backend
 from nldist.scores.reductions import Normalizer
 from nldist.scores.spec import ScoreSpec
@@ -316,4 +316,105 @@ def _pass2_rebuild(
             if spec.persistable:  # the layout a persisted block has (same reduction bits)
                 A = np.ascontiguousarray(A, dtype=np.float64)
         out[s] = spec.reduction.rows(A, norm, be, not np.shares_memory(A, Xs))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the fused pass: chunk masses from pass 1, then pass 2 + sampling + gather in one read
+# --------------------------------------------------------------------------------------
+
+
+def part_mass(part: dict, spec: ScoreSpec, norm: Normalizer) -> float:
+    """The sum of one block's pass-2 values (before dividing by ``norm.total``), from its
+    pass-1 result alone — no second read of the block.
+
+    Every reduction's row value is ``‖a_i M‖²`` for a matrix M fixed by the normalizer (R⁻¹,
+    V_r/s_r, the ridge factor's inverse, or I for norms), and the block's R satisfies
+    ``R_bᵀR_b = A_bᵀA_b``, so ``Σ_{i∈b} ‖a_i M‖² = ‖A_b M‖_F² = ‖R_b M‖_F²``: the row
+    values of the (q, q) R_b summed. Norm kinds keep ``‖A_b‖_F²`` itself; uniform counts rows.
+    Equal to the sum of the block's pass-2 values up to rounding (about q·eps relative).
+
+    Parameters
+    ----------
+    part : dict
+        :func:`pass1_block`'s result for the block.
+    spec : ScoreSpec
+    norm : Normalizer
+        The global pass-1 result.
+
+    Returns
+    -------
+    float
+    """
+    if spec.kind.uniform:
+        return float(part["n"])
+    if not spec.kind.leverage:
+        return float(part["fro2"])
+    R = part["R"]
+    if R is None or part["n"] == 0:
+        return 0.0
+    R = np.ascontiguousarray(R, dtype=np.float64)
+    return float(np.sum(spec.reduction.rows(R, norm, backend(spec.device), True)))
+
+
+def sample_block(
+    X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
+    parts: list[int], u: np.ndarray, *, alpha: float, first_index: int = 0,
+    store: Any = None, eval_rate: float = 0.0, eval_seed: int = 0, offset: int = 0,
+    sink: Any = None,
+) -> dict:
+    """Pass 2, the chunk's share of the sample and its evaluation rows, in one read.
+
+    The block's probabilities come from :func:`pass2_block` on each of its ``parts`` (the
+    row splits pass 1 used, so the values are the bits of the unfused pass 2); the draws
+    are inverse-CDF draws (:func:`nldist.scores.sampling.draw_in_block`) of the chunk's own
+    targets ``u`` against its probabilities mixed with the defensive ``alpha``.
+
+    Parameters
+    ----------
+    X : ndarray (n_b, d)
+    y : ndarray (n_b,) or None
+    spec, norm : as :func:`pass2_block`
+    parts : list of int
+        Row counts of the block's parts (sum n_b); part j is persisted-store block
+        ``first_index + j``.
+    u : ndarray (k,)
+        The chunk's targets in [0, its mixed mass), from the driver.
+    alpha : float
+        Defensive mixture weight: pi_i = (1 - alpha) p_i + alpha / n.
+    eval_rate, eval_seed : float, int
+        Row i (global ``offset + local``) joins the evaluation sample when its seeded
+        hash uniform is below ``eval_rate`` (Bernoulli sampling, independent of chunking).
+    sink : callable, optional
+        ``sink(p_block)`` stores the block's probabilities (the scores output); its small
+        result is returned as ``"stored"``.
+
+    Returns
+    -------
+    dict with ``idx`` (k,) local row of each target, ``pi`` (k,) its mixed probability,
+    ``X`` (k, d), ``y`` (k,) or None, ``eval_idx`` (m,) local rows, ``eval_X``, ``eval_y``,
+    ``stored``.
+    """
+    X = np.asarray(X)
+    n_b = int(X.shape[0])
+    p = np.empty(n_b, dtype=np.float64)
+    start = 0
+    for j, rows in enumerate(parts):
+        sl = slice(start, start + rows)
+        p[sl] = pass2_block(X[sl], _sl(y, sl), spec, norm, store, first_index + j)
+        start += rows
+    stored = sink(p) if sink is not None else None
+    pi = sampling.mixture(p, alpha, norm.n)
+    out: dict[str, Any] = {"idx": np.empty(0, np.int64), "pi": np.empty(0), "stored": stored}
+    if np.size(u):
+        idx, pv = sampling.draw_in_block(pi, np.asarray(u, dtype=np.float64))
+        out.update(idx=idx, pi=pv)
+    out["X"] = X[out["idx"]]
+    out["y"] = None if y is None else np.asarray(y)[out["idx"]]
+    if eval_rate > 0:
+        h = sampling.hash_uniform(np.arange(offset, offset + n_b, dtype=np.int64), eval_seed)
+        ev = np.flatnonzero(h < eval_rate)
+    else:
+        ev = np.empty(0, np.int64)
+    out.update(eval_idx=ev, eval_X=X[ev], eval_y=None if y is None else np.asarray(y)[ev])
     return out

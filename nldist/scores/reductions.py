@@ -39,6 +39,10 @@ class Normalizer:
     factor: linalg.RFactor | None = None
     qr_methods: dict | None = None
     persist: dict | None = None
+    #: per row chunk of X, the sum of its pass-2 values divided by ``total`` (float64
+    #: (n_chunks,)), known from pass 1 alone (:func:`nldist.scores.block.part_mass`); set by
+    #: :func:`nldist.graph.pass1` with ``masses=True`` for the fused sampling pass
+    masses: np.ndarray | None = None
 
     @property
     def rank(self) -> int | None:
