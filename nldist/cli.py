@@ -143,6 +143,49 @@ def _print_summary(metrics: dict) -> None:
     con.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
 
 
+def _num(v: float | None, fmt: str = ".6g") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _print_select(m: dict) -> None:
+    """The practical path's result and its cost next to the full-data fit's."""
+    from rich.console import Console
+    from rich.table import Table
+
+    r = m["kinds"][m["kind"]]
+    lo, hi = r["loss_ci95"]
+    c = m["cost"]
+    table = Table(title=f"{m['name']} (select): n={m['n_rows']:,}, p={m['n_params']}, "
+                  f"s={m['s']}, {m['kind']} at θ₀ ({m['theta_source']})")
+    table.add_column("", style="bold")
+    table.add_column("sampling path")
+    table.add_column("full-data fit (θ*)")
+    full = m.get("full_fit") or {}
+    est = full.get("estimated") or {}
+    meas = full.get("measured")
+    ev = m["evaluation"]
+    table.add_row("full-data loss", f"{r['loss_estimate']:.6g} (95% CI {lo:.6g} … {hi:.6g}; "
+                  f"{ev['rows']:,} evaluation rows)" if ev["rate"] < 1 else
+                  f"{r['loss_estimate']:.6g} (exact: every row evaluated)",
+                  _num(m.get("loss_opt")) if meas else "–")
+    if r.get("rel_error") is not None:
+        table.add_row("relative error", f"{r['rel_error']:.3e} (θ₀: {r['rel_error_theta0']:.3e})",
+                      "0")
+    table.add_row("wall time (after ingest)", f"{c['wall_s']:.1f} s",
+                  f"{meas['seconds']:.1f} s (measured)" if meas else
+                  (f"≈ {est['seconds']:.1f} s (estimated)" if est else "–"))
+    table.add_row("passes over X", f"{c['passes_over_x']:.2f} ({c['store_reads']:.2f} from the "
+                  "store)", f"{meas['passes_over_x']:.0f}" if meas else
+                  (f"≈ {est['passes_over_x']}" if est else "–"))
+    table.add_row("bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of {c['x_bytes'] / 2**20:,.1f}"
+                  " MiB", "–")
+    con = Console()
+    con.print(table)
+    if not meas and est:
+        con.print(f"full-data fit estimated: {full['note']}")
+    con.print("passes: " + ", ".join(f"{k} {v:g}" for k, v in c["by"].items()))
+
+
 @app.command()
 @_one_line_errors
 def ingest(
@@ -290,7 +333,7 @@ class _Progress:
 
 
 def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verbose, quiet,
-               force: bool = False, experiment: bool = False):
+               force: bool = False, experiment: bool = False, compare_full: bool = False):
     """Run ``stage`` (then the experiment, when asked) of a job on one cluster."""
     _logging(verbose, quiet)
     job = _load(job_file, overrides, cluster)
@@ -310,12 +353,16 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
             ctx.subscribe(progress)
             if stage == "experiment":
                 result = pipeline.experiment(ctx, force=force)
+            elif stage == "select":
+                result = pipeline.select(ctx, compare_full=compare_full, force=force)
             else:
                 result = pipeline.run(ctx, stop_after=stage, force=force)
             exp = pipeline.experiment(ctx) if experiment else None
     if not quiet:
         if stage == "evaluate":
             _print_summary(result)
+        elif stage == "select":
+            _print_select(result)
         elif stage == "experiment":
             typer.echo(experiment_table(result))
         if exp is not None:
@@ -344,6 +391,33 @@ def run(
     """Run a job end to end: scores, sample, train, evaluate, report."""
     ctx = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet,
                      force=force, experiment=experiment)
+    if ctx is None:
+        return
+    path = write_report(ctx.out)
+    if not quiet:
+        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+
+
+@app.command()
+@_one_line_errors
+def select(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/california.yaml")],
+    cluster: ClusterOpt = None,
+    out: OutOpt = None,
+    overrides: Overrides = None,
+    compare_full: Annotated[bool, typer.Option(
+        help="also fit theta* on all rows (measured) for the exact relative error")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="print the plan and memory bound; run nothing")
+    ] = False,
+    force: ForceOpt = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """The practical path: pilot, scores, sample, train on the sample, estimated full-data
+    loss — never fitting on all rows; prints its cost next to the full-data fit's."""
+    ctx = _run_stage("select", job_file, overrides, cluster, out, dry_run, verbose, quiet,
+                     force=force, compare_full=compare_full)
     if ctx is None:
         return
     path = write_report(ctx.out)

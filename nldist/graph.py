@@ -376,12 +376,18 @@ def sample_blocks(
 
 
 def sample_many(
-    probs: da.Array, requests: Sequence[tuple[int, Any]], alpha: float = 0.0
+    probs: da.Array, requests: Sequence[tuple[int, Any]], alpha: float = 0.0,
+    masses: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Several independent samples [(s, random_state), ...] in one pass over probs.
 
-    Each result equals ``sample_blocks(probs, s, random_state, alpha)``.
+    Each result equals ``sample_blocks(probs, s, random_state, alpha)``. With ``masses``
+    (the chunk masses of pass 1, ``Normalizer.masses``, for probabilities that pass 2 wrote)
+    the draws are routed by them instead of the chunks' sums: bit for bit the draws of
+    the fused pass (:func:`sample_pass`) that wrote those probabilities.
     """
+    if masses is not None:
+        return _sample_by_masses(probs, requests, alpha, np.asarray(masses, dtype=np.float64))
     sizes = [sampling.check_sample_args(s, alpha) for s, _ in requests]
     sampling.check_sample_memory(sum(sizes))
     if probs.ndim != 1 or probs.shape[0] == 0:
@@ -414,6 +420,43 @@ def sample_many(
         indices[sel] = idx + off
         pvals[sel] = pv
     return [(indices[sl], 1.0 / (s * pvals[sl] / total)) for s, sl in _spans(sizes)]
+
+
+def _sample_by_masses(probs: da.Array, requests: Sequence[tuple[int, Any]], alpha: float,
+                      masses: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    sizes = [sampling.check_sample_args(s, alpha) for s, _ in requests]
+    sampling.check_sample_memory(sum(sizes))
+    n = int(probs.shape[0])
+    if masses.shape != (probs.numblocks[0],):
+        raise NldistError("chunk masses do not match the probabilities' chunks; recompute "
+                          "the scores")
+    sums = _mixed_masses(masses, probs.chunks[0], alpha, n)
+    total, u, blk, local = _route(sums, sizes, requests)
+    offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
+    pblocks = probs.to_delayed().ravel()
+    tasks, where = [], []
+    for b in np.unique(blk):
+        sel = np.flatnonzero(blk == b)
+        pb = dask.delayed(sampling.mixture, pure=True)(pblocks[b], alpha, n)
+        tasks.append(dask.delayed(sampling.draw_in_block, pure=True)(pb, local[sel]))
+        where.append((sel, offsets[b]))
+    indices = np.empty(u.size, dtype=np.int64)
+    pvals = np.empty(u.size, dtype=np.float64)
+    for (sel, off), (idx, pv) in zip(where, dask.compute(*tasks), strict=True):
+        indices[sel] = idx + off
+        pvals[sel] = pv
+    return [(indices[sl], 1.0 / (s * pvals[sl] / total)) for s, sl in _spans(sizes)]
+
+
+def _mixed_masses(masses: np.ndarray, rows: Sequence[int], alpha: float, n: int) -> np.ndarray:
+    """Chunk masses of the defensive mixture (1 - alpha) p + alpha / n."""
+    sums = np.asarray(masses, dtype=np.float64)
+    if alpha:
+        sums = (1 - alpha) * sums + alpha * np.asarray(rows, dtype=np.float64) / n
+    if not np.all(np.isfinite(sums)) or sums.sum() <= 0:
+        raise NldistError("the chunk masses of pass 1 are not finite or sum to zero; "
+                          "check the scores' inputs")
+    return sums
 
 
 def _spans(sizes: Sequence[int]) -> list[tuple[int, slice]]:
@@ -489,12 +532,7 @@ def sample_pass(
     sampling.check_sample_memory(sum(sizes))
     rows = tuple(int(c) for c in X.chunks[0])
     n = int(X.shape[0])
-    sums = np.asarray(norm.masses, dtype=np.float64)
-    if alpha:
-        sums = (1 - alpha) * sums + alpha * np.asarray(rows, dtype=np.float64) / n
-    if not np.all(np.isfinite(sums)) or sums.sum() <= 0:
-        raise NldistError("the chunk masses of pass 1 are not finite or sum to zero; "
-                          "check the scores' inputs")
+    sums = _mixed_masses(norm.masses, rows, alpha, n)
     total, u, blk, local = _route(sums, sizes, requests)
     if spec.kind.uniform:
         parts_of = [[c] for c in rows]
@@ -537,6 +575,35 @@ def sample_pass(
     ev_y = None if y is None else np.concatenate([g["eval_y"] for g in got])
     return {"draws": draws, "eval": (ev_idx, ev_X, ev_y),
             "stored": [g["stored"] for b, g in enumerate(got) if b in blocks]}
+
+
+def _bernoulli_block(X: np.ndarray, y: np.ndarray | None, *, rate: float, seed: int,
+                     offset: int) -> tuple:
+    idx = sampling.bernoulli_index(offset, X.shape[0], rate, seed)
+    return idx + offset, X[idx], None if y is None else y[idx]
+
+
+def bernoulli_rows(X: da.Array, y: da.Array | None, rate: float, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows whose seeded hash uniform is below ``rate`` (the evaluation sample of
+    :func:`sample_pass`, the same rows, in its own read of X): indices, X, y."""
+    tasks = [dask.delayed(_bernoulli_block, pure=True)(xb, yb, rate=rate, seed=seed, offset=off)
+             for xb, yb, off in _blocks(X, y)]
+    got = dask.compute(*tasks)
+    d = int(X.shape[1])
+    return (np.concatenate([g[0] for g in got]),
+            np.concatenate([g[1] for g in got]).reshape(-1, d),
+            None if y is None else np.concatenate([g[2] for g in got]))
+
+
+def read_blocks(X: da.Array, y: da.Array | None, ids: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Whole row chunks ``ids`` of X and y, stacked in that order (reads those chunks only)."""
+    parts = [X.blocks[int(i)] for i in ids] + ([y.blocks[int(i)] for i in ids] if y is not None
+                                               else [])
+    got = dask.compute(*parts)
+    k = len(ids)
+    return np.concatenate(got[:k]), (np.concatenate(got[k:]) if y is not None else None)
 
 
 def gather_rows(

@@ -168,6 +168,18 @@ class JobConfig(_Strict):
         "squared", description="squared | bce (sigmoid outputs, 0/1 labels) | poisson "
         "(positive outputs, y >= 0); residuals sign(f-y) sqrt(loss) (MATH.md §6)")
     pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot")
+    pilot_from: Literal["auto", "reservoir", "chunks", "gather"] = Field(
+        "auto", description="where the pilot's rows come from: reservoir (the uniform sample "
+        "ingest writes beside the store: no read of X) | chunks (uniform within a seeded set "
+        "of whole chunks: reads those only) | gather (uniform over all rows: about one read "
+        "of X) | auto (reservoir if the store has one, else chunks)")
+    evaluate: Literal["exact", "estimate"] = Field(
+        "exact", description="full-data loss of the trained theta: exact (one distributed "
+        "pass, and theta* for the relative error) | estimate (unbiased, with a 95% interval, "
+        "from a seeded uniform evaluation sample taken in the fused sampling pass; the "
+        "default of `nldist select`)")
+    eval_s: int = Field(20000, gt=0, description="expected rows of the evaluation sample "
+                        "(Bernoulli, rate eval_s / n)")
     swish_bound: bool = Field(False, description="glm:swish only: sample the main kind "
                               "(linear-leverage) with s scaled by c2/c1 (MATH.md §5)")
     adjoint: AdjointOptions | None = Field(None, description="quadrature settings for models "

@@ -664,7 +664,40 @@ def _load_json(path: Path) -> dict | None:
                           ) from None
 
 
+def _select_section(doc: Doc, m: dict) -> None:
+    """The practical path: the sample's model, its estimated loss and what it cost."""
+    doc.heading("Selection (the practical path)")
+    r = m["kinds"][m["kind"]]
+    pil = m.get("pilot") or {}
+    ev = m["evaluation"]
+    c = m["cost"]
+    lo, hi = r["loss_ci95"]
+    doc.para(f"θ₀ from a pilot of {pil.get('rows', '–')} rows ({pil.get('from', m['theta_source'])}"
+             f"{': ' + pil['note'] if pil.get('note') else ''}); `{m['kind']}` scores at θ₀; "
+             f"one weighted sample of s = {m['s']} rows (seed {m['seed']}) drawn in the same "
+             f"read of X as pass 2; trained on alone over ‖θ‖ ≤ {m['radius']} from θ₀. "
+             f"Its full-data loss is estimated from {ev['rows']:,} evaluation rows "
+             f"({ev['method']}).")
+    full = m.get("full_fit") or {}
+    est, meas = full.get("estimated") or {}, full.get("measured")
+    rows = [["full-data loss L(θ_S)", f"{r['loss_estimate']:.6g} (95% CI {lo:.6g} … {hi:.6g})",
+             f"{r['loss_full']:.6g} (exact)" if r.get("loss_full") is not None else "–"],
+            ["L(θ₀) of the pilot", f"{r['loss_estimate_theta0']:.6g}",
+             f"{r['loss_full_theta0']:.6g}" if r.get("loss_full_theta0") is not None else "–"],
+            ["relative error", "–", f"{r['rel_error']:.3e}" if r.get("rel_error") is not None
+             else "–"],
+            ["wall time", f"{c['wall_s']:.1f} s", f"{meas['seconds']:.1f} s (θ* measured)" if meas
+             else (f"≈ {est['seconds']:.1f} s (θ* estimated)" if est else "–")],
+            ["passes over X", f"{c['passes_over_x']:.2f}",
+             f"{meas['passes_over_x']:.0f}" if meas else
+             (f"≈ {est['passes_over_x']}" if est else "–")]]
+    doc.table(["", "sampling path", "full data"], rows)
+
+
 def _metrics_section(doc: Doc, m: dict) -> None:
+    if m.get("mode") == "select":
+        _select_section(doc, m)
+        return
     doc.heading("Run")
     doc.para(f"One weighted sample of s = {m['s']} rows per kind (seed {m['seed']}), trained on "
              f"alone over ‖θ‖ ≤ {m['radius']}; scores at θ = `{m['theta_source']}`. "

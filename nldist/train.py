@@ -181,7 +181,13 @@ def sample_oracle(
     loss : str
         ``"squared"``, or a loss of :mod:`nldist.models.losses`: then sum_j w_j r_j(theta)^2 with
         its residuals r_j and J_r = dr/df * J.
+
+    Models with closed forms (``model.closed_form``: linear, GLM, relu2) are evaluated in
+    NumPy (their own ``predict`` and ``jacobian``, as the distributed passes do): no torch
+    import or warm-up for them. Others run on torch.func.
     """
+    if model.closed_form:
+        return _numpy_oracle(model, X, y, w, loss)
     import torch
     from torch.func import jacfwd, jvp
 
@@ -216,6 +222,30 @@ def sample_oracle(
                 "grad": (2.0 * (J.T @ wr)).numpy(),
                 "gn": (2.0 * (J.T @ (wt[:, None] * J))).numpy(),
             }
+
+    return oracle
+
+
+def _numpy_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray, loss: str
+                  ) -> Oracle:
+    """:func:`sample_oracle` in NumPy for closed-form models."""
+    y = np.asarray(y, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    lo = None if loss == "squared" else get_loss(loss)
+    if lo is not None:
+        lo.check(None, y)
+
+    def oracle(theta: np.ndarray) -> dict:
+        f = model.predict(theta, X)
+        J = model.jacobian(theta, X)
+        if lo is None:
+            r = f - y
+        else:
+            r = lo.residual(f, y)
+            J = J * lo.dresidual(f, y)[:, None]
+        wr = w * r
+        return {"loss": float(wr @ r), "grad": 2.0 * (J.T @ wr),
+                "gn": 2.0 * (J.T @ (w[:, None] * J))}
 
     return oracle
 
@@ -320,6 +350,38 @@ def losses_block(
             r = lo.residual(f, y)
         out[j] = r @ r
     return out
+
+
+def estimate_losses(model: Model, thetas: np.ndarray, X: np.ndarray, y: np.ndarray,
+                    rate: float, loss: str = "squared") -> tuple[np.ndarray, np.ndarray]:
+    """Unbiased estimates of the full-data losses of several thetas from a Bernoulli sample.
+
+    Rows that joined the evaluation sample independently with probability ``rate`` give
+    the Horvitz-Thompson estimate ``L̂ = Σ_E ℓ_i / rate`` of ``L = Σ_i ℓ_i`` (the loss of
+    :func:`losses_block`), with the unbiased variance estimate
+    ``(1 - rate) Σ_E ℓ_i² / rate²``.
+
+    Parameters
+    ----------
+    thetas : ndarray (m, p)
+    X : ndarray (k, d), y : ndarray (k,)
+        The evaluation rows.
+    rate : float in (0, 1]
+
+    Returns
+    -------
+    estimate : ndarray (m,)
+    standard_error : ndarray (m,) (0 when rate = 1: the exact loss)
+    """
+    if not 0 < rate <= 1:
+        raise NldistError(f"evaluation rate must be in (0, 1], got {rate}")
+    est = np.empty(len(thetas))
+    se = np.empty(len(thetas))
+    for j, th in enumerate(thetas):
+        ell = row_losses_block(model, th, X, y, loss) if len(X) else np.zeros(0)
+        est[j] = float(ell.sum()) / rate
+        se[j] = float(np.sqrt((1.0 - rate) * float(ell @ ell))) / rate
+    return est, se
 
 
 def row_losses_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,

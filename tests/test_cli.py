@@ -57,7 +57,7 @@ def test_run_writes_every_output(finished_run):
     assert set(m["kinds"]) == {"nonlinear-leverage", "linear-leverage", "uniform"}
     assert all(r["rel_error"] >= -1e-9 for r in m["kinds"].values())
     assert m["theta_star"]["converged"]
-    for stage in ("ingest", "optimum", "score:nonlinear-leverage", "sample", "train", "evaluate",
+    for stage in ("ingest", "optimum", "score:nonlinear-leverage", "train", "evaluate",
                   "total"):
         assert stage in m["timings"]
     assert "nonlinear-leverage" in done.stdout and "rel. error" in done.stdout

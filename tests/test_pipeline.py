@@ -142,8 +142,10 @@ def test_every_listener_gets_every_event_in_order(tmp_path, sync_scheduler):
     ctx.subscribe(b.append)
     pipeline.run(ctx, stop_after="sample")
     assert a == b and a
+    # the fused pass: pass 2, the sample and its rows are one stage of one read
     assert [(e.stage, e.status) for e in a if e.stage in ("score", "sample")] == [
-        ("score", "start"), ("score", "end"), ("sample", "start"), ("sample", "end")]
+        ("score", "start"), ("score", "end")]
+    assert [w for w, _, _ in ctx.reads if w != "theta*"] == ["pass 1", "pass 2 + sample + gather"]
     assert stages.sample_size(ctx, KINDS[0]) == 60
 
 

@@ -46,7 +46,7 @@ def test_new_job_files_validate(name):
 
 
 def test_bce_relu2_with_pilot_and_checkpoint(npz, tmp_path, sync_scheduler):
-    ctx = RunContext(_job(npz, theta="pilot", pilot_s=120), tmp_path / "pilot")
+    ctx = RunContext(_job(npz, theta="pilot", pilot_s=120, max_iter=200), tmp_path / "pilot")
     m = pipeline.run(ctx)
     assert m["loss"] == "bce" and m["theta_source"] == "pilot"
     assert (tmp_path / "pilot" / "theta_pilot.npz").exists()

@@ -1,9 +1,9 @@
 """Orchestration: a job's stages over a :class:`RunContext` (no numerics here).
 
 :mod:`.context` (the run's state and progress events), :mod:`.stages` (one function per
-stage, each with its declared cache key), :mod:`.run` (a whole job, ``metrics.json``),
-:mod:`.experiment` (the paper's protocol), :mod:`.plan` (the dry run) and :mod:`.diagnose`
-(label-noise diagnostics).
+stage, each with its declared cache key), :mod:`.select` (the practical path), :mod:`.run`
+(the paper's path with θ*, ``metrics.json``), :mod:`.experiment` (the paper's protocol),
+:mod:`.plan` (the dry run) and :mod:`.diagnose` (label-noise diagnostics).
 """
 
 from nldist.pipeline.context import Event, RunContext
@@ -11,6 +11,7 @@ from nldist.pipeline.diagnose import diagnose
 from nldist.pipeline.experiment import experiment
 from nldist.pipeline.plan import plan
 from nldist.pipeline.run import run
+from nldist.pipeline.select import select
 from nldist.pipeline.stages import ingest
 
-__all__ = ["Event", "RunContext", "diagnose", "experiment", "ingest", "plan", "run"]
+__all__ = ["Event", "RunContext", "diagnose", "experiment", "ingest", "plan", "run", "select"]

@@ -114,6 +114,13 @@ class RunContext:
         self.reuse: list[tuple[str, str, str | None]] = []
         #: stage results of this run by cache key (theta*, the pilot: computed or read once)
         self.memo: dict[str, Any] = {}
+        #: reads of X by this run: (what, fraction of X's rows, from the store?) — passes
+        #: over X in the cost summary (:meth:`cost`)
+        self.reads: list[tuple[str, float, bool]] = []
+        #: where the pilot's rows came from (:func:`nldist.pipeline.stages.pilot_rows`)
+        self.pilot_info: dict | None = None
+        #: seconds of the last pass 1 this run computed (the per-pass cost it measured)
+        self.pass1_s: float | None = None
         self._listeners: list[Callable[[Event], None]] = []
 
     # -- events ------------------------------------------------------------------------
@@ -139,6 +146,26 @@ class RunContext:
             name = key or stage
             self.timings[name] = self.timings.get(name, 0.0) + dt
             self.emit(stage, "end", kind=kind, seconds=dt)
+
+    # -- cost --------------------------------------------------------------------------
+    def read(self, what: str, fraction: float = 1.0, store: bool | None = None) -> None:
+        """Count a read of ``fraction`` of X's rows (from the store unless X is cached in
+        worker memory, or as ``store`` says)."""
+        self.reads.append((what, float(fraction), (not self.cached_x) if store is None
+                           else bool(store)))
+
+    def cost(self, x_bytes: int) -> dict:
+        """Passes over X so far (by the computations, from the store or from worker memory),
+        reads of the store (the copy into worker memory counts here, not as a pass), and
+        bytes read from the store (uncompressed: store reads x ``x_bytes``), by what read
+        them."""
+        passes = sum(f for what, f, _ in self.reads if what != "cache")  # a copy, not a pass
+        store = sum(f for _, f, s in self.reads if s)
+        by: dict[str, float] = {}
+        for what, f, _ in self.reads:
+            by[what] = round(by.get(what, 0.0) + f, 4)
+        return {"passes_over_x": round(passes, 4), "store_reads": round(store, 4),
+                "bytes_read": int(store * x_bytes), "x_bytes": int(x_bytes), "by": by}
 
     # -- paths -------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:

@@ -44,18 +44,20 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
     X, _ = stages.xy(ctx)
     at = stages.theta(ctx)
     results: dict[str, dict] = {}
-    draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    draws: dict[str, tuple[np.ndarray, ...]] = {}
     for kind in job.kinds():
-        probs, attrs = stages.scores(ctx, kind, at)
-        results[kind] = {"rank": attrs.get("rank")}
         if stop_after == "score":
+            _, attrs = stages.scores(ctx, kind, at)
+            results[kind] = {"rank": attrs.get("rank")}
             continue
-        idx, w = stages.draw(ctx, probs, [(stages.sample_size(ctx, kind), stages.rng(ctx))],
-                             kind)[0]
+        _, attrs, got, _ = stages.scores_and_sample(
+            ctx, kind, at, [(stages.sample_size(ctx, kind), stages.rng(ctx))])
+        results[kind] = {"rank": attrs.get("rank")}
+        idx, w = got[0][0], got[0][1]
         save_npz(ctx.path("samples", f"{kind}.npz"), indices=idx, weights=w, seed=job.seed,
                  kind=kind, s=job.s, alpha=job.alpha, n=int(X.shape[0]), model=job.model,
                  theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
-        draws[kind] = (idx, w)
+        draws[kind] = got[0]
         results[kind]["unique_rows"] = int(np.unique(idx).size)
         if attrs.get("persist"):
             results[kind]["persist"] = attrs["persist"]
@@ -64,7 +66,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
         ctx.emit("train", "start", total=len(draws))
         fits = stages.fit_draws(ctx, draws, {k: k for k in draws})
         for kind, fit in fits.items():
-            idx, w = draws[kind]
+            idx, w = draws[kind][:2]
             np.save(ctx.path(f"theta_{kind}.npy"), fit.theta)
             thetas.append(fit.theta)
             prev = results[kind]
@@ -96,6 +98,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
         "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
         "resume": ctx.resume_stats,
         "cached_x": ctx.cached_x,
+        "cost": ctx.cost(stages.x_bytes(ctx)),
         "nldist_version": __version__,
     }
     np.save(ctx.path("theta.npy"), thetas[0])

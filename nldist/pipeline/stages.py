@@ -48,7 +48,13 @@ from nldist.scores.linalg import RFactor
 from nldist.scores.reductions import Normalizer
 from nldist.scores.spec import ScoreSpec, make_spec
 from nldist.store import dual_blocks, stage_cache
-from nldist.store.dataset import fingerprint, is_dataset, read_attrs, write_dataset
+from nldist.store.dataset import (
+    fingerprint,
+    is_dataset,
+    read_attrs,
+    read_reservoir,
+    write_dataset,
+)
 from nldist.store.records import array_digest, digest, write_json
 from nldist.store.scores import ChunkedScores
 from nldist.train import FitResult, fit_ball, train_on_sample
@@ -59,7 +65,8 @@ log = logging.getLogger("nldist")
 KEYS: dict[str, tuple[str, ...]] = {
     "ingest": ("dataset",),
     "optimum": ("dataset", "model", "radius", "tol", "max_iter", "loss"),
-    "pilot": ("dataset", "model", "radius", "tol", "max_iter", "loss", "pilot_s", "seed"),
+    "pilot": ("dataset", "model", "radius", "tol", "max_iter", "loss", "pilot_s", "pilot_from",
+              "seed"),
     "dual_blocks": ("adjoint",),
 }
 #: the dataclasses a stored pass-1 result may hold (nothing else is ever constructed)
@@ -186,10 +193,17 @@ def _cache(ctx: RunContext, X: Any, y: Any) -> tuple[Any, Any]:
         return X, y
     with ctx.timed("cache"):
         X, y = graph.persist_xy(X, y, c)
+    ctx.read("cache", 1.0, store=True)
     log.info("X and y cached in worker memory (%.0f MiB, one read of the store)",
              nbytes / 2**20)
     ctx.cached_x = True
     return X, y
+
+
+def x_bytes(ctx: RunContext) -> int:
+    """Uncompressed bytes of X and y (one pass over X reads this much)."""
+    X, y = open_xy(ctx)
+    return int(X.nbytes + y.nbytes)
 
 
 def model(ctx: RunContext) -> Model:
@@ -218,9 +232,12 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     X, y = xy(ctx)
     m = model(ctx)
     job = ctx.job
+    def gn(t: np.ndarray) -> dict:
+        ctx.read("theta*")
+        return graph.gn_pass(X, y, m, t, job.split_every, loss=job.loss)
+
     with ctx.timed("optimum"):
-        fit = fit_ball(lambda t: graph.gn_pass(X, y, m, t, job.split_every, loss=job.loss),
-                       m.initial_theta(), job.radius, tol=job.tol, max_iter=job.max_iter)
+        fit = fit_ball(gn, m.initial_theta(), job.radius, tol=job.tol, max_iter=job.max_iter)
     info = fit_info(fit)
     if not fit.converged:
         log.warning("theta* did not converge in %d iterations", fit.iterations)
@@ -230,30 +247,97 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
 
 
 def pilot(ctx: RunContext) -> np.ndarray:
-    """theta_0 of the pilot scheme (MATH.md §5): train on a uniform sample of pilot_s rows.
+    """theta_0 of the pilot scheme (MATH.md §5): train on a uniform pilot sample of pilot_s rows.
 
-    Uniform draws with replacement (weights n / s), seeded from ``seed``; trained like
-    the final sample (same loss, ball and tolerance). Cached in OUT/theta_pilot.npz.
+    Where the rows come from is ``job.pilot_from`` (:func:`pilot_rows`); weights n / s,
+    trained like the final sample (same loss, ball and tolerance). Cached in
+    OUT/theta_pilot.npz with its provenance (``info["pilot"]``).
     """
     key = data_key(ctx, *KEYS["pilot"])
     npz = ctx.path("theta_pilot.npz")
-    got = _cached(ctx, "pilot theta_0", npz, key, lambda z: z["theta"])
+    got = _cached(ctx, "pilot theta_0", npz, key,
+                  lambda z: (z["theta"], z.get("info", {}).get("pilot")))
     if got is not None:
-        return got
-    X, y = xy(ctx)
+        ctx.pilot_info = got[1]
+        return got[0]
     job = ctx.job
-    n = int(X.shape[0])
-    rng = np.random.default_rng([job.seed, 0x9170])
-    idx = rng.integers(0, n, size=min(job.pilot_s, n))
-    w = np.full(idx.size, n / idx.size)
     with ctx.timed("pilot"):
-        with ctx.timed("gather"):
-            Xs, ys = graph.gather_rows(X, y, idx)
+        Xs, ys, idx, prov = pilot_rows(ctx)
+        w = np.full(idx.size, prov["n"] / idx.size)
         fit = train_on_sample(model(ctx), Xs, ys, w, job.radius, tol=job.tol,
                               max_iter=job.max_iter, loss=job.loss)
-    stage_cache.save(npz, key, info=fit_info(fit), theta=fit.theta, indices=idx)
-    ctx.memo[key] = fit.theta
+    ctx.pilot_info = prov
+    stage_cache.save(npz, key, info={**fit_info(fit), "pilot": prov}, theta=fit.theta,
+                     indices=idx)
+    ctx.memo[key] = fit.theta, prov
     return fit.theta
+
+
+def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The pilot's rows by ``job.pilot_from``, with their provenance.
+
+    * ``reservoir`` — the first pilot_s rows of the uniform sample ingest wrote beside the
+      store (:func:`nldist.store.dataset.read_reservoir`): no read of X at all;
+    * ``chunks`` — pilot_s rows drawn uniformly from a seeded set of whole row chunks
+      (at least :data:`PILOT_MIN_CHUNKS`, enough to hold pilot_s rows): reads only those
+      chunks, but is uniform over the rows only when the store's row order is random;
+    * ``gather`` — pilot_s rows drawn uniformly with replacement from all rows: a random
+      gather touches (nearly) every chunk, about one full read;
+    * ``auto`` — reservoir when the store has one of at least pilot_s rows, else chunks.
+
+    Returns
+    -------
+    X (s, d), y (s,), row indices (s,), provenance dict (``from``, ``n``, ``rows``,
+    ``fraction_read``, ...)
+    """
+    job = ctx.job
+    src = job.pilot_from
+    X0, _ = open_xy(ctx)
+    n = int(X0.shape[0])
+    s = min(job.pilot_s, n)
+    rng = np.random.default_rng([job.seed, 0x9170])
+    res = read_reservoir(dataset_path(ctx)) if src in ("auto", "reservoir") else None
+    if res is not None and res[2].size >= s:
+        ctx.read("pilot", 0.0)
+        return res[0][:s], res[1][:s], res[2][:s], {
+            "from": "reservoir", "n": n, "rows": s, "fraction_read": 0.0,
+            "note": "uniform without replacement, drawn at ingest"}
+    if src == "reservoir":
+        have = 0 if res is None else res[2].size
+        raise NldistError(f"pilot_from: reservoir needs {s} reservoir rows but the dataset has "
+                          f"{have}; re-ingest it with nldist, or set pilot_from: chunks")
+    X, y = xy(ctx)
+    rows = np.asarray(X.chunks[0], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+    if src == "gather":
+        idx = rng.integers(0, n, size=s)
+        frac = _touched(rows, idx)
+        ctx.read("pilot", frac)
+        Xs, ys = graph.gather_rows(X, y, idx)
+        return Xs, ys, idx, {"from": "gather", "n": n, "rows": s, "fraction_read": frac,
+                             "note": "uniform with replacement over all rows"}
+    order = rng.permutation(rows.size)
+    need = np.searchsorted(np.cumsum(rows[order]), s) + 1
+    ids = np.sort(order[: max(int(need), min(PILOT_MIN_CHUNKS, rows.size))])
+    Xb, yb = graph.read_blocks(X, y, ids.tolist())
+    local = np.sort(rng.choice(Xb.shape[0], size=min(s, Xb.shape[0]), replace=False))
+    glob = np.concatenate([np.arange(starts[i], starts[i] + rows[i]) for i in ids])[local]
+    frac = float(rows[ids].sum() / n)
+    ctx.read("pilot", frac)
+    return Xb[local], yb[local], glob, {
+        "from": "chunks", "n": n, "rows": int(local.size), "chunks": ids.tolist(),
+        "fraction_read": frac, "note": "uniform within a seeded set of whole chunks"}
+
+
+#: fewest chunks a ``pilot_from: chunks`` pilot reads (spread against a sorted store)
+PILOT_MIN_CHUNKS = 4
+
+
+def _touched(rows: np.ndarray, idx: np.ndarray) -> float:
+    """Fraction of X's rows in the chunks that hold any of ``idx`` (what a gather reads)."""
+    ends = np.cumsum(rows)
+    hit = np.unique(np.searchsorted(ends, np.asarray(idx), side="right"))
+    return float(rows[hit].sum() / max(1, ends[-1]))
 
 
 def theta(ctx: RunContext) -> np.ndarray:
@@ -281,6 +365,30 @@ def theta(ctx: RunContext) -> np.ndarray:
     return m.check_theta(np.asarray(t).reshape(-1))
 
 
+def select_theta(ctx: RunContext) -> tuple[np.ndarray, str]:
+    """theta_0 of the practical path and its source: the pilot, unless the job gives a
+    theta (a file, ``zeros`` or ``init``); ``optimum`` is never fitted here."""
+    src = ctx.job.theta
+    if src in ("optimum", "pilot"):
+        return pilot(ctx), "pilot"
+    return theta(ctx), src
+
+
+def full_fit_estimate(ctx: RunContext) -> dict:
+    """What fitting theta* on all rows would cost on this cluster, estimated: one measured
+    pass (pass 1 of the scores: a read of X, a Jacobian-sized block and a Gram per chunk,
+    like a Gauss-Newton pass) times the iterations the pilot's fit took from the same start."""
+    pass_s = ctx.pass1_s
+    info = stage_cache.load(ctx.path("theta_pilot.npz"), data_key(ctx, *KEYS["pilot"]))
+    iters = None if info is None else info["info"].get("iterations")
+    if pass_s is None or not iters:
+        return {"estimated": None, "note": "no measured pass or pilot fit to estimate from"}
+    return {"estimated": {"passes_over_x": int(iters), "seconds": round(pass_s * iters, 3),
+                          "seconds_per_pass": round(pass_s, 4)},
+            "note": "one measured pass (pass 1) x the pilot fit's Gauss-Newton iterations; "
+                    "run with --compare-full to measure it"}
+
+
 def start_theta(ctx: RunContext) -> np.ndarray:
     """Where training on a sample starts: the pilot theta_0 (pilot scheme) or the default."""
     return pilot(ctx) if ctx.job.theta == "pilot" else model(ctx).initial_theta()
@@ -298,19 +406,9 @@ def sample_size(ctx: RunContext, kind: str) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
-    """Scores of one kind written to OUT/scores.zarr/<kind> (reused when provenance matches).
-
-    Parameters
-    ----------
-    kind : str
-    at : ndarray (p,)
-        theta of the nonlinear kinds.
-
-    Returns
-    -------
-    (lazy (n,) probabilities read back from the store, the array's attrs)
-    """
+def _score_output(ctx: RunContext, kind: str, at: np.ndarray
+                  ) -> tuple[ChunkedScores, ScoreSpec, dict, Any]:
+    """The kind's score store (records checked), its spec, provenance and sketch options."""
     X, y = xy(ctx)
     job = ctx.job
     k = get_kind(kind)
@@ -342,6 +440,56 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
                  "chunks reused")
     elif out.replaced:
         ctx.note(f"scores {kind}", False, "inputs changed")
+    return out, spec, prov, sk
+
+
+def _pass1(ctx: RunContext, out: ChunkedScores, spec: ScoreSpec, store: Any) -> Normalizer:
+    """Pass 1 of a kind (with the chunk masses), or its stored result."""
+    X, y = xy(ctx)
+    norm = out.load_pass1(PASS1_CLASSES)
+    if norm is None or (norm.masses is None and not spec.kind.uniform):
+        t0 = time.perf_counter()
+        norm = graph.pass1(X, y, spec, ridge=ctx.job.ridge, split_every=ctx.job.split_every,
+                           store=store, masses=True)
+        if not spec.kind.uniform:
+            ctx.read("pass 1")
+            ctx.pass1_s = time.perf_counter() - t0
+        out.save_pass1(norm, PASS1_CLASSES)
+    return norm
+
+
+def _finish(ctx: RunContext, out: ChunkedScores, spec: ScoreSpec, prov: dict, norm: Normalizer,
+            t: tuple[float, float, float]) -> None:
+    """Mark a kind's scores complete with their attributes (rank, R, persist statistics)."""
+    attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
+    if norm.factor is not None:
+        attrs["svals"] = norm.factor.svals.tolist()
+        attrs["R"] = norm.factor.R.tolist()
+        if spec.kind.ridge:
+            attrs["effective_dimension"] = norm.total
+    if spec.persistable:
+        attrs["persist"] = {"mode": ctx.job.persist, **(norm.persist or {}),
+                            "pass1": out.stats["pass1"], "pass1_s": round(t[1] - t[0], 4),
+                            "pass2_s": round(t[2] - t[1], 4)}
+    out.finish(attrs)
+
+
+def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
+    """Scores of one kind written to OUT/scores.zarr/<kind> (reused when provenance matches).
+
+    Parameters
+    ----------
+    kind : str
+    at : ndarray (p,)
+        theta of the nonlinear kinds.
+
+    Returns
+    -------
+    (lazy (n,) probabilities read back from the store, the array's attrs)
+    """
+    X, y = xy(ctx)
+    job = ctx.job
+    out, spec, prov, sk = _score_output(ctx, kind, at)
     scratch = ctx.out / "dual.zarr.partial" / kind
     if out.finished:
         dual_blocks.remove(scratch)  # left by a run killed after its last chunk
@@ -349,33 +497,86 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
     with ctx.timed("score", kind=kind, key=f"score:{kind}"):
         if sk is not None and sk.rows:
             probs, info = graph.rowsketch_scores(X, y, spec, sk, job.split_every)
+            ctx.read("row sketch", 2.0)
             out.write(probs, graph.store_chunks, graph.store_whole)
             out.finish({**prov, "rank": info["rank"], "complete": True})
             return graph.open_array(out.path.parent, kind), out.attrs
         store = dual_store(ctx, spec, out.key, scratch)
         t0 = time.perf_counter()
-        norm = out.load_pass1(PASS1_CLASSES)
-        if norm is None:
-            norm = graph.pass1(X, y, spec, ridge=job.ridge, split_every=job.split_every,
-                               store=store)
-            out.save_pass1(norm, PASS1_CLASSES)
+        norm = _pass1(ctx, out, spec, store)
         t1 = time.perf_counter()
         probs = graph.pass2(X, y, spec, norm, store=store)
         out.write(probs, graph.store_chunks, graph.store_whole)
-        t2 = time.perf_counter()
-        attrs = {**prov, "rank": norm.rank, "total": norm.total, "complete": True}
-        if norm.factor is not None:
-            attrs["svals"] = norm.factor.svals.tolist()
-            attrs["R"] = norm.factor.R.tolist()
-            if k.ridge:
-                attrs["effective_dimension"] = norm.total
-        if spec.persistable:
-            attrs["persist"] = {"mode": job.persist, **(norm.persist or {}),
-                                "pass1": out.stats["pass1"], "pass1_s": round(t1 - t0, 4),
-                                "pass2_s": round(t2 - t1, 4)}
-        out.finish(attrs)
+        if not spec.kind.uniform:
+            ctx.read("pass 2", out.stats["computed"] / max(1, len(out.chunks)))
+        _finish(ctx, out, spec, prov, norm, (t0, t1, time.perf_counter()))
         dual_blocks.remove(scratch)
     return graph.open_array(out.path.parent, kind), out.attrs
+
+
+def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
+                      requests: list[tuple[int, Any]], eval_rate: float = 0.0) -> tuple[
+                          Any, dict, list[tuple[np.ndarray, ...]], tuple | None]:
+    """A kind's scores, its samples with their rows, and an evaluation sample: the fused pass.
+
+    When the kind's scores must be computed from scratch, pass 2, the sampling and the
+    gather of the sampled rows run as one read of X (:func:`nldist.graph.sample_pass`), the
+    scores still written chunk by chunk to OUT/scores.zarr. Otherwise (scores reused or a
+    killed run half done, row-sketch scores, irregular chunks) the same samples come from
+    :func:`scores` + :func:`draw` + a gather.
+
+    Parameters
+    ----------
+    requests : list of (s, random_state)
+    eval_rate : float
+        Bernoulli rate of the evaluation sample (0: none).
+
+    Returns
+    -------
+    probs : lazy (n,) probabilities from the store
+    attrs : dict
+    draws : list of (indices (s,), weights (s,), X rows (s, d), y rows (s,)), per request
+    eval : (indices (m,), X (m, d), y (m,)) or None
+    """
+    X, y = xy(ctx)
+    job = ctx.job
+    eval_seed = int(job.seed) + 0x3E7A1
+    out, spec, prov, sk = _score_output(ctx, kind, at)
+    scratch = ctx.out / "dual.zarr.partial" / kind
+    fused = (not out.finished and not out.stats["reused"] and out.aligned
+             and not (sk is not None and sk.rows))
+    if fused:
+        with ctx.timed("score", kind=kind, key=f"score:{kind}"):
+            store = dual_store(ctx, spec, out.key, scratch)
+            t0 = time.perf_counter()
+            norm = _pass1(ctx, out, spec, store)
+            t1 = time.perf_counter()
+            got = graph.sample_pass(X, y, spec, norm, requests, job.alpha, store=store,
+                                    eval_rate=eval_rate, eval_seed=eval_seed,
+                                    sink=out.sink())
+            ctx.read("pass 2 + sample + gather")
+            out.stored(got["stored"])
+            _finish(ctx, out, spec, prov, norm, (t0, t1, time.perf_counter()))
+            dual_blocks.remove(scratch)
+        ev = got["eval"] if eval_rate > 0 else None
+        return graph.open_array(out.path.parent, kind), out.attrs, got["draws"], ev
+    probs, attrs = scores(ctx, kind, at)
+    norm = out.load_pass1(PASS1_CLASSES)  # its chunk masses: the fused pass's routing
+    drawn = draw(ctx, probs, requests, kind, None if norm is None else norm.masses)
+    allidx = np.unique(np.concatenate([idx for idx, _ in drawn]))
+    with ctx.timed("gather"):
+        Xu, yu = graph.gather_rows(X, y, allidx)
+    ctx.read("gather", _touched(np.asarray(X.chunks[0]), allidx))
+    draws = []
+    for idx, w in drawn:
+        pos = np.searchsorted(allidx, idx)
+        draws.append((idx, w, Xu[pos], yu[pos]))
+    ev = None
+    if eval_rate > 0:
+        with ctx.timed("gather"):
+            ev = graph.bernoulli_rows(X, y, eval_rate, eval_seed)
+        ctx.read("evaluation sample")
+    return probs, attrs, draws, ev
 
 
 def dual_store(ctx: RunContext, spec: ScoreSpec, key: str, scratch: Path) -> Any:
@@ -398,18 +599,20 @@ def dual_store(ctx: RunContext, spec: ScoreSpec, key: str, scratch: Path) -> Any
 # --------------------------------------------------------------------------------------
 
 
-def draw(ctx: RunContext, probs: Any, requests: list[tuple[int, Any]], kind: str | None = None
-         ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Samples [(indices, weights)] for requests [(s, random_state)] in one pass over probs."""
+def draw(ctx: RunContext, probs: Any, requests: list[tuple[int, Any]], kind: str | None = None,
+         masses: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Samples [(indices, weights)] for requests [(s, random_state)] in one pass over probs
+    (routed by pass 1's chunk ``masses`` when given: the fused pass's draws, bit for bit)."""
     with ctx.timed("sample", kind=kind):
-        return graph.sample_many(probs, requests, ctx.job.alpha)
+        return graph.sample_many(probs, requests, ctx.job.alpha, masses=masses)
 
 
 def train(ctx: RunContext, Xs: np.ndarray, ys: np.ndarray | None, w: np.ndarray,
-          kind: str | None = None) -> FitResult:
-    """Train on one weighted sample from the start theta (pilot or the model's default)."""
+          kind: str | None = None, theta0: np.ndarray | None = None) -> FitResult:
+    """Train on one weighted sample from ``theta0`` (default: the pilot under the pilot
+    scheme, else the model's starting point)."""
     job = ctx.job
-    t0 = start_theta(ctx)
+    t0 = start_theta(ctx) if theta0 is None else theta0
     with ctx.timed("train", kind=kind):
         fit = train_on_sample(model(ctx), Xs, ys, w, job.radius, theta0=t0, tol=job.tol,
                               max_iter=job.max_iter, loss=job.loss)
@@ -419,27 +622,33 @@ def train(ctx: RunContext, Xs: np.ndarray, ys: np.ndarray | None, w: np.ndarray,
 
 def fit_draws(ctx: RunContext, draws: dict[Hashable, tuple[np.ndarray, np.ndarray]],
               kind_of: dict[Hashable, str]) -> dict[Hashable, FitResult]:
-    """Gather every draw's rows in one pass over X, then train on each draw (in order).
+    """Gather the draws' rows in one pass over X (those that lack them), then train on
+    each draw (in order).
 
     Parameters
     ----------
-    draws : dict key -> (indices (s,), weights (s,))
+    draws : dict key -> (indices (s,), weights (s,)) or (indices, weights, X rows (s, d),
+        y rows (s,)) — rows already gathered (by the fused pass) are not read again
     kind_of : dict key -> score kind (for progress and logs)
     """
-    X, y = xy(ctx)
-    allidx = np.unique(np.concatenate([idx for idx, _ in draws.values()]))
-    with ctx.timed("gather"):  # random rows touch every chunk: one read for all draws
-        Xu, yu = graph.gather_rows(X, y, allidx)
-    fits = {}
-    for key, (idx, w) in draws.items():
-        pos = np.searchsorted(allidx, idx)
-        fits[key] = train(ctx, Xu[pos], None if yu is None else yu[pos], w, kind_of[key])
-    return fits
+    rows = {key: (d[2], d[3]) for key, d in draws.items() if len(d) == 4}
+    need = [key for key in draws if key not in rows]
+    if need:
+        X, y = xy(ctx)
+        allidx = np.unique(np.concatenate([draws[key][0] for key in need]))
+        with ctx.timed("gather"):  # random rows touch every chunk: one read for all draws
+            Xu, yu = graph.gather_rows(X, y, allidx)
+        ctx.read("gather", _touched(np.asarray(X.chunks[0]), allidx))
+        for key in need:
+            pos = np.searchsorted(allidx, draws[key][0])
+            rows[key] = Xu[pos], None if yu is None else yu[pos]
+    return {key: train(ctx, *rows[key], d[1], kind_of[key]) for key, d in draws.items()}
 
 
 def evaluate(ctx: RunContext, thetas: np.ndarray) -> np.ndarray:
     """Full-data losses (m,) of m parameter vectors in one distributed pass."""
     X, y = xy(ctx)
+    ctx.read("evaluate")
     with ctx.timed("evaluate"):
         return graph.losses_pass(X, y, model(ctx), thetas, ctx.job.split_every,
                                  loss=ctx.job.loss)
@@ -461,6 +670,7 @@ VERB_OUTPUTS = {
     "run": ("metrics.json", "report.html", "report.md"),
     "experiment": ("experiment.json", "report.html", "report.md"),
     "diagnose": ("diagnostics.json", "report.html", "report.md"),
+    "select": ("metrics.json", "report.html", "report.md"),
 }
 #: outputs of any earlier settings of the job: removed when the job's settings change
 SETTINGS_OUTPUTS = ("metrics.json", "experiment.json", "diagnostics.json", "report.html",

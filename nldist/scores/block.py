@@ -411,10 +411,6 @@ def sample_block(
         out.update(idx=idx, pi=pv)
     out["X"] = X[out["idx"]]
     out["y"] = None if y is None else np.asarray(y)[out["idx"]]
-    if eval_rate > 0:
-        h = sampling.hash_uniform(np.arange(offset, offset + n_b, dtype=np.int64), eval_seed)
-        ev = np.flatnonzero(h < eval_rate)
-    else:
-        ev = np.empty(0, np.int64)
+    ev = sampling.bernoulli_index(offset, n_b, eval_rate, eval_seed)
     out.update(eval_idx=ev, eval_X=X[ev], eval_y=None if y is None else np.asarray(y)[ev])
     return out

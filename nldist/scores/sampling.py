@@ -145,6 +145,16 @@ def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+def bernoulli_index(offset: int, n: int, rate: float, seed: int) -> np.ndarray:
+    """Local rows (k,) of the block of global rows ``offset .. offset + n - 1`` whose seeded
+    hash uniform is below ``rate``: a Bernoulli(rate) sample of rows that does not depend on
+    the chunking (the evaluation sample)."""
+    if rate <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    h = hash_uniform(np.arange(offset, offset + n, dtype=np.int64), seed)
+    return np.flatnonzero(h < rate)
+
+
 def flip_block(y: np.ndarray, fraction: float, seed: int, block_info: Any = None
                ) -> np.ndarray:
     """Labels of one block with a seeded ``fraction`` flipped (y in {0, 1}), and the flags:

@@ -68,11 +68,20 @@ def is_dataset(path: str | Path) -> bool:
     return p.is_dir() and (p / "zarr.json").exists()
 
 
+#: rows of the seeded uniform sample written beside X at ingest (the pilot's rows)
+RESERVOIR_ROWS = 10_000
+
+
 def write_dataset(
     out: str | Path, X: np.ndarray, y: np.ndarray, attrs: dict, chunk_rows: int | None = None,
-    overwrite: bool = False,
+    overwrite: bool = False, reservoir: int = RESERVOIR_ROWS, seed: int = 0,
 ) -> Path:
-    """Write X, y and attrs to a Zarr v3 group atomically (OUT.partial, then rename)."""
+    """Write X, y and attrs to a Zarr v3 group atomically (OUT.partial, then rename).
+
+    Beside them goes ``reservoir/`` (X, y, index): ``min(reservoir, n)`` rows drawn
+    uniformly without replacement, in random order, seeded by ``seed`` — a pilot sample
+    that costs no pass over X later (:func:`read_reservoir`). ``reservoir=0`` writes none.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
@@ -96,8 +105,10 @@ def write_dataset(
             ay[start : start + cr] = yb
             h.update(np.ascontiguousarray(xb).tobytes())
             h.update(np.ascontiguousarray(yb).tobytes())
+        res = _write_reservoir(g, X, y, reservoir, seed)
         g.attrs.update({**attrs, "n_rows": n, "n_features": d, "chunk_rows": cr,
-                        "content_sha256": h.hexdigest(), "nldist_version": __version__})
+                        "content_sha256": h.hexdigest(), "nldist_version": __version__,
+                        **({"reservoir": res} if res else {})})
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -105,6 +116,32 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_reservoir(g: Any, X: np.ndarray, y: np.ndarray, rows: int, seed: int) -> dict | None:
+    n = X.shape[0]
+    k = min(int(rows), n)
+    if k <= 0:
+        return None
+    idx = np.random.default_rng([int(seed), 0x5E5E]).choice(n, size=k, replace=False)
+    r = g.create_group("reservoir")
+    for name, arr in (("X", X[idx]), ("y", y[idx]), ("index", idx.astype(np.int64))):
+        r.create_array(name, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype)[...] = arr
+    return {"rows": k, "seed": int(seed), "method": "uniform without replacement at ingest, "
+            "random order"}
+
+
+def read_reservoir(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The ingest-time uniform sample (X (k, d), y (k,), row index (k,)), or None when the
+    store has none (made by another tool or an older nldist)."""
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        if "reservoir" not in g:
+            return None
+        r = g["reservoir"]
+        return np.asarray(r["X"][...]), np.asarray(r["y"][...]), np.asarray(r["index"][...])
+    except Exception:  # noqa: BLE001 - an unreadable reservoir: the pilot uses chunks
+        return None
 
 
 def read_attrs(path: str | Path) -> dict:

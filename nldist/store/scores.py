@@ -234,6 +234,19 @@ class ChunkedScores:
         self.valid.update(i for i, _ in done)
         self.stats["computed"] = len(done)
 
+    def sink(self) -> tuple | None:
+        """``(func, args, blocks)`` for a pass that writes the missing chunks as it goes
+        (:func:`nldist.graph.sample_pass`): ``func(block, i, start, *args)`` is
+        :func:`write_chunk`; None when the chunks are irregular (no chunk-wise writes)."""
+        if not self.aligned:
+            return None
+        return write_chunk, (str(self.path), self.key, self.run_id), self.todo
+
+    def stored(self, done: list[tuple[int, str]]) -> None:
+        """Record the chunks a :meth:`sink` pass wrote."""
+        self.valid.update(i for i, _ in done)
+        self.stats["computed"] = len(done)
+
     def finish(self, attrs: dict) -> None:
         """Mark the array complete with its final attributes."""
         self.array.attrs.update({**attrs, "resume_key": self.key, "complete": True})

@@ -1,0 +1,119 @@
+"""The practical path (``nldist select``): pilot -> scores -> sample -> train -> estimate.
+
+Never fits on all rows. theta_0 comes from a pilot that costs no pass over X (the ingest
+reservoir, or a few whole chunks: ``job.pilot_from``); pass 1 of the job's kind at theta_0;
+then one fused read of X computes pass 2, draws the sample, returns its rows and a seeded
+uniform evaluation sample (:func:`nldist.pipeline.stages.scores_and_sample`); the model is
+trained on the sample from theta_0, and its full-data loss is estimated, without bias and
+with a 95% interval, from the evaluation sample (:func:`nldist.train.estimate_losses`).
+About two passes over X after ingest. Its cost (wall time, passes over X, bytes read)
+is written next to an estimate of what the full-data Gauss-Newton fit would cost on the
+same cluster (one measured pass times the iterations the pilot's fit took), or — with
+``compare_full`` — next to that fit itself, measured, and the exact relative error.
+Writes ``metrics.json`` (``"mode": "select"``), ``samples/<kind>.npz`` and ``theta.npy``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from nldist._version import __version__
+from nldist.pipeline import stages
+from nldist.pipeline.context import RunContext
+from nldist.store.records import save_npz, write_json
+from nldist.train import estimate_losses
+
+
+def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> dict:
+    """Run the practical path of a job; return (and write) its metrics.
+
+    Parameters
+    ----------
+    ctx : RunContext
+    compare_full : bool
+        Also fit theta* on all rows (distributed Gauss-Newton, measured) and evaluate
+        theta_S, theta_0 and theta* exactly in one pass: the relative error and what the
+        full-data fit cost. Not part of the path's own cost.
+    force : bool
+        Replace the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
+
+    Returns
+    -------
+    dict: the metrics.
+    """
+    job = ctx.job
+    t0 = time.perf_counter()
+    stages.claim(ctx, "select", force)
+    stages.ingest(ctx)
+    t_ingested = time.perf_counter()
+    X0, _ = stages.open_xy(ctx)
+    n = int(X0.shape[0])
+    theta0, source = stages.select_theta(ctx)
+    kind = job.kind
+    s = stages.sample_size(ctx, kind)
+    rate = min(1.0, job.eval_s / n)
+    _, attrs, got, ev = stages.scores_and_sample(ctx, kind, theta0, [(s, stages.rng(ctx))],
+                                                 eval_rate=rate)
+    idx, w, Xs, ys = got[0]
+    save_npz(ctx.path("samples", f"{kind}.npz"), indices=idx, weights=w, seed=job.seed,
+             kind=kind, s=s, alpha=job.alpha, n=n, model=job.model,
+             theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
+    ctx.emit("train", "start", total=1)
+    fit = stages.train(ctx, Xs, ys, w, kind, theta0=theta0)
+    ctx.emit("train", "end")
+    np.save(ctx.path("theta.npy"), fit.theta)
+    m = stages.model(ctx)
+    with ctx.timed("estimate"):
+        est, se = estimate_losses(m, np.vstack([fit.theta, theta0]), ev[1], ev[2], rate,
+                                  job.loss)
+    now = time.perf_counter()
+    cost = {**ctx.cost(stages.x_bytes(ctx)), "wall_s": round(now - t_ingested, 4),
+            "ingest_s": round(t_ingested - t0, 4),
+            "note": "after ingest: pilot, scores, sample, train and the estimate"}
+    main = {"rank": attrs.get("rank"), "s": int(idx.size), "unique_rows": int(np.unique(idx).size),
+            "max_weight": float(w.max()), "fit": stages.fit_info(fit),
+            "loss_estimate": float(est[0]), "loss_ci95": _ci(est[0], se[0]),
+            "loss_estimate_theta0": float(est[1]), "loss_ci95_theta0": _ci(est[1], se[1])}
+    full = stages.full_fit_estimate(ctx)
+    metrics = {
+        "mode": "select", "name": job.name, "dataset": str(stages.dataset_path(ctx)),
+        "n_rows": n, "n_features": int(X0.shape[1]), "n_params": m.n_params,
+        "model": job.model, "loss": job.loss, "kind": kind, "rank": main["rank"], "s": s,
+        "seed": job.seed, "alpha": job.alpha, "radius": job.radius, "theta_source": source,
+        "pilot": ctx.pilot_info, "evaluation": {"rows": int(ev[0].size), "rate": rate,
+                                                "method": "Bernoulli(rate) rows by a seeded "
+                                                "hash of the row index; Horvitz-Thompson "
+                                                "estimate, normal 95% interval"},
+        "loss_estimate": main["loss_estimate"], "loss_ci95": main["loss_ci95"],
+        "loss_full": None, "loss_opt": None, "rel_error": None,
+        "cost": cost, "full_fit": full, "kinds": {kind: main},
+        "resume": ctx.resume_stats, "cached_x": ctx.cached_x,
+    }
+    if compare_full:
+        reads = len(ctx.reads)
+        theta_star, star_info = stages.optimum(ctx)
+        losses = stages.evaluate(ctx, np.vstack([theta_star, fit.theta, theta0]))
+        opt = float(losses[0])
+        rel = [(float(v) - opt) / opt if opt > 0 else None for v in losses[1:]]
+        main.update(loss_full=float(losses[1]), rel_error=rel[0],
+                    loss_full_theta0=float(losses[2]), rel_error_theta0=rel[1])
+        metrics.update(loss_full=main["loss_full"], loss_opt=opt, rel_error=rel[0],
+                       theta_star=star_info)
+        metrics["full_fit"] = {**full, "measured": {
+            "seconds": round(ctx.timings.get("optimum", 0.0), 4),
+            "passes_over_x": round(sum(f for what, f, _ in ctx.reads[reads:]
+                                       if what == "theta*"), 4),
+            "iterations": star_info.get("iterations")}}
+    ctx.timings["total"] = time.perf_counter() - t0
+    metrics["timings"] = {k: round(v, 4) for k, v in ctx.timings.items()}
+    metrics["nldist_version"] = __version__
+    write_json(ctx.path("metrics.json"), metrics)
+    stages.complete(ctx)
+    return metrics
+
+
+def _ci(est: float, se: float) -> list[float]:
+    """Normal 95% interval of an estimate with standard error se."""
+    return [float(est - 1.959964 * se), float(est + 1.959964 * se)]
