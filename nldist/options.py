@@ -66,6 +66,12 @@ class AdjointOptions(_Options):
     probe_rows: int = Field(8, gt=0, description="rows per batch recomputed with 2q nodes")
     kinks: bool = Field(True, description="locate ReLU-type breakpoints along the ray")
     max_depth: int = Field(48, ge=0, description="bisection levels of the refinement")
+    accuracy: Literal["exact", "sampling"] = Field(
+        "exact", description="exact: (ID) to tol with the q-vs-2q checks, breakpoints and "
+        "refinement | sampling: a fixed sampling_q-node Gauss-Legendre rule on [0, 1] in "
+        "float32, no checks — leverage good to a constant factor, which is all sampling "
+        "needs (the default of `nldist select`); diagnostics and the paper protocol use exact")
+    sampling_q: int = Field(3, gt=0, le=64, description="nodes of the sampling-accuracy rule")
 
     @model_validator(mode="after")
     def _order(self) -> AdjointOptions:

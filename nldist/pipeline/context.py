@@ -121,6 +121,9 @@ class RunContext:
         self.pilot_info: dict | None = None
         #: seconds of the last pass 1 this run computed (the per-pass cost it measured)
         self.pass1_s: float | None = None
+        #: adjoint accuracy of quadrature models when the job does not set one: "exact"
+        #: (run, experiment, diagnose) or "sampling" (select)
+        self.adjoint_accuracy = "exact"
         self._listeners: list[Callable[[Event], None]] = []
 
     # -- events ------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     """
     job = ctx.job
     t0 = time.perf_counter()
+    ctx.adjoint_accuracy = "sampling"
+    ctx.model_cache = None
     stages.claim(ctx, "select", force)
     stages.ingest(ctx)
     t_ingested = time.perf_counter()

@@ -207,12 +207,17 @@ def x_bytes(ctx: RunContext) -> int:
 
 
 def model(ctx: RunContext) -> Model:
-    """The job's model for the dataset's d (with the job's adjoint options)."""
+    """The job's model for the dataset's d with the job's adjoint options (accuracy, when the
+    job does not set it: the verb's, ``ctx.adjoint_accuracy``)."""
     if ctx.model_cache is None:
         X, _ = ctx.xy_cache or open_xy(ctx)
         m = get_model(ctx.job.model, X.shape[1])
-        if ctx.job.adjoint is not None:
-            m.configure(**ctx.job.adjoint.model_dump())
+        adj = ctx.job.adjoint
+        opts = {} if adj is None else adj.model_dump()
+        if adj is None or "accuracy" not in adj.model_fields_set:
+            opts["accuracy"] = ctx.adjoint_accuracy  # the verb's default
+        if not m.closed_form:
+            m.configure(**opts)
         ctx.model_cache = m
     return ctx.model_cache
 
@@ -428,6 +433,10 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
     }
     if sk is not None:
         prov["sketch"] = sk.model_dump()
+    m = model(ctx)
+    if k.nonlinear and not m.closed_form:  # quadrature settings (accuracy) make the scores
+        opts = getattr(m, "quad_options", None)
+        prov["adjoint"] = None if opts is None else opts.model_dump()
     # per-chunk completion records (nldist.store.scores): a re-run verifies them and
     # computes only unfinished or damaged chunks; pass 1 is kept once done
     out = ChunkedScores(ctx.path("scores.zarr"), kind, prov, X.chunks[0], ctx.run_id)
