@@ -1,0 +1,255 @@
+"""The practical path (issue 12): the fused pass, chunk masses, pilots that cost no pass,
+the evaluation estimate, the sampling-grade adjoint, and ``nldist select`` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import nldist
+from nldist import graph
+from nldist.errors import NldistError
+from nldist.jobs import validate_job
+from nldist.pipeline import RunContext, select, stages
+from nldist.scores.kinds import get_kind
+from nldist.scores.sampling import bernoulli_index
+from nldist.scores.spec import make_spec
+from nldist.train import estimate_losses
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ["nonlinear-leverage", "linear-leverage", "nonlinear-norm", "ridge-leverage",
+         "uniform"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    """sklearn's diabetes table (442 x 10, real), standardized, tiled with noise to 3,000
+    rows so that chunkings have many blocks."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    y = (y - y.mean()) / y.std()
+    rng = np.random.default_rng(0)
+    reps = -(-3000 // X.shape[0])
+    X = np.tile(X, (reps, 1))[:3000] + 0.05 * rng.normal(size=(3000, X.shape[1]))
+    y = np.tile(y, reps)[:3000]
+    return X, y
+
+
+def _spec(kind, m, theta, d):
+    return make_spec(get_kind(kind), m, theta, d, True, False, loss="squared")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunk_masses_are_the_chunk_sums_of_pass_2(data, kind, sync_scheduler):
+    X, y = data
+    m = nldist.get_model("glm:sigmoid", n_features=X.shape[1])
+    theta = np.linspace(-0.4, 0.4, m.n_params)
+    Xd, yd = da.from_array(X, chunks=(450, -1)), da.from_array(y, chunks=450)
+    spec = _spec(kind, m, theta, X.shape[1])
+    norm = graph.pass1(Xd, yd, spec, ridge=0.3 if kind == "ridge-leverage" else 0.0,
+                       masses=True)
+    p = graph.pass2(Xd, yd, spec, norm).compute()
+    sums = np.add.reduceat(p, np.r_[0, np.cumsum(Xd.chunks[0])[:-1]])
+    np.testing.assert_allclose(norm.masses, sums, rtol=1e-11, atol=1e-15)
+    assert norm.masses.sum() == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+def test_fused_pass_is_the_two_step_sample_for_any_chunking(data, kind, alpha,
+                                                            sync_scheduler):
+    """Fused pass 2 + sample + gather = pass 2, then sampling the scores, then a gather:
+    same indices for every chunking, weights to rounding, the rows themselves; routed by
+    the same pass-1 masses, the two-step sample is the fused one bit for bit."""
+    X, y = data
+    m = nldist.get_model("glm:tanh", n_features=X.shape[1])
+    theta = np.linspace(0.3, -0.3, m.n_params)
+    ref = None
+    for chunks in (3000, 1000, 377, 128):
+        Xd, yd = da.from_array(X, chunks=(chunks, -1)), da.from_array(y, chunks=chunks)
+        spec = _spec(kind, m, theta, X.shape[1])
+        norm = graph.pass1(Xd, yd, spec, ridge=0.3 if kind == "ridge-leverage" else 0.0,
+                           masses=True)
+        got = graph.sample_pass(Xd, yd, spec, norm, [(400, 7), (50, 8)], alpha,
+                                eval_rate=0.05, eval_seed=11)
+        (idx, w, Xs, ys), (idx2, _, _, _) = got["draws"]
+        np.testing.assert_array_equal(Xs, X[idx])
+        np.testing.assert_array_equal(ys, y[idx])
+        probs = graph.pass2(Xd, yd, spec, norm)
+        i0, w0 = graph.sample_many(probs, [(400, 7)], alpha)[0]
+        np.testing.assert_array_equal(idx, i0)
+        np.testing.assert_allclose(w, w0, rtol=1e-12)
+        i1, w1 = graph.sample_many(probs, [(400, 7)], alpha, masses=norm.masses)[0]
+        assert i1.tobytes() == idx.tobytes() and w1.tobytes() == w.tobytes()
+        ev = got["eval"]
+        np.testing.assert_array_equal(ev[1], X[ev[0]])
+        if ref is None:
+            ref = (idx, w, idx2, ev[0])
+            assert 50 < ev[0].size < 250  # Bernoulli(0.05) of 3,000 rows
+        else:
+            np.testing.assert_array_equal(idx, ref[0])
+            np.testing.assert_allclose(w, ref[1], rtol=1e-12)
+            np.testing.assert_array_equal(idx2, ref[2])
+            np.testing.assert_array_equal(ev[0], ref[3])
+
+
+def test_fused_draws_follow_the_scores(data, sync_scheduler):
+    X, y = data
+    m = nldist.get_model("glm:sigmoid", n_features=X.shape[1])
+    theta = np.full(m.n_params, 0.2)
+    Xd, yd = da.from_array(X, chunks=(500, -1)), da.from_array(y, chunks=500)
+    spec = _spec("nonlinear-leverage", m, theta, X.shape[1])
+    norm = graph.pass1(Xd, yd, spec, masses=True)
+    p = graph.pass2(Xd, yd, spec, norm).compute()
+    idx = graph.sample_pass(Xd, yd, spec, norm, [(200_000, 0)])["draws"][0][0]
+    freq = np.bincount(idx, minlength=X.shape[0]) / idx.size
+    top = np.argsort(p)[-20:]  # the heaviest rows: frequencies within 5 sigma
+    sd = np.sqrt(p[top] * (1 - p[top]) / idx.size)
+    assert np.all(np.abs(freq[top] - p[top]) < 5 * sd)
+
+
+def test_fused_pass_without_masses_is_refused(data, sync_scheduler):
+    X, y = data
+    m = nldist.get_model("linear", n_features=X.shape[1])
+    Xd, yd = da.from_array(X, chunks=(500, -1)), da.from_array(y, chunks=500)
+    spec = _spec("linear-leverage", m, np.zeros(m.n_params), X.shape[1])
+    norm = graph.pass1(Xd, yd, spec)
+    with pytest.raises(NldistError, match="masses=True"):
+        graph.sample_pass(Xd, yd, spec, norm, [(10, 0)])
+
+
+def test_horvitz_thompson_estimate_is_unbiased(data):
+    X, y = data
+    m = nldist.get_model("glm:sigmoid", n_features=X.shape[1])
+    th = np.vstack([np.zeros(m.n_params), np.full(m.n_params, 0.1)])
+    exact = np.array([np.sum((m.predict(t, X) - y) ** 2) for t in th])
+    est, se = estimate_losses(m, th, X, y, 1.0)
+    np.testing.assert_allclose(est, exact, rtol=1e-12)
+    assert np.all(se == 0)
+    rate, vals, ses = 0.1, [], []
+    for seed in range(300):
+        sel = bernoulli_index(0, len(y), rate, seed)
+        e, s = estimate_losses(m, th, X[sel], y[sel], rate)
+        vals.append(e)
+        ses.append(s)
+    vals = np.array(vals)
+    # the mean of 300 estimates within 4 standard errors of the mean; the reported se is
+    # the spread of the estimates
+    np.testing.assert_array_less(np.abs(vals.mean(0) - exact), 4 * vals.std(0) / np.sqrt(300))
+    np.testing.assert_allclose(np.mean(ses, 0), vals.std(0), rtol=0.15)
+
+
+def _job(src: Path, **kw):
+    data = {"name": "sel", "dataset": {"source": str(src), "chunk_rows": 400},
+            "model": "glm:sigmoid", "s": 300, "radius": 10.0, "pilot_s": 300,
+            "eval_s": 1000, "cluster": {"address": "synchronous"}, **kw}
+    return validate_job(data)
+
+
+@pytest.fixture()
+def npz(data, tmp_path):
+    X, y = data
+    path = tmp_path / "diab.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def test_select_reads_x_twice_and_its_interval_covers_the_exact_loss(npz, tmp_path,
+                                                                     sync_scheduler):
+    ctx = RunContext(_job(npz), tmp_path / "o")
+    m = select(ctx, compare_full=True)
+    assert m["mode"] == "select" and m["theta_source"] == "pilot"
+    assert m["pilot"]["from"] == "reservoir" and m["pilot"]["fraction_read"] == 0.0
+    c = m["cost"]
+    assert c["by"]["pass 1"] == 1.0 and c["by"]["pass 2 + sample + gather"] == 1.0
+    assert c["passes_over_x"] == 2.0 and c["bytes_read"] <= 2 * c["x_bytes"]
+    r = m["kinds"]["nonlinear-leverage"]
+    lo, hi = r["loss_ci95"]
+    assert lo <= r["loss_full"] <= hi
+    assert r["rel_error"] >= -1e-9 and r["rel_error"] < r["rel_error_theta0"]
+    assert m["full_fit"]["measured"]["passes_over_x"] >= 1
+    assert m["full_fit"]["estimated"]["passes_over_x"] >= 1
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["loss_estimate"] == m["loss_estimate"]
+    # the same job again: scores reused, the same sample bit for bit (routed by the stored
+    # pass-1 masses), the same trained theta
+    theta = np.load(tmp_path / "o" / "theta.npy")
+    s1 = np.load(tmp_path / "o" / "samples" / "nonlinear-leverage.npz")
+    ctx2 = RunContext(_job(npz), tmp_path / "o")
+    select(ctx2)
+    assert ("scores nonlinear-leverage", "reused", None) in ctx2.reuse
+    s2 = np.load(tmp_path / "o" / "samples" / "nonlinear-leverage.npz")
+    assert s1["indices"].tobytes() == s2["indices"].tobytes()
+    assert s1["weights"].tobytes() == s2["weights"].tobytes()
+    assert np.load(tmp_path / "o" / "theta.npy").tobytes() == theta.tobytes()
+
+
+@pytest.mark.parametrize("source", ["chunks", "gather"])
+def test_pilot_sources_and_their_cost(npz, tmp_path, source, sync_scheduler):
+    ctx = RunContext(_job(npz, pilot_from=source, cache_x="never"), tmp_path / source)
+    stages.ingest(ctx)
+    Xs, ys, idx, prov = stages.pilot_rows(ctx)
+    X, y = np.load(npz)["X"], np.load(npz)["y"]
+    np.testing.assert_array_equal(Xs, X[idx])
+    np.testing.assert_array_equal(ys, y[idx])
+    assert prov["from"] == source and len(idx) == 300
+    if source == "chunks":  # 4 of 8 chunks of 400 rows (3,000 rows)
+        assert len(prov["chunks"]) == 4 and prov["fraction_read"] <= 4 * 400 / 3000
+        assert len(np.unique(idx)) == 300
+    else:
+        assert prov["fraction_read"] == 1.0
+
+
+def test_a_reservoir_pilot_needs_a_reservoir(tmp_path, sync_scheduler, data):
+    from nldist.store.dataset import write_dataset
+
+    X, y = data
+    store = write_dataset(tmp_path / "bare.zarr", X, y, {}, chunk_rows=500, reservoir=0)
+    ctx = RunContext(_job(store, pilot_from="reservoir"), tmp_path / "o")
+    stages.ingest(ctx)
+    with pytest.raises(NldistError, match="pilot_from: chunks"):
+        stages.pilot(ctx)
+    ctx = RunContext(_job(store), tmp_path / "o2")  # auto: whole chunks instead
+    stages.ingest(ctx)
+    stages.pilot(ctx)
+    assert ctx.pilot_info["from"] == "chunks"
+
+
+def test_sampling_accuracy_is_chunking_free_and_close_to_exact(data, sync_scheduler):
+    X, y = data[0][:600, :4], data[1][:600]
+    spec = "torch:nldist.examples.nets:mlp(hidden=8,depth=2,act=tanh)"
+    m = nldist.get_model(spec, n_features=4)
+    theta = m.initial_theta() * 2
+    exact = nldist.scores(X, y, model=m, theta=theta)
+    m.configure(accuracy="sampling")
+    got = [np.asarray(nldist.scores(da.from_array(X, chunks=(c, -1)),
+                                    da.from_array(y, chunks=c), model=m, theta=theta))
+           for c in (600, 250, 77)]
+    for g in got[1:]:  # one fixed rule for every batch: the R tree's rounding only
+        np.testing.assert_allclose(g, got[0], rtol=1e-10)
+    ratio = got[0] / exact
+    assert 0.8 < ratio.min() and ratio.max() < 1.25
+
+
+def test_select_on_the_command_line(npz, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: cli\ndataset: {{source: {npz}, chunk_rows: 500}}\n"
+                   "model: glm:sigmoid\ns: 200\npilot_s: 200\neval_s: 500\n"
+                   "cluster: {address: synchronous}\n")
+    r = subprocess.run([sys.executable, "-m", "nldist", "select", str(job), "--out",
+                        str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "sampling path" in r.stdout and "passes over X" in r.stdout
+    assert "estimated" in r.stdout
+    assert (tmp_path / "o" / "report.html").read_text().rstrip().endswith("</html>")
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["mode"] == "select" and m["cost"]["passes_over_x"] == 2.0
