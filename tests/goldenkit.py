@@ -39,7 +39,7 @@ JOBS = ["california", "relu2", "torch_mlp", "bce", "ridge", "sketch_cols", "sket
         "device_cpu", "resume"]
 #: jobs whose CLI run also gets --experiment
 EXPERIMENT = {"california"}
-DROP_METRICS = {"timings", "dataset", "resume", "nldist_version"}
+DROP_METRICS = {"timings", "dataset", "resume", "nldist_version", "cost"}  # cost: what a run read
 #: digests of the job's dataset settings, which hold the source path (a temporary file for bce)
 DROP_ATTRS = {"dataset_key", "resume_key"}
 #: persisted-block statistics that do not depend on timings (``persist: auto`` decides per
