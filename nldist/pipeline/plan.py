@@ -22,17 +22,26 @@ def _bytes(size: str) -> int | None:
         return None
 
 
-def plan(ctx: RunContext) -> dict:
-    """What the run will do, its bytes read and a per-worker memory bound (n-independent)."""
+def plan(ctx: RunContext, verb: str = "run") -> dict:
+    """What the run will do, its bytes read and a per-worker memory bound (n-independent).
+
+    ``verb`` ``"select"`` plans the practical path (the job's kind only, no theta*)."""
     job = ctx.job
     X, y = stages.open_xy(ctx)
     n, d = X.shape
+    if verb == "select":
+        ctx.adjoint_accuracy = "sampling"
+        ctx.model_cache = None
     m = stages.model(ctx)
     chunk = int(max(X.chunks[0]))
     itemsize = X.dtype.itemsize
-    kinds = job.kinds()
-    # two per exact kind, one gather of all samples, one evaluation (uniform: none)
-    passes = 2 * len([k for k in kinds if not get_kind(k).uniform]) + 2
+    kinds = [job.kind] if verb == "select" else job.kinds()
+    # per exact kind pass 1 + the fused pass 2 + sample + gather; a uniform kind the fused
+    # read only; run: one evaluation pass and theta*'s passes; select: none (estimated)
+    passes = sum(1 if get_kind(k).uniform else 2 for k in kinds)
+    tail = " (+ the pilot: 0 from the ingest reservoir, else a few whole chunks)" \
+        if verb == "select" else " + 1 (evaluation) + 1 per training iteration of theta*"
+    passes_text = f"{passes}{tail}"
     nbytes = int(X.nbytes + y.nbytes)
     c = job.cluster
     if job.cache_x == "never":
@@ -51,7 +60,7 @@ def plan(ctx: RunContext) -> dict:
     return {
         "n_rows": n, "n_features": d, "n_params": m.n_params, "chunks": len(X.chunks[0]),
         "chunk_rows": chunk, "kinds": kinds,
-        "passes_over_X": f"{passes} + 1 per training iteration of theta*",
+        "passes_over_X": passes_text,
         "bytes_per_pass": int(n * d * itemsize),
         "memory_per_task_bytes": int(per_task),
         "memory_per_worker_bytes": int(per_task * job.cluster.threads_per_worker),

@@ -49,6 +49,7 @@ from nldist.scores.reductions import Normalizer
 from nldist.scores.spec import ScoreSpec, make_spec
 from nldist.store import dual_blocks, stage_cache
 from nldist.store.dataset import (
+    RESERVOIR_ROWS,
     fingerprint,
     is_dataset,
     read_attrs,
@@ -144,7 +145,8 @@ def ingest(ctx: RunContext) -> Path:
         attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
         attrs["ingest_key"] = key
         ctx.out.mkdir(parents=True, exist_ok=True)
-        write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True)
+        write_dataset(path, X, y, attrs, chunk_rows=ds.chunk_rows, overwrite=True,
+                      reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s))
     ctx.dataset_fp = dataset_fingerprint(path)
     return path
 
