@@ -268,10 +268,12 @@ def _mib(n: float) -> str:
 def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
     """The dry-run plan in words (stderr; stdout keeps the JSON)."""
     c = job.cluster
+    at = ("θ₀ of the pilot (never θ*)" if stage == "select" and job.theta in ("optimum", "pilot")
+          else job.theta)
     lines = [
         f"plan for {job.name}: {plan['n_rows']:,} rows x {plan['n_features']} features in "
         f"{plan['chunks']} chunk(s) of <= {plan['chunk_rows']:,} rows; model {job.model} "
-        f"(p = {plan['n_params']}), loss {job.loss}, scores at theta = {job.theta}",
+        f"(p = {plan['n_params']}), loss {job.loss}, scores at theta = {at}",
         f"  score kinds: {', '.join(plan['kinds'])}; passes over X: {plan['passes_over_X']}; "
         f"R and leverage on device {job.device}",
         f"  read per pass: {_mib(plan['bytes_per_pass'])}; memory per task: "
@@ -356,8 +358,7 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
     ctx = pipeline.RunContext(job, _out(job, out))
     if dry_run:
         with connect(job.cluster.model_copy(update={"address": "synchronous"})):
-            pipeline.ingest(ctx)
-            plan = pipeline.plan(ctx, "select" if stage == "select" else "run")
+            plan = pipeline.dry_run(ctx, "select" if stage == "select" else "run")
             typer.echo(json.dumps(plan, indent=2))
             if not quiet:
                 typer.echo(_plan_summary(job, plan, ctx.out, stage), err=True)

@@ -107,7 +107,11 @@ def test_stage_verbs_validate_and_dry_run(finished_run, tmp_path):
     assert plan["n_rows"] == 442 and plan["chunks"] == 12 and plan["memory_per_worker_bytes"] > 0
     assert plan["cache_x"].startswith("auto") and "read once" in plan["cache_x"]
     assert "cache_x auto" in done.stderr
-    assert not (tmp_path / "dry" / "metrics.json").exists()
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing, not even dataset.zarr
+    done = cli("select", d / "job.yaml", "--out", tmp_path / "dry", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passes_over_X"].startswith("2 (+ the pilot")
+    assert not (tmp_path / "dry").exists()
     done = cli("run", d / "job.yaml", "--out", tmp_path / "dry", "--dry-run",
                "--set", "cache_x=never")
     assert json.loads(done.stdout)["cache_x"].startswith("never")

@@ -203,4 +203,4 @@ def test_dry_run_states_the_plan_in_words(tmp_path):
     assert plan["n_rows"] == 361 and plan["n_features"] == 64
     assert "plan for digits: 361 rows x 64 features" in done.stderr
     assert "50 draws each, 5 kinds = 1,000 trainings on samples" in done.stderr
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert not (tmp_path / "o").exists()  # nothing written, not even dataset.zarr

@@ -9,9 +9,10 @@ stage, each with its declared cache key), :mod:`.select` (the practical path), :
 from nldist.pipeline.context import Event, RunContext
 from nldist.pipeline.diagnose import diagnose
 from nldist.pipeline.experiment import experiment
-from nldist.pipeline.plan import plan
+from nldist.pipeline.plan import dry_run, plan
 from nldist.pipeline.run import run
 from nldist.pipeline.select import select
 from nldist.pipeline.stages import ingest
 
-__all__ = ["Event", "RunContext", "diagnose", "experiment", "ingest", "plan", "run", "select"]
+__all__ = ["Event", "RunContext", "diagnose", "dry_run", "experiment", "ingest", "plan", "run",
+           "select"]

@@ -6,6 +6,9 @@ work by) and the model's own ``memory_per_row`` / ``workspace_bytes``; nothing r
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import dask
 
 from nldist._budget import MEMORY_FORMULA, cache_budget, memory_per_task
@@ -68,3 +71,14 @@ def plan(ctx: RunContext, verb: str = "run") -> dict:
         "cache_x": cache,
         "memory_formula": MEMORY_FORMULA,
     }
+
+
+def dry_run(ctx: RunContext, verb: str = "run") -> dict:
+    """:func:`plan` without writing anything into ``ctx.out``: the job's dataset as it is when
+    it exists, else ingested into a temporary directory that is removed afterwards."""
+    if stages.dataset_path(ctx).exists():
+        return plan(ctx, verb)
+    with tempfile.TemporaryDirectory(prefix="nldist-plan-") as tmp:
+        tctx = RunContext(ctx.job, Path(tmp))
+        stages.ingest(tctx)
+        return plan(tctx, verb)
