@@ -275,7 +275,7 @@ def part_glm(args, X, y, d, client) -> dict:
 
 
 def adam_stream(store, m, theta0, lr, max_epochs, batch, seed, budget_s, eval_fn, target,
-                rows=None):
+                rows=None, radius=np.inf):
     """Adam over mini-batches streamed chunk by chunk from the store; returns the curve.
 
     After each epoch (and not timed) the exact full-data loss is computed by ``eval_fn``.
@@ -306,6 +306,10 @@ def adam_stream(store, m, theta0, lr, max_epochs, batch, seed, budget_s, eval_fn
                 lo = ((m.torch_forward(th, Xb[sel]) - yb[sel]) ** 2).mean()
                 lo.backward()
                 opt.step()
+                with torch.no_grad():  # the same problem as the sampling path: ||theta|| <= R
+                    nrm = float(th.norm())
+                    if nrm > radius:
+                        th.mul_(radius / nrm)
         train_s += time.perf_counter() - t0
         L = eval_fn(th.detach().numpy().copy())
         curve.append({"epoch": ep, "seconds": round(train_s, 3), "loss": float(L)})
@@ -351,13 +355,14 @@ def part_nn(args, X, y, d, client) -> dict:
     tune = {}
     for lr in [float(v) for v in args.lrs.split(",")]:
         curve, th = adam_stream(args.store, m, theta_init, lr, args.tune_epochs, args.batch, 0,
-                                1e9, L_sub, None, rows=g_rows)
+                                1e9, L_sub, None, rows=g_rows,
+                                radius=args.radius)
         tune[lr] = curve
     best_lr = min(tune, key=lambda k: tune[k][-1]["loss"])
     log(f"[nn] lr grid on {g_rows} rows: best {best_lr}")
     target = samp_loss["median"]
     curve, _ = adam_stream(args.store, m, theta_init, best_lr, args.max_epochs, args.batch, 0,
-                           args.adam_budget_s, L_full, target)
+                           args.adam_budget_s, L_full, target, radius=args.radius)
     hit = next((c for c in curve if c["loss"] <= target), None)
     return {"model": spec, "s": args.nn_s, "sampling": {"wall_s": samp_wall,
             "loss_full": samp_loss,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from nldist import __version__, datasets, pipeline
-from nldist.cluster import connect
+from nldist.cluster import INTERRUPTED, connect
 from nldist.errors import NldistError
 from nldist.ingest import dataset_attrs
 from nldist.ingest import ingest as ingest_source
@@ -85,7 +86,8 @@ def _one_line_errors(fn: Callable) -> Callable:
             typer.echo(f"error: {_os_error(exc)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("error: interrupted; re-run the same command to resume", err=True)
+            if not os.environ.pop("NLDIST_INTERRUPTED", None):  # else printed already
+                typer.echo(INTERRUPTED, err=True)
             raise typer.Exit(130) from None
 
     return wrapper

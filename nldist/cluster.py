@@ -124,6 +124,30 @@ def driver_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+#: the one line printed on Ctrl-C (before the cluster is torn down)
+INTERRUPTED = "error: interrupted; re-run the same command to resume"
+
+
+@contextlib.contextmanager
+def quiet_interrupt() -> Iterator[None]:
+    """On Ctrl-C inside the block: print :data:`INTERRUPTED` at once, then send stderr to
+    /dev/null for the rest of the process, so that tearing down the cluster (cancelled
+    tasks, closed comms, asyncio and tornado complaints) adds nothing after that line.
+    The KeyboardInterrupt propagates (the CLI exits 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPTED + "\n")
+        sys.stderr.flush()
+        for name in ("distributed", "asyncio", "tornado", "bokeh"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
+        os.environ["NLDIST_INTERRUPTED"] = "1"
+        raise
+
+
 @contextlib.contextmanager
 def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
     """Yield a connected ``distributed.Client`` (or None for ``synchronous``).
@@ -151,19 +175,20 @@ def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
     quiet_distributed()
     if address == "local":
         busy = cfg.n_workers * cfg.threads_per_worker
-        with _local(cfg) as client, driver_threads(max(1, (os.cpu_count() or 1) - busy)):
+        with _local(cfg) as client, driver_threads(max(1, (os.cpu_count() or 1) - busy)), \
+                quiet_interrupt():
             yield client
     elif address == "slurm":
-        with _slurm(cfg, name) as client:
+        with _slurm(cfg, name) as client, quiet_interrupt():
             yield client
     elif address == "k8s":
-        with _k8s(cfg, name) as client:
+        with _k8s(cfg, name) as client, quiet_interrupt():
             yield client
     elif "://" in address:
-        with _at_address(address, cfg) as client:
+        with _at_address(address, cfg) as client, quiet_interrupt():
             yield client
     elif address.endswith(".json"):
-        with _scheduler_file(address, cfg) as client:
+        with _scheduler_file(address, cfg) as client, quiet_interrupt():
             yield client
     else:
         raise NldistError(

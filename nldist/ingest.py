@@ -158,6 +158,8 @@ def prepare(
     Xdf = df.drop(columns=[target])
     categorical = [c for c in Xdf.columns if not pd.api.types.is_numeric_dtype(Xdf[c])
                    or pd.api.types.is_bool_dtype(Xdf[c])]
+    for c in categorical:
+        check_categorical(Xdf[c], str(c))
     if categorical:
         attrs["categories"] = {str(c): [str(v) for v in pd.unique(Xdf[c].astype(str))]
                                for c in categorical}
@@ -192,6 +194,32 @@ def prepare(
     if dtype not in ("float32", "float64"):
         raise NldistError(f"dtype must be float32 or float64, got {dtype!r}")
     return X.astype(dtype), y.astype(dtype), attrs
+
+
+#: a text column with more distinct values than this share of its rows (and more than
+#: :data:`ID_MIN_DISTINCT`) is an identifier, not a category
+ID_MAX_SHARE = 0.5
+ID_MIN_DISTINCT = 50
+_NUMBER = r"^[+-]?(\d{1,3}([,_ ]\d{3})+|\d+)([.]\d+)?([eE][+-]?\d+)?$|^[+-]?[.]\d+$"
+
+
+def check_categorical(col: pd.Series, name: str) -> None:
+    """Refuse a text column that one-hot encoding would silently misread: numbers written as
+    text (``"1,234"``, ``"12 500"``) and identifiers (nearly one value per row)."""
+    if pd.api.types.is_bool_dtype(col):
+        return
+    text = col.astype(str).str.strip()
+    looks = text.str.match(_NUMBER)
+    if len(text) and looks.mean() >= 0.95:
+        ex = text[looks].iloc[0]
+        raise NldistError(f"column {name!r} holds numbers written as text (e.g. {ex!r}); "
+                          "remove the thousands separators (pandas: thousands=',') before "
+                          "ingest, or leave the column out with features: [...] in the job")
+    distinct = int(text.nunique())
+    if distinct > ID_MIN_DISTINCT and distinct > ID_MAX_SHARE * len(text):
+        raise NldistError(f"column {name!r} has {distinct:,} distinct values in {len(text):,} "
+                          "rows (an identifier?): one-hot encoding it would add a column per "
+                          "row; leave it out with features: [...] in the job")
 
 
 def ingest(

@@ -111,3 +111,25 @@ def test_existing_output_is_not_overwritten(tmp_path, rng):
 
 def test_default_chunk_rows_targets_tens_of_mib():
     assert x_chunk_rows(50) * 50 * 8 == pytest.approx(32 * 2**20, rel=1e-3)
+
+
+@pytest.mark.parametrize("column, message", [
+    ([f"{1000 + i:,}" for i in range(200)], "numbers written as text"),
+    ([f"{1000 + i:_}" for i in range(200)], "numbers written as text"),
+    ([f"user-{i}" for i in range(200)], "200 distinct values in 200 rows"),
+])
+def test_text_columns_that_one_hot_would_misread_are_refused(tmp_path, column, message):
+    """Thousands-separated numbers and identifiers are not categories: one line naming the
+    column, not 200 silent one-hot columns."""
+    import pandas as pd
+
+    from nldist.ingest import ingest
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "t.csv"
+    pd.DataFrame({"x": rng.normal(size=200), "bad": column,
+                  "y": rng.normal(size=200)}).to_csv(src, index=False)
+    with pytest.raises(NldistError, match=rf"column 'bad' .*{message}"):
+        ingest(src, tmp_path / "o.zarr", target="y")
+    assert not (tmp_path / "o.zarr").exists()
+    ingest(src, tmp_path / "o.zarr", target="y", features=["x"])  # the fix it names

@@ -350,3 +350,30 @@ def test_disk_full_is_one_line(tmp_path):
         assert not list(small.rglob("*.partial.npz"))
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_ctrl_c_during_a_many_chunk_pass_prints_one_line(tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground process group: driver and local workers)
+    in the middle of a run over ~150 chunks: exit 130 and the one 'interrupted' line, not
+    the asyncio/tornado tracebacks of the cluster's teardown."""
+    import signal
+    import time
+
+    src = _csv(tmp_path / "big.csv", 60_000)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: intr\ndataset: {{source: {src}, chunk_rows: 400}}\n"
+                   "model: glm:sigmoid\ns: 100\ncache_x: never\nmax_iter: 200\ntol: 1.0e-15\n"
+                   "cluster: {address: local, n_workers: 2}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "nldist", "run", str(job), "--out",
+                             str(tmp_path / "o"), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    while not (tmp_path / "o" / "run.json").exists() and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    time.sleep(3.0)  # inside the theta* passes over 150 chunks
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["error: interrupted; re-run the same command to resume"], err[-3000:]
