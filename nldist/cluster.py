@@ -25,9 +25,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,7 +215,16 @@ def _local(cfg: Any) -> Iterator[Any]:
         **kw,
     ) as cluster, Client(cluster, security=sec) as client:
         log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
+        client.run(ignore_sigint)  # Ctrl-C reaches the whole process group: the driver acts
         yield client
+
+
+def ignore_sigint() -> None:
+    """Run on each local worker: Ctrl-C (SIGINT to the terminal's process group) is the
+    driver's to handle — it tears the cluster down — not a reason for every worker process
+    to print its own KeyboardInterrupt traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _probe(address: str, timeout: float) -> None:

@@ -361,7 +361,7 @@ def test_ctrl_c_during_a_many_chunk_pass_prints_one_line(tmp_path):
 
     src = _csv(tmp_path / "big.csv", 60_000)
     job = tmp_path / "job.yaml"
-    job.write_text(f"name: intr\ndataset: {{source: {src}, chunk_rows: 400}}\n"
+    job.write_text(f"name: intr\ndataset: {{source: {src}, target: y, chunk_rows: 400}}\n"
                    "model: glm:sigmoid\ns: 100\ncache_x: never\nmax_iter: 200\ntol: 1.0e-15\n"
                    "cluster: {address: local, n_workers: 2}\n")
     proc = subprocess.Popen([sys.executable, "-m", "nldist", "run", str(job), "--out",
