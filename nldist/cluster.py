@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -344,7 +345,9 @@ def _slurm(cfg: Any, name: str) -> Iterator[Any]:
     except ValueError as exc:  # e.g. an unknown interface
         raise NldistError(f"cannot start the Slurm cluster: {exc}; fix cluster.slurm") from None
     with cluster:
-        log.info("SLURMCluster job script:\n%s", cluster.job_script())
+        script = cluster.job_script()
+        log.info("SLURMCluster job script:\n%s", script)
+        check_job_script(script, s.timeout)
         cluster.scale(jobs=s.jobs)
         with Client(cluster, security=sec) as client:
             try:
@@ -357,6 +360,33 @@ def _slurm(cfg: Any, name: str) -> Iterator[Any]:
             log.info("SLURMCluster: %d job(s) requested, dashboard %s", s.jobs,
                      client.dashboard_link)
             yield client
+
+
+def check_job_script(script: str, timeout: float = 60.0) -> None:
+    """Let Slurm validate the worker job script before anything waits for it
+    (``sbatch --test-only``: partition, account, memory, time limit — nothing is queued).
+
+    Raises
+    ------
+    NldistError
+        With sbatch's own first error line, at once, instead of waiting ``timeout`` seconds
+        for workers that will never start.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
+        f.write(script)
+    try:
+        proc = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True,
+                              text=True, timeout=min(60.0, timeout))
+    except subprocess.TimeoutExpired:
+        raise NldistError("sbatch --test-only did not answer within 60 s; is slurmctld up? "
+                          "(check `sinfo`)") from None
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+        raise NldistError(f"Slurm refuses the worker job: {first}; fix cluster.slurm "
+                          "(partition, account, memory, walltime, job_extra_directives)")
 
 
 @contextlib.contextmanager

@@ -157,3 +157,23 @@ def test_sbatch_run_equals_local(slurm, data, reference, tmp_path):
     print(f"sbatch job {job_id}: {time.perf_counter() - t0:.1f} s")
     assert (out / "metrics.json").exists(), logs
     _same(outputs(out, KINDS), reference)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"partition": "no-such-partition"}, "invalid partition"),
+    ({"memory": "100TiB"}, ""),
+])
+def test_a_job_slurm_refuses_fails_at_once_in_one_line(slurm, tmp_path, bad, words):
+    """sbatch would fail at once (bad partition, impossible memory): one line naming
+    cluster.slurm within seconds, not the full timeout with tornado tracebacks."""
+    from nldist.cluster import connect
+    from nldist.errors import NldistError
+    from nldist.jobs import ClusterConfig
+
+    cfg = ClusterConfig(address="slurm", slurm={"jobs": 1, "interface": "lo", "timeout": 300,
+                                                "log_directory": str(tmp_path), **bad})
+    t0 = time.perf_counter()
+    with pytest.raises(NldistError, match=rf"Slurm refuses the worker job: .*{words}"):
+        with connect(cfg, name="bad"):
+            pass
+    assert time.perf_counter() - t0 < 60
