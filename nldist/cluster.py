@@ -385,6 +385,9 @@ def check_job_script(script: str, timeout: float = 60.0) -> None:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+        if "contact slurm controller" in first:
+            raise NldistError(f"Slurm is not answering: {first}; is slurmctld running? "
+                              "(check `sinfo`; locally: cluster/slurm/up.sh)")
         raise NldistError(f"Slurm refuses the worker job: {first}; fix cluster.slurm "
                           "(partition, account, memory, walltime, job_extra_directives)")
 
