@@ -20,11 +20,10 @@ import typer
 from nldist import __version__, datasets, pipeline
 from nldist.cluster import INTERRUPTED, connect
 from nldist.errors import NldistError
-from nldist.ingest import dataset_attrs
+from nldist.ingest import RESERVOIR_ROWS, dataset_attrs, ingest_table, table_format
 from nldist.ingest import ingest as ingest_source
-from nldist.jobs import load_job
+from nldist.jobs import ClusterConfig, load_job
 from nldist.report import experiment_table, write_report
-from nldist.store.dataset import RESERVOIR_ROWS
 
 app = typer.Typer(
     add_completion=False,
@@ -216,18 +215,31 @@ def ingest(
         min=0, help="rows of the seeded uniform sample written beside X (the pilot's rows)")
     ] = RESERVOIR_ROWS,
     seed: Annotated[int, typer.Option(min=0, help="seed of the reservoir")] = 0,
+    features: Annotated[str | None, typer.Option(
+        help="feature columns, comma-separated (default: all but the target)")] = None,
+    cluster: ClusterOpt = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Ingest a table or packaged dataset into a row-chunked Zarr v3 dataset."""
+    """Ingest a table or packaged dataset into a row-chunked Zarr v3 dataset.
+
+    A directory, glob or URL (s3://, gs://, file://, ...) of CSV / Parquet files is ingested
+    out of core on a Dask cluster (--cluster, default an embedded LocalCluster): the
+    workers read the partitions and write the chunks; a single file is read in memory."""
     _logging(verbose, quiet)
     cls = None
     if classes:
         cls = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in classes.split(",")]
-    path = ingest_source(source, out, target=target, standardize=standardize,
-                     standardize_target=standardize_target, dropna=dropna, chunk_rows=chunk_rows,
-                     classes=cls, dtype=dtype, overwrite=overwrite, reservoir=reservoir,
-                     seed=seed)
+    opts = {"target": target, "standardize": standardize,
+            "standardize_target": standardize_target, "dropna": dropna,
+            "chunk_rows": chunk_rows, "classes": cls, "dtype": dtype, "overwrite": overwrite,
+            "reservoir": reservoir, "seed": seed,
+            "features": [f.strip() for f in features.split(",")] if features else None}
+    if table_format(source) is not None:
+        with connect(ClusterConfig(address=cluster or "local"), name="ingest"):
+            path = ingest_table(source, out, **opts)
+    else:
+        path = ingest_source(source, out, **opts)
     a = dataset_attrs(path)
     if not quiet:
         typer.echo(f"wrote {path}: {a['n_rows']} rows x {a['n_features']} features, "

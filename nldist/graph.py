@@ -31,6 +31,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.dataframe as dd
 import numpy as np
 from dask.base import get_scheduler
 
@@ -45,7 +46,7 @@ from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
 from nldist.scores.reductions import Normalizer
 from nldist.scores.rows import RawRows
-from nldist.store.dataset import open_dataset
+from nldist.store.dataset import open_dataset, write_xy_chunk
 
 log = logging.getLogger("nldist")
 
@@ -802,3 +803,65 @@ def write_flipped(X: da.Array, y: da.Array, fraction: float, seed: int, targets:
     da.store([X, both[:, 0].astype(y.dtype), both[:, 1].astype("int8")], [ax, ay, af],
              lock=False)
     return int(da.from_zarr(af).sum().compute())
+
+
+# --------------------------------------------------------------------------------------
+# Distributed ingest: a table's partitions (CSV / Parquet, local or remote), two passes
+# --------------------------------------------------------------------------------------
+
+
+def table_partitions(source: str, fmt: str, blocksize: str = "64MB") -> list:
+    """Delayed pandas partitions of a CSV or Parquet source (a file, a directory, a glob or
+    an fsspec URL): Parquet by row groups / files, CSV by ``blocksize`` byte ranges. The
+    workers read them; nothing is read here but metadata."""
+    try:
+        if fmt == "parquet":
+            ddf = dd.read_parquet(source)
+        else:
+            ddf = dd.read_csv(source, sep="\t" if fmt == "tsv" else ",", blocksize=blocksize,
+                              assume_missing=True, sample_rows=1000)
+    except FileNotFoundError:
+        raise NldistError(f"source {source!r} matches no files; check the path or glob") from None
+    except (ValueError, OSError) as exc:
+        raise NldistError(f"cannot read {source!r} as {fmt}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return list(ddf.to_delayed())
+
+
+def map_partitions(parts: Sequence[Any], func: Callable) -> list:
+    """``[func(partition) for partition in parts]`` on the cluster (small results)."""
+    return list(dask.compute(*[dask.delayed(func, pure=True)(p) for p in parts]))
+
+
+def _take_rows(enc: tuple, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return enc[0][idx], enc[1][idx]
+
+
+def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
+                dtype: Any, path: str, chunk_rows: int, picks: dict[int, np.ndarray]
+                ) -> tuple[list[str], list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Encode every partition (``encode(df) -> (X, y)``), re-block the rows into the store's
+    chunk grid of ``chunk_rows`` and write each chunk from one task (no chunk written by
+    two), in one pass; also bring back the rows ``picks[partition]`` (local indices: the
+    reservoir).
+
+    Returns
+    -------
+    (SHA-256 of each written chunk, in order; [(partition, X rows, y rows)] of the picks)
+    """
+    enc = [dask.delayed(encode, pure=True)(p) for p in parts]
+    xs = [da.from_delayed(dask.delayed(lambda e: e[0], pure=True)(e), shape=(int(k), d),
+                          dtype=dtype) for e, k in zip(enc, sizes, strict=True)]
+    ys = [da.from_delayed(dask.delayed(lambda e: e[1], pure=True)(e), shape=(int(k),),
+                          dtype=dtype) for e, k in zip(enc, sizes, strict=True)]
+    X = da.concatenate(xs).rechunk((chunk_rows, d))
+    y = da.concatenate(ys).rechunk((chunk_rows,))
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
+    writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, int(st), path)
+              for xb, yb, st in zip(X.to_delayed().ravel(), y.to_delayed().ravel(), starts,
+                                    strict=True)]
+    takes = [dask.delayed(_take_rows, pure=True)(enc[i], idx) for i, idx in picks.items()]
+    got = dask.compute(*writes, *takes)
+    shas = list(got[: len(writes)])
+    rows = [(i, *got[len(writes) + j]) for j, i in enumerate(picks)]
+    return shas, rows

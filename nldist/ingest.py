@@ -9,16 +9,36 @@ describes the layout and writes atomically.
 from __future__ import annotations
 
 import logging
+import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 
-from nldist import datasets
+from nldist import datasets, graph
+from nldist._budget import x_chunk_rows
+from nldist._version import __version__
 from nldist.errors import NldistError
-from nldist.store.dataset import RESERVOIR_ROWS, read_attrs, write_dataset
-from nldist.store.records import file_fingerprint, tree_fingerprint
+from nldist.store.dataset import (
+    RESERVOIR_ROWS,
+    commit_partial,
+    create_partial,
+    read_attrs,
+    reservoir_index,
+    write_dataset,
+    write_reservoir_rows,
+)
+from nldist.store.records import digest, file_fingerprint, tree_fingerprint
+from nldist.tablestats import (
+    check_categorical,
+    encode_partition,
+    make_plan,
+    merge_stats,
+    partition_stats,
+)
 
 log = logging.getLogger("nldist")
 
@@ -86,6 +106,8 @@ def source_fingerprint(source: str | Path) -> dict:
     path = Path(src)
     if not path.exists() and src in datasets.DATASETS:
         return {"dataset": src, "source": datasets.DATASETS[src].source}
+    if "://" in src or any(ch in src for ch in "*?["):
+        return {"files": remote_fingerprint(src)}
     if not path.exists():
         raise NldistError(
             f"source {src!r} not found; give an existing .csv/.parquet/.npz/.npy file or one of "
@@ -94,6 +116,26 @@ def source_fingerprint(source: str | Path) -> dict:
     if path.is_dir():
         return {"directory": str(path.resolve()), "files": tree_fingerprint(path)}
     return {"file": str(path.resolve()), **file_fingerprint(path)}
+
+
+def remote_fingerprint(source: str) -> list:
+    """(path, size, mtime or ETag) of every file a glob or an fsspec URL names (listing
+    only: no data read), so a rewritten file or a new one invalidates the ingest."""
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+        paths = sorted(fs.glob(path)) if any(ch in path for ch in "*?[") else \
+            sorted(fs.find(path)) if fs.isdir(path) else [path]
+        out = []
+        for p in paths:
+            info = fs.info(p)
+            out.append([p, info.get("size"), str(info.get("mtime") or info.get("LastModified")
+                                                 or info.get("ETag") or "")])
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise NldistError(f"cannot list source {source!r}: {type(exc).__name__}: {exc}; check "
+                          "the URL and credentials (AWS_* variables, fsspec config)") from None
+    if not out:
+        raise NldistError(f"source {source!r} matches no files; check the path or glob")
+    return out
 
 
 def _bad_y(shape: tuple, n: int):
@@ -159,7 +201,7 @@ def prepare(
     categorical = [c for c in Xdf.columns if not pd.api.types.is_numeric_dtype(Xdf[c])
                    or pd.api.types.is_bool_dtype(Xdf[c])]
     for c in categorical:
-        check_categorical(Xdf[c], str(c))
+        check_categorical(Xdf[c], len(Xdf), str(c))
     if categorical:
         attrs["categories"] = {str(c): [str(v) for v in pd.unique(Xdf[c].astype(str))]
                                for c in categorical}
@@ -194,32 +236,6 @@ def prepare(
     if dtype not in ("float32", "float64"):
         raise NldistError(f"dtype must be float32 or float64, got {dtype!r}")
     return X.astype(dtype), y.astype(dtype), attrs
-
-
-#: a text column with more distinct values than this share of its rows (and more than
-#: :data:`ID_MIN_DISTINCT`) is an identifier, not a category
-ID_MAX_SHARE = 0.5
-ID_MIN_DISTINCT = 50
-_NUMBER = r"^[+-]?(\d{1,3}([,_ ]\d{3})+|\d+)([.]\d+)?([eE][+-]?\d+)?$|^[+-]?[.]\d+$"
-
-
-def check_categorical(col: pd.Series, name: str) -> None:
-    """Refuse a text column that one-hot encoding would silently misread: numbers written as
-    text (``"1,234"``, ``"12 500"``) and identifiers (nearly one value per row)."""
-    if pd.api.types.is_bool_dtype(col):
-        return
-    text = col.astype(str).str.strip()
-    looks = text.str.match(_NUMBER)
-    if len(text) and looks.mean() >= 0.95:
-        ex = text[looks].iloc[0]
-        raise NldistError(f"column {name!r} holds numbers written as text (e.g. {ex!r}); "
-                          "remove the thousands separators (pandas: thousands=',') before "
-                          "ingest, or leave the column out with features: [...] in the job")
-    distinct = int(text.nunique())
-    if distinct > ID_MIN_DISTINCT and distinct > ID_MAX_SHARE * len(text):
-        raise NldistError(f"column {name!r} has {distinct:,} distinct values in {len(text):,} "
-                          "rows (an identifier?): one-hot encoding it would add a column per "
-                          "row; leave it out with features: [...] in the job")
 
 
 def ingest(
@@ -266,6 +282,121 @@ def ingest(
     attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
     return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite,
                          reservoir=reservoir, seed=seed)
+
+
+#: file endings of table sources the distributed ingest reads
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(source: str) -> str | None:
+    """``"csv"``, ``"tsv"`` or ``"parquet"`` for a source the distributed ingest reads — a
+    directory of such files, a glob, or a URL (``s3://``, ``gs://``, ``file://``, ...) —
+    else None (a single local file or a packaged dataset: the in-memory ingest)."""
+    src = str(source)
+    remote = "://" in src
+    glob = any(ch in src for ch in "*?[")
+    path = Path(src)
+    if not (remote or glob or path.is_dir()):
+        return None
+    names = [src]
+    if path.is_dir():
+        names = [p.name for p in sorted(path.iterdir()) if p.is_file()]
+    elif remote and not glob:
+        try:  # a prefix: what files it holds (listing only)
+            fs, root = fsspec.core.url_to_fs(src)
+            if fs.isdir(root):
+                names = [str(p) for p in sorted(fs.find(root))]
+        except (OSError, ValueError):  # unreachable here: the read says why, in one line
+            pass
+    for name in names:
+        for suffix, fmt in TABLE_SUFFIXES.items():
+            if name.lower().endswith(suffix) or name.lower().endswith(suffix + ".gz"):
+                return fmt
+    if (path.is_dir() or remote) and names != [src]:
+        raise NldistError(f"directory {src!r} holds no .csv, .tsv or .parquet files")
+    return "parquet" if remote else None  # a remote prefix without a suffix: Parquet files
+
+
+def _pattern(src: str, fmt: str) -> str:
+    """A CSV directory (local or remote) as the glob of its files (Parquet reads dirs)."""
+    if fmt == "parquet" or any(ch in src for ch in "*?["):
+        return src
+    fs, root = fsspec.core.url_to_fs(src)
+    return src.rstrip("/") + f"/*.{fmt}" if fs.isdir(root) else src
+
+
+def ingest_table(
+    source: str,
+    out: str | Path,
+    *,
+    target: str | None = None,
+    features: list[str] | None = None,
+    classes: list[Any] | None = None,
+    dropna: bool = False,
+    standardize: bool = False,
+    standardize_target: bool = False,
+    chunk_rows: int | None = None,
+    dtype: str = "float64",
+    overwrite: bool = False,
+    reservoir: int = RESERVOIR_ROWS,
+    seed: int = 0,
+    extra_attrs: dict | None = None,
+) -> Path:
+    """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
+    on the current Dask cluster (:mod:`nldist.tablestats` for the two passes).
+
+    Pass 1 on the workers: per-partition statistics (missing and infinite values per column,
+    categories, Chan moments), merged on the driver into the encoding and standardization.
+    Pass 2: every partition encoded, re-blocked into the store's chunk grid and each chunk
+    written by one task into ``OUT.partial`` (renamed into place when complete), with the
+    SHA-256 of every chunk (the content digest) and a seeded uniform reservoir. The driver
+    holds per-partition statistics only. Arguments as :func:`ingest`.
+    """
+    fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    if out.exists() and not out.is_dir():
+        raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
+                          "dataset directory: remove the file or choose another path")
+    if target is None:
+        raise NldistError("no target column given; pass --target NAME (or target: in the job)")
+    parts = graph.table_partitions(_pattern(str(source), fmt), fmt)
+    opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
+    stats = merge_stats(graph.map_partitions(parts, partial(partition_stats, **opts)))
+    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
+    n, d = plan["n_rows"], len(plan["features"])
+    cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
+    g, _ = create_partial(out, {"X": ((n, d), (cr, d), dtype), "y": ((n,), (cr,), dtype)})
+    sizes = np.asarray(stats["sizes"], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    res = reservoir_index(n, reservoir, seed)
+    owner = np.searchsorted(np.cumsum(sizes), res, side="right")
+    picks = {int(i): res[owner == i] - offsets[i] for i in np.unique(owner)}
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        shas, rows = graph.write_table(parts, partial(encode_partition, plan=plan, **{
+            k: v for k, v in opts.items() if k != "target"}), sizes.tolist(), d,
+            np.dtype(dtype), str(tmp), cr, picks)
+        if res.size:
+            got = {i: (xr, yr) for i, xr, yr in rows}
+            order = np.argsort(np.argsort(owner, kind="stable"), kind="stable")
+            Xr = np.concatenate([got[i][0] for i in picks])[order]
+            yr = np.concatenate([got[i][1] for i in picks])[order]
+            # picks are in partition order; order maps them back to the reservoir's order
+            info = write_reservoir_rows(g, Xr, yr, res, seed)
+        else:
+            info = None
+        attrs = {**plan["attrs"], **(extra_attrs or {}), "source": str(source),
+                 "format": fmt, "n_rows": n, "n_features": d, "chunk_rows": cr,
+                 "content_sha256": digest({"chunks": shas}, 64),
+                 "content_scheme": "sha256 of the per-chunk sha256 list",
+                 "partitions": len(parts), "nldist_version": __version__,
+                 **({"reservoir": info} if info else {})}
+        return commit_partial(out, attrs)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def dataset_attrs(path: str | Path) -> dict:

@@ -51,7 +51,7 @@ def _run(job: dict, out: Path, force: bool = False) -> tuple[dict, RunContext]:
 def _same(a: dict, b: dict) -> None:
     """Equal metrics but for timings (also those of the persisted-block decision), the
     dataset path and what was reused."""
-    drop = {"timings", "dataset", "resume", "reuse"}
+    drop = {"timings", "dataset", "resume", "reuse", "cost"}  # cost: what this run read
 
     def clean(m: dict) -> dict:
         m = {k: v for k, v in m.items() if k not in drop}

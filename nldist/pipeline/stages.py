@@ -135,6 +135,17 @@ def ingest(ctx: RunContext) -> Path:
             return path
         shutil.rmtree(path)
         ctx.note("ingest", False, "source or settings changed")
+    if ingest_mod.table_format(ds.source) is not None:  # directory, glob or URL: distributed
+        with ctx.timed("ingest"):
+            ctx.out.mkdir(parents=True, exist_ok=True)
+            ingest_mod.ingest_table(
+                ds.source, path, target=ds.target, features=ds.features, classes=ds.classes,
+                dropna=ds.dropna, standardize=ds.standardize,
+                standardize_target=ds.standardize_target, chunk_rows=ds.chunk_rows,
+                dtype=ds.dtype, overwrite=True, reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s),
+                extra_attrs={"ingest_key": key})
+        ctx.dataset_fp = dataset_fingerprint(path)
+        return path
     with ctx.timed("ingest"):
         df, meta = ingest_mod.read_source(ds.source, ds.target)
         X, y, attrs = ingest_mod.prepare(

@@ -118,17 +118,44 @@ def write_dataset(
     return out
 
 
-def _write_reservoir(g: Any, X: np.ndarray, y: np.ndarray, rows: int, seed: int) -> dict | None:
-    n = X.shape[0]
-    k = min(int(rows), n)
+def reservoir_index(n: int, rows: int, seed: int) -> np.ndarray:
+    """Rows of the reservoir: ``min(rows, n)`` of ``range(n)`` uniformly without replacement,
+    in random order (seeded)."""
+    k = min(int(rows), int(n))
     if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    return np.random.default_rng([int(seed), 0x5E5E]).choice(n, size=k, replace=False
+                                                            ).astype(np.int64)
+
+
+def _write_reservoir(g: Any, X: np.ndarray, y: np.ndarray, rows: int, seed: int) -> dict | None:
+    idx = reservoir_index(X.shape[0], rows, seed)
+    return write_reservoir_rows(g, X[idx], y[idx], idx, seed)
+
+
+def write_reservoir_rows(g: Any, X: np.ndarray, y: np.ndarray, idx: np.ndarray, seed: int
+                         ) -> dict | None:
+    """Write the reservoir rows (X (k, d), y (k,), their row index) into group g."""
+    if idx.size == 0:
         return None
-    idx = np.random.default_rng([int(seed), 0x5E5E]).choice(n, size=k, replace=False)
     r = g.create_group("reservoir")
-    for name, arr in (("X", X[idx]), ("y", y[idx]), ("index", idx.astype(np.int64))):
+    for name, arr in (("X", X), ("y", y), ("index", idx.astype(np.int64))):
         r.create_array(name, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype)[...] = arr
-    return {"rows": k, "seed": int(seed), "method": "uniform without replacement at ingest, "
-            "random order"}
+    return {"rows": int(idx.size), "seed": int(seed), "method": "uniform without replacement "
+            "at ingest, random order"}
+
+
+def write_xy_chunk(X: np.ndarray, y: np.ndarray, start: int, path: str) -> str:
+    """Write one row chunk of X and y into the group at ``path`` (on a worker); its SHA-256
+    (of the X bytes, then the y bytes) for the content digest."""
+    g = zarr.open_group(str(path), mode="r+")
+    X, y = np.ascontiguousarray(X), np.ascontiguousarray(y)
+    g["X"][start : start + X.shape[0]] = X
+    g["y"][start : start + y.shape[0]] = y
+    h = hashlib.sha256()
+    h.update(X.tobytes())
+    h.update(y.tobytes())
+    return h.hexdigest()
 
 
 def read_reservoir(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
