@@ -131,3 +131,48 @@ def test_ingest_verb_runs_a_directory_on_a_cluster(diamonds, tmp_path):
     g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     assert g.attrs["features"][:2] == ["carat", "depth"] and g["reservoir"]["X"].shape[0] == 500
     assert "53940 rows" in done.output
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """An S3-compatible server on localhost (moto's ThreadedMotoServer, as zarr-python and
+    s3fs test themselves), reached through s3fs by the standard AWS_* variables."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+    fs.mkdir("bucket")
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield fs
+    server.stop()
+
+
+def test_parquet_on_object_storage(diamonds, tmp_path, s3, sync_scheduler):
+    """s3:// sources: listed, fingerprinted and read through fsspec; credentials and the
+    endpoint come from the environment and are written nowhere."""
+    from nldist.ingest import source_fingerprint
+
+    d, target = diamonds
+    for f in sorted((d / "pq").iterdir()):
+        s3.put(str(f), f"bucket/pq/{f.name}")
+    assert table_format("s3://bucket/pq") == "parquet"
+    fp = source_fingerprint("s3://bucket/pq")
+    assert len(fp["files"]) == 7
+    ref = ingest(d / "all.csv", tmp_path / "ref.zarr", target=target, chunk_rows=10_000)
+    got = ingest_table("s3://bucket/pq", tmp_path / "got.zarr", target=target, chunk_rows=10_000)
+    g = _same_dataset(ref, got)
+    text = (tmp_path / "got.zarr" / "zarr.json").read_text()
+    assert "testing" not in text and "127.0.0.1" not in text
+    assert g.attrs["source"] == "s3://bucket/pq"
+    with pytest.raises(NldistError, match="matches no files|cannot list"):
+        source_fingerprint("s3://bucket/nothing/*.parquet")
