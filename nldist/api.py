@@ -1,4 +1,5 @@
-"""Public Python API (DESIGN.md contract): adjoint, dual_matrix, leverage, scores, sample."""
+"""Public Python API (DESIGN.md contract): adjoint, dual_matrix, leverage, scores, sample;
+and the sample handed over to the user's own training (load_sample, to_torch)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from nldist.scores.linalg import block_r
 from nldist.scores.rows import dual_block
 from nldist.scores.spec import make_spec
 from nldist.store.dual_blocks import temporary
+from nldist.store.sample_table import read_sample_table
 
 #: parameter constraints of the public functions (nldist.options, shared with the job schema)
 _LEVERAGE = params_model("leverage", ridge=(Ridge, 0.0), rtol=(Rtol, None))
@@ -263,3 +265,68 @@ def sample(
     if _is_dask(probs):
         return graph.sample_blocks(probs, s, random_state, alpha)
     return sampling.sample_array(probs, s, random_state, alpha)
+
+
+# --------------------------------------------------------------------------------------
+# The sample handed over to the user's own training
+# --------------------------------------------------------------------------------------
+
+
+class Sample:
+    """A sample written by ``nldist select`` / ``nldist run`` (``OUT/sample.parquet``),
+    ready for the user's own training.
+
+    Attributes
+    ----------
+    X : ndarray (m, d)
+        The distinct sampled rows, features as trained (``original`` for original units).
+    y : ndarray (m,)
+    sample_weight : ndarray (m,)
+        multiplicity x 1/(s pi): pass to scikit-learn's ``fit(..., sample_weight=)`` or
+        multiply a per-row torch loss by it; Σ sample_weight · ℓ is the sampled estimate of
+        the full-data loss Σ_i ℓ_i.
+    weight, multiplicity, row : ndarray (m,)
+        Per-draw weight 1/(s pi), number of draws, dataset row index.
+    features : list of str
+    meta : dict
+        kind, s, seed, alpha, n, model, dataset.
+    """
+
+    def __init__(self, frame: Any, meta: dict) -> None:
+        self.frame, self.meta = frame, meta
+        self.features = list(meta["features"])
+        self.X = frame[self.features].to_numpy(np.float64)
+        self.y = frame["y"].to_numpy(np.float64)
+        self.row = frame["row"].to_numpy(np.int64)
+        self.weight = frame["weight"].to_numpy(np.float64)
+        self.multiplicity = frame["multiplicity"].to_numpy(np.int64)
+        self.sample_weight = frame["sample_weight"].to_numpy(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @property
+    def original(self) -> np.ndarray | None:
+        """Features in original units (m, d), when ingest standardized them."""
+        cols = [f"{f}__orig" for f in self.features]
+        return self.frame[cols].to_numpy(np.float64) if cols[0] in self.frame else None
+
+    def to_torch(self, dtype: Any = None) -> Any:
+        """A ``torch.utils.data.TensorDataset`` of (x, y, sample_weight) per distinct row;
+        for a weighted loss ``(w * loss_fn(model(x), y, reduction="none")).sum()``, or
+        ``torch.utils.data.WeightedRandomSampler(self.sample_weight, ...)``."""
+        import torch
+
+        dt = dtype or torch.float32
+        return torch.utils.data.TensorDataset(*(torch.tensor(np.array(a), dtype=dt) for a in
+                                                (self.X, self.y, self.sample_weight)))
+
+
+def load_sample(path: Any) -> Sample:
+    """The sample of a finished run: ``OUT`` or ``OUT/sample.parquet`` -> :class:`Sample`."""
+    return Sample(*read_sample_table(path))
+
+
+def to_torch(path: Any, dtype: Any = None) -> Any:
+    """``load_sample(path).to_torch(dtype)``: a torch Dataset yielding (x, y, weight)."""
+    return load_sample(path).to_torch(dtype)

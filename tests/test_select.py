@@ -253,3 +253,36 @@ def test_select_on_the_command_line(npz, tmp_path):
     assert (tmp_path / "o" / "report.html").read_text().rstrip().endswith("</html>")
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["mode"] == "select" and m["cost"]["passes_over_x"] == 2.0
+
+
+def test_the_readme_hand_over_example_runs(tmp_path):
+    """README 'The sample in your own training', as written, on the OUT of `nldist select`
+    of the default job (California Housing)."""
+    import re
+
+    out = tmp_path / "california"
+    r = subprocess.run([sys.executable, "-m", "nldist", "select", "jobs/california.yaml",
+                        "--out", str(out), "--quiet", "--cluster", "synchronous"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### The sample in your own training", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'nldist.load_sample("runs/california")' in code
+    code = code.replace('"runs/california"', repr(str(out)))
+    exec(compile(code, "README.md", "exec"), {})
+    S = nldist.load_sample(out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert S.multiplicity.sum() == m["s"] and len(S) == m["kinds"][m["kind"]]["unique_rows"]
+    draws = np.load(out / "samples" / "nonlinear-leverage.npz")
+    assert set(S.row) == set(draws["indices"].tolist())
+    # Σ sample_weight = Σ over draws of 1/(s pi): the weighted loss is the draws' loss
+    assert np.isclose(S.sample_weight.sum(), draws["weights"].sum())
+    # original units: the raw California rows themselves
+    from nldist.datasets import load
+
+    raw, _ = load("california")
+    np.testing.assert_allclose(S.original, raw[S.features].to_numpy()[S.row], rtol=1e-9,
+                               atol=1e-9)
+    ds = nldist.to_torch(out)
+    assert len(ds) == len(S) and len(ds[0]) == 3

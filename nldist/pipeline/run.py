@@ -58,6 +58,8 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
                  kind=kind, s=job.s, alpha=job.alpha, n=int(X.shape[0]), model=job.model,
                  theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
         draws[kind] = got[0]
+        if kind == job.kind:
+            stages.hand_over(ctx, kind, got[0])
         results[kind]["unique_rows"] = int(np.unique(idx).size)
         if attrs.get("persist"):
             results[kind]["persist"] = attrs["persist"]

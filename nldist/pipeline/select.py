@@ -10,7 +10,8 @@ About two passes over X after ingest. Its cost (wall time, passes over X, bytes 
 is written next to an estimate of what the full-data Gauss-Newton fit would cost on the
 same cluster (one measured pass times the iterations the pilot's fit took), or — with
 ``compare_full`` — next to that fit itself, measured, and the exact relative error.
-Writes ``metrics.json`` (``"mode": "select"``), ``samples/<kind>.npz`` and ``theta.npy``.
+Writes ``metrics.json`` (``"mode": "select"``), ``samples/<kind>.npz``, ``sample.parquet``
+(the sample for the user's own training) and ``theta.npy``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     save_npz(ctx.path("samples", f"{kind}.npz"), indices=idx, weights=w, seed=job.seed,
              kind=kind, s=s, alpha=job.alpha, n=n, model=job.model,
              theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
+    stages.hand_over(ctx, kind, got[0])
     ctx.emit("train", "start", total=1)
     fit = stages.train(ctx, Xs, ys, w, kind, theta0=theta0)
     ctx.emit("train", "end")

@@ -57,6 +57,7 @@ from nldist.store.dataset import (
     write_dataset,
 )
 from nldist.store.records import array_digest, digest, write_json
+from nldist.store.sample_table import write_sample_table
 from nldist.store.scores import ChunkedScores
 from nldist.train import FitResult, fit_ball, train_on_sample
 
@@ -629,6 +630,18 @@ def draw(ctx: RunContext, probs: Any, requests: list[tuple[int, Any]], kind: str
         return graph.sample_many(probs, requests, ctx.job.alpha, masses=masses)
 
 
+def hand_over(ctx: RunContext, kind: str, draw: tuple) -> None:
+    """Write the main kind's sample as ``OUT/sample.parquet`` for the user's own training
+    (:mod:`nldist.store.sample_table`; :func:`nldist.load_sample`, :func:`nldist.to_torch`)."""
+    idx, w, Xs, ys = draw
+    job = ctx.job
+    write_sample_table(ctx.path("sample.parquet"), idx, w, Xs, ys,
+                       read_attrs(dataset_path(ctx)),
+                       {"kind": kind, "s": int(idx.size), "seed": job.seed, "alpha": job.alpha,
+                        "n": int(open_xy(ctx)[0].shape[0]), "model": job.model,
+                        "dataset": str(dataset_path(ctx)), "nldist_version": __version__})
+
+
 def train(ctx: RunContext, Xs: np.ndarray, ys: np.ndarray | None, w: np.ndarray,
           kind: str | None = None, theta0: np.ndarray | None = None) -> FitResult:
     """Train on one weighted sample from ``theta0`` (default: the pilot under the pilot
@@ -696,7 +709,7 @@ VERB_OUTPUTS = {
 }
 #: outputs of any earlier settings of the job: removed when the job's settings change
 SETTINGS_OUTPUTS = ("metrics.json", "experiment.json", "diagnostics.json", "report.html",
-                    "report.md", "samples", "theta.npy")
+                    "report.md", "samples", "theta.npy", "sample.parquet")
 
 
 def identity(job: Any) -> dict:

@@ -1,0 +1,87 @@
+"""The sample handed over: ``OUT/sample.parquet``, a small self-describing table.
+
+One row per distinct sampled row of the dataset, columns:
+
+* ``row`` — the row's index in the dataset (int64);
+* ``multiplicity`` — how many of the s draws picked it;
+* ``weight`` — its importance weight per draw, 1 / (s π_i);
+* ``sample_weight`` — ``multiplicity × weight``: the weight of the row in a weighted loss
+  (scikit-learn's ``sample_weight``; the sampled loss Σ_j w_j ℓ_j over draws equals
+  Σ_rows sample_weight · ℓ);
+* one column per feature *as trained* (the dataset's encoding: standardized, one-hot),
+  named as in the dataset's attrs, and ``y`` (the target as trained);
+* where ingest standardized, the same in original units: ``<feature>__orig`` and ``y__orig``.
+
+The Parquet metadata (key ``nldist``) holds the kind, s, seed, alpha, n, model, dataset path
+and feature names. Written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nldist.errors import NldistError
+
+
+def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: np.ndarray,
+                       y: np.ndarray, attrs: dict, meta: dict) -> Path:
+    """Write the sample (draws: indices (s,), weights (s,), rows X (s, d), y (s,)).
+
+    ``attrs`` are the dataset's (feature names, standardization); ``meta`` goes into the
+    Parquet metadata.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    uniq, first, counts = np.unique(indices, return_index=True, return_counts=True)
+    Xu = np.asarray(X)[first]
+    yu = np.asarray(y)[first]
+    w = np.asarray(weights, dtype=np.float64)[first]
+    names = list(attrs.get("features") or [f"x{j}" for j in range(Xu.shape[1])])
+    cols: dict[str, Any] = {"row": uniq, "multiplicity": counts.astype(np.int64), "weight": w,
+                            "sample_weight": w * counts}
+    for j, name in enumerate(names):
+        cols[name] = Xu[:, j]
+    cols["y"] = yu
+    st = attrs.get("standardize")
+    if st:
+        mu, sd = np.asarray(st["mean"]), np.asarray(st["scale"])
+        for j, name in enumerate(names):
+            cols[f"{name}__orig"] = Xu[:, j] * sd[j] + mu[j]
+    sty = attrs.get("standardize_target")
+    if sty:
+        cols["y__orig"] = yu * sty["scale"] + sty["mean"]
+    table = pa.Table.from_pandas(pd.DataFrame(cols), preserve_index=False)
+    info = {**meta, "features": names, "rows": int(uniq.size), "draws": int(indices.size)}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           b"nldist": json.dumps(info).encode()})
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_sample_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The sample table and its metadata, with a one-line error for a file that is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sample.parquet"
+    if not path.exists():
+        raise NldistError(f"{path} not found; run `nldist select` (or `nldist run`) first — "
+                          "it writes OUT/sample.parquet")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+        raise NldistError(f"cannot read {path} as Parquet ({type(exc).__name__})") from None
+    raw = (table.schema.metadata or {}).get(b"nldist")
+    if raw is None:
+        raise NldistError(f"{path} is not an nldist sample (no 'nldist' metadata)")
+    return table.to_pandas(), json.loads(raw)
