@@ -8,7 +8,7 @@ trained on the sample from theta_0, and its full-data loss is estimated, without
 with a 95% interval, from the evaluation sample (:func:`nldist.train.estimate_losses`).
 About two passes over X after ingest. Its cost (wall time, passes over X, bytes read)
 is written next to an estimate of what the full-data Gauss-Newton fit would cost on the
-same cluster (one measured pass times the iterations the pilot's fit took), or — with
+same cluster (one measured pass times the iterations the sample's fit took), or — with
 ``compare_full`` — next to that fit itself, measured, and the exact relative error.
 Writes ``metrics.json`` (``"mode": "select"``), ``samples/<kind>.npz``, ``sample.parquet``
 (the sample for the user's own training) and ``theta.npy``.
@@ -80,7 +80,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
             "max_weight": float(w.max()), "fit": stages.fit_info(fit),
             "loss_estimate": float(est[0]), "loss_ci95": _ci(est[0], se[0]),
             "loss_estimate_theta0": float(est[1]), "loss_ci95_theta0": _ci(est[1], se[1])}
-    full = stages.full_fit_estimate(ctx)
+    full = stages.full_fit_estimate(ctx, fit.iterations)
     metrics = {
         "mode": "select", "name": job.name, "dataset": str(stages.dataset_path(ctx)),
         "n_rows": n, "n_features": int(X0.shape[1]), "n_params": m.n_params,
