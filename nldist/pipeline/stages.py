@@ -295,8 +295,8 @@ def pilot(ctx: RunContext) -> np.ndarray:
 def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The pilot's rows by ``job.pilot_from``, with their provenance.
 
-    * ``reservoir`` — the first pilot_s rows of the uniform sample ingest wrote beside the
-      store (:func:`nldist.store.dataset.read_reservoir`): no read of X at all;
+    * ``reservoir`` — pilot_s rows (chosen by the job's seed) of the uniform sample ingest
+      wrote beside the store (:func:`nldist.store.dataset.read_reservoir`): no read of X;
     * ``chunks`` — pilot_s rows drawn uniformly from a seeded set of whole row chunks
       (at least :data:`PILOT_MIN_CHUNKS`, enough to hold pilot_s rows): reads only those
       chunks, but is uniform over the rows only when the store's row order is random;
@@ -318,9 +318,10 @@ def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
     res = read_reservoir(dataset_path(ctx)) if src in ("auto", "reservoir") else None
     if res is not None and res[2].size >= s:
         ctx.read("pilot", 0.0)
-        return res[0][:s], res[1][:s], res[2][:s], {
+        pick = np.sort(rng.choice(res[2].size, size=s, replace=False))  # the job's seed
+        return res[0][pick], res[1][pick], res[2][pick], {
             "from": "reservoir", "n": n, "rows": s, "fraction_read": 0.0,
-            "note": "uniform without replacement, drawn at ingest"}
+            "note": "uniform without replacement: a seeded subset of the ingest reservoir"}
     if src == "reservoir":
         have = 0 if res is None else res[2].size
         raise NldistError(f"pilot_from: reservoir needs {s} reservoir rows but the dataset has "
