@@ -226,6 +226,8 @@ def ignore_sigint() -> None:
     to print its own KeyboardInterrupt traceback."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tasks cancelled by the driver's teardown are expected, not worth a warning line
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 def _probe(address: str, timeout: float) -> None:
