@@ -286,3 +286,8 @@ def test_the_readme_hand_over_example_runs(tmp_path):
                                atol=1e-9)
     ds = nldist.to_torch(out)
     assert len(ds) == len(S) and len(ds[0]) == 3
+    # and the 'Python API' snippet, as written, on the same outputs
+    api = re.search(r"## Python API\n.*?```python\n(.*?)```", text, re.S).group(1)
+    ns: dict = {}
+    exec(compile(api.replace('"runs/california/', f'"{out}/'), "README.md", "exec"), ns)
+    assert np.isclose(ns["lev"].sum(), 10) and np.isclose(float(ns["p"].sum().compute()), 1)
