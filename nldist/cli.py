@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -315,9 +316,24 @@ class _Progress:
     stages that ended are logged above the bar with their time. Nothing with ``--quiet``.
     """
 
-    def __init__(self, name: str, quiet: bool) -> None:
+    def __init__(self, name: str, quiet: bool, log_file: Path | None = None) -> None:
         self.name, self.quiet = name, quiet
         self.prog: Any = None
+        self.log_file = log_file
+
+    def _log(self, event: Any) -> None:
+        """One plain line per finished stage in OUT/run.log (also with --quiet)."""
+        if self.log_file is None or event.status not in ("end", "reused", "recomputed"):
+            return
+        took = f" {event.seconds:.2f} s" if event.seconds is not None else ""
+        line = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.name}: {event.label} "
+                f"{event.status}{took}\n")
+        try:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_file, "a") as fh:
+                fh.write(line)
+        except OSError:  # a log line is never worth failing the run
+            self.log_file = None
 
     def __enter__(self) -> _Progress:
         if self.quiet:
@@ -341,6 +357,7 @@ class _Progress:
         return self
 
     def __call__(self, event: Any) -> None:
+        self._log(event)
         if self.prog is None:
             return
         if event.status == "start":
@@ -380,7 +397,7 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
     with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        with _Progress(job.name, quiet) as progress:
+        with _Progress(job.name, quiet, ctx.out / "run.log") as progress:
             ctx.subscribe(progress)
             if stage == "experiment":
                 result = pipeline.experiment(ctx, force=force)
@@ -509,7 +526,7 @@ def diagnose(
     with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        with _Progress(job.name, quiet) as progress:
+        with _Progress(job.name, quiet, dest / "run.log") as progress:
             res = pipeline.diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k,
                                     listener=progress, force=force)
     path = write_report(dest)

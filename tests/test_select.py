@@ -253,6 +253,10 @@ def test_select_on_the_command_line(npz, tmp_path):
     assert (tmp_path / "o" / "report.html").read_text().rstrip().endswith("</html>")
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["mode"] == "select" and m["cost"]["passes_over_x"] == 2.0
+    log = (tmp_path / "o" / "run.log").read_text().splitlines()  # one line per stage
+    assert any("cli: ingest into Zarr end" in ln for ln in log)
+    assert any("scores (nonlinear-leverage) end" in ln for ln in log)
+    assert any("training on the sample (nonlinear-leverage) end" in ln for ln in log)
 
 
 def test_the_readme_hand_over_example_runs(tmp_path):
