@@ -828,11 +828,6 @@ def table_partitions(source: str, fmt: str, blocksize: str = "64MB") -> list:
     return list(ddf.to_delayed())
 
 
-def map_partitions(parts: Sequence[Any], func: Callable) -> list:
-    """``[func(partition) for partition in parts]`` on the cluster (small results)."""
-    return list(dask.compute(*[dask.delayed(func, pure=True)(p) for p in parts]))
-
-
 def _take_rows(enc: tuple, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return enc[0][idx], enc[1][idx]
 

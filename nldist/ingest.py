@@ -17,6 +17,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from nldist import datasets, graph
 from nldist._budget import x_chunk_rows
@@ -325,6 +326,52 @@ def _pattern(src: str, fmt: str) -> str:
     return src.rstrip("/") + f"/*.{fmt}" if fs.isdir(root) else src
 
 
+def _source_files(pattern: str) -> tuple[Any, list[str]]:
+    """The data files a directory, glob or URL names (listing only; hidden and _-files out)."""
+    try:
+        fs, root = fsspec.core.url_to_fs(pattern)
+        files = sorted(fs.glob(root)) if any(ch in root for ch in "*?[") else \
+            sorted(fs.find(root)) if fs.isdir(root) else ([root] if fs.exists(root) else [])
+    except (OSError, ValueError) as exc:
+        raise NldistError(f"cannot list {pattern!r}: {type(exc).__name__}: {exc}; check the "
+                          "path, bucket and credentials (AWS_* variables, fsspec config)"
+                          ) from None
+    return fs, [f for f in files if not Path(f).name.startswith(("_", "."))]
+
+
+def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
+                   features: list[str] | None) -> None:
+    """Every file has the target and the features (all of the first file's columns when none
+    are chosen; then also no other columns): read from the files' footers / header lines
+    only, on the driver."""
+    def columns(f: str) -> list[str]:
+        with fs.open(f, "rb") as fh:
+            if fmt == "parquet":
+                return list(pq.read_schema(fh).names)
+            return pd.read_csv(fh, sep="\t" if fmt == "tsv" else ",", nrows=0).columns.tolist()
+
+    try:
+        first = columns(files[0])
+        want = set(features or [c for c in first if c != target]) | {target}
+        for f in files:
+            have = set(columns(f))
+            missing = sorted(want - have)
+            extra = sorted(have - set(first)) if features is None else []
+            if extra:
+                raise NldistError(f"file {f} has column(s) {', '.join(extra)} that {files[0]} "
+                                  "lacks; give files of one schema or choose the columns with "
+                                  "features: [...]")
+            if missing:
+                raise NldistError(f"file {f} lacks column(s) {', '.join(missing)} (of "
+                                  f"{files[0]}'s schema); give files of one schema or choose "
+                                  "the columns with features: [...]")
+    except NldistError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+        raise NldistError(f"cannot read the schema of the {fmt} files of this source "
+                          f"({type(exc).__name__}: {exc}); is every file complete?") from None
+
+
 def ingest_table(
     source: str,
     out: str | Path,
@@ -361,9 +408,17 @@ def ingest_table(
                           "dataset directory: remove the file or choose another path")
     if target is None:
         raise NldistError("no target column given; pass --target NAME (or target: in the job)")
-    parts = graph.table_partitions(_pattern(str(source), fmt), fmt)
+    pattern = _pattern(str(source), fmt)
+    fs, files = _source_files(pattern)
+    if not files:
+        raise NldistError(f"source {source!r} matches no files; check the path or glob")
+    _check_schemas(fs, files, fmt, target, features)
+    parts = graph.table_partitions(pattern, fmt)
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
-    stats = merge_stats(graph.map_partitions(parts, partial(partition_stats, **opts)))
+    names = ([f"file {f}" for f in files] if len(files) == len(parts)
+             else [f"partition {i} of {pattern}" for i in range(len(parts))])
+    stats = merge_stats(graph.map_tasks(partial(partition_stats, **opts),
+                                        list(zip(parts, names, strict=True))))
     plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
     n, d = plan["n_rows"], len(plan["features"])
     cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))

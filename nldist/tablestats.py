@@ -101,10 +101,14 @@ def _chan(a: list[float], b: list[float]) -> list[float]:
     return [n, ma + d * nb / n, sa + sb + d * d * na * nb / n]
 
 
-def partition_stats(df: pd.DataFrame, target: str, features: list[str] | None,
+def partition_stats(df: pd.DataFrame, where: str, target: str, features: list[str] | None,
                     classes: list[Any] | None, dropna: bool) -> dict:
-    """Statistics of one partition (see the module docstring)."""
-    df = select_columns(df, target, features, classes)
+    """Statistics of one partition (see the module docstring); ``where`` names it (its
+    file) in errors."""
+    try:
+        df = select_columns(df, target, features, classes)
+    except NldistError as exc:
+        raise NldistError(f"{where}: {exc}") from None
     nan = {str(c): int(v) for c, v in df.isna().sum().items() if v}
     inf = {}
     for c in df.columns:
@@ -116,7 +120,8 @@ def partition_stats(df: pd.DataFrame, target: str, features: list[str] | None,
     if dropna:
         df = df.dropna()
     out: dict[str, Any] = {"rows_in": rows_in, "rows": len(df), "nan": nan, "inf": inf,
-                           "text": {}, "moments": {}, "columns": [str(c) for c in df.columns]}
+                           "text": {}, "moments": {}, "columns": [str(c) for c in df.columns],
+                           "where": where}
     for c in df.columns:
         if is_text(df[c]):
             vc = df[c].astype(str).value_counts()
@@ -130,7 +135,21 @@ def merge_stats(parts: list[dict]) -> dict:
     """Merge :func:`partition_stats` results (the per-partition row counts kept in order)."""
     out: dict[str, Any] = {"rows_in": 0, "rows": 0, "nan": {}, "inf": {}, "text": {},
                            "moments": {}, "sizes": [], "columns": parts[0]["columns"]}
+    first = parts[0]
+    kinds0 = {c: c in first["text"] for c in first["columns"]}
     for p in parts:
+        if p["columns"] != first["columns"]:
+            extra = sorted(set(p["columns"]) ^ set(first["columns"]))
+            raise NldistError(f"{p['where']} has other columns than {first['where']} "
+                              f"({', '.join(extra) or 'in another order'}); give files of one "
+                              "schema, or choose the columns with features: [...]")
+        kinds = {c: c in p["text"] for c in p["columns"]}
+        if p["rows"] and first["rows"] and kinds != kinds0:
+            bad = [c for c in kinds if kinds[c] != kinds0[c]]
+            raise NldistError(f"column {bad[0]!r} is text in "
+                              f"{p['where'] if kinds[bad[0]] else first['where']} but numeric "
+                              f"in {first['where'] if kinds[bad[0]] else p['where']}; fix its "
+                              "values (a stray string?) or leave it out with features: [...]")
         out["rows_in"] += p["rows_in"]
         out["rows"] += p["rows"]
         out["sizes"].append(p["rows"])

@@ -176,3 +176,43 @@ def test_parquet_on_object_storage(diamonds, tmp_path, s3, sync_scheduler):
     assert g.attrs["source"] == "s3://bucket/pq"
     with pytest.raises(NldistError, match="matches no files|cannot list"):
         source_fingerprint("s3://bucket/nothing/*.parquet")
+    with pytest.raises(NldistError, match="matches no files|cannot list"):  # no such bucket
+        ingest_table("s3://no-such-bucket/pq", tmp_path / "nb.zarr", target=target)
+    assert not (tmp_path / "nb.zarr").exists()
+
+
+def _files(d, frames):
+    d.mkdir()
+    for i, f in enumerate(frames):
+        f.to_parquet(d / f"p{i}.parquet")
+    return str(d)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("schema", r"file .*p1.parquet has column\(s\) c that .*p0.parquet lacks"),
+    ("target", r"file .*p1.parquet lacks column\(s\) y"),
+    ("text", r"column 'a' is text in file .*p2.parquet but numeric in file .*p0.parquet"),
+])
+def test_bad_multi_file_tables_name_the_file(tmp_path, case, message, sync_scheduler):
+    """One line naming the file and the column; nothing written."""
+    rng = np.random.default_rng(0)
+
+    def frame(**extra):
+        return pd.DataFrame({"a": rng.normal(size=50), "y": rng.normal(size=50), **extra})
+
+    frames = [frame(), frame(), frame()]
+    if case == "schema":
+        frames[1] = frame(c=rng.normal(size=50))
+    elif case == "target":
+        frames[1] = frames[1].drop(columns="y")
+    else:
+        frames[2] = frames[2].assign(a=["1.5x"] * 50)
+    src = _files(tmp_path / "t", frames)
+    with pytest.raises(NldistError, match=message):
+        ingest_table(src, tmp_path / "o.zarr", target="y")
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
+
+
+def test_a_glob_that_matches_nothing(tmp_path, sync_scheduler):
+    with pytest.raises(NldistError, match="matches no files"):
+        ingest_table(str(tmp_path / "none-*.parquet"), tmp_path / "o.zarr", target="y")
