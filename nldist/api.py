@@ -10,6 +10,7 @@ import numpy as np
 from nldist import graph
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
+from nldist.models import check_model
 from nldist.models.base import Model
 from nldist.options import (
     Alpha,
@@ -60,6 +61,7 @@ def adjoint(model: Model, theta: Any, X: Any) -> np.ndarray:
     ndarray, shape (n, p), float64
         Rows satisfy f_i(theta) = f_i(0) + <theta, F*_i> to rounding (MATH.md (ID)).
     """
+    model = check_model(model)
     return model.adjoint(model.check_theta(theta), model.check_X(X))
 
 
@@ -77,6 +79,7 @@ def dual_matrix(model: Model, theta: Any, X: Any, y: Any) -> np.ndarray:
     -------
     ndarray, shape (n, p + 1), float64, with ``dual @ [theta, 1] == f(theta) - y``.
     """
+    model = check_model(model)
     X = model.check_X(X)
     y = np.asarray(y, dtype=np.float64).reshape(-1) if y is not None else None
     if y is None or y.shape[0] != X.shape[0]:

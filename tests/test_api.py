@@ -130,3 +130,17 @@ def test_bad_inputs(diabetes):
         nldist.scores(np.array([["a", "b"]]), kind="uniform")
     with pytest.raises(NldistError, match="2-D"):
         nldist.leverage(np.ones(3))
+
+
+def test_a_live_torch_module_as_model_is_a_one_line_error():
+    """model=<nn.Module> (issue 13): not an AttributeError, but the fix named."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    for call in (lambda: nldist.scores(X, X[:, 0], model=net, theta=np.zeros(21)),
+                 lambda: nldist.adjoint(net, np.zeros(21), X),
+                 lambda: nldist.dual_matrix(net, np.zeros(21), X, X[:, 0])):
+        with pytest.raises(nldist.NldistError, match=r"torch.Sequential — for a torch.nn.Module"
+                           r", name the function that builds it"):
+            call()

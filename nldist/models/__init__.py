@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,19 @@ def _factory(prefix: str) -> Callable[[str, int], Model]:
         module, name = entry.split(":")
         entry = FACTORIES[prefix] = getattr(importlib.import_module(module), name)
     return entry
+
+
+def check_model(model: Any) -> Model:
+    """``model`` itself when it is a :class:`Model`, else a one-line error naming the fix
+    (a live ``torch.nn.Module`` is named by the function that builds it)."""
+    if isinstance(model, Model):
+        return model
+    what = type(model).__module__.split(".")[0] + "." + type(model).__name__
+    hint = (" — for a torch.nn.Module, name the function that builds it: model="
+            "'torch:my_module:make_net(hidden=32)' (README 'Neural networks')"
+            if what.startswith("torch.") else "")
+    raise NldistError(f"model must be a spec string such as 'glm:sigmoid' or an nldist Model "
+                      f"from nldist.get_model, got a {what}{hint}")
 
 
 def get_model(spec: str, n_features: int) -> Model:
