@@ -33,6 +33,14 @@ CACHE_FRACTION = 0.25
 ROW_OVERHEAD_BYTES = 2 * 8
 #: (q, q) float64 matrices a scores task holds at once (Gram, R, R^-1, QR work)
 SMALL_MATRICES = 4
+#: driver bytes of the evaluation sample of the practical path (its rows, float64)
+EVAL_SAMPLE_BYTES = 128 * 2**20
+
+
+def eval_rows(requested: int, d: int) -> int:
+    """Rows of the evaluation sample: ``requested``, at most :data:`EVAL_SAMPLE_BYTES` of
+    (d + 1) float64 values each (wide data gets fewer rows, the driver stays bounded)."""
+    return max(1, min(int(requested), EVAL_SAMPLE_BYTES // (8 * (d + 1))))
 
 
 def sub_rows(q: int, itemsize: int = 8) -> int:

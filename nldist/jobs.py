@@ -204,8 +204,9 @@ class JobConfig(_Strict):
         "from a seeded uniform evaluation sample taken in the fused sampling pass; the "
         "default of `nldist select`)")
     eval_s: int = Field(100_000, gt=0, description="expected rows of the evaluation sample "
-                        "(Bernoulli, rate eval_s / n; gathered in the fused pass, no extra "
-                        "read; its 95% interval narrows as 1/sqrt(eval_s))")
+                        "(Bernoulli, rate eval_s / n, at most 128 MiB of rows; gathered in "
+                        "the fused pass, no extra read; its 95% interval narrows as "
+                        "1/sqrt(eval_s))")
     swish_bound: bool = Field(False, description="glm:swish only: sample the main kind "
                               "(linear-leverage) with s scaled by c2/c1 (MATH.md §5)")
     adjoint: AdjointOptions | None = Field(None, description="quadrature settings for models "

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from nldist._budget import eval_rows
 from nldist._version import __version__
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
@@ -56,7 +57,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     theta0, source = stages.select_theta(ctx)
     kind = job.kind
     s = stages.sample_size(ctx, kind)
-    rate = min(1.0, job.eval_s / n)
+    rate = min(1.0, eval_rows(job.eval_s, int(X0.shape[1])) / n)
     _, attrs, got, ev = stages.scores_and_sample(ctx, kind, theta0, [(s, stages.rng(ctx))],
                                                  eval_rate=rate)
     idx, w, Xs, ys = got[0]

@@ -586,7 +586,7 @@ def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
         ev = got["eval"] if eval_rate > 0 else None
         return graph.open_array(out.path.parent, kind), out.attrs, got["draws"], ev
     probs, attrs = scores(ctx, kind, at)
-    norm = out.load_pass1(PASS1_CLASSES)  # its chunk masses: the fused pass's routing
+    norm = out.stored_pass1(PASS1_CLASSES)  # its chunk masses: the fused pass's routing
     drawn = draw(ctx, probs, requests, kind, None if norm is None else norm.masses)
     allidx = np.unique(np.concatenate([idx for idx, _ in drawn]))
     with ctx.timed("gather"):

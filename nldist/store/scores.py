@@ -209,6 +209,10 @@ class ChunkedScores:
             self.stats["pass1"] = "reused"
         return norm
 
+    def stored_pass1(self, classes: dict[str, type]) -> Any:
+        """The stored pass-1 result (or None), without counting it as reused."""
+        return load_dataclass(self.path / "pass1.npz", self.key, classes)
+
     def save_pass1(self, norm: Any, classes: dict[str, type]) -> None:
         """Store the pass-1 result (a dataclass of ``classes``) beside the array."""
         self.stats["pass1"] = "computed"
