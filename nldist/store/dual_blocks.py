@@ -302,6 +302,10 @@ def _round_trip(store: DualStore, A: np.ndarray) -> float:
         shutil.rmtree(path, ignore_errors=True)
 
 
+#: floor of the per-byte I/O cost (4 GB/s)
+MIN_SECONDS_PER_BYTE = 1.0 / 4e9
+
+
 def io_cost(store: DualStore, rows: int, q: int) -> float | None:
     """Estimated seconds to persist a (rows, q) float64 block and read + verify it in pass 2.
 
@@ -321,7 +325,10 @@ def io_cost(store: DualStore, rows: int, q: int) -> float | None:
             t_big = _round_trip(store, big)
         except OSError:
             return None
-        per_byte = max(t_big - t_small, 0.0) / max(1, big.nbytes - 8 * qq)
+        # at least the cost of moving the bytes at 4 GB/s: two timings of a fast store can
+        # come out in either order, and an estimate must still grow with the block
+        per_byte = max(max(t_big - t_small, 0.0) / max(1, big.nbytes - 8 * qq),
+                       MIN_SECONDS_PER_BYTE)
         cal = (t_small, per_byte)
         _COST[where] = cal
     return cal[0] + cal[1] * 8.0 * rows * q
