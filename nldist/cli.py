@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from nldist import __version__, datasets, pipeline
-from nldist.cluster import INTERRUPTED, connect
+from nldist.cluster import INTERRUPT_REPORTED, INTERRUPTED, connect
 from nldist.errors import NldistError
 from nldist.ingest import RESERVOIR_ROWS, dataset_attrs, ingest_table, table_format
 from nldist.ingest import ingest as ingest_source
@@ -86,7 +85,7 @@ def _one_line_errors(fn: Callable) -> Callable:
             typer.echo(f"error: {_os_error(exc)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            if not os.environ.pop("NLDIST_INTERRUPTED", None):  # else printed already
+            if not INTERRUPT_REPORTED.is_set():  # else printed already
                 typer.echo(INTERRUPTED, err=True)
             raise typer.Exit(130) from None
 
@@ -146,6 +145,13 @@ def _print_summary(metrics: dict) -> None:
     con.print(table)
     t = metrics["timings"]
     con.print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+
+
+def _report(out: Path, quiet: bool, top_k: int | None = None) -> None:
+    """Write the report of a finished run in ``out`` and say where it is."""
+    path = write_report(out, top_k=top_k)
+    if not quiet:
+        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
 
 def _print_md(text: str) -> None:
@@ -439,11 +445,8 @@ def run(
     """Run a job end to end: scores, sample, train, evaluate, report."""
     ctx = _run_stage("evaluate", job_file, overrides, cluster, out, dry_run, verbose, quiet,
                      force=force, experiment=experiment)
-    if ctx is None:
-        return
-    path = write_report(ctx.out)
-    if not quiet:
-        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+    if ctx is not None:
+        _report(ctx.out, quiet)
 
 
 @app.command()
@@ -466,11 +469,8 @@ def select(
     loss — never fitting on all rows; prints its cost next to the full-data fit's."""
     ctx = _run_stage("select", job_file, overrides, cluster, out, dry_run, verbose, quiet,
                      force=force, compare_full=compare_full)
-    if ctx is None:
-        return
-    path = write_report(ctx.out)
-    if not quiet:
-        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+    if ctx is not None:
+        _report(ctx.out, quiet)
 
 
 def _stage_command(stage: str, doc: str) -> None:
@@ -529,7 +529,6 @@ def diagnose(
         with _Progress(job.name, quiet, dest / "run.log") as progress:
             res = pipeline.diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k,
                                     listener=progress, force=force)
-    path = write_report(dest)
     if not quiet:
         names = list(res["precision"])
         typer.echo(f"{res['n_flipped']:,} of {res['n_rows']:,} labels flipped; precision@k "
@@ -539,7 +538,7 @@ def diagnose(
                              + [f"| {kk} | " + " | ".join(f"{res['precision'][nm][i]:.3f}"
                                                          for nm in names) + " |"
                                 for i, kk in enumerate(res["ks"])]))
-        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+    _report(dest, quiet)
 
 
 @app.command()
@@ -551,8 +550,7 @@ def report(
         "tables, 50 for images)")] = None,
 ) -> None:
     """Write report.html (self-contained) and report.md with plots from a finished run."""
-    path = write_report(out_dir, top_k=top_k)
-    typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+    _report(out_dir, False, top_k)
 
 
 def main() -> None:  # pragma: no cover

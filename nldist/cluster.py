@@ -129,6 +129,8 @@ def driver_threads(n: int) -> Iterator[None]:
 
 #: the one line printed on Ctrl-C (before the cluster is torn down)
 INTERRUPTED = "error: interrupted; re-run the same command to resume"
+#: set once :func:`quiet_interrupt` has printed :data:`INTERRUPTED` (the CLI then does not)
+INTERRUPT_REPORTED = threading.Event()
 
 
 @contextlib.contextmanager
@@ -147,7 +149,7 @@ def quiet_interrupt() -> Iterator[None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
-        os.environ["NLDIST_INTERRUPTED"] = "1"
+        INTERRUPT_REPORTED.set()
         raise
 
 

@@ -407,8 +407,15 @@ def sample_many(
     sums = stats[:, 0] / total0
     if alpha:
         sums = (1 - alpha) * sums + alpha * np.asarray(probs.chunks[0], dtype=np.float64) / n
+    return _draw_routed(p, sums, sizes, requests)
+
+
+def _draw_routed(p: da.Array, sums: np.ndarray, sizes: Sequence[int],
+                 requests: Sequence[tuple[int, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The requests' draws from the (mixed) probabilities ``p`` whose blocks have masses
+    ``sums``: uniforms routed on the driver, each touched block resolving its own."""
     total, u, blk, local = _route(sums, sizes, requests)
-    offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(p.chunks[0])[:-1]]).astype(np.int64)
     pblocks = p.to_delayed().ravel()
     tasks, where = [], []
     for b in np.unique(blk):
@@ -432,21 +439,7 @@ def _sample_by_masses(probs: da.Array, requests: Sequence[tuple[int, Any]], alph
         raise NldistError("chunk masses do not match the probabilities' chunks; recompute "
                           "the scores")
     sums = _mixed_masses(masses, probs.chunks[0], alpha, n)
-    total, u, blk, local = _route(sums, sizes, requests)
-    offsets = np.concatenate([[0], np.cumsum(probs.chunks[0])[:-1]]).astype(np.int64)
-    pblocks = probs.to_delayed().ravel()
-    tasks, where = [], []
-    for b in np.unique(blk):
-        sel = np.flatnonzero(blk == b)
-        pb = dask.delayed(sampling.mixture, pure=True)(pblocks[b], alpha, n)
-        tasks.append(dask.delayed(sampling.draw_in_block, pure=True)(pb, local[sel]))
-        where.append((sel, offsets[b]))
-    indices = np.empty(u.size, dtype=np.int64)
-    pvals = np.empty(u.size, dtype=np.float64)
-    for (sel, off), (idx, pv) in zip(where, dask.compute(*tasks), strict=True):
-        indices[sel] = idx + off
-        pvals[sel] = pv
-    return [(indices[sl], 1.0 / (s * pvals[sl] / total)) for s, sl in _spans(sizes)]
+    return _draw_routed(sampling.mixture(probs, alpha, n), sums, sizes, requests)
 
 
 def _mixed_masses(masses: np.ndarray, rows: Sequence[int], alpha: float, n: int) -> np.ndarray:

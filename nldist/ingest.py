@@ -25,6 +25,7 @@ from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.store.dataset import (
     RESERVOIR_ROWS,
+    check_out,
     commit_partial,
     create_partial,
     read_attrs,
@@ -39,6 +40,7 @@ from nldist.tablestats import (
     make_plan,
     merge_stats,
     partition_stats,
+    select_columns,
 )
 
 log = logging.getLogger("nldist")
@@ -162,14 +164,7 @@ def prepare(
     """
     if target is None:
         raise NldistError("no target column given; pass --target NAME (or target: in the job)")
-    if target not in df.columns:
-        raise NldistError(f"target column {target!r} not in the table; columns are "
-                          f"{', '.join(map(str, df.columns[:20]))}")
-    cols = features if features else [c for c in df.columns if c != target]
-    missing_cols = [c for c in cols if c not in df.columns]
-    if missing_cols:
-        raise NldistError(f"feature column(s) {missing_cols} not in the table")
-    df = df[list(cols) + [target]]
+    df = select_columns(df, target, features, None)
     attrs: dict[str, Any] = {"target": str(target)}
     if classes is not None:
         if len(classes) != 2:
@@ -273,9 +268,7 @@ def ingest(
     -------
     Path of the written group.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    out = check_out(out, overwrite)  # before reading the source
     df, meta = read_source(source, target)
     X, y, attrs = prepare(df, meta["target"], features=features, classes=classes, dropna=dropna,
                           standardize=standardize, standardize_target=standardize_target,
@@ -400,12 +393,7 @@ def ingest_table(
     holds per-partition statistics only. Arguments as :func:`ingest`.
     """
     fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
-    if out.exists() and not out.is_dir():
-        raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
-                          "dataset directory: remove the file or choose another path")
+    out = check_out(out, overwrite)
     if target is None:
         raise NldistError("no target column given; pass --target NAME (or target: in the job)")
     pattern = _pattern(str(source), fmt)

@@ -68,6 +68,18 @@ def is_dataset(path: str | Path) -> bool:
     return p.is_dir() and (p / "zarr.json").exists()
 
 
+def check_out(out: str | Path, overwrite: bool) -> Path:
+    """The dataset path to write, refused (one line) when it exists without ``overwrite``
+    or is a file (``--overwrite`` replaces only a dataset directory)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
+    if out.exists() and not out.is_dir():
+        raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
+                          "dataset directory: remove the file or choose another path")
+    return out
+
+
 #: rows of the seeded uniform sample written beside X at ingest (the pilot's rows)
 RESERVOIR_ROWS = 10_000
 
@@ -82,12 +94,7 @@ def write_dataset(
     uniformly without replacement, in random order, seeded by ``seed`` — a pilot sample
     that costs no pass over X later (:func:`read_reservoir`). ``reservoir=0`` writes none.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise NldistError(f"{out} already exists; pass --overwrite or choose another path")
-    if out.exists() and not out.is_dir():
-        raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
-                          "dataset directory: remove the file or choose another path")
+    out = check_out(out, overwrite)
     n, d = X.shape
     cr = int(chunk_rows or x_chunk_rows(d, X.dtype.itemsize))
     if cr < 1:
