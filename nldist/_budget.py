@@ -78,19 +78,34 @@ def cache_budget(limits: list[int]) -> int | None:
     return int(CACHE_FRACTION * sum(limits))
 
 
-def memory_per_task(model, chunk_rows: int, n_features: int, itemsize: int) -> int:
+def memory_per_task(model, chunk_rows: int, n_features: int, itemsize: int,
+                    group: int = 1) -> int:
     """Peak bytes of one scores task on a chunk of X: independent of n.
 
-    ``chunk_rows * (d * itemsize + 8 d + model.memory_per_row() + 16)`` (the X chunk, its
-    float64 copy, the model's dual rows, per-row results) ``+ 4 (p+1)^2 * 8`` (the small
-    matrices) ``+ model.workspace_bytes()`` (the quadrature engine's batch, 0 for closed
-    forms).
+    ``chunk_rows * (d * itemsize + 8 d + group * model.memory_per_row() + 16)`` (the X chunk,
+    its float64 copy, the model's dual rows — ``group`` of them per example for the block
+    kinds of a C-output model: C, or k for ``block-sketch:k`` — per-row results)
+    ``+ 4 (p+1)^2 * 8`` (the small matrices) ``+ model.workspace_bytes()`` (the quadrature
+    engine's batch, 0 for closed forms). A dual block wider than
+    :data:`DUAL_BLOCK_BYTES` is split into more tasks (``chunk_rows`` is then the split
+    chunk's rows).
     """
     q = model.n_params + 1
-    per_row = n_features * itemsize + 8 * n_features + model.memory_per_row() \
+    per_row = n_features * itemsize + 8 * n_features + group * model.memory_per_row() \
         + ROW_OVERHEAD_BYTES
     return int(chunk_rows * per_row + SMALL_MATRICES * q * q * 8 + model.workspace_bytes())
 
 
-MEMORY_FORMULA = ("threads * chunk_rows * (d*itemsize + 8d + 24(p+1) + 16) + 32(p+1)^2 bytes "
-                  "(+ 16*max_elems for quadrature models), independent of n")
+MEMORY_FORMULA = ("threads * chunk_rows * (d*itemsize + 8d + 24(p+1) g + 16) + 32(p+1)^2 bytes "
+                  "(g = rows per example: C or k for block kinds, else 1; + 16*max_elems for "
+                  "quadrature models), independent of n")
+
+
+def task_rows(chunk_rows: int, q: int, group: int = 1) -> int:
+    """Examples per scores task: the X chunk, split so that its (rows x group, q) float64
+    block is at most :data:`DUAL_BLOCK_BYTES` (as :func:`nldist.graph.split_for_dual`)."""
+    cap = max(1, DUAL_BLOCK_BYTES // (8 * max(q, 1) * max(group, 1)))
+    if chunk_rows <= cap:
+        return int(chunk_rows)
+    k = -(-chunk_rows // cap)
+    return -(-chunk_rows // k)

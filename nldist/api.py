@@ -12,6 +12,7 @@ from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models import check_model
 from nldist.models.base import Model
+from nldist.models.losses import get_loss
 from nldist.options import (
     Alpha,
     PersistMode,
@@ -46,7 +47,8 @@ def _is_dask(a: Any) -> bool:
     return type(a).__module__.startswith("dask.")
 
 
-def adjoint(model: Model, theta: Any, X: Any) -> np.ndarray:
+def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None = None
+            ) -> np.ndarray:
     """Nonlinear adjoint F*(theta): row i is int_0^1 grad f_i(t theta) dt.
 
     Parameters
@@ -55,18 +57,49 @@ def adjoint(model: Model, theta: Any, X: Any) -> np.ndarray:
         From :func:`nldist.get_model`.
     theta : ndarray or torch.Tensor, shape (p,)
     X : ndarray, shape (n, d)
+    y : ndarray (n,), optional
+        Labels: with ``loss`` the adjoint of the residual r_i = r(f_i, y_i) instead
+        (MATH.md §6; ``cross_entropy``: r_i = sqrt(CE_i) of a C-output model).
+    loss : str, optional
+        ``squared``, ``bce``, ``poisson`` or ``cross_entropy``; needs y.
 
     Returns
     -------
     ndarray, shape (n, p), float64
-        Rows satisfy f_i(theta) = f_i(0) + <theta, F*_i> to rounding (MATH.md (ID)).
+        Rows satisfy f_i(theta) = f_i(0) + <theta, F*_i> to rounding (MATH.md (ID)); with a
+        loss, r_i(theta) = r_i(0) + <theta, r*_i>. A C-output model has no single adjoint
+        row: use ``model.adjoint_block`` (n, C, p) or a loss.
     """
     model = check_model(model)
-    return model.adjoint(model.check_theta(theta), model.check_X(X))
+    theta, X = model.check_theta(theta), model.check_X(X)
+    if loss is None and y is None:
+        if model.n_outputs > 1:
+            raise NldistError(f"model {model.spec!r} has {model.n_outputs} outputs; pass y and "
+                              "loss='cross_entropy' for the residual's adjoint, or use "
+                              "model.adjoint_block(theta, X) for the (n, C, p) block")
+        return model.adjoint(theta, X)
+    lo = get_loss(loss or ("cross_entropy" if model.n_outputs > 1 else "squared"))
+    yy = _labels(y, X.shape[0])
+    model.check_outputs(lo.name)
+    lo.check(model.predict(theta, X), yy)
+    if lo.name == "squared":
+        return model.adjoint(theta, X)
+    return model.residual_adjoint(theta, X, yy, lo)
 
 
-def dual_matrix(model: Model, theta: Any, X: Any, y: Any) -> np.ndarray:
-    """Augmented nonlinear dual matrix [F*(theta), f(0) - y].
+def _labels(y: Any, n: int) -> np.ndarray:
+    yy = None if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
+    if yy is None or yy.shape[0] != n:
+        raise NldistError(
+            f"y has {None if yy is None else yy.shape[0]} entries but X has {n} rows; "
+            f"pass y of shape ({n},)"
+        )
+    return yy
+
+
+def dual_matrix(model: Model, theta: Any, X: Any, y: Any, *, loss: str | None = None
+                ) -> np.ndarray:
+    """Augmented nonlinear dual matrix [F*(theta), f(0) - y] (or [r*(theta), r(0)]).
 
     Parameters
     ----------
@@ -74,20 +107,23 @@ def dual_matrix(model: Model, theta: Any, X: Any, y: Any) -> np.ndarray:
     theta : ndarray (p,)
     X : ndarray (n, d)
     y : ndarray (n,)
+    loss : str, optional
+        ``squared`` (default for one output), ``bce``, ``poisson``, or ``cross_entropy``
+        (default for a C-output model): then the rows are the residuals' adjoints and
+        ``r(0)`` (MATH.md §6).
 
     Returns
     -------
-    ndarray, shape (n, p + 1), float64, with ``dual @ [theta, 1] == f(theta) - y``.
+    ndarray, shape (n, p + 1), float64, with ``dual @ [theta, 1] == f(theta) - y``
+    (``r(theta)`` with a loss).
     """
     model = check_model(model)
     X = model.check_X(X)
-    y = np.asarray(y, dtype=np.float64).reshape(-1) if y is not None else None
-    if y is None or y.shape[0] != X.shape[0]:
-        raise NldistError(
-            f"y has {None if y is None else y.shape[0]} entries but X has {X.shape[0]} rows; "
-            f"pass y of shape ({X.shape[0]},)"
-        )
-    return dual_block(model, model.check_theta(theta), X, y)
+    y = _labels(y, X.shape[0])
+    lo = loss or ("cross_entropy" if model.n_outputs > 1 else "squared")
+    get_loss(lo)
+    model.check_outputs(lo)
+    return dual_block(model, model.check_theta(theta), X, y, lo)
 
 
 def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
@@ -144,6 +180,8 @@ def scores(
     sketch: Any = None,
     persist: str = "auto",
     device: str = "numpy",
+    loss: str | None = None,
+    random_state: int = 0,
 ) -> Any:
     """Importance scores: a probability vector over rows (sums to 1).
 
@@ -158,7 +196,8 @@ def scores(
         Parameters at which the nonlinear scores are taken (default zeros).
     kind : str
         One of nonlinear-leverage, nonlinear-norm, linear-leverage, linear-norm, uniform,
-        ridge-leverage.
+        ridge-leverage; for C-output models (``softmax:<C>``, ``mlp:<h>:<C>``) also
+        block-leverage, block-sketch:<k> and margin-leverage (README "Multi-class").
     ridge : float
         lambda for ``ridge-leverage``.
     linear_augment_y : bool
@@ -186,6 +225,11 @@ def scores(
         same scores to about 1e-12 relative); ``"auto"`` cuda when the worker has one,
         else numpy. The dual block itself is built on the host (persisted blocks are the
         same bytes). Requesting cuda where torch sees none raises an NldistError.
+    loss : str, optional
+        Residuals of the nonlinear kinds: ``squared`` (default for one output), ``bce``,
+        ``poisson``, ``cross_entropy`` (default for a C-output model: r_i = sqrt(CE_i)).
+    random_state : int
+        Seed of ``block-sketch:<k>``'s signs (a function of the seed and the row index).
 
     Returns
     -------
@@ -215,7 +259,7 @@ def scores(
         if not np.issubdtype(Xa.dtype, np.number):
             raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
         spec = make_spec(k, model, theta, Xa.shape[1], ya is not None, linear_augment_y,
-                         sketch=sk, device=device)
+                         loss=loss, sketch=sk, device=device, seed=random_state)
         if sk is not None and sk.rows:
             PiA = sketch_mod.rowsketch_block(Xa, ya, spec.rows, sk, 0)
             M, _ = sketch_mod.jl_factor(block_r(PiA), sk.jl, sk.seed)
@@ -231,7 +275,7 @@ def scores(
                 store.owner.cleanup()
     dX, dy = graph.as_dask_xy(X, y)
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
-                     sketch=sk, device=device)
+                     loss=loss, sketch=sk, device=device, seed=random_state)
     if sk is not None and sk.rows:
         return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     store = temporary(persist) if persist != "never" and spec.persistable else None

@@ -148,12 +148,12 @@ def tree_reduce(items: Sequence[Any], combine: Callable, split_every: int = SPLI
 def split_for_dual(
     X: da.Array, y: da.Array | None, spec: ScoreSpec
 ) -> tuple[da.Array, da.Array | None]:
-    """X, y with every row chunk split into near-equal parts whose (rows, q) matrix block is
-    at most :data:`nldist._budget.DUAL_BLOCK_BYTES` (unchanged when already so). Splits only, never
-    merges: each task still reads one chunk of the store. Deterministic in the chunking
-    and ``spec``, so pass 1 and pass 2 (and a persisted block's index) agree."""
+    """X, y with every row chunk split into near-equal parts whose (rows x group, q) matrix
+    block is at most :data:`nldist._budget.DUAL_BLOCK_BYTES` (unchanged when already so).
+    Splits only, never merges: each task still reads one chunk of the store. Deterministic in
+    the chunking and ``spec``, so pass 1 and pass 2 (and a persisted block's index) agree."""
     q = spec.n_cols(X.shape[1])
-    rows = max(1, DUAL_BLOCK_BYTES // (8 * max(q, 1)))
+    rows = max(1, DUAL_BLOCK_BYTES // (8 * max(q, 1) * spec.group))  # group rows / example
     if q == 0 or not X.chunks[0] or max(X.chunks[0]) <= rows:
         return X, y
     new: list[int] = []
@@ -221,20 +221,24 @@ def part_owner(rows: tuple[int, ...], parts: tuple[int, ...]) -> np.ndarray:
     return np.searchsorted(ends, starts, side="right")
 
 
+def _first(v: np.ndarray) -> int:
+    return int(np.asarray(v).reshape(-1)[0]) if np.size(v) else 0
+
+
 def _pass2_task(
-    xs: list, y: Any, spec: ScoreSpec, norm: Normalizer
+    xs: list, offs: np.ndarray, y: Any, spec: ScoreSpec, norm: Normalizer
 ) -> np.ndarray:
-    """Pass-2 task: X arrives as the list of its column blocks (one after ``as_dask_xy``)."""
+    """Pass-2 task: X arrives as the list of its column blocks (one after ``as_dask_xy``);
+    ``offs`` is the one-element block of the block's first global row."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
-    return block.pass2_block(x, y, spec, norm)
+    return block.pass2_block(x, y, spec, norm, offset=_first(offs))
 
 
-def _pass2_store_task(xs: list, ids: np.ndarray, y: Any, spec: ScoreSpec,
+def _pass2_store_task(xs: list, ids: np.ndarray, offs: np.ndarray, y: Any, spec: ScoreSpec,
                       norm: Normalizer, store: Any) -> np.ndarray:
     """Pass-2 task with a dual store: ``ids`` is the one-element block of chunk indices."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
-    index = int(np.asarray(ids).reshape(-1)[0]) if np.size(ids) else 0
-    return block.pass2_block(x, y, spec, norm, store, index)
+    return block.pass2_block(x, y, spec, norm, store, _first(ids), _first(offs))
 
 
 def pass2(
@@ -265,16 +269,19 @@ def _pass2(
     meta = np.empty((0,), dtype=np.float64)
     yargs: list[Any] = [y, "i"] if spec.needs_y else []
     ykw: dict[str, Any] = {} if spec.needs_y else {"y": None}
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(np.int64)
+    offs = da.from_array(starts, chunks=1)
+    # align_arrays=False: one index / offset per X block (sizes differ, block counts agree)
     if store is not None and spec.persistable:
         ids = da.from_array(np.arange(X.numblocks[0]), chunks=1)
-        # align_arrays=False: one index per X block (sizes differ, block counts agree)
         return da.blockwise(
-            _pass2_store_task, "i", X, "ij", ids, "i", *yargs, meta=meta, concatenate=False,
-            align_arrays=False, adjust_chunks={"i": X.chunks[0]}, spec=spec, norm=norm,
-            store=store, **ykw,
+            _pass2_store_task, "i", X, "ij", ids, "i", offs, "i", *yargs, meta=meta,
+            concatenate=False, align_arrays=False, adjust_chunks={"i": X.chunks[0]},
+            spec=spec, norm=norm, store=store, **ykw,
         )
-    return da.blockwise(_pass2_task, "i", X, "ij", *yargs, meta=meta, concatenate=False,
-                        spec=spec, norm=norm, **ykw)
+    return da.blockwise(_pass2_task, "i", X, "ij", offs, "i", *yargs, meta=meta,
+                        concatenate=False, align_arrays=False,
+                        adjust_chunks={"i": X.chunks[0]}, spec=spec, norm=norm, **ykw)
 
 
 def raw_spec(ridge: float = 0.0) -> ScoreSpec:

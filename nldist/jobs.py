@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dask.utils import parse_bytes
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,7 +37,7 @@ from nldist.options import (
 )
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import NAMES as KINDS
-from nldist.scores.kinds import KindName as Kind
+from nldist.scores.kinds import get_kind
 
 
 class _Strict(BaseModel):
@@ -56,6 +57,17 @@ class DatasetConfig(_Strict):
     dropna: bool = False
     chunk_rows: int | None = Field(None, gt=0, description="rows per Zarr chunk (~32 MiB)")
     dtype: Literal["float32", "float64"] = "float64"
+
+
+def _check_kind(v: str) -> str:
+    try:
+        return get_kind(v).name
+    except NldistError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: a score kind string (``block-sketch:<k>`` included), checked against the registry
+Kind = Annotated[str, AfterValidator(_check_kind)]
 
 
 def _check_bytes(v: str) -> str:
@@ -189,9 +201,10 @@ class JobConfig(_Strict):
     theta: str = Field("optimum", description="zeros | init (the model's starting point) | "
                        "optimum (full-data theta*) | pilot (uniform pilot sample -> theta_0, "
                        "MATH.md §5) | path to a .npy or a torch .pt checkpoint")
-    loss: Literal["squared", "bce", "poisson"] = Field(
+    loss: Literal["squared", "bce", "poisson", "cross_entropy"] = Field(
         "squared", description="squared | bce (sigmoid outputs, 0/1 labels) | poisson "
-        "(positive outputs, y >= 0); residuals sign(f-y) sqrt(loss) (MATH.md §6)")
+        "(positive outputs, y >= 0) | cross_entropy (C-output models: softmax:<C>, "
+        "mlp:<h>:<C>; integer labels 0..C-1); residuals sign(f-y) sqrt(loss) (MATH.md §6)")
     pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot")
     pilot_from: Literal["auto", "reservoir", "chunks", "gather"] = Field(
         "auto", description="where the pilot's rows come from: reservoir (the uniform sample "
@@ -258,6 +271,25 @@ class JobConfig(_Strict):
             return check_device(v)
         except NldistError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _outputs(self) -> JobConfig:
+        spec = self.model.replace(" ", "")
+        multi = spec.startswith(("softmax:", "mlp:"))
+        single = spec.startswith(("linear", "glm:", "relu2:"))
+        if multi and self.loss != "cross_entropy":
+            raise ValueError(f"model {spec} has C outputs; set loss: cross_entropy")
+        if single and self.loss == "cross_entropy":
+            raise ValueError(f"loss cross_entropy needs a C-output model (softmax:<C>, "
+                             f"mlp:<h>:<C>); {spec} has one output — use loss: bce for two "
+                             "classes")
+        kinds = [*self.kinds(), *(self.experiment.kinds if self.experiment else [])]
+        if single:
+            for k in kinds:
+                if get_kind(k).multi_output:
+                    raise ValueError(f"kind {k} is for C-output models (softmax:<C>, "
+                                     f"mlp:<h>:<C>); {spec} has one output")
+        return self
 
     @model_validator(mode="after")
     def _swish_bound(self) -> JobConfig:

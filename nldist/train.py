@@ -12,6 +12,19 @@ H = 2 J^T W J; two are provided:
 Stopping rule (the stated tolerance): an accepted step whose relative decrease
 ``(L_old - L_new) / L_old`` is below ``tol`` (default 1e-12), or a step whose
 predicted decrease is below ``tol * L``; ``max_iter`` caps the iterations.
+
+**Cross-entropy** (C-output models, ``loss: cross_entropy``): for ``softmax:<C>`` the same
+Levenberg-Marquardt method with the exact Hessian ``sum_i w_i (diag pi_i - pi_i pi_i^T) (x)
+x~_i x~_i^T`` as H (a Kronecker GEMM, :func:`nldist.scores.linalg.kron_gram`; cross-entropy
+is convex in the logits, so Gauss-Newton is Newton), same stopping rule. Networks are
+trained without a Jacobian (:func:`fit_ball_smooth`; their Gauss-Newton matrix would be
+(C p) x p per row): the weighted loss ``sum_i w_i CE_i`` and its gradient (torch autograd)
+drive L-BFGS (scipy); if its minimizer leaves the ball, the ball's optimum is the minimizer
+of ``L + mu/2 ||theta||^2`` whose norm is R (Brent's method on mu, warm-started L-BFGS
+inside). Stated tolerance there: gradient ``||g||_inf`` at most ``CE_GTOL`` x its value at
+the start (or L-BFGS's relative decrease below ``CE_FTOL``), ``||theta||`` within 1e-7 of R
+when the ball is active. The full-data optimum uses the same methods, one distributed pass
+per evaluation (:func:`gn_block`).
 """
 
 from __future__ import annotations
@@ -26,9 +39,17 @@ from scipy import optimize
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models.base import Model
-from nldist.models.losses import get_loss
+from nldist.models.losses import check_labels, get_loss, softmax
+from nldist.scores.linalg import kron_gram
 
 Oracle = Callable[[np.ndarray], dict]
+
+#: cross-entropy training: relative gradient tolerance, L-BFGS relative decrease, fewest
+#: L-BFGS iterations allowed per inner problem (first-order methods need more than
+#: Gauss-Newton)
+CE_GTOL = 1e-7
+CE_FTOL = 1e-13
+CE_MIN_ITER = 1000
 
 
 @dataclass
@@ -166,6 +187,204 @@ def fit_ball(
     return FitResult(theta, float(cur["loss"]), it, converged, calls, history)
 
 
+def fit_ball_smooth(
+    oracle: Oracle, theta0: np.ndarray, radius: float, gtol: float = CE_GTOL,
+    max_iter: int = CE_MIN_ITER,
+) -> FitResult:
+    """Minimize a smooth loss over the ball ||theta|| <= radius from (loss, gradient) alone.
+
+    L-BFGS (scipy) on the loss itself; when its minimizer leaves the ball, the ball's
+    optimum is the minimizer of ``L + mu/2 ||theta||^2`` whose norm is the radius (the KKT
+    conditions; for a convex loss ||theta(mu)|| decreases with mu), so mu is found by
+    Brent's method on ``log mu``, each inner problem by L-BFGS warm-started at the last
+    one. Stated tolerance: inner gradient ``||g||_inf <= gtol * ||g(theta0)||_inf`` (or a
+    relative decrease below ``CE_FTOL``), the norm within ``1e-7`` of the radius.
+
+    Parameters
+    ----------
+    oracle : callable theta (p,) -> {"loss": float, "grad": (p,)}
+    theta0 : ndarray (p,)
+    radius : float
+    gtol : float
+    max_iter : int
+        L-BFGS iterations per inner problem.
+
+    Returns
+    -------
+    FitResult
+    """
+    if not (np.isfinite(radius) and radius > 0):
+        raise NldistError(f"ball radius must be a positive number, got {radius!r}")
+    calls = [0]
+    history: list[float] = []
+    cache: dict[bytes, tuple[float, np.ndarray]] = {}
+
+    def f(t: np.ndarray) -> tuple[float, np.ndarray]:
+        key = t.tobytes()
+        if key not in cache:
+            calls[0] += 1
+            out = oracle(t)
+            if len(cache) > 4:
+                cache.clear()
+            cache[key] = float(out["loss"]), np.asarray(out["grad"], dtype=np.float64)
+        return cache[key]
+
+    theta = project_ball(np.asarray(theta0, dtype=np.float64).copy(), radius)
+    L, g = f(theta)
+    if not np.isfinite(L):
+        raise NldistError("the loss is not finite at the starting point; check data and model")
+    atol = gtol * max(float(np.max(np.abs(g))), 1e-300)
+    iters = [0]
+    ok = [True]
+
+    def solve(mu: float, start: np.ndarray, limit: int = max_iter) -> np.ndarray:
+        def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
+            v, gr = f(t)
+            return v + 0.5 * mu * float(t @ t), gr + mu * t
+
+        res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
+                                options={"maxiter": limit, "ftol": CE_FTOL, "gtol": atol,
+                                         "maxcor": 20})
+        iters[0] += int(res.nit)
+        ok[0] = ok[0] and (bool(res.success) or res.nit < limit)
+        history.append(float(res.fun))
+        return res.x
+
+    free = solve(0.0, theta, min(max_iter, 100))  # a short look: inside or outside?
+    if float(np.linalg.norm(free)) <= radius and not ok[0]:
+        ok[0] = True
+        free = solve(0.0, free)
+    if float(np.linalg.norm(free)) <= radius:
+        Lf, _ = f(free)
+        return FitResult(free, Lf, iters[0], ok[0], calls[0], history)
+    ok[0] = True
+    # the optimum is on the sphere: mu with ||theta(mu)|| = radius
+    last = [project_ball(free, radius)]
+
+    def psi(log_mu: float) -> float:
+        last[0] = solve(float(np.exp(log_mu)), last[0])
+        return float(np.linalg.norm(last[0])) / radius - 1.0
+
+    Lp, gp = f(last[0])
+    mu0 = max(abs(float(gp @ last[0])) / radius**2, 1e-12)  # the KKT multiplier's estimate
+    lo, hi = np.log(mu0), np.log(mu0)
+    vlo = vhi = psi(lo)
+    step = 2.0
+    while vhi > 0 and hi < 300:  # norm too large: more penalty
+        lo, vlo = hi, vhi
+        hi += step
+        vhi = psi(hi)
+        step *= 2
+    while vlo < 0 and lo > -300:  # norm too small: less penalty
+        hi, vhi = lo, vlo
+        lo -= step
+        vlo = psi(lo)
+        step *= 2
+    converged = ok[0]
+    v = vhi
+    if vlo >= 0 >= vhi and vlo != vhi:  # Illinois regula falsi on log mu (ends kept)
+        side = 0
+        for _ in range(60):
+            mid = hi - vhi * (hi - lo) / (vhi - vlo)
+            if not lo < mid < hi:
+                mid = 0.5 * (lo + hi)
+            v = psi(mid)
+            if abs(v) <= 1e-8 or hi - lo <= 1e-12:
+                break
+            if v > 0:
+                lo, vlo = mid, v
+                vhi = vhi / 2 if side == 1 else vhi
+                side = 1
+            else:
+                hi, vhi = mid, v
+                vlo = vlo / 2 if side == -1 else vlo
+                side = -1
+    theta = project_ball(last[0], radius)
+    if converged and abs(v) <= 1e-7:
+        L, _ = f(theta)
+        return FitResult(theta, L, iters[0], True, calls[0], history)
+    # no mu gives the radius (a non-convex loss: the penalized minimizers jump between
+    # basins): spectral projected gradient from the projection
+    theta, L, done, k = _spg(f, theta, radius, atol, max_iter, history)
+    return FitResult(theta, L, iters[0] + k, done, calls[0], history)
+
+
+def _spg(f: Callable, theta: np.ndarray, radius: float, atol: float, max_iter: int,
+         history: list[float]) -> tuple[np.ndarray, float, bool, int]:
+    """Spectral projected gradient on the ball (Birgin, Martinez & Raydan 2000: Barzilai-
+    Borwein steps, nonmonotone Armijo search over the last 10 values); stops when the
+    projected gradient ``||P(theta - g) - theta||_inf <= atol``."""
+    L, g = f(theta)
+    step = 1.0 / max(float(np.max(np.abs(project_ball(theta - g, radius) - theta))), 1e-300)
+    recent = [L]
+    for k in range(1, max_iter + 1):
+        if float(np.max(np.abs(project_ball(theta - g, radius) - theta))) <= atol:
+            return theta, L, True, k
+        d = project_ball(theta - step * g, radius) - theta
+        gd = float(g @ d)
+        if gd >= 0:
+            return theta, L, True, k
+        ref, alpha = max(recent[-10:]), 1.0
+        for _ in range(60):
+            new = theta + alpha * d
+            Ln, gn = f(new)
+            if np.isfinite(Ln) and Ln <= ref + 1e-4 * alpha * gd:
+                break
+            alpha *= 0.5
+        else:
+            return theta, L, False, k
+        sv, yv = new - theta, gn - g
+        sy = float(sv @ yv)
+        step = float(np.clip((sv @ sv) / sy, 1e-30, 1e30)) if sy > 0 else 1e30
+        theta, L, g = new, Ln, gn
+        recent.append(L)
+        history.append(L)
+    return theta, L, False, max_iter
+
+
+def ce_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
+              ) -> Oracle:
+    """(loss, gradient) of the weighted cross-entropy ``sum_i w_i CE_i(theta)`` of a C-output
+    model: a NumPy vector-Jacobian product for closed forms (``softmax:<C>``), torch
+    autograd otherwise."""
+    ce = get_loss("cross_entropy")
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    yi = check_labels(y, model.n_outputs)
+    w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
+    if model.closed_form:
+        kron = getattr(model, "kron_design", None)
+        Xd = None if kron is None else kron(X)
+
+        def oracle(theta: np.ndarray) -> dict:
+            Z = model.predict(theta, X)
+            ell = ce.row_loss(Z, yi)
+            P = softmax(Z)
+            E = P.copy()
+            E[np.arange(len(yi)), yi] -= 1.0
+            out = {"loss": float(w @ ell), "grad": model.vjp(theta, X, w[:, None] * E)}
+            if Xd is not None:  # softmax: the exact Hessian sum_i w_i H_i (x) x~ x~^T
+                out["gn"] = kron_gram(w[:, None, None] * (
+                    P[:, :, None] * np.eye(P.shape[1])[None] - P[:, :, None] * P[:, None, :]),
+                    Xd)
+            return out
+
+        return oracle
+    import torch
+
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
+    yt = torch.as_tensor(yi)
+    wt = torch.as_tensor(w)
+
+    def oracle(theta: np.ndarray) -> dict:
+        th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+        Z = model.torch_forward(th, Xt)
+        L = (wt * torch.nn.functional.cross_entropy(Z, yt, reduction="none")).sum()
+        (g,) = torch.autograd.grad(L, th)
+        return {"loss": float(L.detach()), "grad": g.numpy()}
+
+    return oracle
+
+
 def sample_oracle(
     model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray, loss: str = "squared"
 ) -> Oracle:
@@ -282,6 +501,13 @@ def train_on_sample(
     """
     X = model.check_X(X)
     theta0 = model.initial_theta() if theta0 is None else model.check_theta(theta0)
+    model.check_outputs(loss)
+    if loss == "cross_entropy":
+        if getattr(model, "kron_design", None) is not None:  # softmax: exact Hessian, LM
+            return fit_ball(ce_oracle(model, X, y, weights), theta0, radius, tol=tol,
+                            max_iter=max_iter)
+        return fit_ball_smooth(ce_oracle(model, X, y, weights), theta0, radius,
+                               max_iter=max(max_iter, CE_MIN_ITER))
     return fit_ball(sample_oracle(model, X, y, weights, loss), theta0, radius, tol=tol,
                     max_iter=max_iter)
 
@@ -302,10 +528,13 @@ def gn_block(
 
     Returns
     -------
-    dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J
+    dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J — without ``gn`` for
+    ``cross_entropy`` (trained from the gradient alone, :func:`fit_ball_smooth`)
     """
     check_finite_block(np.asarray(X), np.asarray(y), offset)
     y = np.asarray(y, dtype=np.float64)
+    if loss == "cross_entropy":
+        return ce_oracle(model, np.asarray(X, dtype=np.float64), y)(theta)
     if loss == "squared":
         r = model.predict(theta, X) - y
         J = model.jacobian(theta, X)

@@ -87,3 +87,27 @@ class ReLUNet(nn.Module):
 def relu_net(n_features: int, hidden: int = 16, depth: int = 1, out: str = "identity") -> nn.Module:
     """:class:`ReLUNet` (homogeneous; depth=1 is the torch twin of ``relu2:<hidden>``)."""
     return ReLUNet(n_features, hidden=hidden, depth=depth, out=out)
+
+
+def classifier(n_features: int, hidden: str | int = "32", n_classes: int = 10,
+               act: str = "relu") -> nn.Module:
+    """C-class MLP: d -> h1 -> h2 ... -> C logits (the ``mlp:<h1>,<h2>:<C>[:act]`` spec).
+
+    Parameters
+    ----------
+    n_features : int
+    hidden : str or int
+        Hidden widths, ``"64-32"`` for two layers.
+    n_classes : int
+        C, the number of logits.
+    act : str
+        Activation between layers (relu, tanh, gelu, silu, softplus, sigmoid).
+    """
+    widths = [int(h) for h in str(hidden).split("-") if h]
+    layers: list[nn.Module] = []
+    prev = n_features
+    for h in widths:
+        layers += [nn.Linear(prev, h), _ACTS[act]()]
+        prev = h
+    layers.append(nn.Linear(prev, n_classes))
+    return nn.Sequential(*layers)

@@ -11,7 +11,9 @@ spec                      model                                      module
 ``linear[:nobias]``       <w, x> + b                                 :mod:`.glm`
 ``glm:<act>[:nobias]``    act(<w, x> + b)                            :mod:`.glm`
 ``relu2:<h>[:<act>]``     act(sum_j a_j relu(<b_j, x>))              :mod:`.relu2`
-``torch:<mod>:<factory>`` any torch.nn.Module                        :mod:`.torchmodel`
+``torch:<mod>:<factory>`` any torch.nn.Module ((n,) or (n, C) out)  :mod:`.torchmodel`
+``softmax:<C>[:nobias]``  C logits W [x, 1] (multinomial logistic)   :mod:`.softmax`
+``mlp:<h1>,..:<C>[:act]`` MLP classifier, C logits                   :mod:`.torchmodel`
 ========================  =========================================  ===================
 """
 
@@ -24,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from nldist.errors import NldistError
-from nldist.models import glm, relu2
+from nldist.models import glm, relu2, softmax
 from nldist.models.base import Model
 from nldist.models.glm import SPEC_HELP
-from nldist.models.torchspec import parse_torch_spec
+from nldist.models.torchspec import mlp_torch_spec, parse_torch_spec
 
 #: spec prefix -> factory(spec, d), or "module:function" loaded on first use
 FACTORIES: dict[str, Callable[[str, int], Model] | str] = {
@@ -35,6 +37,8 @@ FACTORIES: dict[str, Callable[[str, int], Model] | str] = {
     "glm": glm.glm_spec,
     "relu2": relu2.relu2_spec,
     "torch": "nldist.models.torchmodel:torch_spec",
+    "softmax": softmax.softmax_spec,
+    "mlp": "nldist.models.torchmodel:mlp_spec",
 }
 
 
@@ -99,6 +103,8 @@ def check_spec(spec: str) -> str:
     called: it may need the real number of features); one-line error when it is bad."""
     if isinstance(spec, str) and spec.strip().startswith("torch:"):
         parse_torch_spec(spec, check_import=True)
+    elif isinstance(spec, str) and spec.strip().startswith("mlp:"):
+        mlp_torch_spec(spec)
     else:
         get_model(spec, 1)
     return spec

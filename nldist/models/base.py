@@ -47,6 +47,8 @@ class Model:
     closed_form = False
     #: k when the output is positively k-homogeneous in theta (one-gradient adjoint)
     homogeneous_degree = None
+    #: C: outputs per row (logits of a C-class classifier); 1 for (n,) models
+    n_outputs = 1
 
     # -- validation -----------------------------------------------------------------
     def check_theta(self, theta: Any) -> np.ndarray:
@@ -99,6 +101,35 @@ class Model:
     def jacobian(self, theta: Any, X: Any) -> np.ndarray:
         """d f_i / d theta, (n, p) float64."""
         raise self._missing("jacobian")
+
+    # -- C outputs (n_outputs > 1) ----------------------------------------------------------
+    def output_adjoint(self, theta: Any, X: Any, V: Any) -> np.ndarray:
+        """Adjoint (n, p) of the combination ``sum_c V_ic f_ic(theta)`` of a C-output model's
+        outputs, V of shape (n, C): row i is ``V_i^T A_i`` for the adjoint block A_i (C, p)."""
+        raise self._missing("output_adjoint")
+
+    def adjoint_block(self, theta: Any, X: Any) -> np.ndarray:
+        """The adjoint block A_i = int_0^1 J_i(t theta) dt of every row, (n, C, p) float64:
+        one :meth:`output_adjoint` per output (C vector-Jacobian products per node)."""
+        theta, X = self.check_theta(theta), self.check_X(X)
+        C = self.n_outputs
+        out = np.empty((X.shape[0], C, self.n_params))
+        for c in range(C):
+            V = np.zeros((X.shape[0], C))
+            V[:, c] = 1.0
+            out[:, c] = self.output_adjoint(theta, X, V)
+        return out
+
+    def check_outputs(self, loss: str | None = None) -> None:
+        """One-line error when the model's outputs and the loss do not fit each other."""
+        vec = loss in ("cross_entropy",)
+        if self.n_outputs > 1 and loss is not None and not vec:
+            raise NldistError(f"model {self.spec!r} has {self.n_outputs} outputs; use loss: "
+                              "cross_entropy (multi-output regression is not supported)")
+        if self.n_outputs == 1 and vec:
+            raise NldistError(f"loss 'cross_entropy' needs a model with C >= 2 outputs, "
+                              f"{self.spec!r} has one; use softmax:<C>, mlp:<h>:<C>, or loss: "
+                              "bce for two classes")
 
     def f0(self, X: Any) -> np.ndarray:
         """f(0; x_i), (n,) float64."""

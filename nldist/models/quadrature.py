@@ -68,6 +68,7 @@ __all__ = [
     "integrate",
     "jacobian",
     "options",
+    "outputs",
     "predict",
 ]
 
@@ -192,11 +193,17 @@ class _Recorder(TorchFunctionMode):
 # --------------------------------------------------------------------------------------
 
 
-def as_rows(out: Any, n: int, where: str = "model") -> torch.Tensor:
-    """Normalize a forward output to shape (n,) or raise a one-line error."""
+def as_rows(out: Any, n: int, where: str = "model", n_outputs: int = 1) -> torch.Tensor:
+    """Normalize a forward output to shape (n,) — or check it is (n, C) for a model with
+    ``n_outputs`` = C > 1 — or raise a one-line error."""
     if not isinstance(out, torch.Tensor):
         raise NldistError(f"{where} forward returned {type(out).__name__}, not a tensor; "
                           "return a tensor of shape (n,) or (n, 1)")
+    if n_outputs > 1:
+        if out.ndim != 2 or tuple(out.shape) != (n, n_outputs):
+            raise NldistError(f"{where} forward maps (n, d) to shape {tuple(out.shape)} for "
+                              f"n={n}; it must return (n, {n_outputs}) — C outputs per row")
+        return out
     if out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
     if out.ndim != 1 or out.shape[0] != n:
@@ -218,7 +225,13 @@ class _RayBase:
     """Common state: theta as named tensors, data, per-row aux (labels) and a post-map."""
 
     def __init__(self, params: dict[str, torch.Tensor], X: torch.Tensor,
-                 aux: torch.Tensor | None, post: Post | None, max_elems: int) -> None:
+                 aux: torch.Tensor | None, post: Post | None, max_elems: int,
+                 n_outputs: int = 1) -> None:
+        if n_outputs > 1 and post is None:
+            raise NldistError(f"the model has {n_outputs} outputs; its adjoint is taken of one "
+                              "scalar of them (a loss residual, the margin or a combination "
+                              "of outputs): use loss cross_entropy or a block kind")
+        self.n_outputs = int(n_outputs)
         self.params = params
         self.names = list(params)
         self.X = X
@@ -237,6 +250,14 @@ class _RayBase:
 
     def _apply_post(self, out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return out if self.post is None else self.post(out, a)
+
+    def _finish(self, raw: Any, a: torch.Tensor, n: int) -> torch.Tensor:
+        """The scalar per row (n,) of a raw forward output: (n,) or (n, 1) post-mapped, or
+        the post-map of the (n, C) outputs of a C-output model."""
+        if self.n_outputs == 1:
+            return self._apply_post(as_rows(raw, n), a)
+        return as_rows(self.post(as_rows(raw, n, n_outputs=self.n_outputs), a), n,
+                       "post-map of the model")
 
     # interface ------------------------------------------------------------------------
     def forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
@@ -270,13 +291,12 @@ class FunctionalRay(_RayBase):
 
     def __init__(self, fn: Callable, params: dict[str, torch.Tensor], X: torch.Tensor,
                  aux: torch.Tensor | None = None, post: Post | None = None,
-                 max_elems: int = 1 << 22) -> None:
-        super().__init__(params, X, aux, post, max_elems)
+                 max_elems: int = 1 << 22, n_outputs: int = 1) -> None:
+        super().__init__(params, X, aux, post, max_elems, n_outputs)
         self.fn = fn
 
         def f1(prm: dict, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            out = as_rows(self.fn(prm, x.unsqueeze(0)), 1)
-            return self._apply_post(out, a.unsqueeze(0))[0]
+            return self._finish(self.fn(prm, x.unsqueeze(0)), a.unsqueeze(0), 1)[0]
 
         self._f1 = f1
         self._g1 = grad(f1)
@@ -286,8 +306,7 @@ class FunctionalRay(_RayBase):
         outs = []
         for a, b in _chunks(len(rows), self.max_elems // max(1, self.X.shape[1] * 4)):
             r = rows[a:b]
-            out = as_rows(self.fn(prm, self.X[r]), b - a)
-            outs.append(self._apply_post(out, self.aux[r]))
+            outs.append(self._finish(self.fn(prm, self.X[r]), self.aux[r], b - a))
         return torch.cat(outs) if outs else self.theta.new_zeros(0)
 
     def values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
@@ -295,12 +314,12 @@ class FunctionalRay(_RayBase):
             prm = self._scaled(s)
             if record:
                 with _Recorder(1) as rec:
-                    out = as_rows(self.fn(prm, x.unsqueeze(0)), 1)
+                    out = self.fn(prm, x.unsqueeze(0))
                 sw = rec.stacked(out)[0]
             else:
-                out = as_rows(self.fn(prm, x.unsqueeze(0)), 1)
+                out = self.fn(prm, x.unsqueeze(0))
                 sw = out.new_zeros(0)
-            return self._apply_post(out, a.unsqueeze(0))[0], sw
+            return self._finish(out, a.unsqueeze(0), 1)[0], sw
 
         vals, sws = [], []
         for a, b in _chunks(len(rows), self.max_elems // max(1, 4 * self.p)):
@@ -377,8 +396,8 @@ class ScaledModuleRay(_RayBase):
     def __init__(self, module: torch.nn.Module, params: dict[str, torch.Tensor],
                  buffers: dict[str, torch.Tensor], X: torch.Tensor,
                  aux: torch.Tensor | None = None, post: Post | None = None,
-                 max_elems: int = 1 << 22, width: int = 1) -> None:
-        super().__init__(params, X, aux, post, max_elems)
+                 max_elems: int = 1 << 22, width: int = 1, n_outputs: int = 1) -> None:
+        super().__init__(params, X, aux, post, max_elems, n_outputs)
         self.module = module
         self.buffers = buffers
         self.width = max(1, int(width))
@@ -386,7 +405,7 @@ class ScaledModuleRay(_RayBase):
         def h(prm: dict, x: torch.Tensor, a: torch.Tensor, t: torch.Tensor, c: torch.Tensor):
             J = t.shape[0]
             out = self._run(prm, x.unsqueeze(0).expand(J, *x.shape), t)
-            return (c * self._apply_post(out, a.expand(J))).sum()
+            return (c * self._finish(out, a.expand(J, *a.shape), J)).sum()
 
         self._gh = grad(h)
 
@@ -396,14 +415,14 @@ class ScaledModuleRay(_RayBase):
             out = functional_call(self.module, (prm, self.buffers), (Xb,))
         finally:
             _SCALE.reset(tok)
-        return as_rows(out, Xb.shape[0])
+        return out
 
     def forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
         s = torch.tensor(t, dtype=self.theta.dtype)
         outs = []
         for a, b in _chunks(len(rows), self.max_elems // (4 * self.width)):
             r = rows[a:b]
-            outs.append(self._apply_post(self._run(self.params, self.X[r], s), self.aux[r]))
+            outs.append(self._finish(self._run(self.params, self.X[r], s), self.aux[r], b - a))
         return torch.cat(outs) if outs else self.theta.new_zeros(0)
 
     def values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
@@ -416,7 +435,7 @@ class ScaledModuleRay(_RayBase):
                 sws.append(rec.stacked(out))
             else:
                 out = self._run(self.params, self.X[r], t[a:b])
-            vals.append(self._apply_post(out, self.aux[r]))
+            vals.append(self._finish(out, self.aux[r], b - a))
         if not vals:
             return self.theta.new_zeros(0), None
         return torch.cat(vals), (torch.cat(sws) if record else None)
@@ -793,11 +812,13 @@ def model_ray(model: Any, theta: Any, X: Any, aux: Any = None, post: Post | None
     maker = getattr(model, "ray", None)
     if maker is not None:
         return maker(th, Xt, at, post, opts)
+    C = int(getattr(model, "n_outputs", 1))
 
     def fn(prm: dict, Xb: torch.Tensor) -> torch.Tensor:
-        return as_rows(model.torch_forward(prm["theta"], Xb), Xb.shape[0], f"model {model.spec!r}")
+        return as_rows(model.torch_forward(prm["theta"], Xb), Xb.shape[0], f"model {model.spec!r}",
+                       n_outputs=C)
 
-    return FunctionalRay(fn, {"theta": th}, Xt, at, post, opts.max_elems)
+    return FunctionalRay(fn, {"theta": th}, Xt, at, post, opts.max_elems, n_outputs=C)
 
 
 def guard(model: Any, what: str, call: Callable[[], Any]) -> Any:
@@ -842,6 +863,20 @@ def predict(model: Any, theta: Any, X: Any, aux: Any = None, post: Post | None =
     ray = model_ray(model, theta, X, aux, post)
     with torch.no_grad():
         out = guard(model, "the forward", lambda: ray.forward(t, torch.arange(ray.X.shape[0])))
+    _check_finite("output", out, torch.arange(out.shape[0]))
+    return out.double().numpy()
+
+
+def outputs(model: Any, theta: Any, X: Any) -> np.ndarray:
+    """The raw outputs (n, C) float64 of a C-output model (logits) through its torch forward."""
+    use_worker_threads()
+    dt = torch_dtype(options(model))
+    th = torch.as_tensor(np.asarray(theta, dtype=np.float64)).to(dt)
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64)).to(dt)
+    C = int(model.n_outputs)
+    with torch.no_grad():
+        out = guard(model, "the forward", lambda: as_rows(
+            model.torch_forward(th, Xt), Xt.shape[0], f"model {model.spec!r}", n_outputs=C))
     _check_finite("output", out, torch.arange(out.shape[0]))
     return out.double().numpy()
 

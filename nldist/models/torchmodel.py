@@ -42,14 +42,19 @@ from nldist.errors import NldistError
 from nldist.models import quadrature
 from nldist.models.activations import Activation, activation
 from nldist.models.base import Model
-from nldist.models.losses import psi_divdiff
+from nldist.models.losses import psi_divdiff, torch_combination
 from nldist.models.quadrature import (
     FunctionalRay,
     ScaledModuleRay,
     as_rows,
     install_scale_hooks,
 )
-from nldist.models.torchspec import import_factory, parse_torch_spec, takes_positional
+from nldist.models.torchspec import (
+    import_factory,
+    mlp_torch_spec,
+    parse_torch_spec,
+    takes_positional,
+)
 from nldist.options import AdjointOptions
 
 log = logging.getLogger("nldist")
@@ -64,8 +69,17 @@ class TorchForwardModel(Model):
     quad_options: Any = None
 
     def predict(self, theta: Any, X: Any) -> np.ndarray:
-        """f(theta; x_i) for every row, (n,) float64 (the torch forward)."""
+        """f(theta; x_i) for every row, (n,) float64 — (n, C) for a C-output model (the
+        torch forward)."""
+        if self.n_outputs > 1:
+            return quadrature.outputs(self, self.check_theta(theta), self.check_X(X))
         return quadrature.predict(self, self.check_theta(theta), self.check_X(X))
+
+    def output_adjoint(self, theta: Any, X: Any, V: Any) -> np.ndarray:
+        """Adjoint (n, p) of ``sum_c V_ic f_ic`` (a C-output model) by quadrature."""
+        return quadrature.adjoint(self, self.check_theta(theta), self.check_X(X),
+                                  aux=np.asarray(V, dtype=np.float64),
+                                  post=torch_combination)
 
     def adjoint(self, theta: Any, X: Any) -> np.ndarray:
         """F*(theta), (n, p) float64 (Gauss-Legendre quadrature along t theta)."""
@@ -81,8 +95,8 @@ class TorchForwardModel(Model):
         return quadrature.jacobian(self, self.check_theta(theta), self.check_X(X))
 
     def f0(self, X: Any) -> np.ndarray:
-        """f(0; x_i), (n,) float64 (the torch forward at theta = 0)."""
-        return quadrature.predict(self, np.zeros(self.n_params), self.check_X(X))
+        """f(0; x_i), (n,) (or (n, C)) float64 (the torch forward at theta = 0)."""
+        return self.predict(np.zeros(self.n_params), X)
 
     def configure(self, **options: Any) -> Model:
         """Set quadrature options (fields of :class:`nldist.options.AdjointOptions`)."""
@@ -114,6 +128,7 @@ class _Built:
     width: int
     degree: int | None
     outer: Activation | None
+    n_outputs: int = 1
 
 
 _CACHE = threading.local()
@@ -135,16 +150,23 @@ class TorchModel(TorchForwardModel):
     """
 
     state: bytes = field(default=b"", repr=False)
+    #: the ``torch:`` spec the module is built from when ``spec`` is a shorthand (``mlp:``)
+    source: str = ""
     accepts_state_dict = True
+
+    @property
+    def torch_spec(self) -> str:
+        return self.source or self.spec
 
     # -- building ------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        mod, fac, _ = parse_torch_spec(self.spec)
+        mod, fac, _ = parse_torch_spec(self.torch_spec)
         self._mod, self._fac = mod, fac
         if mod.endswith(".py"):  # resolve now: workers may run elsewhere in the tree
             self._mod = str(Path(mod).expanduser().resolve())
         built = self._built()
         self.n_params = int(sum(math.prod(s) for s in built.shapes))
+        self.n_outputs = built.n_outputs
         if not self.state:  # record the factory's state; the built module already has it
             self.state = _state_bytes(built.net)
             self._key = None
@@ -171,8 +193,8 @@ class TorchModel(TorchForwardModel):
     def _build(self) -> _Built:
         import torch
 
-        _, _, kwargs = parse_torch_spec(self.spec)
-        factory = import_factory(self._mod, self._fac, self.spec)
+        _, _, kwargs = parse_torch_spec(self.torch_spec)
+        factory = import_factory(self._mod, self._fac, self.torch_spec)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -262,13 +284,21 @@ class TorchModel(TorchForwardModel):
         finally:
             for hk in hooks:
                 hk.remove()
-        out = as_rows(out, 3, f"module of {self.spec!r}")
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] > 1:
+            built.n_outputs = int(out.shape[1])  # C outputs (logits of a classifier)
+            if built.degree is not None or built.outer is not None:
+                raise NldistError(f"module of {self.spec!r} has {built.n_outputs} outputs; "
+                                  "homogeneous_degree and an outer sigmoid are for one output "
+                                  "— drop them (cross-entropy works on the logits)")
+        C = built.n_outputs
+        out = as_rows(out, 3, f"module of {self.spec!r}", n_outputs=C)
         if not torch.all(torch.isfinite(out)):
             raise NldistError(f"module of {self.spec!r} returns NaN or inf on test rows; fix its "
                               "forward or initialization")
 
         def f(prm: dict) -> Any:
-            return as_rows(functional_call(built.net, (prm, built.buffers), (X,)), 3).sum()
+            return as_rows(functional_call(built.net, (prm, built.buffers), (X,)), 3,
+                           n_outputs=C).sum()
 
         try:
             g = grad(f)(built.params)
@@ -284,8 +314,8 @@ class TorchModel(TorchForwardModel):
         if gnorm == 0.0:
             zero = {k: torch.zeros_like(v) for k, v in built.params.items()}
             with torch.no_grad():
-                moved = float((as_rows(functional_call(built.net, (zero, built.buffers), (X,)), 3)
-                               - out).abs().max())
+                moved = float((as_rows(functional_call(built.net, (zero, built.buffers), (X,)), 3,
+                                       n_outputs=C) - out).abs().max())
             if moved > 0:
                 raise NldistError(f"module of {self.spec!r} is not differentiable in its "
                                   "parameters (zero gradient but the output changes with them: "
@@ -303,8 +333,14 @@ class TorchModel(TorchForwardModel):
         rows = torch.arange(2)
         T = torch.tensor([0.3, 0.8], dtype=torch.float64)
         W = torch.tensor([0.5, 0.5], dtype=torch.float64)
-        slow = FunctionalRay(fn, built.params, X).grads(rows, T, W)
-        quick = ScaledModuleRay(built.net, built.params, built.buffers, X).grads(rows, T, W)
+        C = built.n_outputs
+        aux = post = None
+        if C > 1:  # one fixed combination of the outputs
+            aux = torch.linspace(0.5, 1.5, 2 * C, dtype=torch.float64).reshape(2, C)
+            post = torch_combination
+        slow = FunctionalRay(fn, built.params, X, aux, post, n_outputs=C).grads(rows, T, W)
+        quick = ScaledModuleRay(built.net, built.params, built.buffers, X, aux, post,
+                                n_outputs=C).grads(rows, T, W)
         scale = float(slow.abs().max()) or 1.0
         return float((slow - quick).abs().max()) <= 1e-9 * scale
 
@@ -316,15 +352,15 @@ class TorchModel(TorchForwardModel):
 
         def fn(prm: dict, Xb: Any) -> Any:
             return as_rows(functional_call(built.net, (prm, built.buffers), (Xb,)), Xb.shape[0],
-                           where)
+                           where, n_outputs=built.n_outputs)
 
         return fn
 
     # -- pickling: spec + state bytes ----------------------------------------------------
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "n_features": self.n_features, "n_params": self.n_params,
-                "state": self.state, "quad_options": self.quad_options, "_mod": self._mod,
-                "_fac": self._fac}
+                "n_outputs": self.n_outputs, "source": self.source, "state": self.state,
+                "quad_options": self.quad_options, "_mod": self._mod, "_fac": self._fac}
 
     def __setstate__(self, st: dict) -> None:
         self.__dict__.update(st)
@@ -374,8 +410,8 @@ class TorchModel(TorchForwardModel):
     def _build_plain(self) -> Any:
         import torch
 
-        _, _, kwargs = parse_torch_spec(self.spec)
-        factory = import_factory(self._mod, self._fac, self.spec)
+        _, _, kwargs = parse_torch_spec(self.torch_spec)
+        factory = import_factory(self._mod, self._fac, self.torch_spec)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = (factory(self.n_features, **kwargs) if takes_positional(factory)
@@ -413,18 +449,19 @@ class TorchModel(TorchForwardModel):
         dt = X.dtype
         prm = self._params(theta, dt)
         post = post if inner else self._post(built, post)
+        C = built.n_outputs
         if built.fast:
             return ScaledModuleRay(built.net, prm, _module_dtype_cast(built.buffers, dt), X, aux,
-                                   post, opts.max_elems, built.width)
+                                   post, opts.max_elems, built.width, n_outputs=C)
         buffers = _module_dtype_cast(built.buffers, dt)
         from torch.func import functional_call
 
 
         def fn(p: dict, Xb: Any) -> Any:
             return as_rows(functional_call(built.net, (p, buffers), (Xb,)), Xb.shape[0],
-                           f"module of {self.spec!r}")
+                           f"module of {self.spec!r}", n_outputs=C)
 
-        return FunctionalRay(fn, prm, X, aux, post, opts.max_elems)
+        return FunctionalRay(fn, prm, X, aux, post, opts.max_elems, n_outputs=C)
 
     def ray(self, theta: Any, X: Any, aux: Any, post: Any, opts: Any) -> Any:
         """The quadrature engine's evaluator for this module (fast scaled one when eligible)."""
@@ -525,3 +562,9 @@ def torch_spec(spec: str, d: int) -> TorchModel:
     """``torch:<module.path>:<factory>[(k=v,...)]``."""
     parse_torch_spec(spec)
     return TorchModel(spec=spec, n_features=d)
+
+
+def mlp_spec(spec: str, d: int) -> TorchModel:
+    """``mlp:<h1>,<h2>,...:<C>[:<act>]``: a C-class MLP classifier (logits out) built by
+    :func:`nldist.examples.nets.classifier`."""
+    return TorchModel(spec=spec, n_features=d, source=mlp_torch_spec(spec))

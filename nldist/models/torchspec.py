@@ -21,6 +21,30 @@ from nldist.errors import NldistError
 
 _TORCH_RE = re.compile(r"^torch:(?P<mod>.+):(?P<fac>[A-Za-z_][A-Za-z_0-9]*)(?:\((?P<kw>.*)\))?$")
 
+MLP_RE = re.compile(r"^mlp:(?P<hidden>\d+(?:,\d+)*):(?P<C>\d+)(?::(?P<act>[a-z_]+))?$")
+MLP_ACTS = ("relu", "tanh", "gelu", "silu", "softplus", "sigmoid")
+
+
+def mlp_torch_spec(spec: str) -> str:
+    """The ``torch:`` spec of ``mlp:<h1>,<h2>,...:<C>[:<act>]`` (a C-class MLP classifier:
+    Linear layers with biases, ``act`` between them (default relu), C logits out)."""
+    match = MLP_RE.match(spec.strip())
+    if not match:
+        raise NldistError(f"cannot read model spec {spec!r}; write mlp:<h1>,<h2>,...:<C>[:<act>]"
+                          ", e.g. mlp:32:10 or mlp:64,32:10:gelu")
+    C = int(match["C"])
+    act = match["act"] or "relu"
+    if C < 2:
+        raise NldistError(f"mlp spec {spec!r} has C = {C} outputs; C is the number of classes "
+                          "(>= 2); for one output use torch:nldist.examples.nets:mlp")
+    if act not in MLP_ACTS:
+        raise NldistError(f"unknown activation {act!r} in {spec!r}; use one of "
+                          f"{', '.join(MLP_ACTS)}")
+    hidden = "-".join(match["hidden"].split(","))
+    return (f"torch:nldist.examples.nets:classifier(hidden='{hidden}',n_classes={C},"
+            f"act='{act}')")
+
+
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)

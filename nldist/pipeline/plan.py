@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dask
 
-from nldist._budget import MEMORY_FORMULA, cache_budget, memory_per_task
+from nldist._budget import MEMORY_FORMULA, cache_budget, memory_per_task, task_rows
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
+
+
+def _group(kind: Any, model: Any) -> int:
+    """Dual rows per example of a kind (C or k for the block kinds, else 1)."""
+    if kind.rows != "block":
+        return 1
+    return int(kind.k or model.n_outputs)
 
 
 def _bytes(size: str) -> int | None:
@@ -59,10 +67,15 @@ def plan(ctx: RunContext, verb: str = "run") -> dict:
                     else "streamed from the store every pass"))
     else:
         cache = f"{job.cache_x}: decided at run time from the workers' memory limits"
-    per_task = memory_per_task(m, chunk, d, itemsize)
+    # the widest kind decides the task: g matrix rows per example (C, or k of block-sketch)
+    group = max(_group(get_kind(k), m) for k in kinds)
+    rows = task_rows(chunk, m.n_params + 1, group)
+    per_task = memory_per_task(m, rows, d, itemsize, group)
     return {
         "n_rows": n, "n_features": d, "n_params": m.n_params, "chunks": len(X.chunks[0]),
         "chunk_rows": chunk, "kinds": kinds,
+        "task_rows": f"{rows} examples x {group} row(s) each = {rows * group} dual rows of "
+                     f"p = {m.n_params}" + (" (C outputs: block kinds)" if group > 1 else ""),
         "passes_over_X": passes_text,
         "bytes_per_pass": int(n * d * itemsize),
         "memory_per_task_bytes": int(per_task),

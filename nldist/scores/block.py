@@ -41,9 +41,20 @@ from nldist.scores.spec import ScoreSpec
 log = logging.getLogger("nldist")
 
 
-def _slices(n: int, q: int) -> list[slice]:
-    """Row slices of about :data:`nldist._budget.SUB_BYTES` of a (n, q) float64 matrix."""
-    return _row_slices(n, sub_rows(max(q, 1)))
+def _slices(n: int, q: int, group: int = 1) -> list[slice]:
+    """Row slices of about :data:`nldist._budget.SUB_BYTES` of a (n * group, q) float64
+    matrix (slices of examples; ``group`` matrix rows each)."""
+    return _row_slices(n, max(1, sub_rows(max(q, 1)) // max(group, 1)))
+
+
+def _grow(s: slice, g: int) -> slice:
+    """The matrix rows of the examples in ``s`` (``g`` rows each)."""
+    return s if g == 1 else slice(s.start * g, s.stop * g)
+
+
+def _per_example(v: np.ndarray, g: int) -> np.ndarray:
+    """Row values (n * g,) summed per example (n,)."""
+    return v if g == 1 else v.reshape(-1, g).sum(axis=1)
 
 
 def _sl(y: np.ndarray | None, s: slice) -> np.ndarray | None:
@@ -124,35 +135,39 @@ def _pass1_block(
     if spec.kind.uniform or q == 0:
         check_finite_block(X, yy, offset)
         return out
+    g = spec.group
     leverage = spec.kind.leverage
     be = backend(spec.device)
     acc = be.reducer(q, gram=leverage)
     keep = leverage and not spec.cheap_to_rebuild
     mode = store.mode if store is not None and spec.persistable and n else "never"
-    full = np.empty((n, q), dtype=np.float64) if keep or mode == "always" else None
+    full = np.empty((n * g, q), dtype=np.float64) if keep or mode == "always" else None
     early = mode == "auto" and full is None  # auto without a kept block: decide on slice 1
     persist = mode == "always"
     io_est = None
     build_s = 0.0
-    host_gram = be.host_gram and leverage and hasattr(spec.rows, "add_gram")
-    for s in _slices(n, q):
+    host_gram = (be.host_gram and leverage and hasattr(spec.rows, "add_gram")
+                 and getattr(spec.rows, "structured", True))
+    any_dtype = getattr(spec.rows, "gram_any_dtype", False)
+    for s in _slices(n, q, g):
         Xs = X[s]
         if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
             check_finite_block(X, yy, offset)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below
-            if host_gram and Xs.dtype == np.float64:
-                spec.rows.add_gram(acc.G, Xs, _sl(yy, s))  # [X, 1, y] without the copy
+            if host_gram and (Xs.dtype == np.float64 or any_dtype):
+                # [X, 1, y] without the copy; softmax blocks from their Kronecker structure
+                spec.rows.add_gram(acc.G, Xs, _sl(yy, s), offset + s.start)
                 continue
             t0 = time.perf_counter()
-            A = spec.matrix(Xs, _sl(yy, s))
+            A = spec.matrix(Xs, _sl(yy, s), offset + s.start)
             build_s += time.perf_counter() - t0
             if early:  # extrapolate the first slice's time to the block
                 early = False
-                persist, io_est = store.decide(n, q, build_s * n / (s.stop - s.start))
+                persist, io_est = store.decide(n * g, q, build_s * n / (s.stop - s.start))
                 if persist:
-                    full = np.empty((n, q), dtype=np.float64)
+                    full = np.empty((n * g, q), dtype=np.float64)
             if full is not None:
-                full[s] = A
+                full[_grow(s, g)] = A
             acc.add(A)
     G = acc.value() if leverage else None
     fro2 = 0.0 if leverage else acc.value()
@@ -167,10 +182,11 @@ def _pass1_block(
             )
         out["fro2"] = fro2
     else:
-        R = linalg.cholqr_r(G) if finite and spec.qr_method == "auto" and n >= 4 * q else None
+        R = (linalg.cholqr_r(G) if finite and spec.qr_method == "auto" and n * g >= 4 * q
+             else None)
         method = "cholqr"
         if R is None:
-            A = full if keep else spec.matrix(X, yy)  # (never the persisted copy: same bits)
+            A = full if keep else spec.matrix(X, yy, offset)  # (not the persisted copy: same bits)
             if not np.isfinite(A).all():
                 raise NldistError(
                     f"the matrix for {spec.name} has NaN/inf entries in rows {offset}.."
@@ -182,7 +198,7 @@ def _pass1_block(
         out["methods"] = {method: 1}
     if mode != "never":
         if mode == "auto" and keep:  # the whole block's build time is known now
-            persist, io_est = store.decide(n, q, build_s)
+            persist, io_est = store.decide(n * g, q, build_s)
         stats = empty_stats()
         stats.update(chunks=1, build_s=build_s, io_est_s=io_est or 0.0)
         if persist and full is not None:
@@ -226,7 +242,7 @@ def finalize_pass1(spec: ScoreSpec, stats: dict, ridge: float = 0.0, rtol: float
 
 def pass2_block(
     X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
-    store: Any = None, index: int = 0,
+    store: Any = None, index: int = 0, offset: int = 0,
 ) -> np.ndarray:
     """Pass 2 on one block: the block's probabilities (n_b,), float64, summing to 1 globally.
 
@@ -248,18 +264,20 @@ def pass2_block(
         Where pass 1 may have persisted this block.
     index : int
         Chunk index of the block.
+    offset : int
+        Global index of the block's first row (seeds of the block sketch).
 
     Returns
     -------
-    ndarray (n_b,) float64
+    ndarray (n_b,) float64 (per example: the sum of its ``spec.group`` rows' values)
     """
     with reuse_freed_memory():
-        return _pass2_block(X, y, spec, norm, store, index)
+        return _pass2_block(X, y, spec, norm, store, index, offset)
 
 
 def _pass2_block(
     X: np.ndarray, y: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
-    store: Any = None, index: int = 0,
+    store: Any = None, index: int = 0, offset: int = 0,
 ) -> np.ndarray:
     X = np.asarray(X)
     n = int(X.shape[0])
@@ -267,13 +285,13 @@ def _pass2_block(
         return np.full(n, 1.0 / norm.total)
     yy = y if spec.needs_y else None
     q = spec.n_cols(X.shape[1])
-    slices = _slices(n, q)
+    slices = _slices(n, q, spec.group)
     out = None
     be = backend(spec.device)
     if store is not None and spec.persistable and n:
         out = _pass2_persisted(store, index, n, q, slices, spec, norm, be)
     if out is None:
-        out = _pass2_rebuild(X, yy, spec, norm, slices, be)
+        out = _pass2_rebuild(X, yy, spec, norm, slices, be, offset)
     out /= norm.total
     return out
 
@@ -284,9 +302,11 @@ def _pass2_persisted(
 ) -> np.ndarray | None:
     """Row values of a persisted block, or None (not persisted, or failed its check)."""
     out = np.empty(n, dtype=np.float64)
+    g = spec.group
     try:
-        for s, A in store.iter_block(index, n, q, slices):
-            out[s] = spec.reduction.rows(A, norm, be, True)
+        for s, A in store.iter_block(index, n * g, q, [_grow(s, g) for s in slices]):
+            out[slice(s.start // g, s.stop // g)] = _per_example(
+                spec.reduction.rows(A, norm, be, True), g)
     except FileNotFoundError:
         return None
     except BadBlock as exc:
@@ -297,25 +317,32 @@ def _pass2_persisted(
 
 def _pass2_rebuild(
     X: np.ndarray, yy: np.ndarray | None, spec: ScoreSpec, norm: Normalizer,
-    slices: list[slice], be: Any,
+    slices: list[slice], be: Any, offset: int = 0,
 ) -> np.ndarray:
     """Row values of a block rebuilt from X slice by slice."""
     n = int(X.shape[0])
     out = np.empty(n, dtype=np.float64)
     # one slice buffer for the whole block: dask workers run with MALLOC_TRIM_THRESHOLD_
     # set, so a fresh (slice, q) array per slice costs page faults (about doubles pass 2)
-    buffered = hasattr(spec.rows, "add_gram")  # data rows: [X, 1, y] into one buffer
-    if buffered:
+    if (getattr(spec.rows, "structured", False) and spec.kind.leverage and be.host_gram
+            and not linalg.zero_leverage(n, norm.factor)):  # softmax blocks: no rows formed
+        P = linalg.leverage_form(norm.factor)
+        for s in slices:
+            out[s] = spec.rows.row_values(X[s], _sl(yy, s), offset + s.start, P)
+        return out
+    buffered = hasattr(spec.rows, "add_gram") and not hasattr(spec.rows, "structured")
+    if buffered:  # data rows: [X, 1, y] into one buffer
         buf = np.empty((slices[0].stop - slices[0].start, spec.n_cols(X.shape[1])))
     for s in slices:
         Xs = X[s]
         if buffered:
             A = spec.rows.matrix(Xs, _sl(yy, s), out=buf)
         else:
-            A = spec.matrix(Xs, _sl(yy, s))
+            A = spec.matrix(Xs, _sl(yy, s), offset + s.start)
             if spec.persistable:  # the layout a persisted block has (same reduction bits)
                 A = np.ascontiguousarray(A, dtype=np.float64)
-        out[s] = spec.reduction.rows(A, norm, be, not np.shares_memory(A, Xs))
+        out[s] = _per_example(spec.reduction.rows(A, norm, be, not np.shares_memory(A, Xs)),
+                              spec.group)
     return out
 
 
@@ -401,7 +428,8 @@ def sample_block(
     start = 0
     for j, rows in enumerate(parts):
         sl = slice(start, start + rows)
-        p[sl] = pass2_block(X[sl], _sl(y, sl), spec, norm, store, first_index + j)
+        p[sl] = pass2_block(X[sl], _sl(y, sl), spec, norm, store, first_index + j,
+                            offset + start)
         start += rows
     stored = sink(p) if sink is not None else None
     pi = sampling.mixture(p, alpha, norm.n)

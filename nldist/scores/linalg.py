@@ -420,6 +420,28 @@ def _full_rank(
     return RFactor(R, svals, rank, ridge, np.asfortranarray(T), None, total)
 
 
+def kron_gram(K: np.ndarray, Xd: np.ndarray, step: int = 2048) -> np.ndarray:
+    """``sum_i K_i (x) x_i x_i^T`` ((c q, c q)) for K (n, c, c) and rows Xd (n, q), by one
+    GEMM per row slice (c^2 q^2 n flops, not the (c q)^2 n c of the explicit rows): the Gram
+    of Kronecker-structured rows (``softmax:<C>`` block kinds, its Hessian)."""
+    n, c, q = K.shape[0], K.shape[1], Xd.shape[1]
+    T = np.zeros((q, c * c * q))
+    for a in range(0, n, step):
+        k, x = K[a:a + step], Xd[a:a + step]
+        T += x.T @ (k[:, :, :, None] * x[:, None, None, :]).reshape(len(x), c * c * q)
+    return T.reshape(q, c, c, q).transpose(1, 0, 2, 3).reshape(c * q, c * q)
+
+
+def leverage_form(fac: RFactor) -> np.ndarray:
+    """The symmetric (q, q) matrix P with leverage ``a_i^T P a_i`` (the pseudo-inverse of
+    A^T A on its numerical rank, or ``(A^T A + lambda I)^-1``): for rows with structure
+    (:class:`nldist.scores.rows.BlockRows` of ``softmax:<C>``) that never form a_i."""
+    if fac.solve_r is None:
+        return fac.basis @ fac.basis.T
+    Rinv = sla.solve_triangular(fac.solve_r, np.eye(fac.solve_r.shape[0]), lower=False)
+    return Rinv @ Rinv.T
+
+
 def zero_leverage(n: int, fac: RFactor) -> bool:
     """Every row's leverage is 0 without computing: no rows, or rank 0 and no ridge."""
     return n == 0 or (fac.rank == 0 and fac.ridge == 0)

@@ -11,7 +11,16 @@ class               block of A                                                 q
 :class:`DataRows`   ``[X, 1, y]`` (bias and y optional)                        d (+1) (+1)
 :class:`RawRows`    ``X`` itself (:func:`nldist.leverage`)                     d
 :class:`SketchedRows` another Rows' block with its columns projected (large p)  k
+:class:`BlockRows`  per example C rows ``B_i^T A_i`` (softmax Fisher factor x   p
+                    adjoint block of the C outputs), or k seeded Rademacher
+                    combinations of them (``block-sketch:k``)
+:class:`MarginRows` the adjoint of the margin log(p_y / (1 - p_y))               p
 ==================  ========================================================  ============
+
+``group`` is the number of matrix rows per example (C or k for :class:`BlockRows`, else 1):
+the block is ``(n_b * group, q)``, example-major, and an example's score is the sum of its
+rows' values. ``matrix(X, y, offset)`` takes the global index of the block's first row
+(seeds of the block sketch).
 
 Flags: ``cheap`` (the block is a copy of X plus columns: never worth keeping),
 ``persistable`` (pass 1 may keep it on disk for pass 2), ``cheap_to_rebuild`` (rebuilding
@@ -26,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from nldist.models.base import Model
-from nldist.models.losses import get_loss
+from nldist.models.losses import MARGIN, fisher_weights, get_loss, softmax
 from nldist.scores import sketch
+from nldist.scores.linalg import kron_gram
+from nldist.scores.sampling import hash_uniform
 
 
 def dual_block(
@@ -112,6 +123,7 @@ class DualRows:
 
     cheap = False
     persistable = True
+    group = 1
 
     @property
     def needs_y(self) -> bool:
@@ -124,7 +136,7 @@ class DualRows:
     def n_cols(self, d: int) -> int:
         return self.model.n_params + int(self.use_y)
 
-    def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
         return dual_block(self.model, self.theta, X, y if self.use_y else None, self.loss)
 
 
@@ -138,6 +150,7 @@ class DataRows:
     cheap = True
     persistable = False
     cheap_to_rebuild = True
+    group = 1
 
     @property
     def needs_y(self) -> bool:
@@ -146,11 +159,12 @@ class DataRows:
     def n_cols(self, d: int) -> int:
         return d + int(self.bias) + int(self.use_y)
 
-    def matrix(self, X: np.ndarray, y: np.ndarray | None, out: np.ndarray | None = None
-               ) -> np.ndarray:
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0,
+               out: np.ndarray | None = None) -> np.ndarray:
         return linear_block(X, y if self.use_y else None, bias=self.bias, out=out)
 
-    def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None) -> None:
+    def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
+                 offset: int = 0) -> None:
         """G += AᵀA for A = [X, 1 (bias), y (augmented)] without forming A (saves a copy)."""
         d = X.shape[1]
         G[:d, :d] += X.T @ X
@@ -176,11 +190,12 @@ class RawRows:
     persistable = False
     cheap_to_rebuild = True
     needs_y = False
+    group = 1
 
     def n_cols(self, d: int) -> int:
         return d
 
-    def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
         return np.asarray(X, dtype=np.float64)
 
 
@@ -195,6 +210,10 @@ class SketchedRows:
     persistable = True
 
     @property
+    def group(self) -> int:
+        return self.inner.group
+
+    @property
     def needs_y(self) -> bool:
         return self.inner.needs_y
 
@@ -205,5 +224,147 @@ class SketchedRows:
     def n_cols(self, d: int) -> int:
         return int(self.sk.cols)
 
-    def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-        return sketch.sketched_matrix(self.inner, self.sk, X, y)
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
+        return sketch.sketched_matrix(self.inner, self.sk, X, y, offset)
+
+
+def rademacher(offset: int, n: int, k: int, C: int, seed: int) -> np.ndarray:
+    """Seeded signs (n, k, C) / sqrt(k) of rows ``offset .. offset + n - 1``: a function of
+    (seed, global row, j, c) only, so the same for any chunking and worker count."""
+    idx = (np.arange(offset, offset + n, dtype=np.int64)[:, None, None] * (k * C)
+           + np.arange(k)[None, :, None] * C + np.arange(C)[None, None, :])
+    return np.where(hash_uniform(idx, seed) < 0.5, -1.0, 1.0) / np.sqrt(k)
+
+
+def contrast_basis(C: int) -> np.ndarray:
+    """An orthonormal basis Q (C, C - 1) of the vectors orthogonal to 1 (a fixed one)."""
+    Q, _ = np.linalg.qr(np.eye(C)[:, :-1] - 1.0 / C)
+    return Q
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """Per example the C rows of ``B_i^T A_i``: the adjoint block ``A_i = int_0^1 J_i(t
+    theta) dt`` (C, p) of a C-output model weighted by the softmax Fisher factor at theta
+    (``B_i B_i^T = diag(pi_i) - pi_i pi_i^T``), label-free. With ``k`` (``block-sketch:k``)
+    the C rows are replaced by k seeded Rademacher combinations ``S_i B_i^T A_i`` (S_i of
+    shape (k, C), entries +-1/sqrt(k)): k vector-Jacobian products per node instead of C,
+    and an unbiased estimate of the block's Gram (E S^T S = I).
+
+    ``softmax:<C>`` (``model.kron_design``): its block is ``N_i (x) x~_i^T`` with
+    ``N_i = B_i^T`` (or ``S_i B_i^T``) — every row is orthogonal to the shift ``1 (x) v`` of
+    all classes' weights, so the rows are written in the contrast basis Q of ``1^perp``
+    (``N_i Q (x) x~_i^T``, (C - 1)(d + 1) columns: the same leverages, a full-rank Gram), and
+    the passes never form them: the Gram is ``sum_i K_i (x) x~_i x~_i^T`` with
+    ``K_i = Q^T N_i^T N_i Q`` and a row block's value is ``sum_ab K_i[a, b] x~^T P_ab x~``
+    (:func:`nldist.scores.linalg.leverage_form`), about C times fewer flops than the C
+    explicit rows.
+    """
+
+    model: Model
+    theta: np.ndarray
+    k: int | None = None
+    seed: int = 0
+
+    cheap = False
+    needs_y = False
+    #: the Gram may be accumulated from any float dtype (add_gram casts to float64)
+    gram_any_dtype = True
+
+    @property
+    def structured(self) -> bool:
+        return bool(getattr(self.model, "kron_design", False))
+
+    @property
+    def persistable(self) -> bool:
+        return not self.structured
+
+    @property
+    def group(self) -> int:
+        return int(self.k or self.model.n_outputs)
+
+    @property
+    def cheap_to_rebuild(self) -> bool:
+        return bool(self.model.closed_form)
+
+    def n_cols(self, d: int) -> int:
+        if self.structured:
+            return (self.model.n_outputs - 1) * self.model.n_params // self.model.n_outputs
+        return self.model.n_params
+
+    def _weights(self, X: np.ndarray, offset: int) -> np.ndarray:
+        """N_i (n, group, C): the Fisher factor rows B_i^T, or their k sign combinations."""
+        m = self.model
+        Bt = fisher_weights(softmax(m.predict(self.theta, X)))
+        if self.k is None:
+            return Bt
+        return np.einsum("nkc,ncd->nkd", rademacher(offset, X.shape[0], self.k,
+                                                     m.n_outputs, self.seed), Bt)
+
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
+        m = self.model
+        X = m.check_X(X)
+        n, C, p = X.shape[0], m.n_outputs, m.n_params
+        N = self._weights(X, offset)
+        g = N.shape[1]
+        if self.structured:
+            NQ = N @ contrast_basis(C)  # (n, g, C - 1)
+            Xd = m.kron_design(X)
+            return (NQ[:, :, :, None] * Xd[:, None, None, :]).reshape(n * g, -1)
+        if self.k is None:
+            return np.einsum("ncd,ndp->ncp", N, m.adjoint_block(self.theta, X)).reshape(
+                n * C, p)
+        out = np.empty((n, g, p))
+        for j in range(g):
+            out[:, j] = m.output_adjoint(self.theta, X, N[:, j])
+        return out.reshape(n * g, p)
+
+    # -- softmax: the passes without the explicit rows -----------------------------------
+    def _kron_parts(self, X: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        X = self.model.check_X(X)
+        NQ = self._weights(X, offset) @ contrast_basis(self.model.n_outputs)
+        K = np.einsum("nga,ngb->nab", NQ, NQ)  # (n, C-1, C-1)
+        return K, self.model.kron_design(X)
+
+    def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
+                 offset: int = 0) -> None:
+        """G += sum_i K_i (x) x~_i x~_i^T (only for ``structured`` rows)."""
+        G += kron_gram(*self._kron_parts(X, offset))
+
+    def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
+                   ) -> np.ndarray:
+        """Per example sum of its rows' ``a^T P a`` (n,), P from ``leverage_form``."""
+        K, Xd = self._kron_parts(X, offset)
+        n, c1, q = K.shape[0], K.shape[1], Xd.shape[1]
+        Pt = P.reshape(c1, q, c1, q).transpose(1, 0, 2, 3).reshape(q, c1 * c1 * q)
+        U = (Xd @ Pt).reshape(n, c1, c1, q)
+        Z = np.einsum("nabl,nl->nab", U, Xd)
+        return np.einsum("nab,nab->n", K, Z)
+
+
+@dataclass(frozen=True)
+class MarginRows:
+    """The adjoint of the TRAK-style margin ``m_i = log(p_y / (1 - p_y))`` of a C-output
+    model along t theta (one row per example, unaugmented: the margin is the model's
+    scalar, not a residual)."""
+
+    model: Model
+    theta: np.ndarray
+
+    cheap = False
+    persistable = True
+    needs_y = True
+    group = 1
+
+    @property
+    def cheap_to_rebuild(self) -> bool:
+        return bool(self.model.closed_form)
+
+    def n_cols(self, d: int) -> int:
+        return self.model.n_params
+
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
+        X = self.model.check_X(X)
+        MARGIN.check(self.model.predict(self.theta, X[:1]), np.asarray(y)[:1])
+        return self.model.residual_adjoint(self.theta, X, np.asarray(y, dtype=np.float64),
+                                           MARGIN)

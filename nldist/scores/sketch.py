@@ -141,8 +141,8 @@ def jl_factor(
 # --------------------------------------------------------------------------------------
 
 
-def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray | None
-                    ) -> np.ndarray:
+def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray | None,
+                    offset: int = 0) -> np.ndarray:
     """The block matrix of ``rows`` (:mod:`nldist.scores.rows`) with its columns projected
     to ``sk.cols`` dims.
 
@@ -155,14 +155,16 @@ def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray |
     """
     X = np.asarray(X)
     n_b = X.shape[0]
-    probe = rows.matrix(X[:1], None if y is None else np.asarray(y)[:1])
+    probe = rows.matrix(X[:1], None if y is None else np.asarray(y)[:1], offset)
     q = probe.shape[1]
+    g = int(getattr(rows, "group", 1))
     S = sparse_sign(q, sk.cols, sk.seed, sk.nnz)
-    step = max(1, SKETCH_BATCH_BYTES // (8 * q))
-    out = np.empty((n_b, sk.cols))
+    step = max(1, SKETCH_BATCH_BYTES // (8 * q * g))
+    out = np.empty((n_b * g, sk.cols))
     for i in range(0, n_b, step):
         yb = None if y is None else np.asarray(y)[i : i + step]
-        out[i : i + step] = project_cols(rows.matrix(X[i : i + step], yb), S)
+        out[i * g : (i + step) * g] = project_cols(rows.matrix(X[i : i + step], yb, offset + i),
+                                                   S)
     return out
 
 

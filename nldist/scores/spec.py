@@ -50,9 +50,16 @@ class ScoreSpec:
     def reduction(self) -> Any:
         return self.kind.reduction
 
-    def matrix(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
-        """The block of the matrix whose row scores are wanted (None for uniform)."""
-        return None if self.rows is None else self.rows.matrix(X, y)
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0
+               ) -> np.ndarray | None:
+        """The block of the matrix whose row scores are wanted (None for uniform):
+        (n_b * group, q) for rows ``offset .. offset + n_b - 1``."""
+        return None if self.rows is None else self.rows.matrix(X, y, offset)
+
+    @property
+    def group(self) -> int:
+        """Matrix rows per example (C or k of the block kinds, else 1)."""
+        return 1 if self.rows is None else int(getattr(self.rows, "group", 1))
 
     @property
     def needs_y(self) -> bool:
@@ -87,9 +94,10 @@ def make_spec(
     has_y: bool,
     linear_augment_y: bool = False,
     *,
-    loss: str = "squared",
+    loss: str | None = "squared",
     sketch: Any = None,
     device: str = "numpy",
+    seed: int = 0,
 ) -> ScoreSpec:
     """Validate the score arguments once and bundle them for the block kernels.
 
@@ -106,12 +114,15 @@ def make_spec(
         Labels are given (nonlinear kinds then use the augmented dual).
     linear_augment_y : bool
         Append y to the data matrix of the linear kinds.
-    loss : str
-        Residuals of the nonlinear kinds (:mod:`nldist.models.losses`).
+    loss : str or None
+        Residuals of the nonlinear kinds (:mod:`nldist.models.losses`); None: squared, or
+        cross_entropy for a C-output model.
     sketch : nldist.options.SketchOptions, optional
         With ``cols``: project each row to that many columns (:class:`SketchedRows`).
     device : str
         Where the passes' R and leverage work runs (:mod:`nldist.scores.backends`).
+    seed : int
+        Seed of the block sketch's signs (``block-sketch:k``; the job's random state).
 
     Returns
     -------
@@ -132,7 +143,19 @@ def make_spec(
                 f"{n_features} columns; rebuild it with n_features={n_features}"
             )
         theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
-    rows = k.make_rows(model, theta, has_y, loss=loss, linear_augment_y=linear_augment_y)
+    if loss is None:
+        loss = "cross_entropy" if model is not None and model.n_outputs > 1 else "squared"
+    if k.rows == "dual" and model is not None:
+        model.check_outputs(loss if has_y else None)
+        if model.n_outputs > 1 and not has_y:
+            raise NldistError(f"nonlinear kinds of a {model.n_outputs}-output model score the "
+                              "cross-entropy residual and need labels y; pass y, or use "
+                              "block-leverage (label-free)")
+    rows = k.make_rows(model, theta, has_y, loss=loss, linear_augment_y=linear_augment_y,
+                       seed=seed)
+    if rows is not None and rows.group > 1 and sketch is not None and sketch.rows:
+        raise NldistError(f"kind {k.name!r} has several rows per example; a row sketch "
+                          "(sketch.rows) does not apply — use block-sketch:<k> or drop it")
     if sketch is not None and sketch.cols and rows is not None:
         rows = SketchedRows(rows, sketch)
     return ScoreSpec(k, rows, device=check_device(device))
