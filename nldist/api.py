@@ -10,7 +10,7 @@ import numpy as np
 from nldist import graph
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
-from nldist.models import check_model
+from nldist.models import as_model
 from nldist.models.base import Model
 from nldist.models.losses import get_loss
 from nldist.options import (
@@ -53,8 +53,10 @@ def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None
 
     Parameters
     ----------
-    model : Model
-        From :func:`nldist.get_model`.
+    model : Model, spec str or torch.nn.Module
+        From :func:`nldist.get_model`, a spec, or a live module (its architecture and
+        state_dict go to the workers; theta is then e.g. ``model_obj.initial_theta()`` or
+        ``parameters_to_vector(module.parameters())``).
     theta : ndarray or torch.Tensor, shape (p,)
     X : ndarray, shape (n, d)
     y : ndarray (n,), optional
@@ -70,7 +72,7 @@ def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None
         loss, r_i(theta) = r_i(0) + <theta, r*_i>. A C-output model has no single adjoint
         row: use ``model.adjoint_block`` (n, C, p) or a loss.
     """
-    model = check_model(model)
+    model = as_model(model, _width(X))
     theta, X = model.check_theta(theta), model.check_X(X)
     if loss is None and y is None:
         if model.n_outputs > 1:
@@ -85,6 +87,11 @@ def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None
     if lo.name == "squared":
         return model.adjoint(theta, X)
     return model.residual_adjoint(theta, X, yy, lo)
+
+
+def _width(X: Any) -> int:
+    shape = np.shape(X)
+    return int(shape[-1]) if len(shape) == 2 else 1
 
 
 def _labels(y: Any, n: int) -> np.ndarray:
@@ -117,7 +124,7 @@ def dual_matrix(model: Model, theta: Any, X: Any, y: Any, *, loss: str | None = 
     ndarray, shape (n, p + 1), float64, with ``dual @ [theta, 1] == f(theta) - y``
     (``r(theta)`` with a loss).
     """
-    model = check_model(model)
+    model = as_model(model, _width(X))
     X = model.check_X(X)
     y = _labels(y, X.shape[0])
     lo = loss or ("cross_entropy" if model.n_outputs > 1 else "squared")

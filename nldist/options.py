@@ -109,6 +109,8 @@ def format_error(where: str, exc: ValidationError, allowed: Any = None) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"]
+    if err["type"] == "value_error" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]  # our own validators' messages, as written
     if err["type"] == "extra_forbidden" and allowed is not None:
         msg = f"unknown field; allowed here: {', '.join(allowed(err['loc'][:-1]))}"
     got = err.get("input")

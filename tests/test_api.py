@@ -132,15 +132,26 @@ def test_bad_inputs(diabetes):
         nldist.leverage(np.ones(3))
 
 
-def test_a_live_torch_module_as_model_is_a_one_line_error():
-    """model=<nn.Module> (issue 13): not an AttributeError, but the fix named."""
+def test_a_live_torch_module_is_a_model_everywhere(local_client):
+    """model=<nn.Module> (issue 13): turned into architecture + state_dict for the workers;
+    the same scores as the spec naming the same network, on a real LocalCluster."""
+    import dask.array as da
     import torch
 
+    torch.manual_seed(3)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
-    X = np.random.default_rng(0).normal(size=(20, 3))
-    for call in (lambda: nldist.scores(X, X[:, 0], model=net, theta=np.zeros(21)),
-                 lambda: nldist.adjoint(net, np.zeros(21), X),
-                 lambda: nldist.dual_matrix(net, np.zeros(21), X, X[:, 0])):
-        with pytest.raises(nldist.NldistError, match=r"torch.Sequential — for a torch.nn.Module"
-                           r", name the function that builds it"):
-            call()
+    theta = torch.nn.utils.parameters_to_vector(net.parameters()).detach().double().numpy()
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    y = X[:, 0]
+    ref = nldist.get_model("torch:nldist.examples.nets:mlp(hidden=4,depth=1,act=tanh)", 3)
+    F = nldist.adjoint(net, theta, X)
+    np.testing.assert_allclose(F, ref.adjoint(theta, X), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(nldist.dual_matrix(net, theta, X, y),
+                               nldist.dual_matrix(ref, theta, X, y), rtol=1e-12, atol=1e-14)
+    got = nldist.scores(da.from_array(X, chunks=20), da.from_array(y, chunks=20), model=net,
+                        theta=theta).compute()
+    np.testing.assert_allclose(got, nldist.scores(X, y, model=ref, theta=theta), rtol=1e-10)
+    # the user's module is untouched (no dtype change, no hooks left behind)
+    assert next(net.parameters()).dtype == torch.float32
+    with pytest.raises(NldistError, match="theta has shape"):
+        nldist.scores(X, y, model=net, theta=np.zeros(3))

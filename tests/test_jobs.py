@@ -31,7 +31,7 @@ BASE = "dataset: {source: diabetes}\nmodel: glm:sigmoid\n"
     "text, match",
     [
         (BASE + "s: -5\n", r"job.yaml: s: Input should be greater than 0 \(got -5\)"),
-        (BASE + "kind: leverage\n", r"kind: Input should be 'nonlinear-leverage'"),
+        (BASE + "kind: leverage\n", r"kind: unknown score kind 'leverage'; use one of "),
         ("dataset: {source: diabetes}\nmodel: glm:relu6\n", "model: .*unknown activation"),
         (BASE + "dataset: {source: x, chunk_rows: 0}\n", r"dataset.chunk_rows: .*greater than 0"),
         (BASE + "sampel: 3\n", "sampel: unknown field; allowed here: name, dataset, model"),

@@ -58,9 +58,9 @@ class _Count:
         self.calls = 0
         orig = ScoreSpec.matrix
 
-        def counted(spec, X, y):
+        def counted(spec, X, y, offset=0):
             self.calls += 1
-            return orig(spec, X, y)
+            return orig(spec, X, y, offset)
 
         monkeypatch.setattr(ScoreSpec, "matrix", counted)
 

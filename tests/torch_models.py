@@ -48,7 +48,7 @@ def fixed() -> nn.Module:
 
 
 def wrong_shape(n_features: int) -> nn.Module:
-    return nn.Linear(n_features, 2)
+    return nn.Sequential(nn.Linear(n_features, 2), nn.Unflatten(1, (2, 1)))  # (n, 2, 1)
 
 
 class _Rounds(nn.Module):

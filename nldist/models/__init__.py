@@ -39,6 +39,8 @@ FACTORIES: dict[str, Callable[[str, int], Model] | str] = {
     "torch": "nldist.models.torchmodel:torch_spec",
     "softmax": softmax.softmax_spec,
     "mlp": "nldist.models.torchmodel:mlp_spec",
+    # a live torch.nn.Module handed to the Python API (not a spec prefix)
+    "live": "nldist.models.torchmodel:from_module",
 }
 
 
@@ -48,6 +50,25 @@ def _factory(prefix: str) -> Callable[[str, int], Model]:
         module, name = entry.split(":")
         entry = FACTORIES[prefix] = getattr(importlib.import_module(module), name)
     return entry
+
+
+def as_model(model: Any, n_features: int) -> Model:
+    """A :class:`Model` from what the API accepts: a spec string (built for
+    ``n_features``), a Model, or a live ``torch.nn.Module`` (its architecture and
+    ``state_dict`` travel to the workers; theta defaults to its parameters)."""
+    if isinstance(model, str):
+        return get_model(model, n_features)
+    if _is_module(model):
+        return _factory("live")(model, int(n_features))
+    return check_model(model)
+
+
+def _is_module(obj: Any) -> bool:
+    """A torch.nn.Module, without importing torch unless the object comes from it."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.startswith("torch.nn") and cls.__name__ == "Module":
+            return True
+    return False
 
 
 def check_model(model: Any) -> Model:
@@ -91,9 +112,9 @@ def get_model(spec: str, n_features: int) -> Model:
         prefix = "glm"
     else:
         prefix = spec.split(":", 1)[0]
-        if prefix in ("linear", "glm") or prefix not in FACTORIES:
+        if prefix in ("linear", "glm", "live") or prefix not in FACTORIES:
             known = SPEC_HELP + "".join(f", {p}:..." for p in FACTORIES
-                                        if p not in ("linear", "glm"))
+                                        if p not in ("linear", "glm", "live"))
             raise NldistError(f"unknown model spec {spec!r}; use one of {known}")
     return _factory(prefix)(spec, int(n_features))
 
@@ -110,4 +131,4 @@ def check_spec(spec: str) -> str:
     return spec
 
 
-__all__ = ["FACTORIES", "Model", "check_spec", "get_model"]
+__all__ = ["FACTORIES", "Model", "as_model", "check_spec", "get_model"]

@@ -208,7 +208,8 @@ def as_rows(out: Any, n: int, where: str = "model", n_outputs: int = 1) -> torch
         out = out[:, 0]
     if out.ndim != 1 or out.shape[0] != n:
         raise NldistError(f"{where} forward maps (n, d) to shape {tuple(out.shape)} for n={n}; "
-                          "it must return (n,) or (n, 1) — one output per row")
+                          "it must return (n,) or (n, 1) — one output per row — or (n, C) "
+                          "logits of a C-class model")
     return out
 
 

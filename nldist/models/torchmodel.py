@@ -26,6 +26,7 @@ a ``torch:`` spec is built (:mod:`nldist.models` registers it by name).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 from nldist._runtime import use_worker_threads
@@ -152,6 +154,8 @@ class TorchModel(TorchForwardModel):
     state: bytes = field(default=b"", repr=False)
     #: the ``torch:`` spec the module is built from when ``spec`` is a shorthand (``mlp:``)
     source: str = ""
+    #: a live module's architecture (cloudpickle), for modules handed to the Python API
+    module_blob: bytes = field(default=b"", repr=False)
     accepts_state_dict = True
 
     @property
@@ -175,7 +179,7 @@ class TorchModel(TorchForwardModel):
     def _cache_key(self) -> tuple:
         key = getattr(self, "_key", None)
         if key is None:
-            digest = hashlib.sha256(self.state).hexdigest()[:16]
+            digest = hashlib.sha256(self.state + self.module_blob).hexdigest()[:16]
             key = self._key = (self.spec, self._mod, self.n_features, digest)
         return key
 
@@ -190,16 +194,25 @@ class TorchModel(TorchForwardModel):
             cache[key] = self._build()
         return cache[key]
 
+    def _make_net(self) -> Any:
+        """A fresh module: unpickled from ``module_blob`` (a live module given to the API),
+        else built by the spec's factory (seeded)."""
+        import torch
+
+        if self.module_blob:
+            return cloudpickle.loads(self.module_blob)
+        _, _, kwargs = parse_torch_spec(self.torch_spec)
+        factory = import_factory(self._mod, self._fac, self.torch_spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return (factory(self.n_features, **kwargs) if takes_positional(factory)
+                    else factory(**kwargs))
+
     def _build(self) -> _Built:
         import torch
 
-        _, _, kwargs = parse_torch_spec(self.torch_spec)
-        factory = import_factory(self._mod, self._fac, self.torch_spec)
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                net = (factory(self.n_features, **kwargs) if takes_positional(factory)
-                       else factory(**kwargs))
+            net = self._make_net()
         except NldistError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -360,7 +373,8 @@ class TorchModel(TorchForwardModel):
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "n_features": self.n_features, "n_params": self.n_params,
                 "n_outputs": self.n_outputs, "source": self.source, "state": self.state,
-                "quad_options": self.quad_options, "_mod": self._mod, "_fac": self._fac}
+                "quad_options": self.quad_options, "_mod": self._mod, "_fac": self._fac,
+                "module_blob": self.module_blob}
 
     def __setstate__(self, st: dict) -> None:
         self.__dict__.update(st)
@@ -408,15 +422,7 @@ class TorchModel(TorchForwardModel):
         return theta
 
     def _build_plain(self) -> Any:
-        import torch
-
-        _, _, kwargs = parse_torch_spec(self.torch_spec)
-        factory = import_factory(self._mod, self._fac, self.torch_spec)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            net = (factory(self.n_features, **kwargs) if takes_positional(factory)
-                   else factory(**kwargs))
-        return net.double().eval()
+        return self._make_net().double().eval()
 
     # -- torch forms -------------------------------------------------------------------------
     def torch_forward(self, theta: Any, X: Any) -> Any:
@@ -568,3 +574,23 @@ def mlp_spec(spec: str, d: int) -> TorchModel:
     """``mlp:<h1>,<h2>,...:<C>[:<act>]``: a C-class MLP classifier (logits out) built by
     :func:`nldist.examples.nets.classifier`."""
     return TorchModel(spec=spec, n_features=d, source=mlp_torch_spec(spec))
+
+
+def from_module(module: Any, n_features: int) -> TorchModel:
+    """A live ``torch.nn.Module`` as a model: its architecture (cloudpickle) and its
+    ``state_dict`` travel to the workers; theta is its parameters (``parameters_to_vector``
+    order, ``model.initial_theta()``). The spec names its class (provenance)."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise NldistError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    cls = type(module)
+    try:
+        blob = cloudpickle.dumps(copy.deepcopy(module).cpu())
+    except Exception as exc:  # noqa: BLE001
+        raise NldistError(f"cannot serialize the module {cls.__name__} for the workers "
+                          f"({type(exc).__name__}: {_first_line(exc)}); name its factory "
+                          "instead: model='torch:my_module:make_net'") from None
+    state = _state_bytes(copy.deepcopy(module).cpu().double())
+    return TorchModel(spec=f"torch:{cls.__module__}:{cls.__name__}", n_features=n_features,
+                      module_blob=blob, state=state)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from nldist.errors import NldistError
-from nldist.models import check_model, get_model
+from nldist.models import as_model
 from nldist.models.base import Model
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import Kind, get_kind
@@ -129,10 +129,8 @@ def make_spec(
     ScoreSpec
     """
     k = get_kind(kind)
-    if isinstance(model, str):
-        model = get_model(model, n_features)
     if model is not None:
-        model = check_model(model)
+        model = as_model(model, n_features)
     if k.nonlinear:
         if model is None:
             raise NldistError(f"kind {k.name!r} needs a model; pass model='glm:sigmoid' (or "
