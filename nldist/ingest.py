@@ -36,6 +36,7 @@ from nldist.store.dataset import (
 from nldist.store.records import digest, file_fingerprint, tree_fingerprint
 from nldist.tablestats import (
     check_categorical,
+    class_index,
     encode_partition,
     make_plan,
     merge_stats,
@@ -167,11 +168,15 @@ def prepare(
     df = select_columns(df, target, features, None)
     attrs: dict[str, Any] = {"target": str(target)}
     if classes is not None:
-        if len(classes) != 2:
-            raise NldistError(f"classes must name exactly two target values, got {classes!r}")
+        if len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+            raise NldistError(f"classes must name two or more distinct target values, got "
+                              f"{classes!r}")
+        if standardize_target and len(classes) > 2:
+            raise NldistError(f"{len(classes)} classes are labels 0..{len(classes) - 1}, not a "
+                              "number to standardize; drop standardize_target")
         keep = df[target].isin(classes)
         df = df[keep]
-        df = df.assign(**{target: (df[target] == classes[1]).astype(np.float64)})
+        df = df.assign(**{target: class_index(df[target], classes)})
         attrs["classes"] = [str(c) for c in classes]
     n_missing = int(df.isna().sum().sum())
     if n_missing:

@@ -51,7 +51,9 @@ class DatasetConfig(_Strict):
                         "or an existing Zarr dataset directory (*.zarr)")
     target: str | None = Field(None, description="target column (default: the dataset's)")
     features: list[str] | None = None
-    classes: list[str | int | float] | None = Field(None, description="keep two target values")
+    classes: list[str | int | float] | None = Field(
+        None, description="keep these target values, mapped to 0..k-1 in this order (two for "
+        "bce, k for cross_entropy)")
     standardize: bool = Field(False, description="standardize features (recorded in attrs)")
     standardize_target: bool = False
     dropna: bool = False

@@ -165,6 +165,13 @@ def merge_stats(parts: list[dict]) -> dict:
     return out
 
 
+def class_index(col: pd.Series, classes: list[Any]) -> np.ndarray:
+    """The position of each row's value in ``classes`` as float64 (0/1 for two classes,
+    0..k-1 labels for k): rows of other values must have been dropped."""
+    lookup = {c: float(i) for i, c in enumerate(classes)}
+    return col.map(lookup).to_numpy(np.float64)
+
+
 def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
               standardize: bool, standardize_target: bool, dtype: str) -> dict:
     """The encoding of every partition from the merged statistics, with one-line errors
@@ -229,6 +236,9 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
         attrs["standardize"] = {"mean": [float(v) for v in means],
                                 "scale": [float(v) for v in scales]}
     if standardize_target:
+        if classes is not None and len(classes) > 2:
+            raise NldistError(f"{len(classes)} classes are labels 0..{len(classes) - 1}, not a "
+                              "number to standardize; drop standardize_target")
         if plan["target_map"] is not None:
             cnt = float(n)
             p = stats["text"][target][plan["target_map"][1]] / cnt \
@@ -268,7 +278,7 @@ def encode_partition(df: pd.DataFrame, plan: dict, features: list[str] | None,
             X[:, j] = df[c].to_numpy(np.float64)
             j += 1
     if classes is not None:
-        y = (df[target] == classes[1]).to_numpy(np.float64)
+        y = class_index(df[target], classes)
     elif plan["target_map"] is not None:
         y = (df[target].astype(str).to_numpy() == plan["target_map"][1]).astype(np.float64)
     else:

@@ -346,3 +346,32 @@ def test_a_ten_class_job_runs_end_to_end_through_nldist_run(tmp_path):
     for k in got:
         s = np.asarray(z[k][:])
         assert s.shape == (1797,) and abs(s.sum() - 1) < 1e-6  # stored float32
+
+
+def test_ingest_maps_k_classes_to_labels_on_both_paths(tmp_path, sync_scheduler):
+    """``classes: [a, b, c]`` keeps those target values as labels 0..k-1 in that order, in
+    the single-file ingest and in the distributed one (a directory of files)."""
+    import pandas as pd
+    import zarr
+
+    from nldist.ingest import ingest, ingest_table
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x1": rng.normal(size=60), "x2": rng.normal(size=60),
+                       "kind": rng.choice(["cat", "dog", "eel", "fox"], size=60)})
+    src = tmp_path / "t.csv"
+    df.to_csv(src, index=False)
+    (tmp_path / "dir").mkdir()
+    df.iloc[:30].to_csv(tmp_path / "dir" / "a.csv", index=False)
+    df.iloc[30:].to_csv(tmp_path / "dir" / "b.csv", index=False)
+    keep = df[df.kind != "fox"]
+    want = keep.kind.map({"eel": 0.0, "cat": 1.0, "dog": 2.0}).to_numpy()
+    for call, source in ((ingest, src), (ingest_table, str(tmp_path / "dir"))):
+        out = tmp_path / f"out_{call.__name__}.zarr"
+        call(source, out, target="kind", classes=["eel", "cat", "dog"])
+        y = np.asarray(zarr.open_group(str(out), mode="r")["y"][:])
+        np.testing.assert_array_equal(np.sort(y), np.sort(want))
+        assert len(y) == len(keep)
+    with pytest.raises(NldistError, match="not a number to standardize"):
+        ingest(src, tmp_path / "bad.zarr", target="kind", classes=["eel", "cat", "dog"],
+               standardize_target=True)
