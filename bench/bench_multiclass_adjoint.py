@@ -53,7 +53,8 @@ def baseline_fns(m, theta: np.ndarray, X: np.ndarray, y: np.ndarray):
     """vmap(jacrev) / vmap(grad) at 32 fixed Gauss-Legendre nodes (float64)."""
     t, w = gauss_legendre(32)
     T, W = torch.tensor(t), torch.tensor(w)
-    Xt, yt = torch.tensor(X), torch.tensor(y).long()
+    Xt = torch.tensor(X)
+    yt = torch.nn.functional.one_hot(torch.tensor(y).long(), int(m.n_outputs)).double()
     th = torch.tensor(theta)
 
     if hasattr(m, "_built"):
@@ -73,7 +74,7 @@ def baseline_fns(m, theta: np.ndarray, X: np.ndarray, y: np.ndarray):
 
     def r(vec, x, yy):
         z = f(vec, x)
-        return torch.sqrt(torch.logsumexp(z, 0) - z[yy])
+        return torch.sqrt(torch.logsumexp(z, 0) - (z * yy).sum())  # yy: one-hot
 
     def block():
         J = vmap(lambda x: vmap(lambda tt: jacrev(f)(tt * th, x))(T))(Xt)  # (n, 32, C, p)
