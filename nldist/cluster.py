@@ -138,7 +138,12 @@ def quiet_interrupt() -> Iterator[None]:
     """On Ctrl-C inside the block: print :data:`INTERRUPTED` at once, then send stderr to
     /dev/null for the rest of the process, so that tearing down the cluster (cancelled
     tasks, closed comms, asyncio and tornado complaints) adds nothing after that line.
-    The KeyboardInterrupt propagates (the CLI exits 130)."""
+    The KeyboardInterrupt propagates (the CLI exits 130). An interrupted gather's
+    ``AllExit`` that asyncio logs as "Task exception was never retrieved" — sometimes before
+    the KeyboardInterrupt reaches this block — is dropped while the block runs."""
+    guard = _DropAllExit()
+    aio = logging.getLogger("asyncio")
+    aio.addFilter(guard)
     try:
         yield
     except KeyboardInterrupt:
@@ -151,6 +156,18 @@ def quiet_interrupt() -> Iterator[None]:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
         INTERRUPT_REPORTED.set()
         raise
+    finally:
+        aio.removeFilter(guard)
+
+
+class _DropAllExit(logging.Filter):
+    """Drops asyncio's report of a gather task that ended with ``distributed``'s
+    ``AllExit`` (what an interrupted ``Client.gather`` leaves behind; never an error of the
+    job)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (type(exc).__name__ == "AllExit" or "AllExit" in record.getMessage())
 
 
 @contextlib.contextmanager
