@@ -20,10 +20,11 @@ is convex in the logits, so Gauss-Newton is Newton), same stopping rule. Network
 trained without a Jacobian (:func:`fit_ball_smooth`; their Gauss-Newton matrix would be
 (C p) x p per row): the weighted loss ``sum_i w_i CE_i`` and its gradient (torch autograd)
 drive L-BFGS (scipy); if its minimizer leaves the ball, the ball's optimum is the minimizer
-of ``L + mu/2 ||theta||^2`` whose norm is R (Brent's method on mu, warm-started L-BFGS
-inside). Stated tolerance there: gradient ``||g||_inf`` at most ``CE_GTOL`` x its value at
-the start (or L-BFGS's relative decrease below ``CE_FTOL``), ``||theta||`` within 1e-7 of R
-when the ball is active. The full-data optimum uses the same methods, one distributed pass
+of ``L + mu/2 ||theta||^2`` whose norm is R (regula falsi on log mu, warm-started L-BFGS
+inside), else spectral projected gradient. Stated tolerance there: gradient ``||g||_inf``
+(projected, on the sphere) at most ``CE_GTOL`` x its value at the start (or L-BFGS's
+relative decrease below ``CE_FTOL``), ``||theta||`` within 1e-7 of R when the ball is
+active. The full-data optimum uses the same methods, one distributed pass
 per evaluation (:func:`gn_block`).
 """
 
@@ -196,9 +197,12 @@ def fit_ball_smooth(
     L-BFGS (scipy) on the loss itself; when its minimizer leaves the ball, the ball's
     optimum is the minimizer of ``L + mu/2 ||theta||^2`` whose norm is the radius (the KKT
     conditions; for a convex loss ||theta(mu)|| decreases with mu), so mu is found by
-    Brent's method on ``log mu``, each inner problem by L-BFGS warm-started at the last
-    one. Stated tolerance: inner gradient ``||g||_inf <= gtol * ||g(theta0)||_inf`` (or a
-    relative decrease below ``CE_FTOL``), the norm within ``1e-7`` of the radius.
+    Illinois regula falsi on ``log mu`` in a bracket grown by doubling steps, each inner
+    problem by L-BFGS warm-started at the last one; when no mu reaches the radius (a
+    non-convex loss: the penalized minimizers jump between basins), spectral projected
+    gradient from the projection (:func:`_spg`). Stated tolerance: inner gradient
+    ``||g||_inf <= gtol * ||g(theta0)||_inf`` (or a relative decrease below ``CE_FTOL``), the
+    norm within ``1e-7`` of the radius (the projected gradient for the SPG fallback).
 
     Parameters
     ----------
@@ -265,7 +269,7 @@ def fit_ball_smooth(
         last[0] = solve(float(np.exp(log_mu)), last[0])
         return float(np.linalg.norm(last[0])) / radius - 1.0
 
-    Lp, gp = f(last[0])
+    _, gp = f(last[0])
     mu0 = max(abs(float(gp @ last[0])) / radius**2, 1e-12)  # the KKT multiplier's estimate
     lo, hi = np.log(mu0), np.log(mu0)
     vlo = vhi = psi(lo)
@@ -340,6 +344,18 @@ def _spg(f: Callable, theta: np.ndarray, radius: float, atol: float, max_iter: i
         recent.append(L)
         history.append(L)
     return theta, L, False, max_iter
+
+
+def fit_cross_entropy(oracle: Oracle, model: Model, theta0: np.ndarray, radius: float,
+                      tol: float = 1e-12, max_iter: int = 200) -> FitResult:
+    """Cross-entropy over the ball by the method that fits the model (module docstring):
+    :func:`fit_ball` with the exact Hessian for ``softmax:<C>`` (its oracle returns ``gn``),
+    else :func:`fit_ball_smooth` from the gradient alone (networks; at least
+    :data:`CE_MIN_ITER` iterations). ``oracle`` is :func:`ce_oracle` on a sample or a
+    distributed pass of :func:`gn_block`."""
+    if getattr(model, "kron_design", None) is not None:
+        return fit_ball(oracle, theta0, radius, tol=tol, max_iter=max_iter)
+    return fit_ball_smooth(oracle, theta0, radius, max_iter=max(max_iter, CE_MIN_ITER))
 
 
 def ce_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
@@ -503,11 +519,8 @@ def train_on_sample(
     theta0 = model.initial_theta() if theta0 is None else model.check_theta(theta0)
     model.check_outputs(loss)
     if loss == "cross_entropy":
-        if getattr(model, "kron_design", None) is not None:  # softmax: exact Hessian, LM
-            return fit_ball(ce_oracle(model, X, y, weights), theta0, radius, tol=tol,
-                            max_iter=max_iter)
-        return fit_ball_smooth(ce_oracle(model, X, y, weights), theta0, radius,
-                               max_iter=max(max_iter, CE_MIN_ITER))
+        return fit_cross_entropy(ce_oracle(model, X, y, weights), model, theta0, radius,
+                                 tol=tol, max_iter=max_iter)
     return fit_ball(sample_oracle(model, X, y, weights, loss), theta0, radius, tol=tol,
                     max_iter=max_iter)
 
@@ -528,8 +541,9 @@ def gn_block(
 
     Returns
     -------
-    dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J — without ``gn`` for
-    ``cross_entropy`` (trained from the gradient alone, :func:`fit_ball_smooth`)
+    dict with ``loss`` (float), ``grad`` (p,), ``gn`` (p, p) = 2 J^T J — for
+    ``cross_entropy`` the CE's own (loss, gradient) and, for ``softmax:<C>``, its exact
+    Hessian (:func:`ce_oracle`; networks have no ``gn``: :func:`fit_cross_entropy`)
     """
     check_finite_block(np.asarray(X), np.asarray(y), offset)
     y = np.asarray(y, dtype=np.float64)

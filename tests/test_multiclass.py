@@ -26,7 +26,7 @@ import pytest
 
 import nldist
 from nldist.errors import NldistError
-from nldist.models.losses import MARGIN, check_labels, fisher_rows, get_loss, softmax
+from nldist.models.losses import MARGIN, check_labels, fisher_weights, get_loss, softmax
 from nldist.scores import block
 from nldist.scores.spec import make_spec
 from nldist.train import ce_oracle, train_on_sample
@@ -149,9 +149,9 @@ def test_softmax_block_leverage_is_the_dense_hat_matrix_block():
     ref, rank = _dense_block_leverage(m, theta, X)
     assert rank == 2 * 5  # (C - 1)(d + 1): the softmax is shift invariant
     np.testing.assert_allclose(lev * rank, ref, rtol=1e-9, atol=1e-12)
-    # and fisher_rows is B^T A with B B^T = diag(pi) - pi pi^T
+    # and fisher_weights is B^T with B B^T = diag(pi) - pi pi^T (B^T A for A = I)
     P = softmax(m.predict(theta, X[:3]))
-    G = fisher_rows(P, np.eye(3)[None].repeat(3, 0))
+    G = fisher_weights(P) @ np.eye(3)[None].repeat(3, 0)
     for i in range(3):
         np.testing.assert_allclose(G[i].T @ G[i], np.diag(P[i]) - np.outer(P[i], P[i]),
                                    atol=1e-15)

@@ -73,15 +73,12 @@ def _is_module(obj: Any) -> bool:
 
 def check_model(model: Any) -> Model:
     """``model`` itself when it is a :class:`Model`, else a one-line error naming the fix
-    (a live ``torch.nn.Module`` is named by the function that builds it)."""
+    (a live ``torch.nn.Module`` never gets here: :func:`as_model` converts it)."""
     if isinstance(model, Model):
         return model
     what = type(model).__module__.split(".")[0] + "." + type(model).__name__
-    hint = (" — for a torch.nn.Module, name the function that builds it: model="
-            "'torch:my_module:make_net(hidden=32)' (README 'Neural networks')"
-            if what.startswith("torch.") else "")
-    raise NldistError(f"model must be a spec string such as 'glm:sigmoid' or an nldist Model "
-                      f"from nldist.get_model, got a {what}{hint}")
+    raise NldistError(f"model must be a spec string such as 'glm:sigmoid', an nldist Model "
+                      f"from nldist.get_model or a torch.nn.Module, got a {what}")
 
 
 def get_model(spec: str, n_features: int) -> Model:

@@ -323,31 +323,13 @@ def check_labels(y: Any, n_classes: int, declared: bool = False) -> np.ndarray:
     return yi
 
 
-def fisher_rows(P: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """The softmax Fisher factor applied to a block of per-class rows.
-
-    ``B_i^T A_i`` with ``B_i = diag(sqrt(pi_i)) (I - sqrt(pi_i) sqrt(pi_i)^T)``, so that
-    ``(B^T A)^T (B^T A) = A^T (diag(pi) - pi pi^T) A`` (the Fisher / Gauss-Newton block of
-    cross-entropy).
-
-    Parameters
-    ----------
-    P : ndarray (n, C)
-        Probabilities pi_i.
-    A : ndarray (n, C, q)
-        Per example, one row per class (e.g. the adjoint block of the logits).
-
-    Returns
-    -------
-    ndarray (n, C, q)
-    """
-    mean = np.einsum("nc,ncq->nq", P, A)
-    return np.sqrt(P)[:, :, None] * (A - mean[:, None, :])
-
-
 def fisher_weights(P: np.ndarray) -> np.ndarray:
-    """``B_i`` (n, C, C) of :func:`fisher_rows` as matrices: ``B_i^T A_i = B_i^T @ A_i``;
-    row j of ``B_i^T`` is the class weighting of Fisher row j."""
+    """The softmax Fisher factor ``B_i^T`` (n, C, C) of probabilities P (n, C).
+
+    ``B_i = diag(sqrt(pi_i)) (I - sqrt(pi_i) sqrt(pi_i)^T)``, so ``B_i B_i^T = diag(pi_i) -
+    pi_i pi_i^T`` (the Fisher / Gauss-Newton block of cross-entropy); ``B_i^T @ A_i`` are the
+    Fisher-weighted rows of a per-class block A_i (C, q), and row j of ``B_i^T`` is the
+    class weighting of Fisher row j."""
     sq = np.sqrt(P)
     C = P.shape[1]
     return sq[:, :, None] * (np.eye(C)[None] - P[:, None, :])

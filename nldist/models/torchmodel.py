@@ -585,12 +585,13 @@ def from_module(module: Any, n_features: int) -> TorchModel:
     if not isinstance(module, torch.nn.Module):
         raise NldistError(f"expected a torch.nn.Module, got {type(module).__name__}")
     cls = type(module)
+    mine = copy.deepcopy(module).cpu()  # the user's module is left as it is
     try:
-        blob = cloudpickle.dumps(copy.deepcopy(module).cpu())
+        blob = cloudpickle.dumps(mine)
     except Exception as exc:  # noqa: BLE001
         raise NldistError(f"cannot serialize the module {cls.__name__} for the workers "
                           f"({type(exc).__name__}: {_first_line(exc)}); name its factory "
                           "instead: model='torch:my_module:make_net'") from None
-    state = _state_bytes(copy.deepcopy(module).cpu().double())
+    state = _state_bytes(mine.double())
     return TorchModel(spec=f"torch:{cls.__module__}:{cls.__name__}", n_features=n_features,
                       module_blob=blob, state=state)

@@ -59,7 +59,7 @@ from nldist.store.dataset import (
 from nldist.store.records import array_digest, digest, write_json
 from nldist.store.sample_table import write_sample_table
 from nldist.store.scores import ChunkedScores
-from nldist.train import CE_MIN_ITER, FitResult, fit_ball, fit_ball_smooth, train_on_sample
+from nldist.train import FitResult, fit_ball, fit_cross_entropy, train_on_sample
 
 log = logging.getLogger("nldist")
 
@@ -256,10 +256,9 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
         return graph.gn_pass(X, y, m, t, job.split_every, loss=job.loss)
 
     with ctx.timed("optimum"):
-        if job.loss == "cross_entropy" and getattr(m, "kron_design", None) is None:
-            # networks: gradient passes only (train.fit_ball_smooth); softmax: exact Hessian
-            fit = fit_ball_smooth(gn, m.initial_theta(), job.radius,
-                                  max_iter=max(job.max_iter, CE_MIN_ITER))
+        if job.loss == "cross_entropy":  # softmax: exact Hessian; networks: gradients only
+            fit = fit_cross_entropy(gn, m, m.initial_theta(), job.radius, tol=job.tol,
+                                    max_iter=job.max_iter)
         else:
             fit = fit_ball(gn, m.initial_theta(), job.radius, tol=job.tol,
                            max_iter=job.max_iter)

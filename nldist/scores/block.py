@@ -146,8 +146,7 @@ def _pass1_block(
     persist = mode == "always"
     io_est = None
     build_s = 0.0
-    host_gram = (be.host_gram and leverage and hasattr(spec.rows, "add_gram")
-                 and getattr(spec.rows, "structured", True))
+    host_gram = be.host_gram and leverage and getattr(spec.rows, "gram_direct", False)
     any_dtype = getattr(spec.rows, "gram_any_dtype", False)
     for s in _slices(n, q, g):
         Xs = X[s]
@@ -330,7 +329,7 @@ def _pass2_rebuild(
         for s in slices:
             out[s] = spec.rows.row_values(X[s], _sl(yy, s), offset + s.start, P)
         return out
-    buffered = hasattr(spec.rows, "add_gram") and not hasattr(spec.rows, "structured")
+    buffered = getattr(spec.rows, "fills_buffer", False)
     if buffered:  # data rows: [X, 1, y] into one buffer
         buf = np.empty((slices[0].stop - slices[0].start, spec.n_cols(X.shape[1])))
     for s in slices:

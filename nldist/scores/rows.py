@@ -22,7 +22,9 @@ the block is ``(n_b * group, q)``, example-major, and an example's score is the 
 rows' values. ``matrix(X, y, offset)`` takes the global index of the block's first row
 (seeds of the block sketch).
 
-Flags: ``cheap`` (the block is a copy of X plus columns: never worth keeping),
+Flags: ``gram_direct`` (the rows add their Gram to pass 1 without forming the block:
+``add_gram``), ``fills_buffer`` (``matrix`` can write into a caller's buffer: ``out=``),
+``cheap`` (the block is a copy of X plus columns: never worth keeping),
 ``persistable`` (pass 1 may keep it on disk for pass 2), ``cheap_to_rebuild`` (rebuilding
 costs about a copy of X: linear rows, closed-form adjoints), ``needs_y``.
 """
@@ -151,6 +153,8 @@ class DataRows:
     persistable = False
     cheap_to_rebuild = True
     group = 1
+    gram_direct = True
+    fills_buffer = True
 
     @property
     def needs_y(self) -> bool:
@@ -274,6 +278,10 @@ class BlockRows:
     @property
     def structured(self) -> bool:
         return bool(getattr(self.model, "kron_design", False))
+
+    @property
+    def gram_direct(self) -> bool:
+        return self.structured
 
     @property
     def persistable(self) -> bool:
