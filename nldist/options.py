@@ -50,20 +50,20 @@ class AdjointOptions(_Options):
     """Settings of the quadrature engine for models without a closed-form adjoint
     (``torch:`` specs); they travel with the model to the workers."""
 
-    q: int = Field(8, gt=0, le=512, description="Gauss-Legendre nodes per piece to start "
-                   "the per-batch q-vs-2q check from")
-    q_min: int = Field(2, ge=1, le=512, description="fewest nodes the check may use")
-    q_max: int = Field(64, gt=0, le=512, description="most nodes the check may use (2q <= q_max)")
+    q: int = Field(2, gt=0, le=256, description="Gauss-Legendre nodes per piece of the "
+                   "first per-row check (q vs 2q nodes, the 2q value kept when its error "
+                   "estimate is below tol; else 2q vs 4q, ...)")
+    q_max: int = Field(64, gt=0, le=512, description="most nodes per piece a row may escalate "
+                       "to (2q <= q_max)")
     tol: float | None = Field(None, gt=0, lt=1, description="relative (ID) tolerance "
                               "(default 1e-10 in float64, 1e-5 in float32)")
     dtype: Literal["float64", "float32"] = Field(
         "float64", description="arithmetic of the torch evaluation (float32: faster, "
         "(ID) to ~1e-5)")
-    batch_rows: int = Field(1024, gt=0, description="rows per batch (breakpoints, probes "
-                            "and refinement are per batch)")
+    batch_rows: int = Field(1024, gt=0, description="rows per vectorized batch (every "
+                            "decision is per row: the result does not depend on it)")
     max_elems: int = Field(1 << 22, gt=0, description="floats one vectorized evaluation may "
                            "materialize (rows x nodes x p); sets the per-worker memory")
-    probe_rows: int = Field(8, gt=0, description="rows per batch recomputed with 2q nodes")
     kinks: bool = Field(True, description="locate ReLU-type breakpoints along the ray")
     max_depth: int = Field(48, ge=0, description="bisection levels of the refinement")
     accuracy: Literal["exact", "sampling"] = Field(
@@ -75,9 +75,8 @@ class AdjointOptions(_Options):
 
     @model_validator(mode="after")
     def _order(self) -> AdjointOptions:
-        if not (self.q_min <= self.q <= self.q_max):
-            raise ValueError(f"needs q_min <= q <= q_max, got q_min={self.q_min}, q={self.q}, "
-                             f"q_max={self.q_max}")
+        if 2 * self.q > self.q_max:
+            raise ValueError(f"needs 2q <= q_max, got q={self.q}, q_max={self.q_max}")
         return self
 
     @property

@@ -6,7 +6,8 @@ processed in row batches of bounded memory. Closed forms (GLM, ``relu2``) and th
 homogeneous shortcut live with their models; :func:`adjoint` is the general engine the
 :class:`nldist.models.Model` base class falls back to.
 
-Per batch of rows:
+Per batch of rows (every decision below is taken per row, so a row's adjoint does not
+depend on which rows share its batch, chunk or worker):
 
 1. **Breakpoints.** Piecewise-linear ops (relu, leaky_relu, hardtanh, abs, clamp, maximum,
    comparisons, ...) make ``grad f(t theta)`` jump where their input (a *switch*) changes
@@ -14,18 +15,22 @@ Per batch of rows:
    ``TorchFunctionMode``), brackets each sign change and locates it by Illinois regula falsi
    on ``z(t) / t``; each row's [0, 1] is split there, so every piece is smooth (polynomial
    for ReLU nets, where Gauss-Legendre is exact).
-2. **Quadrature.** q nodes per piece (default 8). Two evaluators (*rays*): for modules built
-   from layers that are linear in their own parameters (Linear, Conv, norms, Embedding) the
-   scaled parameters ``t theta`` are applied as a per-node scale of those layers' outputs,
-   and one ``vmap(grad)`` over rows gives sum_k w_k grad f(t_k theta) with no per-node
-   parameter copies (:class:`ScaledModuleRay`); any other model uses nested ``vmap`` of
-   ``grad`` over nodes and rows (:class:`FunctionalRay`).
-3. **Error estimate.** The (ID) residual ``f(theta) - f(0) - <theta, f*>`` of every row,
-   relative to the size of its terms, and q vs 2q nodes on the rows with the largest
-   residual; q doubles for the whole batch (up to ``q_max``) while they disagree by more
-   than ``tol``.
-4. **Refinement.** Rows whose (ID) residual is still above ``tol`` (kinks of ops the probe
-   does not see) get adaptive bisection of their pieces, by per-piece (ID) residual.
+2. **Quadrature.** Two evaluators (*rays*): for modules built from layers that are linear
+   in their own parameters (Linear, Conv, norms, Embedding) the scaled parameters
+   ``t theta`` are applied as a per-node scale of those layers' outputs, and one
+   ``vmap(grad)`` over rows gives sum_k w_k grad f(t_k theta) with no per-node parameter
+   copies (:class:`ScaledModuleRay`); any other model uses nested ``vmap`` of ``grad`` over
+   nodes and rows (:class:`FunctionalRay`).
+3. **Error estimate of the adjoint itself, per row.** Every row is integrated with q and
+   2q nodes per piece (default q = 2) and keeps the 2q value when the two agree to ``tol``
+   (max norm, relative to the row's adjoint) — a conservative bound, as the 2q rule is far
+   more accurate than the q rule it is compared with. Rows that disagree go on to 4q vs
+   2q, ... up to ``q_max``.
+4. **Refinement.** Rows still disagreeing at ``q_max``, or whose (ID) residual
+   ``f(theta) - f(0) - <theta, f*>`` (relative to the size of its terms) is above ``tol``
+   although their rules agree (kinks of ops the probe does not see), get adaptive bisection
+   of their pieces; a piece is accepted when its q and 2q rules agree and its own (ID)
+   residual is small.
 
 Everything runs in float64 unless the model is configured with ``dtype="float32"``
 (:func:`configure`); results are returned as float64 NumPy arrays.
@@ -216,8 +221,15 @@ def as_rows(out: Any, n: int, where: str = "model", n_outputs: int = 1) -> torch
 Post = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _chunks(n: int, size: int):
-    size = max(1, int(size))
+# Rows per BLAS tile: a gemm's row results depend on how many rows it is given (the edge
+# kernel for m mod 4 != 0, gemv for m = 1), so every evaluation of a ray runs on a multiple
+# of _TILE rows (the last row repeated) in pieces that are multiples of _TILE — then a row's
+# value does not depend on which rows share its batch, chunk or worker.
+_TILE = 16
+
+
+def _chunks(n: int, size: int, tile: int = 1):
+    size = max(tile, int(size) // tile * tile)
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
@@ -260,17 +272,43 @@ class _RayBase:
         return as_rows(self.post(as_rows(raw, n, n_outputs=self.n_outputs), a), n,
                        "post-map of the model")
 
-    # interface ------------------------------------------------------------------------
+    # interface: padded to whole tiles (see _TILE), then the subclass's evaluator ----------
+    @staticmethod
+    def _tiled(rows: torch.Tensor, *per_row: torch.Tensor | None):
+        m = len(rows)
+        k = (-m) % _TILE
+        if m == 0 or k == 0:
+            return rows, per_row
+        idx = torch.cat([torch.arange(m), torch.full((k,), m - 1)])
+        return rows[idx], tuple(None if v is None else v[idx] for v in per_row)
+
     def forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
         """f(t theta; x_rows), shared t. Returns (len(rows),)."""
-        raise NotImplementedError
+        r, _ = self._tiled(rows)
+        return self._forward(t, r)[: len(rows)]
 
     def values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
         """f(t_j theta; x_rows[j]) per item; with ``record`` also the switches (N, H)."""
-        raise NotImplementedError
+        r, (tt,) = self._tiled(rows, t)
+        v, S = self._values(r, tt, record)
+        m = len(rows)
+        return v[:m], (None if S is None else S[:m])
 
     def grads(self, rows: torch.Tensor, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """sum_j W_ij grad f(T_ij theta; x_rows[i]), (m, p); T, W of shape (J,) or (m, J)."""
+        if T.ndim == 1:
+            r, _ = self._tiled(rows)
+        else:
+            r, (T, W) = self._tiled(rows, T, W)
+        return self._grads(r, T, W)[: len(rows)]
+
+    def _forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
+        raise NotImplementedError
+
+    def _grads(self, rows: torch.Tensor, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -302,15 +340,15 @@ class FunctionalRay(_RayBase):
         self._f1 = f1
         self._g1 = grad(f1)
 
-    def forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
+    def _forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
         prm = self._scaled(torch.tensor(t, dtype=self.theta.dtype))
         outs = []
-        for a, b in _chunks(len(rows), self.max_elems // max(1, self.X.shape[1] * 4)):
+        for a, b in _chunks(len(rows), self.max_elems // max(1, self.X.shape[1] * 4), _TILE):
             r = rows[a:b]
             outs.append(self._finish(self.fn(prm, self.X[r]), self.aux[r], b - a))
         return torch.cat(outs) if outs else self.theta.new_zeros(0)
 
-    def values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
+    def _values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
         def item(x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
             prm = self._scaled(s)
             if record:
@@ -323,7 +361,7 @@ class FunctionalRay(_RayBase):
             return self._finish(out, a.unsqueeze(0), 1)[0], sw
 
         vals, sws = [], []
-        for a, b in _chunks(len(rows), self.max_elems // max(1, 4 * self.p)):
+        for a, b in _chunks(len(rows), self.max_elems // max(1, 4 * self.p), _TILE):
             r = rows[a:b]
             v, s = vmap(item)(self.X[r], self.aux[r], t[a:b])
             vals.append(v)
@@ -332,7 +370,7 @@ class FunctionalRay(_RayBase):
             return self.theta.new_zeros(0), None
         return torch.cat(vals), (torch.cat(sws) if record else None)
 
-    def grads(self, rows: torch.Tensor, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def _grads(self, rows: torch.Tensor, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         m = len(rows)
         J = T.shape[-1]
         out = self.theta.new_empty((m, self.p))
@@ -341,7 +379,7 @@ class FunctionalRay(_RayBase):
             inner = vmap(self._g1, in_dims=(None, 0, 0))
             outer = vmap(inner, in_dims=(0, None, None))
             prm = {k: T.reshape(-1, *([1] * v.ndim)) * v for k, v in self.params.items()}
-            for a, b in _chunks(m, size):
+            for a, b in _chunks(m, size, _TILE):
                 r = rows[a:b]
                 G = outer(prm, self.X[r], self.aux[r])
                 out[a:b] = self._flat({k: torch.tensordot(W, g, dims=1) for k, g in G.items()},
@@ -353,7 +391,7 @@ class FunctionalRay(_RayBase):
             G = vmap(self._g1, in_dims=(0, None, None))(prm, x, a)
             return {k: torch.tensordot(w, g, dims=1) for k, g in G.items()}
 
-        for a, b in _chunks(m, size):
+        for a, b in _chunks(m, size, _TILE):
             r = rows[a:b]
             out[a:b] = self._flat(vmap(row)(self.X[r], self.aux[r], T[a:b], W[a:b]), b - a)
         return out
@@ -418,17 +456,17 @@ class ScaledModuleRay(_RayBase):
             _SCALE.reset(tok)
         return out
 
-    def forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
+    def _forward(self, t: float, rows: torch.Tensor) -> torch.Tensor:
         s = torch.tensor(t, dtype=self.theta.dtype)
         outs = []
-        for a, b in _chunks(len(rows), self.max_elems // (4 * self.width)):
+        for a, b in _chunks(len(rows), self.max_elems // (4 * self.width), _TILE):
             r = rows[a:b]
             outs.append(self._finish(self._run(self.params, self.X[r], s), self.aux[r], b - a))
         return torch.cat(outs) if outs else self.theta.new_zeros(0)
 
-    def values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
+    def _values(self, rows: torch.Tensor, t: torch.Tensor, record: bool = False):
         vals, sws = [], []
-        for a, b in _chunks(len(rows), self.max_elems // (4 * self.width)):
+        for a, b in _chunks(len(rows), self.max_elems // (4 * self.width), _TILE):
             r = rows[a:b]
             if record:
                 with _Recorder(b - a) as rec:
@@ -441,7 +479,7 @@ class ScaledModuleRay(_RayBase):
             return self.theta.new_zeros(0), None
         return torch.cat(vals), (torch.cat(sws) if record else None)
 
-    def grads(self, rows: torch.Tensor, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def _grads(self, rows: torch.Tensor, T: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         m = len(rows)
         J = T.shape[-1]
         C = W / T
@@ -449,7 +487,7 @@ class ScaledModuleRay(_RayBase):
         g = vmap(self._gh, in_dims=(None, 0, 0, None if shared else 0, None if shared else 0))
         out = self.theta.new_empty((m, self.p))
         size = self.max_elems // (2 * self.p + 4 * J * self.width)
-        for a, b in _chunks(m, size):
+        for a, b in _chunks(m, size, _TILE):
             r = rows[a:b]
             t, c = (T, C) if shared else (T[a:b], C[a:b])
             with torch.no_grad():  # grad() ignores the outer no_grad; saves autograd state
@@ -470,12 +508,13 @@ class QuadInfo:
     ----------
     rows : int
     q : int
-        Nodes per piece in force at the end (after escalation).
+        Most nodes per piece any row was integrated with (2q unless rows escalated).
     kink_rows : int
         Rows with at least one located breakpoint.
     breakpoints : int
     escalated_rows : int
-        Rows recomputed with more than 2q nodes (their q-vs-2q check failed).
+        Row recomputations with more than 2q nodes (their check failed; a row that
+        escalates twice counts twice).
     refined_rows : int
         Rows sent to adaptive bisection.
     unconverged_rows : int
@@ -483,7 +522,7 @@ class QuadInfo:
     max_rel_residual : float
         Largest relative (ID) residual over the rows (after refinement).
     probe_error : float
-        Largest q-vs-2q relative difference seen on checked rows (before refinement).
+        Largest first q-vs-2q relative difference of a row (before escalation).
     """
 
     rows: int = 0
@@ -628,30 +667,47 @@ def _breakpoints(ray: _RayBase, rows: torch.Tensor, opts: AdjointOptions, info: 
     return out
 
 
+def _row_diff(Fa: torch.Tensor, Fb: torch.Tensor) -> np.ndarray:
+    """Per row, the max-norm difference of two (m, p) blocks relative to ``Fb``'s: (m,)."""
+    nrm = torch.clamp(Fb.abs().amax(dim=1), min=torch.finfo(Fb.dtype).tiny)
+    return ((Fa - Fb).abs().amax(dim=1) / nrm).double().numpy()
+
+
 def _refine(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: int,
-            scale: torch.Tensor, opts: AdjointOptions, info: QuadInfo) -> torch.Tensor:
-    """Adaptive bisection of each row's pieces by per-piece (ID) residual; returns (m, p)."""
+            size: np.ndarray, scale: torch.Tensor, opts: AdjointOptions,
+            info: QuadInfo) -> torch.Tensor:
+    """Adaptive bisection of each row's pieces; returns (m, p).
+
+    A piece is accepted when its q- and 2q-node values agree to ``tol * size / 64``
+    (``size``: the row's max-norm adjoint, so the row's error stays below ``tol`` relative
+    for up to 64 pieces) and its own (ID) residual is below ``tol * scale / 64``; its
+    2q-node value is kept. Everything is decided per piece of a row, so the result does not depend on which
+    rows share the batch.
+    """
     dt = ray.theta.dtype
-    t, w = gauss_legendre(q)
-    tt, ww = torch.as_tensor(t, dtype=dt), torch.as_tensor(w, dtype=dt)
+    ts = {k: tuple(torch.as_tensor(v, dtype=dt) for v in gauss_legendre(k)) for k in (q, 2 * q)}
     m = len(rows)
     acc = ray.theta.new_zeros((m, ray.p))
     wr = np.concatenate([np.full(len(pc) - 1, i) for i, pc in enumerate(pieces)])
     wa = np.concatenate([pc[:-1] for pc in pieces])
     wb = np.concatenate([pc[1:] for pc in pieces])
     thr = (opts.rtol * scale / 64.0).double().numpy()
+    thr_f = opts.rtol * np.maximum(size, np.finfo(np.float64).tiny) / 64.0
     theta = ray.theta
     for depth in range(opts.max_depth + 1):
         r = rows[torch.as_tensor(wr)]
         A, B = torch.as_tensor(wa, dtype=dt), torch.as_tensor(wb, dtype=dt)
         h = (B - A)[:, None]
-        G = ray.grads(r, A[:, None] + h * tt, h * ww)
+        G1 = ray.grads(r, A[:, None] + h * ts[q][0], h * ts[q][1])
+        G = ray.grads(r, A[:, None] + h * ts[2 * q][0], h * ts[2 * q][1])
         va, _ = ray.values(r, A)
         vb, _ = ray.values(r, B)
         res = (vb - va - G @ theta).abs().double().numpy()
-        ok = (res <= thr[wr]) | (wb - wa <= 1e-15) | (depth == opts.max_depth)
-        if depth == opts.max_depth and not np.all(res <= thr[wr]):
-            info.unconverged_rows += int(np.unique(wr[res > thr[wr]]).size)
+        err = (G - G1).abs().amax(dim=1).double().numpy()
+        good = (res <= thr[wr]) & (err <= thr_f[wr])
+        ok = good | (wb - wa <= 1e-15) | (depth == opts.max_depth)
+        if depth == opts.max_depth and not good.all():
+            info.unconverged_rows += int(np.unique(wr[~good]).size)
         okt = torch.as_tensor(ok)
         acc.index_add_(0, torch.as_tensor(wr[ok]), G[okt])
         if ok.all():
@@ -666,52 +722,15 @@ def _refine(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: int,
     return acc
 
 
-def _rel_diff(Fa: torch.Tensor, Fb: torch.Tensor) -> float:
-    """Largest row-relative max-norm difference of two (m, p) blocks."""
-    if Fa.shape[0] == 0:
-        return 0.0
-    nrm = torch.clamp(Fb.abs().amax(dim=1), min=torch.finfo(Fb.dtype).tiny)
-    return float(((Fa - Fb).abs().amax(dim=1) / nrm).max())
-
-
-def _select_q(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: int,
-              opts: AdjointOptions, info: QuadInfo) -> int:
-    """Smallest q (halving / doubling from q) whose rule agrees with 2q to tol on rows."""
-    cache: dict[int, torch.Tensor] = {}
-
-    def rule(k: int) -> torch.Tensor:
-        if k not in cache:
-            cache[k] = _pieces_grads(ray, rows, pieces, k)
-        return cache[k]
-
-    def err(k: int) -> float:
-        e = _rel_diff(rule(k), rule(2 * k))
-        return e
-
-    tol = opts.rtol
-    e = err(q)
-    if e <= tol:
-        while q // 2 >= opts.q_min:
-            e2 = err(q // 2)
-            if e2 > tol:
-                break
-            q, e = q // 2, e2
-    else:
-        while e > tol and 4 * q <= opts.q_max:
-            q *= 2
-            e = err(q)
-    info.probe_error = max(info.probe_error, e)
-    return q
-
-
-def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: AdjointOptions,
-                     info: QuadInfo) -> tuple[torch.Tensor, int]:
+def _integrate_batch(ray: _RayBase, rows: torch.Tensor, opts: AdjointOptions,
+                     info: QuadInfo) -> torch.Tensor:
+    """The adjoint rows of one batch, every decision taken per row (see the module doc)."""
     m = len(rows)
     if opts.accuracy == "sampling":  # a fixed rule, no checks: leverage to a constant factor
         F = _pieces_grads(ray, rows, [np.array([0.0, 1.0])] * m, opts.sampling_q)
         _check_finite("gradient", F, rows)
-        return F, opts.sampling_q
-    tol = opts.rtol
+        return F
+    tol, q = opts.rtol, opts.q
     f1 = ray.forward(1.0, rows)
     f0 = ray.forward(0.0, rows)
     _check_finite("output at theta", f1, rows)
@@ -721,46 +740,37 @@ def _integrate_batch(ray: _RayBase, rows: torch.Tensor, q: int, opts: AdjointOpt
         pieces = [np.array([0.0, 1.0])] * m
     else:
         pieces = [np.concatenate([[0.0], bp, [1.0]]) for bp in bps]
-    k = min(opts.probe_rows, m)
-    if k:
-        # error estimate before the batch: q vs 2q on typical rows (spread over the upper half
-        # of the row norms) and the most-kinked ones; rare hard rows are handled row by row
-        xn = torch.linalg.vector_norm(ray.X[rows], dim=1).double().numpy()
-        npieces = np.fromiter((len(pc) for pc in pieces), dtype=np.float64, count=m)
-        order = np.argsort(xn, kind="stable")
-        typical = order[np.linspace(m // 2, m - 1, (k + 1) // 2).astype(int)]
-        by_kinks = np.argsort(-(npieces + 1e-3 * xn), kind="stable")[: k // 2]
-        pick = np.unique(np.concatenate([typical, by_kinks]))
-        q = _select_q(ray, rows[torch.as_tensor(pick)], [pieces[i] for i in pick], q, opts, info)
-    F = _pieces_grads(ray, rows, pieces, q)
+    # every row: q vs 2q nodes per piece, the 2q value kept when the two agree to tol (a
+    # conservative bound on the 2q value's error); rows that disagree go on to 4q vs 2q,
+    # ... up to q_max
+    Fq = _pieces_grads(ray, rows, pieces, q)
+    _check_finite("gradient", Fq, rows)
+    F = _pieces_grads(ray, rows, pieces, 2 * q)
     _check_finite("gradient", F, rows)
-    rel, scale = id_residual(ray.theta, F, f1, f0)
-    # ... and after it, row by row: the rows with the largest (ID) residual and every row
-    # within 100x of tol get q vs 2q; those that disagree go on to 4q, ... up to q_max
-    cur = np.union1d(torch.argsort(rel, descending=True)[:k].numpy(),
-                     np.flatnonzero((rel > 1e-2 * tol).numpy()))
-    qq = q
+    est = _row_diff(Fq, F)
+    info.probe_error = max(info.probe_error, float(est.max()) if m else 0.0)
+    cur, qq = np.flatnonzero(est > tol), 2 * q
     while cur.size and 2 * qq <= opts.q_max:
-        F2 = _pieces_grads(ray, rows[torch.as_tensor(cur)], [pieces[i] for i in cur], 2 * qq)
         ct = torch.as_tensor(cur)
-        nrm = torch.clamp(F2.abs().amax(dim=1), min=torch.finfo(F2.dtype).tiny)
-        diff = ((F2 - F[ct]).abs().amax(dim=1) / nrm).numpy()
+        F2 = _pieces_grads(ray, rows[ct], [pieces[i] for i in cur], 2 * qq)
+        est = _row_diff(F[ct], F2)
         F[ct] = F2
-        info.probe_error = max(info.probe_error, float(diff.max()))
-        if qq > q:
-            info.escalated_rows += int(cur.size)
-        cur, qq = cur[diff > tol], 2 * qq
+        info.escalated_rows += int(cur.size)
+        info.q = max(info.q, 2 * qq)
+        cur, qq = cur[est > tol], 2 * qq
     rel, scale = id_residual(ray.theta, F, f1, f0)
     bad = (rel > tol).numpy()
     bad[cur] = True  # still disagreeing at q_max
     if bad.any():
         sel = np.flatnonzero(bad)
+        st = torch.as_tensor(sel)
         info.refined_rows += sel.size
-        F[torch.as_tensor(sel)] = _refine(ray, rows[torch.as_tensor(sel)],
-                                          [pieces[i] for i in sel], q, scale[sel], opts, info)
+        size = F[st].abs().amax(dim=1).double().numpy()
+        F[st] = _refine(ray, rows[st], [pieces[i] for i in sel], min(8, opts.q_max // 2),
+                        size, scale[sel], opts, info)
         rel, _ = id_residual(ray.theta, F, f1, f0)
     info.max_rel_residual = max(info.max_rel_residual, float(rel.max()) if m else 0.0)
-    return F, q
+    return F
 
 
 def integrate(ray: _RayBase, opts: AdjointOptions | None = None) -> tuple[np.ndarray, QuadInfo]:
@@ -781,14 +791,12 @@ def integrate(ray: _RayBase, opts: AdjointOptions | None = None) -> tuple[np.nda
     opts = opts or AdjointOptions()
     use_worker_threads()
     n = ray.X.shape[0]
-    info = QuadInfo(rows=n, q=opts.q)
+    q = opts.sampling_q if opts.accuracy == "sampling" else 2 * opts.q
+    info = QuadInfo(rows=n, q=q)
     out = np.empty((n, ray.p), dtype=np.float64)
-    q = opts.q
     allrows = torch.arange(n)
     for a, b in _chunks(n, opts.batch_rows):
-        F, q = _integrate_batch(ray, allrows[a:b], q, opts, info)
-        out[a:b] = F.double().numpy()
-    info.q = q
+        out[a:b] = _integrate_batch(ray, allrows[a:b], opts, info).double().numpy()
     if info.unconverged_rows:
         log.warning("quadrature: %d row(s) did not reach the (ID) tolerance %.1e (largest "
                     "relative residual %.2e); raise q/max_depth or check the model",
