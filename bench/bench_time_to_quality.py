@@ -240,7 +240,7 @@ def part_glm(args, X, y, d, client) -> dict:
             }
         lev = {k2: v for k2, v in summary.items() if v["kind"] != "uniform"}
         uni = {k2: v for k2, v in summary.items() if v["kind"] == "uniform"}
-        for key, v in lev.items():
+        for _key, v in lev.items():
             med = v["rel_error"]["median"]
             kp = passes_to(rec.losses, lstar, med)
             v["full_gn_equal_quality"] = {
@@ -340,7 +340,7 @@ def part_nn(args, X, y, d, client) -> dict:
         log(f"[nn] seed {seed}: wall {r['wall_s']:.1f} s passes {r['passes_over_x']} "
             f"train {r['timings'].get('train', 0):.1f} s")
     L = graph.losses_pass(X, y, m, np.vstack(thetas))
-    for r, v in zip(runs, L):
+    for r, v in zip(runs, L, strict=True):
         r["loss_full"] = float(v)
     samp_loss = spread([r["loss_full"] for r in runs])
     samp_wall = spread([r["wall_s"] for r in runs])

@@ -681,8 +681,8 @@ def _refine(ray: _RayBase, rows: torch.Tensor, pieces: list[np.ndarray], q: int,
     A piece is accepted when its q- and 2q-node values agree to ``tol * size / 64``
     (``size``: the row's max-norm adjoint, so the row's error stays below ``tol`` relative
     for up to 64 pieces) and its own (ID) residual is below ``tol * scale / 64``; its
-    2q-node value is kept. Everything is decided per piece of a row, so the result does not depend on which
-    rows share the batch.
+    2q-node value is kept. Everything is decided per piece of a row, so the result does not
+    depend on which rows share the batch.
     """
     dt = ray.theta.dtype
     ts = {k: tuple(torch.as_tensor(v, dtype=dt) for v in gauss_legendre(k)) for k in (q, 2 * q)}
