@@ -19,6 +19,10 @@ behaviour) and nests across threads (the settings are restored when the last one
 
 **Threads**: :func:`use_worker_threads` runs torch with one thread on a Dask worker (the
 worker's threads are the cores).
+
+**Chunk progress**: :func:`chunk_progress` installs, for the current context (a pipeline
+stage), a listener ``(done, total)`` that :mod:`nldist.graph` calls as the tasks of a pass
+over the chunks finish; :func:`chunk_listener` reads it.
 """
 
 from __future__ import annotations
@@ -29,10 +33,29 @@ import os
 import platform
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
-__all__ = ["reuse_freed_memory", "use_worker_threads"]
+__all__ = ["chunk_listener", "chunk_progress", "reuse_freed_memory", "use_worker_threads"]
+
+_CHUNKS: ContextVar[Callable[[int, int], None] | None] = ContextVar("nldist_chunk_progress",
+                                                                    default=None)
+
+
+@contextmanager
+def chunk_progress(listener: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Call ``listener(done, total)`` as the chunk tasks of the passes run inside finish."""
+    token = _CHUNKS.set(listener)
+    try:
+        yield
+    finally:
+        _CHUNKS.reset(token)
+
+
+def chunk_listener() -> Callable[[int, int], None] | None:
+    """The chunk-progress listener in force (None: nobody is listening)."""
+    return _CHUNKS.get()
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

@@ -10,7 +10,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,10 +149,36 @@ def _print_summary(metrics: dict) -> None:
 
 
 def _report(out: Path, quiet: bool, top_k: int | None = None) -> None:
-    """Write the report of a finished run in ``out`` and say where it is."""
-    path = write_report(out, top_k=top_k)
-    if not quiet:
-        typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+    """Write the report of a finished run in ``out`` (a bar over its steps) and say where
+    it is."""
+    if quiet:
+        write_report(out, top_k=top_k)
+        return
+    with _bar("report", quiet) as bar:
+        path = write_report(out, top_k=top_k, listener=lambda step, done, total: bar(
+            done, total, f"report: {step or 'done'}"))
+    typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
+
+
+@contextmanager
+def _bar(label: str, quiet: bool) -> Iterator[Any]:
+    """A rich bar (stderr, transient) and its ``(done, total, description=None)`` callback;
+    None if quiet."""
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task(label, total=None)
+
+        def update(done: int, total: int, description: str | None = None) -> None:
+            prog.update(task, completed=done, total=total,
+                        **({} if description is None else {"description": description}))
+
+        yield update
 
 
 def _print_md(text: str) -> None:
@@ -243,8 +270,9 @@ def ingest(
             "reservoir": reservoir, "seed": seed,
             "features": [f.strip() for f in features.split(",")] if features else None}
     if table_format(source) is not None:
-        with connect(ClusterConfig(address=cluster or "local"), name="ingest"):
-            path = ingest_table(source, out, **opts)
+        with connect(ClusterConfig(address=cluster or "local"), name="ingest"), \
+                _bar("ingest (tasks of each pass)", quiet) as bar:
+            path = ingest_table(source, out, progress=bar, **opts)
     else:
         path = ingest_source(source, out, **opts)
     a = dataset_attrs(path)
@@ -317,9 +345,10 @@ def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
 class _Progress:
     """A rich progress display (stderr) fed by the run's events (:class:`nldist.pipeline.Event`).
 
-    The description is the label of the stage running now (with its score kind); the bar
-    counts the trainings on samples (the long part of ``train``/``evaluate``/``experiment``);
-    stages that ended are logged above the bar with their time. Nothing with ``--quiet``.
+    The first line is the label of the stage running now (with its score kind), counting
+    the trainings on samples where a stage has them (``train``/``evaluate``/``experiment``);
+    the second, while a pass over the chunks runs, counts its chunk tasks. Stages that ended
+    are logged above the bars with their time. Nothing with ``--quiet``.
     """
 
     def __init__(self, name: str, quiet: bool, log_file: Path | None = None) -> None:
@@ -359,12 +388,18 @@ class _Progress:
                              console=Console(stderr=True), transient=True)
         self.prog.start()
         self.task = self.prog.add_task(f"{self.name}: starting", total=None, visible=True)
+        self.chunks = self.prog.add_task("  chunks", total=None, visible=False)
         self.open: list[Any] = []  # stages started and not ended (nested: gather in pilot)
         return self
 
     def __call__(self, event: Any) -> None:
         self._log(event)
         if self.prog is None:
+            return
+        if event.status == "chunks":
+            self.prog.update(self.chunks, total=event.total, completed=event.done,
+                             visible=event.done < event.total,
+                             description=f"  chunks of {event.label}")
             return
         if event.status == "start":
             self.open.append(event)
@@ -375,6 +410,11 @@ class _Progress:
         elif event.status == "end":
             self.open = [e for e in self.open
                          if (e.stage, e.kind) != (event.stage, event.kind)]
+            self.prog.update(self.chunks, visible=False)
+            if event.stage == "train" and event.kind is None:  # the counted stage is over
+                self.prog.update(self.task, completed=0)
+                # (update's total=None means "unchanged": back to an uncounted bar here)
+                next(t for t in self.prog.tasks if t.id == self.task).total = None
             if event.stage != "train" and event.seconds is not None and event.seconds >= 0.5 \
                     and self.prog.console.is_terminal:  # a log file keeps only the results
                 self.prog.console.print(f"{self.name}: {event.label} "

@@ -34,10 +34,12 @@ import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 from dask.base import get_scheduler
+from dask.callbacks import Callback
 
 from nldist import train
 from nldist._budget import DUAL_BLOCK_BYTES
 from nldist._checks import as_rng
+from nldist._runtime import chunk_listener
 from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.scores import block, sampling, sketch
@@ -127,6 +129,66 @@ def _blocks(X: da.Array, y: da.Array | None) -> list[tuple[Any, Any, int]]:
     return list(zip(xs, ys, offsets.tolist(), strict=True))
 
 
+def _report_as_done(tasks: Sequence[Any], run: Callable[[], Any]) -> Any:
+    """``run()`` (which computes or persists ``tasks``) on a local scheduler, calling the
+    chunk-progress listener each time one of ``tasks`` finishes."""
+    listener = chunk_listener()
+    keys = {t.key for t in tasks}
+    done = [0]
+
+    def posttask(key: Any, *_: Any) -> None:
+        if key in keys:
+            done[0] += 1
+            listener(done[0], len(keys))  # type: ignore[misc]
+
+    with Callback(posttask=posttask):
+        return run()
+
+
+def _compute_blocks(tasks: Sequence[Any]) -> list:
+    """``dask.compute(*tasks)`` (one task per chunk), reporting each finished task to the
+    chunk-progress listener of the stage (:func:`nldist._runtime.chunk_progress`)."""
+    listener = chunk_listener()
+    if listener is None or len(tasks) < 2:
+        return list(dask.compute(*tasks))
+    listener(0, len(tasks))
+    client = current_client()
+    if client is None:
+        return list(_report_as_done(tasks, lambda: dask.compute(*tasks)))
+    from distributed import as_completed
+
+    futs = client.compute(list(tasks))
+    for i, _ in enumerate(as_completed(futs), 1):
+        listener(i, len(futs))
+    return list(client.gather(futs))
+
+
+# Per-chunk results a pass may keep on the workers at once so that a listener can follow
+# the chunks (above it the pass runs as one graph, reduced as the parts arrive, untracked).
+TRACK_BYTES = 256 * 2**20
+
+
+def _persist_blocks(parts: list, always: bool = False, part_bytes: int = 0) -> list:
+    """Per-chunk tasks persisted (results stay where they were made, on the workers) while
+    a chunk-progress listener follows them (or ``always``); else ``parts`` unchanged.
+    ``part_bytes``: the size of one result (no tracking when all of them together exceed
+    :data:`TRACK_BYTES`)."""
+    listener = chunk_listener()
+    if listener is None or len(parts) < 2 or len(parts) * part_bytes > TRACK_BYTES:
+        return list(dask.persist(*parts)) if always else parts
+    listener(0, len(parts))
+    client = current_client()
+    if client is None:
+        return list(_report_as_done(parts, lambda: dask.persist(*parts)))
+    from distributed import as_completed, futures_of
+
+    kept = client.persist(parts)
+    futs = futures_of(kept)
+    for i, _ in enumerate(as_completed(futs), 1):
+        listener(i, len(futs))
+    return list(kept)
+
+
 def tree_reduce(items: Sequence[Any], combine: Callable, split_every: int = SPLIT_EVERY) -> Any:
     """Reduce delayed items with ``combine(list)`` in a tree of fan-in ``split_every``."""
     if split_every < 2:
@@ -200,8 +262,9 @@ def pass1(
         dask.delayed(block.pass1_block, pure=True)(xb, yb, spec, off, store, i)
         for i, (xb, yb, off) in enumerate(_blocks(X, yy))
     ]
-    if masses:  # keep the per-block results (small: R_b) where they were made
-        parts = list(dask.persist(*parts))
+    # with masses keep the per-block results (small: R_b) where they were made
+    q = spec.n_cols(X.shape[1])
+    parts = _persist_blocks(parts, always=masses, part_bytes=8 * q * q)
     (stats,) = dask.compute(tree_reduce(parts, block.combine_pass1, split_every))
     norm = block.finalize_pass1(spec, stats, ridge=ridge, rtol=rtol)
     if not masses:
@@ -310,12 +373,12 @@ def store_chunks(
     X reads included, is culled). Returns func's (small) results in order."""
     parts = arr.to_delayed().ravel()
     tasks = [dask.delayed(func, pure=False)(parts[i], i, starts[i], *args) for i in blocks]
-    return list(dask.compute(*tasks))
+    return _compute_blocks(tasks)
 
 
 def map_tasks(func: Callable, arg_tuples: Sequence[tuple]) -> list:
     """``[func(*a) for a in arg_tuples]`` as independent tasks on the cluster (small results)."""
-    return list(dask.compute(*[dask.delayed(func, pure=False)(*a) for a in arg_tuples]))
+    return _compute_blocks([dask.delayed(func, pure=False)(*a) for a in arg_tuples])
 
 
 def store_whole(arr: da.Array, target: Any) -> None:
@@ -337,6 +400,7 @@ def gn_pass(
         dask.delayed(train.gn_block, pure=True)(model, theta, xb, yb, off, loss)
         for xb, yb, off in _blocks(X, y)
     ]
+    parts = _persist_blocks(parts, part_bytes=8 * model.n_params ** 2)
     (out,) = dask.compute(tree_reduce(parts, train.combine_sum, split_every))
     return out
 
@@ -351,6 +415,7 @@ def losses_pass(
         dask.delayed(train.losses_block, pure=True)(model, thetas, xb, yb, loss)
         for xb, yb, _ in _blocks(X, y)
     ]
+    parts = _persist_blocks(parts, part_bytes=8 * thetas.shape[0])
     (out,) = dask.compute(tree_reduce(parts, sum, split_every))
     return np.asarray(out, dtype=np.float64)
 
@@ -555,7 +620,7 @@ def sample_pass(
             xb, yb, spec, norm, parts_of[b], local[sel], alpha=alpha, first_index=first[b],
             store=store if spec.persistable else None, eval_rate=eval_rate,
             eval_seed=eval_seed, offset=off, sink=sk))
-    got = dask.compute(*tasks)
+    got = _compute_blocks(tasks)
     offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
     d = int(X.shape[1])
     indices = np.empty(u.size, dtype=np.int64)
@@ -590,7 +655,7 @@ def bernoulli_rows(X: da.Array, y: da.Array | None, rate: float, seed: int
     :func:`sample_pass`, the same rows, in its own read of X): indices, X, y."""
     tasks = [dask.delayed(_bernoulli_block, pure=True)(xb, yb, rate=rate, seed=seed, offset=off)
              for xb, yb, off in _blocks(X, y)]
-    got = dask.compute(*tasks)
+    got = _compute_blocks(tasks)
     d = int(X.shape[1])
     return (np.concatenate([g[0] for g in got]),
             np.concatenate([g[1] for g in got]).reshape(-1, d),
@@ -647,6 +712,7 @@ def rowsketch_scores(
         dask.delayed(sketch.rowsketch_block, pure=True)(xb, yb, spec.rows, sk, off)
         for xb, yb, off in _blocks(X, yy)
     ]
+    parts = _persist_blocks(parts, part_bytes=8 * sk.rows * spec.n_cols(X.shape[1]))
     (PiA,) = dask.compute(tree_reduce(parts, sum, split_every))
     M, rank = sketch.jl_factor(block_r(PiA), sk.jl, sk.seed)
     args = (X, "ij", yy, "i") if yy is not None else (X, "ij")
@@ -856,7 +922,7 @@ def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d:
               for xb, yb, st in zip(X.to_delayed().ravel(), y.to_delayed().ravel(), starts,
                                     strict=True)]
     takes = [dask.delayed(_take_rows, pure=True)(enc[i], idx) for i, idx in picks.items()]
-    got = dask.compute(*writes, *takes)
+    got = _compute_blocks([*writes, *takes])
     shas = list(got[: len(writes)])
     rows = [(i, *got[len(writes) + j]) for j, i in enumerate(picks)]
     return shas, rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from nldist import datasets, graph
 from nldist._budget import x_chunk_rows
+from nldist._runtime import chunk_progress
 from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.store.dataset import (
@@ -370,7 +372,19 @@ def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
                           f"({type(exc).__name__}: {exc}); is every file complete?") from None
 
 
-def ingest_table(
+def ingest_table(source: str, out: str | Path, *,
+                 progress: Callable[[int, int], None] | None = None, **opts: Any) -> Path:
+    """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
+    on the current Dask cluster: :func:`_ingest_table`, with ``progress(done, total)`` told
+    as the partition tasks of its two passes finish (a chunk-level bar; None: the listener
+    already in force, e.g. a pipeline stage's)."""
+    if progress is None:
+        return _ingest_table(source, out, **opts)
+    with chunk_progress(progress):
+        return _ingest_table(source, out, **opts)
+
+
+def _ingest_table(
     source: str,
     out: str | Path,
     *,

@@ -143,8 +143,10 @@ def test_every_listener_gets_every_event_in_order(tmp_path, sync_scheduler):
     pipeline.run(ctx, stop_after="sample")
     assert a == b and a
     # the fused pass: pass 2, the sample and its rows are one stage of one read
-    assert [(e.stage, e.status) for e in a if e.stage in ("score", "sample")] == [
-        ("score", "start"), ("score", "end")]
+    assert [(e.stage, e.status) for e in a if e.stage in ("score", "sample")
+            and e.status != "chunks"] == [("score", "start"), ("score", "end")]
+    passes = [e.done for e in a if e.stage == "score" and e.status == "chunks"]
+    assert passes == [0, 1, 2, 3, 4, 5] * 2  # pass 1, then pass 2 + sample + gather
     assert [w for w, _, _ in ctx.reads if w != "theta*"] == ["pass 1", "pass 2 + sample + gather"]
     assert stages.sample_size(ctx, KINDS[0]) == 60
 
@@ -163,13 +165,20 @@ def test_cli_progress_shows_each_training_with_its_kind(recorded):
             return update(task, **kw)
 
         progress.prog.update = recording
-        after_start = {}
+        after_start, chunk_totals = {}, set()
+        task, chunks = progress.prog.tasks
         for e in events:
+            if e.stage == "train" and e.status == "end" and e.kind is None:
+                # every training counted on the bar; after the counted stage, no stale count
+                assert task.total == len(KINDS) and task.completed == len(KINDS)
             progress(e)
             if e.stage == "train" and e.status == "start" and e.total is None:
                 after_start[e.kind] = shown[-1]
-        task = progress.prog.tasks[0]
-        assert task.total == len(KINDS) and task.completed == len(KINDS)
+            if e.status == "chunks":
+                assert chunks.total == e.total and chunks.completed == e.done
+                chunk_totals.add(e.total)
+        assert task.total is None and not chunks.visible
+        assert chunk_totals == {5}  # diabetes: 442 rows in chunks of 100
     assert after_start == {k: f"ev: training on the sample ({k})" for k in KINDS}
     assert "ev: scores (linear-leverage)" in shown and "ev: full-data losses" in shown
     with cli._Progress("ev", quiet=True) as progress:  # --quiet: no display, events ignored
@@ -177,3 +186,43 @@ def test_cli_progress_shows_each_training_with_its_kind(recorded):
         for e in events:
             progress(e)
         assert progress.prog is None
+
+
+def _chunk_events(events, stage):
+    return [e for e in events if e.status == "chunks" and e.stage == stage]
+
+
+def _assert_counts_every_chunk(evs, n_chunks):
+    """Each pass: 0, 1, ..., total in order, total = the chunk tasks of the pass."""
+    assert evs, "no chunk events"
+    runs, cur = [], []
+    for e in evs:
+        if e.done == 0:
+            cur = []
+            runs.append(cur)
+        cur.append(e)
+    for run in runs:
+        total = run[0].total
+        assert [e.done for e in run] == list(range(total + 1))
+        assert all(e.total == total for e in run)
+    assert any(run[0].total == n_chunks for run in runs)
+
+
+def test_passes_over_the_chunks_report_each_finished_chunk(recorded):
+    """A chunk-level bar comes from ``chunks`` events: every pass of θ*, the scores and
+    the gather counts its chunk tasks 0..total (diabetes: 442 rows in chunks of 100)."""
+    _, _, events, _, _ = recorded
+    for stage in ("optimum", "score"):
+        _assert_counts_every_chunk(_chunk_events(events, stage), 5)
+    scored = {e.kind for e in _chunk_events(events, "score")}
+    assert {"nonlinear-leverage", "linear-leverage"} <= scored  # uniform reads no chunk
+
+
+def test_chunk_events_on_a_real_cluster(local_client, tmp_path):
+    """The same events from worker processes (futures completing on a LocalCluster)."""
+    ctx = RunContext(_job(experiment=None), tmp_path / "out")
+    events: list[Event] = []
+    ctx.subscribe(events.append)
+    pipeline.run(ctx, stop_after="score")
+    _assert_counts_every_chunk(_chunk_events(events, "score"), 5)
+    _assert_counts_every_chunk(_chunk_events(events, "optimum"), 5)

@@ -64,6 +64,15 @@ def image_run(tmp_path_factory):
     return out
 
 
+def test_report_tells_its_listener_every_step_in_order(image_run):
+    """The CLI's report bar: each step of REPORT_STEPS as it starts, then the end."""
+    told = []
+    with dask.config.set(scheduler="synchronous"):
+        report.write_report(image_run, top_k=5, listener=lambda *a: told.append(a))
+    n = len(report.REPORT_STEPS)
+    assert told == [(st, i, n) for i, st in enumerate(report.REPORT_STEPS)] + [(None, n, n)]
+
+
 def test_top_bottom_is_a_distributed_topk_equal_to_a_full_sort(rng):
     v = rng.permutation(5000).astype(float) / 5000
     arr = da.from_array(v, chunks=337)

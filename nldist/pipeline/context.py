@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nldist._runtime import chunk_progress
 from nldist.errors import NldistError
 from nldist.store.records import digest
 from nldist.store.scores import new_run_id
@@ -45,15 +46,19 @@ class Event:
     ----------
     stage : str
         A key of :data:`LABELS`.
-    status : {"start", "end", "advance", "reused", "recomputed"}
-        ``advance``: one more unit of ``total`` done (a training, a chunk); ``reused`` /
+    status : {"start", "end", "advance", "chunks", "reused", "recomputed"}
+        ``advance``: one more unit of ``total`` done (a training); ``chunks``: ``done`` of
+        the ``total`` chunk tasks of the pass the stage runs now have finished; ``reused`` /
         ``recomputed``: what a cached stage did (:meth:`RunContext.note`).
     kind : str or None
         The score kind the stage works for, when it has one.
     total : int or None
-        Units the stage will do (``start`` of a counted stage).
+        Units the stage will do (``start`` of a counted stage), or the chunk tasks of the
+        current pass (``chunks``).
     seconds : float or None
         Duration (``end``).
+    done : int or None
+        Chunk tasks finished (``chunks``).
     """
 
     stage: str
@@ -61,6 +66,7 @@ class Event:
     kind: str | None = None
     total: int | None = None
     seconds: float | None = None
+    done: int | None = None
 
     @property
     def label(self) -> str:
@@ -143,8 +149,13 @@ class RunContext:
         """Time a stage into ``timings[key or stage]`` and emit its start and end events."""
         self.emit(stage, "start", kind=kind, total=total)
         t0 = time.perf_counter()
+
+        def chunks(done: int, n: int) -> None:
+            self.emit(stage, "chunks", kind=kind, total=n, done=done)
+
         try:
-            yield
+            with chunk_progress(chunks if self._listeners else None):
+                yield
         finally:
             dt = time.perf_counter() - t0
             name = key or stage
