@@ -247,6 +247,24 @@ def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     # tasks cancelled by the driver's teardown are expected, not worth a warning line
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+    # nor is a peer's connection that the teardown closed in the middle of a transfer
+    # (handler filters: the records come from distributed's child loggers)
+    for h in logging.getLogger("distributed").handlers + logging.getLogger().handlers:
+        if not any(isinstance(f, _DropClosedPeer) for f in h.filters):
+            h.addFilter(_DropClosedPeer())
+
+
+class _DropClosedPeer(logging.Filter):
+    """Drops a worker's report of a transfer from a peer whose connection closed
+    (``failed during get data`` with CommClosedError / ConnectionResetError): what the
+    teardown of an interrupted run leaves behind, never the job's error (a lost task's
+    error reaches the driver as an exception)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        closed = type(exc).__name__ in ("CommClosedError", "ConnectionResetError",
+                                        "StreamClosedError", "BrokenPipeError")
+        return not (closed or "failed during get data" in record.getMessage())
 
 
 def _probe(address: str, timeout: float) -> None:

@@ -898,17 +898,14 @@ def _take_rows(enc: tuple, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return enc[0][idx], enc[1][idx]
 
 
-def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
-                dtype: Any, path: str, chunk_rows: int, picks: dict[int, np.ndarray]
-                ) -> tuple[list[str], list[tuple[int, np.ndarray, np.ndarray]]]:
-    """Encode every partition (``encode(df) -> (X, y)``), re-block the rows into the store's
-    chunk grid of ``chunk_rows`` and write each chunk from one task (no chunk written by
-    two), in one pass; also bring back the rows ``picks[partition]`` (local indices: the
-    reservoir).
+def table_xy(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
+             dtype: Any, chunk_rows: int) -> tuple[da.Array, da.Array, list]:
+    """Lazy X (n, d), y (n,) of a table: every partition encoded (``encode(df) -> (X, y)``,
+    one task each; ``sizes``: its rows after encoding, from the statistics pass) and the
+    rows re-blocked into a grid of ``chunk_rows`` (a chunk reads the one or two partitions
+    it spans). Also the delayed encodings, one per partition.
 
-    Returns
-    -------
-    (SHA-256 of each written chunk, in order; [(partition, X rows, y rows)] of the picks)
+    Reads nothing here; every computation that uses X reads the table again (no copy).
     """
     enc = [dask.delayed(encode, pure=True)(p) for p in parts]
     xs = [da.from_delayed(dask.delayed(lambda e: e[0], pure=True)(e), shape=(int(k), d),
@@ -917,6 +914,22 @@ def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d:
                           dtype=dtype) for e, k in zip(enc, sizes, strict=True)]
     X = da.concatenate(xs).rechunk((chunk_rows, d))
     y = da.concatenate(ys).rechunk((chunk_rows,))
+    return X, y, enc
+
+
+def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
+                dtype: Any, path: str, chunk_rows: int, picks: dict[int, np.ndarray]
+                ) -> tuple[list[str], list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Encode every partition (``encode(df) -> (X, y)``), re-block the rows into the store's
+    chunk grid of ``chunk_rows`` (:func:`table_xy`) and write each chunk from one task (no
+    chunk written by two), in one pass; also bring back the rows ``picks[partition]``
+    (local indices: the reservoir).
+
+    Returns
+    -------
+    (SHA-256 of each written chunk, in order; [(partition, X rows, y rows)] of the picks)
+    """
+    X, y, enc = table_xy(parts, encode, sizes, d, dtype, chunk_rows)
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
     writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, int(st), path)
               for xb, yb, st in zip(X.to_delayed().ravel(), y.to_delayed().ravel(), starts,

@@ -372,6 +372,76 @@ def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
                           f"({type(exc).__name__}: {exc}); is every file complete?") from None
 
 
+def _table_statistics(source: str, target: str | None, features: list[str] | None,
+                      classes: list[Any] | None, dropna: bool, standardize: bool,
+                      standardize_target: bool, dtype: str) -> tuple[str, str, list, dict, dict]:
+    """Pass 1 of a table on the cluster: (format, pattern, delayed partitions, merged
+    per-partition statistics, encoding plan)."""
+    fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
+    if target is None:
+        raise NldistError("no target column given; pass --target NAME (or target: in the job)")
+    pattern = _pattern(str(source), fmt)
+    fs, files = _source_files(pattern)
+    if not files:
+        raise NldistError(f"source {source!r} matches no files; check the path or glob")
+    _check_schemas(fs, files, fmt, target, features)
+    parts = graph.table_partitions(pattern, fmt)
+    opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
+    names = ([f"file {f}" for f in files] if len(files) == len(parts)
+             else [f"partition {i} of {pattern}" for i in range(len(parts))])
+    stats = merge_stats(graph.map_tasks(partial(partition_stats, **opts),
+                                        list(zip(parts, names, strict=True))))
+    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
+    return fmt, pattern, parts, stats, plan
+
+
+def table_view(source: str, *, target: str | None, features: list[str] | None = None,
+               classes: list[Any] | None = None, dropna: bool = False,
+               standardize: bool = False, standardize_target: bool = False,
+               chunk_rows: int | None = None, dtype: str = "float64") -> dict:
+    """A Parquet table scored in place, without ingest: its statistics pass only.
+
+    The same pass 1 as :func:`ingest_table` (missing values, categories, standardization
+    statistics, rows per partition after encoding) on the current cluster; nothing is
+    written. :func:`open_table_view` then encodes every row group on the fly in each pass.
+
+    Returns
+    -------
+    dict (JSON-ready): ``plan`` (the encoding), ``sizes`` (rows per partition), ``n_rows``,
+    ``n_features``, ``chunk_rows`` (the row grid of the passes), ``options``, ``attrs``
+    (what an ingested store would record) and ``source_fingerprint``.
+    """
+    fmt, pattern, parts, stats, plan = _table_statistics(
+        source, target, features, classes, dropna, standardize, standardize_target, dtype)
+    if fmt != "parquet":
+        raise NldistError(f"dataset.format parquet reads Parquet in place, but {source!r} is "
+                          f"{fmt}; drop `format` to ingest it into Zarr")
+    n, d = plan["n_rows"], len(plan["features"])
+    cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
+    return {"format": "parquet", "source": str(source), "pattern": pattern, "plan": plan,
+            "sizes": [int(k) for k in stats["sizes"]], "n_rows": int(n), "n_features": d,
+            "chunk_rows": cr, "options": {"features": features, "classes": classes,
+                                          "dropna": dropna},
+            "source_fingerprint": source_fingerprint(source),
+            "attrs": {**plan["attrs"], "source": str(source), "format": "parquet (in place)",
+                      "n_rows": int(n), "n_features": d, "chunk_rows": cr,
+                      "partitions": len(parts), "nldist_version": __version__}}
+
+
+def open_table_view(view: dict) -> tuple[Any, Any]:
+    """Lazy X (n, d), y (n,) of a :func:`table_view`: row groups read and encoded by the
+    workers in every pass, in a grid of ``chunk_rows`` rows."""
+    parts = graph.table_partitions(view["pattern"], "parquet")
+    if len(parts) != len(view["sizes"]):
+        raise NldistError(f"the Parquet source {view['source']!r} has {len(parts)} row groups "
+                          f"now, {len(view['sizes'])} when its statistics were taken; it "
+                          "changed: run the job again (the statistics are redone)")
+    encode = partial(encode_partition, plan=view["plan"], **view["options"])
+    X, y, _ = graph.table_xy(parts, encode, view["sizes"], view["n_features"],
+                             np.dtype(view["plan"]["dtype"]), view["chunk_rows"])
+    return X, y
+
+
 def ingest_table(source: str, out: str | Path, *,
                  progress: Callable[[int, int], None] | None = None, **opts: Any) -> Path:
     """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
@@ -411,22 +481,10 @@ def _ingest_table(
     SHA-256 of every chunk (the content digest) and a seeded uniform reservoir. The driver
     holds per-partition statistics only. Arguments as :func:`ingest`.
     """
-    fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
     out = check_out(out, overwrite)
-    if target is None:
-        raise NldistError("no target column given; pass --target NAME (or target: in the job)")
-    pattern = _pattern(str(source), fmt)
-    fs, files = _source_files(pattern)
-    if not files:
-        raise NldistError(f"source {source!r} matches no files; check the path or glob")
-    _check_schemas(fs, files, fmt, target, features)
-    parts = graph.table_partitions(pattern, fmt)
+    fmt, _, parts, stats, plan = _table_statistics(
+        source, target, features, classes, dropna, standardize, standardize_target, dtype)
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
-    names = ([f"file {f}" for f in files] if len(files) == len(parts)
-             else [f"partition {i} of {pattern}" for i in range(len(parts))])
-    stats = merge_stats(graph.map_tasks(partial(partition_stats, **opts),
-                                        list(zip(parts, names, strict=True))))
-    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
     n, d = plan["n_rows"], len(plan["features"])
     cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
     g, _ = create_partial(out, {"X": ((n, d), (cr, d), dtype), "y": ((n,), (cr,), dtype)})

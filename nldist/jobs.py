@@ -15,6 +15,7 @@ import yaml
 from dask.utils import parse_bytes
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from nldist.datasets import DATASETS
 from nldist.errors import NldistError
 from nldist.models import check_spec
 from nldist.options import (
@@ -48,9 +50,16 @@ class DatasetConfig(_Strict):
     """Where the rows come from and how they are ingested."""
 
     source: str = Field(description="packaged dataset name, a .csv/.parquet/.npz/.npy file, "
-                        "or an existing Zarr dataset directory (*.zarr)")
+                        "a directory, glob or URL of CSV/Parquet files, or an existing Zarr "
+                        "dataset directory (*.zarr)")
+    format: Literal["zarr", "parquet"] = Field(
+        "zarr", description="zarr: ingest the source into OUT/dataset.zarr once (default) | "
+        "parquet: score the Parquet files in place, no copy — one statistics pass, then every "
+        "pass reads and encodes the row groups on the fly")
     target: str | None = Field(None, description="target column (default: the dataset's)")
-    features: list[str] | None = None
+    features: list[str] | None = Field(
+        None, validation_alias=AliasChoices("features", "columns"),
+        description="feature columns (alias: columns; default: all but the target)")
     classes: list[str | int | float] | None = Field(
         None, description="keep these target values, mapped to 0..k-1 in this order (two for "
         "bce, k for cross_entropy)")
@@ -59,6 +68,16 @@ class DatasetConfig(_Strict):
     dropna: bool = False
     chunk_rows: int | None = Field(None, gt=0, description="rows per Zarr chunk (~32 MiB)")
     dtype: Literal["float32", "float64"] = "float64"
+
+    @model_validator(mode="after")
+    def _in_place(self) -> DatasetConfig:
+        src = str(self.source)
+        if self.format == "parquet" and (
+                src.rstrip("/").endswith(".zarr") or "." + src.rsplit(".", 1)[-1].lower()
+                in (".csv", ".tsv", ".npz", ".npy") or src in DATASETS):
+            raise ValueError(f"format parquet reads Parquet files in place; {src!r} is not "
+                             "Parquet: drop `format` (the source is ingested into Zarr)")
+        return self
 
 
 def _check_kind(v: str) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 
 from nldist import graph
 from nldist.errors import NldistError
-from nldist.store.dataset import open_arrays, open_member, read_attrs
+from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
 from nldist.store.records import atomic_write
 
 KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm",
@@ -762,8 +762,11 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
     doc = Doc(f"nldist report: {name}")
     dataset = Path(first.get("dataset", out / "dataset.zarr"))
     attrs: dict = {}
-    if dataset.exists():
+    view = None if is_dataset(dataset) else _load_json(out / "table.json")
+    if is_dataset(dataset):
         attrs = read_attrs(dataset)
+    elif view is not None:  # a Parquet table scored in place: its statistics
+        attrs = view.get("attrs", {})
     n = first.get("n_rows", attrs.get("n_rows"))
     p = first.get("n_params")
     doc.para(f"Job **{name}**: model `{first.get('model')}`"
@@ -771,7 +774,8 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
              + (f" × d = {attrs['n_features']} features" if "n_features" in attrs else "")
              + f". Output directory `{out.resolve()}`.")
     if attrs:
-        facts = [("source", attrs.get("source")), ("license", attrs.get("license")),
+        facts = [("source", attrs.get("source")), ("source format", attrs.get("format")),
+                 ("license", attrs.get("license")),
                  ("fetched by", attrs.get("provenance")), ("task", attrs.get("task")),
                  ("target", attrs.get("target")),
                  ("classes (0, 1)", ", ".join(_label(v, attrs) for v in (0.0, 1.0))
@@ -799,7 +803,12 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
                  "A long right tail means a few rows carry much of the sampling mass.")
         doc.figure(out / "scores.png", "distribution of n·score per kind (log axes)")
     step(4)
-    if dataset.exists():
+    if view is not None:
+        doc.heading("Highest and lowest scored rows")
+        doc.para("Not shown: the Parquet table was scored in place, with no store to read "
+                 "rows from; `nldist.load_sample(OUT)` has the sampled rows, and "
+                 "scores.zarr the score of every row.")
+    elif is_dataset(dataset):
         main = (m or {}).get("kind", "nonlinear-leverage")
         _extremes_section(doc, out, dataset, attrs,
                           list(dict.fromkeys([main, "nonlinear-leverage", "linear-leverage"])),

@@ -216,3 +216,90 @@ def test_bad_multi_file_tables_name_the_file(tmp_path, case, message, sync_sched
 def test_a_glob_that_matches_nothing(tmp_path, sync_scheduler):
     with pytest.raises(NldistError, match="matches no files"):
         ingest_table(str(tmp_path / "none-*.parquet"), tmp_path / "o.zarr", target="y")
+
+
+# --------------------------------------------------------------------------------------
+# a Parquet table scored in place (dataset.format: parquet): no copy, same scores
+# --------------------------------------------------------------------------------------
+
+
+def _pq_job(src, target, fmt, **kw):
+    return validate_job({
+        "name": "inplace", "model": "glm:swish", "theta": "optimum", "s": 300, "seed": 4,
+        "radius": 10.0, "kind": "nonlinear-leverage", "baselines": ["linear-leverage"],
+        "cluster": {"address": "synchronous"}, "cache_x": "never",
+        "dataset": {"source": src, "target": target, "format": fmt, "standardize": True,
+                    "standardize_target": True, "chunk_rows": 9000, **kw}})
+
+
+def _scores(out, kind):
+    return zarr.open_group(str(out / "scores.zarr"), mode="r")[kind][:]
+
+
+def test_parquet_scored_in_place_equals_ingest_then_score(diamonds, tmp_path, local_client):
+    """Issue 16 item 3: `format: parquet` reads the row groups on the workers in every pass
+    (one-hot and standardization on the fly from one statistics pass) and gives the scores,
+    theta* and sample of ingest-then-score, to rounding — with no dataset.zarr written."""
+    from nldist import pipeline
+
+    d, target = diamonds
+    ref_ctx = RunContext(_pq_job(str(d / "pq"), target, "zarr"), tmp_path / "ref")
+    pipeline.run(ref_ctx, stop_after="sample")
+    ctx = RunContext(_pq_job(str(d / "pq"), target, "parquet"), tmp_path / "inplace")
+    pipeline.run(ctx, stop_after="sample")
+    assert (tmp_path / "ref" / "dataset.zarr").is_dir()
+    assert not (tmp_path / "inplace" / "dataset.zarr").exists()
+    assert (tmp_path / "inplace" / "table.json").is_file()
+    for kind in ("nonlinear-leverage", "linear-leverage"):
+        a, b = _scores(tmp_path / "ref", kind), _scores(tmp_path / "inplace", kind)
+        assert a.shape == b.shape == (53_940,)
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-18)
+    ta = np.load(tmp_path / "ref" / "theta_star.npz")["theta"]
+    tb = np.load(tmp_path / "inplace" / "theta_star.npz")["theta"]
+    np.testing.assert_allclose(tb, ta, rtol=1e-9, atol=1e-12)
+    sa = np.load(tmp_path / "ref" / "samples" / "nonlinear-leverage.npz")
+    sb = np.load(tmp_path / "inplace" / "samples" / "nonlinear-leverage.npz")
+    np.testing.assert_array_equal(sb["indices"], sa["indices"])
+    assert stages.open_xy(ctx)[0].shape == stages.open_xy(ref_ctx)[0].shape == (53_940, 23)
+    # the same job again: the statistics are reused; a rewritten file redoes them
+    again = RunContext(_pq_job(str(d / "pq"), target, "parquet"), tmp_path / "inplace")
+    stages.ingest(again)
+    assert ("ingest", "reused", None) in again.reuse
+
+
+def test_in_place_statistics_follow_the_files(tmp_path, sync_scheduler):
+    """A changed Parquet file invalidates the statistics and everything keyed on the data;
+    CSV sources and Zarr stores are refused with the fix."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "t"
+    src.mkdir()
+    for i in range(3):
+        pd.DataFrame({"a": rng.normal(size=500), "b": rng.normal(size=500),
+                      "y": rng.normal(size=500)}).to_parquet(src / f"p{i}.parquet")
+    job = validate_job({"name": "t", "model": "linear", "cluster": {"address": "synchronous"},
+                        "dataset": {"source": str(src), "target": "y", "format": "parquet",
+                                    "columns": ["a", "b"]}})
+    ctx = RunContext(job, tmp_path / "o")
+    stages.ingest(ctx)
+    X, y = stages.open_xy(ctx)
+    assert X.shape == (1500, 2)
+    first = ctx.dataset_fp
+    pd.DataFrame({"a": np.ones(400), "b": np.zeros(400), "y": np.ones(400)}).to_parquet(
+        src / "p1.parquet")
+    ctx2 = RunContext(job, tmp_path / "o")
+    stages.ingest(ctx2)
+    assert ("ingest", "recomputed", "source or settings changed") in ctx2.reuse
+    assert ctx2.dataset_fp != first
+    X2, y2 = stages.open_xy(ctx2)
+    assert X2.shape == (1400, 2) and float(y2[500:900].sum().compute()) == 400.0
+    with pytest.raises(NldistError, match="is not Parquet: drop `format`"):
+        validate_job({"name": "t", "model": "linear",
+                      "dataset": {"source": str(tmp_path / "x.csv"), "format": "parquet"}})
+    (tmp_path / "c").mkdir()  # a directory of CSV files: found out by the statistics pass
+    pd.DataFrame({"a": [1.0, 2.0], "y": [0.0, 1.0]}).to_csv(tmp_path / "c" / "p.csv")
+    with pytest.raises(NldistError, match="is csv; drop `format`"):
+        stages.ingest(RunContext(validate_job({
+            "name": "t", "model": "linear", "cluster": {"address": "synchronous"},
+            "dataset": {"source": str(tmp_path / "c"), "target": "y",
+                        "format": "parquet"}}), tmp_path / "o3"))
+    assert not (tmp_path / "o3" / "table.json").exists()

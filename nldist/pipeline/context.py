@@ -23,6 +23,7 @@ from nldist.store.scores import new_run_id
 #: human labels of the stages (the keys of ``timings``)
 LABELS = {
     "ingest": "ingest into Zarr",
+    "table": "statistics of the Parquet table (scored in place)",
     "cache": "X, y into worker memory",
     "optimum": "theta* (distributed Gauss-Newton passes)",
     "pilot": "pilot theta_0 (uniform sample)",

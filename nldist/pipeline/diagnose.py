@@ -100,6 +100,9 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
         clean.subscribe(listener)
     out = clean.out
     stages.claim(clean, "diagnose", force)
+    if stages.in_place(clean):
+        raise NldistError("diagnose writes a label-flipped copy of the dataset, which needs "
+                          "an ingested Zarr store; drop dataset.format: parquet")
     src = stages.ingest(clean)
     noisy_path = out / "noisy.zarr"
     with clean.timed("flip"):

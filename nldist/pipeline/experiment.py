@@ -60,7 +60,7 @@ def experiment(ctx: RunContext, force: bool = False) -> dict:
         for kind, rows in rel.items()
     }
     result = {
-        "name": job.name, "dataset": str(stages.dataset_path(ctx)), "model": job.model,
+        "name": job.name, "dataset": stages.dataset_name(ctx), "model": job.model,
         "n_rows": int(X.shape[0]), "n_params": stages.model(ctx).n_params, "s": exp.s,
         "repeats": exp.repeats, "seed": job.seed, "radius": job.radius,
         "theta_source": job.theta, "loss_opt": star_info["loss"],

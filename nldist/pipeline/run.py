@@ -90,7 +90,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
     main = results[job.kind]
     m = stages.model(ctx)
     metrics = {
-        "name": job.name, "dataset": str(stages.dataset_path(ctx)),
+        "name": job.name, "dataset": stages.dataset_name(ctx),
         "n_rows": int(X.shape[0]), "n_features": int(X.shape[1]),
         "n_params": m.n_params, "model": job.model, "loss": job.loss,
         "kind": job.kind, "rank": main["rank"], "s": job.s, "seed": job.seed,

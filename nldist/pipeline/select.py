@@ -83,7 +83,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
             "loss_estimate_theta0": float(est[1]), "loss_ci95_theta0": _ci(est[1], se[1])}
     full = stages.full_fit_estimate(ctx, fit.iterations)
     metrics = {
-        "mode": "select", "name": job.name, "dataset": str(stages.dataset_path(ctx)),
+        "mode": "select", "name": job.name, "dataset": stages.dataset_name(ctx),
         "n_rows": n, "n_features": int(X0.shape[1]), "n_params": m.n_params,
         "model": job.model, "loss": job.loss, "kind": kind, "rank": main["rank"], "s": s,
         "seed": job.seed, "alpha": job.alpha, "radius": job.radius, "theta_source": source,

@@ -102,14 +102,89 @@ def data_key(ctx: RunContext, *fields: str) -> str:
     if ctx.dataset_fp is None and "dataset" in fields:
         path = dataset_path(ctx)
         if path.exists():
-            ctx.dataset_fp = dataset_fingerprint(path)
+            ctx.dataset_fp = table_view(ctx)["key"] if in_place(ctx) else \
+                dataset_fingerprint(path)
     return ctx.key(*fields)
 
 
+#: what a Parquet table scored in place leaves in OUT instead of dataset.zarr
+TABLE_VIEW = "table.json"
+
+
+def in_place(ctx: RunContext) -> bool:
+    """Whether the job scores its Parquet source in place (``dataset.format: parquet``)."""
+    return ctx.job.dataset.format == "parquet"
+
+
 def dataset_path(ctx: RunContext) -> Path:
-    """The Zarr dataset: the source itself when it is one, else OUT/dataset.zarr."""
+    """The Zarr dataset: the source itself when it is one, else OUT/dataset.zarr; for a
+    Parquet table scored in place, its statistics (OUT/table.json)."""
+    if in_place(ctx):
+        return ctx.out / TABLE_VIEW
     src = Path(ctx.job.dataset.source)
     return src if is_dataset(src) else ctx.out / "dataset.zarr"
+
+
+def dataset_name(ctx: RunContext) -> str:
+    """The dataset the outputs name: the store's path, or the in-place Parquet source."""
+    return str(ctx.job.dataset.source) if in_place(ctx) else str(dataset_path(ctx))
+
+
+def dataset_attrs(ctx: RunContext) -> dict:
+    """What the dataset records about itself (columns, encoding, standardization, ...)."""
+    return table_view(ctx)["attrs"] if in_place(ctx) else read_attrs(dataset_path(ctx))
+
+
+def table_view(ctx: RunContext) -> dict:
+    """The statistics of the in-place Parquet table (:func:`nldist.ingest.table_view`),
+    as :func:`ingest` left them in OUT/table.json."""
+    view = ctx.memo.get(TABLE_VIEW)
+    if view is None:
+        path = ctx.out / TABLE_VIEW
+        try:
+            view = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NldistError(f"{path} is missing; run the job (its first stage takes the "
+                              "table's statistics)") from None
+        except (OSError, ValueError) as exc:
+            raise NldistError(f"cannot read {path} ({type(exc).__name__}); delete it and run "
+                              "the job again") from None
+        ctx.memo[TABLE_VIEW] = view
+    return view
+
+
+def _ingest_in_place(ctx: RunContext) -> Path:
+    """:func:`ingest` for ``format: parquet``: the statistics pass only, keyed like an
+    ingest (settings and the source files' fingerprint); no copy of the data."""
+    ds = ctx.job.dataset
+    path = ctx.out / TABLE_VIEW
+    key = digest({"settings": ctx.job.digest(*KEYS["ingest"]),
+                  "source": ingest_mod.source_fingerprint(ds.source)}, 16)
+    old = None
+    if path.exists():
+        ctx.memo.pop(TABLE_VIEW, None)
+        try:
+            old = table_view(ctx)
+        except NldistError:
+            old = None
+    if old is not None and old.get("key") == key:
+        ctx.note("ingest", True)
+    else:
+        if path.exists():
+            ctx.note("ingest", False, "source or settings changed")
+        with ctx.timed("table"):
+            view = ingest_mod.table_view(
+                ds.source, target=ds.target, features=ds.features, classes=ds.classes,
+                dropna=ds.dropna, standardize=ds.standardize,
+                standardize_target=ds.standardize_target, chunk_rows=ds.chunk_rows,
+                dtype=ds.dtype)
+            ctx.read("table statistics", 1.0, store=True)
+        view["key"] = key
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        write_json(path, view)
+        ctx.memo[TABLE_VIEW] = view
+    ctx.dataset_fp = key
+    return path
 
 
 def ingest(ctx: RunContext) -> Path:
@@ -122,6 +197,8 @@ def ingest(ctx: RunContext) -> Path:
     :func:`nldist.store.dataset.fingerprint` (its recorded content hash and a stat digest of
     its files), so an edited source invalidates every stage that depends on the data.
     """
+    if in_place(ctx):
+        return _ingest_in_place(ctx)
     path = dataset_path(ctx)
     ds = ctx.job.dataset
     if path != ctx.out / "dataset.zarr":
@@ -180,6 +257,8 @@ def _cached(ctx: RunContext, stage: str, npz: Path, key: str, pick: Any) -> Any:
 
 def open_xy(ctx: RunContext) -> tuple[Any, Any]:
     """Lazy X, y of the dataset (not cached; cheap: metadata only)."""
+    if in_place(ctx):
+        return graph.as_dask_xy(*ingest_mod.open_table_view(table_view(ctx)))
     X, y = graph.open_zarr_xy(dataset_path(ctx))
     if y is None:
         raise NldistError(f"dataset {dataset_path(ctx)} has no y; ingest with a target")
@@ -320,7 +399,8 @@ def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
     n = int(X0.shape[0])
     s = min(job.pilot_s, n)
     rng = np.random.default_rng([job.seed, 0x9170])
-    res = read_reservoir(dataset_path(ctx)) if src in ("auto", "reservoir") else None
+    res = read_reservoir(dataset_path(ctx)) \
+        if src in ("auto", "reservoir") and not in_place(ctx) else None
     if res is not None and res[2].size >= s:
         ctx.read("pilot", 0.0)
         pick = np.sort(rng.choice(res[2].size, size=s, replace=False))  # the job's seed
@@ -642,11 +722,10 @@ def hand_over(ctx: RunContext, kind: str, draw: tuple) -> None:
     (:mod:`nldist.store.sample_table`; :func:`nldist.load_sample`, :func:`nldist.to_torch`)."""
     idx, w, Xs, ys = draw
     job = ctx.job
-    write_sample_table(ctx.path("sample.parquet"), idx, w, Xs, ys,
-                       read_attrs(dataset_path(ctx)),
+    write_sample_table(ctx.path("sample.parquet"), idx, w, Xs, ys, dataset_attrs(ctx),
                        {"kind": kind, "s": int(idx.size), "seed": job.seed, "alpha": job.alpha,
                         "n": int(open_xy(ctx)[0].shape[0]), "model": job.model,
-                        "dataset": str(dataset_path(ctx)), "nldist_version": __version__})
+                        "dataset": dataset_name(ctx), "nldist_version": __version__})
 
 
 def train(ctx: RunContext, Xs: np.ndarray, ys: np.ndarray | None, w: np.ndarray,
