@@ -49,6 +49,7 @@ from nldist.scores.linalg import block_r
 from nldist.scores.reductions import Normalizer
 from nldist.scores.rows import RawRows
 from nldist.store.dataset import open_dataset, write_xy_chunk
+from nldist.store.remote import storage_options
 
 log = logging.getLogger("nldist")
 
@@ -882,9 +883,10 @@ def table_partitions(source: str, fmt: str, blocksize: str = "64MB") -> list:
     workers read them; nothing is read here but metadata."""
     try:
         if fmt == "parquet":
-            ddf = dd.read_parquet(source)
+            ddf = dd.read_parquet(source, storage_options=storage_options(source))
         else:
             ddf = dd.read_csv(source, sep="\t" if fmt == "tsv" else ",", blocksize=blocksize,
+                              storage_options=storage_options(source),
                               assume_missing=True, sample_rows=1000)
     except FileNotFoundError:
         raise NldistError(f"source {source!r} matches no files; check the path or glob") from None

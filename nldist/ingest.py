@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -36,6 +35,7 @@ from nldist.store.dataset import (
     write_reservoir_rows,
 )
 from nldist.store.records import digest, file_fingerprint, tree_fingerprint
+from nldist.store.remote import filesystem
 from nldist.tablestats import (
     check_categorical,
     class_index,
@@ -128,7 +128,7 @@ def remote_fingerprint(source: str) -> list:
     """(path, size, mtime or ETag) of every file a glob or an fsspec URL names (listing
     only: no data read), so a rewritten file or a new one invalidates the ingest."""
     try:
-        fs, path = fsspec.core.url_to_fs(source)
+        fs, path = filesystem(source)
         paths = sorted(fs.glob(path)) if any(ch in path for ch in "*?[") else \
             sorted(fs.find(path)) if fs.isdir(path) else [path]
         out = []
@@ -304,7 +304,7 @@ def table_format(source: str) -> str | None:
         names = [p.name for p in sorted(path.iterdir()) if p.is_file()]
     elif remote and not glob:
         try:  # a prefix: what files it holds (listing only)
-            fs, root = fsspec.core.url_to_fs(src)
+            fs, root = filesystem(src)
             if fs.isdir(root):
                 names = [str(p) for p in sorted(fs.find(root))]
         except (OSError, ValueError):  # unreachable here: the read says why, in one line
@@ -322,14 +322,14 @@ def _pattern(src: str, fmt: str) -> str:
     """A CSV directory (local or remote) as the glob of its files (Parquet reads dirs)."""
     if fmt == "parquet" or any(ch in src for ch in "*?["):
         return src
-    fs, root = fsspec.core.url_to_fs(src)
+    fs, root = filesystem(src)
     return src.rstrip("/") + f"/*.{fmt}" if fs.isdir(root) else src
 
 
 def _source_files(pattern: str) -> tuple[Any, list[str]]:
     """The data files a directory, glob or URL names (listing only; hidden and _-files out)."""
     try:
-        fs, root = fsspec.core.url_to_fs(pattern)
+        fs, root = filesystem(pattern)
         files = sorted(fs.glob(root)) if any(ch in root for ch in "*?[") else \
             sorted(fs.find(root)) if fs.isdir(root) else ([root] if fs.exists(root) else [])
     except (OSError, ValueError) as exc:

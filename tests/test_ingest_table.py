@@ -151,7 +151,8 @@ def s3(monkeypatch):
                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(k, v)
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
-    fs.mkdir("bucket")
+    if not fs.exists("bucket"):  # moto's state is per process: a second server sees it
+        fs.mkdir("bucket")
     s3fs.S3FileSystem.clear_instance_cache()
     yield fs
     server.stop()
@@ -179,6 +180,39 @@ def test_parquet_on_object_storage(diamonds, tmp_path, s3, sync_scheduler):
     with pytest.raises(NldistError, match="matches no files|cannot list"):  # no such bucket
         ingest_table("s3://no-such-bucket/pq", tmp_path / "nb.zarr", target=target)
     assert not (tmp_path / "nb.zarr").exists()
+
+
+def test_denied_credentials_and_a_silent_endpoint_are_one_line(diamonds, tmp_path, s3,
+                                                                 monkeypatch, sync_scheduler):
+    """Issue 16 item 6: credentials the server refuses (moto checking them) and an endpoint
+    that accepts connections but never answers: one NldistError naming the fix, in bounded
+    time (nldist's S3 timeouts, nldist.store.remote), nothing written."""
+    import socket
+    import time
+
+    import moto.settings
+    import s3fs
+
+    d, target = diamonds
+    s3.put(str(d / "pq" / "part-0.parquet"), "bucket/auth/part-0.parquet")
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # check keys
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(NldistError, match="PermissionError.*check the path, bucket and "
+                                          "credentials"):
+        ingest_table("s3://bucket/auth", tmp_path / "denied.zarr", target=target)
+    assert not (tmp_path / "denied.zarr").exists()
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        s3fs.S3FileSystem.clear_instance_cache()
+        t0 = time.monotonic()
+        with pytest.raises(NldistError, match="Timeout.*check the path, bucket"):
+            ingest_table("s3://bucket/auth", tmp_path / "silent.zarr", target=target)
+        assert time.monotonic() - t0 < 90  # botocore + s3fs defaults: ~150 s
+    assert not (tmp_path / "silent.zarr").exists()
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _files(d, frames):
