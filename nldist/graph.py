@@ -156,12 +156,17 @@ def _compute_blocks(tasks: Sequence[Any]) -> list:
     client = current_client()
     if client is None:
         return list(_report_as_done(tasks, lambda: dask.compute(*tasks)))
+    futs = client.compute(list(tasks))
+    _follow(futs, listener)
+    return list(client.gather(futs))
+
+
+def _follow(futs: list, listener: Callable[[int, int], None]) -> None:
+    """Wait for cluster futures, telling ``listener(done, total)`` as each finishes."""
     from distributed import as_completed
 
-    futs = client.compute(list(tasks))
     for i, _ in enumerate(as_completed(futs), 1):
         listener(i, len(futs))
-    return list(client.gather(futs))
 
 
 # Per-chunk results a pass may keep on the workers at once so that a listener can follow
@@ -181,12 +186,10 @@ def _persist_blocks(parts: list, always: bool = False, part_bytes: int = 0) -> l
     client = current_client()
     if client is None:
         return list(_report_as_done(parts, lambda: dask.persist(*parts)))
-    from distributed import as_completed, futures_of
+    from distributed import futures_of
 
     kept = client.persist(parts)
-    futs = futures_of(kept)
-    for i, _ in enumerate(as_completed(futs), 1):
-        listener(i, len(futs))
+    _follow(futures_of(kept), listener)
     return list(kept)
 
 
