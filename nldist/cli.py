@@ -42,7 +42,8 @@ ClusterOpt = Annotated[
     typer.Option("--cluster", help="local | slurm | k8s | synchronous | tcp://HOST:PORT | "
                  "tls://HOST:PORT | scheduler-file.json (settings: the job's cluster: section)"),
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="output directory (default runs/NAME)")]
+OutOpt = Annotated[str | None, typer.Option(
+    "--out", help="output directory or URL (s3://bucket/prefix; default runs/NAME)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace the outputs of another job in "
                                         "the output directory (deletes them first)")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
@@ -123,8 +124,9 @@ def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
     return load_job(job_file, items)
 
 
-def _out(job: Any, out: Path | None) -> Path:
-    return Path(out or job.out or Path("runs") / job.name)
+def _out(job: Any, out: str | None) -> str:
+    """The output directory or URL (a str: ``Path`` would fold ``s3://`` into ``s3:/``)."""
+    return str(out or job.out or Path("runs") / job.name)
 
 
 def _print_summary(metrics: dict) -> None:
@@ -236,7 +238,8 @@ def _print_select(m: dict) -> None:
 @_one_line_errors
 def ingest(
     source: Annotated[str, typer.Argument(help="packaged dataset name or .csv/.parquet/.npz/.npy")],
-    out: Annotated[Path, typer.Argument(help="Zarr group to write, e.g. data/california.zarr")],
+    out: Annotated[str, typer.Argument(
+        help="Zarr group to write, e.g. data/california.zarr or s3://bucket/california.zarr")],
     target: Annotated[str | None, typer.Option(help="target column")] = None,
     standardize: Annotated[bool, typer.Option(help="standardize features")] = False,
     standardize_target: Annotated[bool, typer.Option(help="standardize the target")] = False,
@@ -351,7 +354,7 @@ class _Progress:
     are logged above the bars with their time. Nothing with ``--quiet``.
     """
 
-    def __init__(self, name: str, quiet: bool, log_file: Path | None = None) -> None:
+    def __init__(self, name: str, quiet: bool, log_file: Path | str | None = None) -> None:
         self.name, self.quiet = name, quiet
         self.prog: Any = None
         self.log_file = log_file
@@ -363,11 +366,7 @@ class _Progress:
         took = f" {event.seconds:.2f} s" if event.seconds is not None else ""
         line = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.name}: {event.label} "
                 f"{event.status}{took}\n")
-        try:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_file, "a") as fh:
-                fh.write(line)
-        except OSError:  # a log line is never worth failing the run
+        if not pipeline.log_line(self.log_file, line):  # never worth failing the run
             self.log_file = None
 
     def __enter__(self) -> _Progress:
@@ -562,11 +561,11 @@ def diagnose(
     """
     _logging(verbose, quiet)
     job = _load(job_file, overrides, cluster)
-    dest = Path(out or Path("runs") / f"{job.name}-diagnose")
+    dest = str(out or Path("runs") / f"{job.name}-diagnose")
     with connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        with _Progress(job.name, quiet, dest / "run.log") as progress:
+        with _Progress(job.name, quiet, f"{dest}/run.log") as progress:
             res = pipeline.diagnose(job, dest, fraction=flip, seed=flip_seed, ks=k,
                                     listener=progress, force=force)
     if not quiet:
@@ -584,7 +583,7 @@ def diagnose(
 @app.command()
 @_one_line_errors
 def report(
-    out_dir: Annotated[Path, typer.Argument(help="a finished run's output directory")],
+    out_dir: Annotated[str, typer.Argument(help="a finished run's output directory or URL")],
     top_k: Annotated[int | None, typer.Option(
         "--top-k", min=1, help="rows shown among the highest/lowest scored (default 10 for "
         "tables, 50 for images)")] = None,

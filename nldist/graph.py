@@ -48,8 +48,8 @@ from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
 from nldist.scores.reductions import Normalizer
 from nldist.scores.rows import RawRows
-from nldist.store.dataset import open_dataset, write_xy_chunk
-from nldist.store.remote import storage_options
+from nldist.store.dataset import open_dataset, verify_xy_chunk, write_xy_chunk
+from nldist.store.remote import as_path, is_remote, storage_options
 
 log = logging.getLogger("nldist")
 
@@ -768,7 +768,8 @@ def persist_xy(X: da.Array, y: da.Array, client: Any = None) -> tuple[da.Array, 
 
 def open_array(path: str | Path, component: str, chunks: Any = None) -> da.Array:
     """A lazy dask array of one Zarr array of a group (rechunked to ``chunks`` rows)."""
-    a = da.from_zarr(str(path), component=component)
+    a = da.from_zarr(str(as_path(path) / component),
+                     storage_options=storage_options(str(path)) if is_remote(path) else None)
     return a if chunks is None else a.rechunk((chunks,))
 
 
@@ -899,10 +900,6 @@ def table_partitions(source: str, fmt: str, blocksize: str = "64MB") -> list:
     return list(ddf.to_delayed())
 
 
-def _take_rows(enc: tuple, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return enc[0][idx], enc[1][idx]
-
-
 def table_xy(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
              dtype: Any, chunk_rows: int) -> tuple[da.Array, da.Array, list]:
     """Lazy X (n, d), y (n,) of a table: every partition encoded (``encode(df) -> (X, y)``,
@@ -923,24 +920,36 @@ def table_xy(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: in
 
 
 def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
-                dtype: Any, path: str, chunk_rows: int, picks: dict[int, np.ndarray]
-                ) -> tuple[list[str], list[tuple[int, np.ndarray, np.ndarray]]]:
+                dtype: Any, path: str, chunk_rows: int, picks: dict[int, np.ndarray],
+                key: str, resume: bool = False
+                ) -> tuple[list[tuple[int, str, np.ndarray, np.ndarray]], int]:
     """Encode every partition (``encode(df) -> (X, y)``), re-block the rows into the store's
     chunk grid of ``chunk_rows`` (:func:`table_xy`) and write each chunk from one task (no
-    chunk written by two), in one pass; also bring back the rows ``picks[partition]``
-    (local indices: the reservoir).
+    chunk written by two), with its completion record, in one pass; each task also brings
+    back its chunk's rows ``picks[chunk]`` (local indices: the reservoir).
+
+    With ``resume`` the chunks a killed ingest finished (record of this ``key``, stored
+    values still matching its SHA-256: :func:`nldist.store.dataset.verify_xy_chunk`, one
+    read of the stored chunk each) are kept, and only the others are written: the
+    partitions that feed only kept chunks are not read.
 
     Returns
     -------
-    (SHA-256 of each written chunk, in order; [(partition, X rows, y rows)] of the picks)
+    ([(chunk, SHA-256, X picks, y picks)] in chunk order, number of chunks kept)
     """
-    X, y, enc = table_xy(parts, encode, sizes, d, dtype, chunk_rows)
-    starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
-    writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, int(st), path)
-              for xb, yb, st in zip(X.to_delayed().ravel(), y.to_delayed().ravel(), starts,
-                                    strict=True)]
-    takes = [dask.delayed(_take_rows, pure=True)(enc[i], idx) for i, idx in picks.items()]
-    got = _compute_blocks([*writes, *takes])
-    shas = list(got[: len(writes)])
-    rows = [(i, *got[len(writes) + j]) for j, i in enumerate(picks)]
-    return shas, rows
+    X, y, _ = table_xy(parts, encode, sizes, d, dtype, chunk_rows)
+    bounds = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(int)
+    none = np.empty(0, dtype=np.int64)
+    got: dict[int, tuple] = {}
+    if resume:
+        kept = map_tasks(verify_xy_chunk, [(path, i, int(bounds[i]), int(bounds[i + 1]), key,
+                                            picks.get(i, none)) for i in range(len(bounds) - 1)])
+        got = {r[0]: r for r in kept if r is not None}
+    n_kept = len(got)
+    writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, i, int(bounds[i]), path, key,
+                                                       picks.get(i, none))
+              for i, (xb, yb) in enumerate(zip(X.to_delayed().ravel(), y.to_delayed().ravel(),
+                                               strict=True)) if i not in got]
+    for r in _compute_blocks(writes):
+        got[r[0]] = r
+    return [got[i] for i in range(len(bounds) - 1)], n_kept

@@ -9,7 +9,6 @@ describes the layout and writes atomically.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,13 +28,16 @@ from nldist.store.dataset import (
     check_out,
     commit_partial,
     create_partial,
+    drop_chunk_records,
+    partial_path,
     read_attrs,
     reservoir_index,
+    resumable,
     write_dataset,
     write_reservoir_rows,
 )
 from nldist.store.records import digest, file_fingerprint, tree_fingerprint
-from nldist.store.remote import filesystem
+from nldist.store.remote import as_path, filesystem, open_group, rmtree
 from nldist.tablestats import (
     check_categorical,
     class_index,
@@ -138,7 +140,8 @@ def remote_fingerprint(source: str) -> list:
                                                  or info.get("ETag") or "")])
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise NldistError(f"cannot list source {source!r}: {type(exc).__name__}: {exc}; check "
-                          "the URL and credentials (AWS_* variables, fsspec config)") from None
+                          "the path, bucket and credentials (AWS_* variables, fsspec config)"
+                          ) from None
     if not out:
         raise NldistError(f"source {source!r} matches no files; check the path or glob")
     return out
@@ -482,40 +485,67 @@ def _ingest_table(
     holds per-partition statistics only. Arguments as :func:`ingest`.
     """
     out = check_out(out, overwrite)
-    fmt, _, parts, stats, plan = _table_statistics(
-        source, target, features, classes, dropna, standardize, standardize_target, dtype)
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
+    rkey = digest({"source": source_fingerprint(source), "options": opts, "dtype": dtype,
+                   "standardize": [standardize, standardize_target], "chunk_rows": chunk_rows,
+                   "reservoir": [reservoir, seed], "version": __version__}, 32)
+    tmp = partial_path(out)
+    old = resumable(out, rkey)
+    if old is not None:  # a killed ingest of the same files and settings: its pass 1 and chunks
+        state = old["ingest_state"]
+        plan, sizes = state["plan"], np.asarray(state["sizes"], dtype=np.int64)
+        fmt = state["format"]
+        parts = graph.table_partitions(_pattern(str(source), fmt), fmt)
+        if len(parts) != len(sizes):
+            old = None
+        else:
+            log.info("resuming the ingest into %s (its statistics and finished chunks)", tmp)
+    if old is None:
+        fmt, _, parts, stats, plan = _table_statistics(
+            source, target, features, classes, dropna, standardize, standardize_target, dtype)
+        sizes = np.asarray(stats["sizes"], dtype=np.int64)
     n, d = plan["n_rows"], len(plan["features"])
     cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
-    g, _ = create_partial(out, {"X": ((n, d), (cr, d), dtype), "y": ((n,), (cr,), dtype)})
-    sizes = np.asarray(stats["sizes"], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if old is None:
+        g, _ = create_partial(out, {"X": ((n, d), (cr, d), dtype), "y": ((n,), (cr,), dtype)})
+        g.attrs.update({"ingest_resume": rkey, "ingest_state": {
+            "plan": plan, "sizes": sizes.tolist(), "format": fmt}})
+    else:
+        g = open_group(tmp, mode="r+")
     res = reservoir_index(n, reservoir, seed)
-    owner = np.searchsorted(np.cumsum(sizes), res, side="right")
-    picks = {int(i): res[owner == i] - offsets[i] for i in np.unique(owner)}
-    tmp = out.with_name(out.name + ".partial")
+    owner = res // cr  # the chunk of each reservoir row (a regular grid of cr rows)
+    picks = {int(c): res[owner == c] - int(c) * cr for c in np.unique(owner)}
     try:
-        shas, rows = graph.write_table(parts, partial(encode_partition, plan=plan, **{
+        done, kept = graph.write_table(parts, partial(encode_partition, plan=plan, **{
             k: v for k, v in opts.items() if k != "target"}), sizes.tolist(), d,
-            np.dtype(dtype), str(tmp), cr, picks)
+            np.dtype(dtype), str(tmp), cr, picks, rkey, resume=old is not None)
+        if old is not None:
+            log.info("ingest resumed: %d of %d chunks kept, %d written", kept, len(done),
+                     len(done) - kept)
+        info = None
         if res.size:
-            got = {i: (xr, yr) for i, xr, yr in rows}
-            order = np.argsort(np.argsort(owner, kind="stable"), kind="stable")
-            Xr = np.concatenate([got[i][0] for i in picks])[order]
-            yr = np.concatenate([got[i][1] for i in picks])[order]
-            # picks are in partition order; order maps them back to the reservoir's order
+            Xr = np.empty((res.size, d), dtype=dtype)
+            yr = np.empty(res.size, dtype=dtype)
+            for c, _, xp, yp in done:
+                at = np.flatnonzero(owner == c)
+                Xr[at], yr[at] = xp, yp
+            if "reservoir" in g:  # left by a killed run after its chunks
+                rmtree(as_path(tmp) / "reservoir")
             info = write_reservoir_rows(g, Xr, yr, res, seed)
-        else:
-            info = None
+        drop_chunk_records(tmp)
         attrs = {**plan["attrs"], **(extra_attrs or {}), "source": str(source),
                  "format": fmt, "n_rows": n, "n_features": d, "chunk_rows": cr,
-                 "content_sha256": digest({"chunks": shas}, 64),
+                 "content_sha256": digest({"chunks": [sha for _, sha, _, _ in done]}, 64),
                  "content_scheme": "sha256 of the per-chunk sha256 list",
                  "partitions": len(parts), "nldist_version": __version__,
                  **({"reservoir": info} if info else {})}
+        g.attrs.put({k: v for k, v in dict(g.attrs).items()
+                     if k not in ("ingest_resume", "ingest_state")})
         return commit_partial(out, attrs)
+    except KeyboardInterrupt:
+        raise  # keep OUT.partial and its chunk records: the next run resumes from them
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        rmtree(tmp)
         raise
 
 

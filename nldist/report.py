@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from nldist import graph
 from nldist.errors import NldistError
 from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
 from nldist.store.records import atomic_write
+from nldist.store.remote import as_path, write_bytes_atomic
 
 KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm",
               "linear-leverage+y", "ridge-leverage", "pilot", "uniform")
@@ -50,9 +51,9 @@ MAX_TABLE_FEATURES = 12
 
 def _savefig(fig: Any, path: Path) -> None:
     """Save a figure through a temporary file and a rename (never a truncated PNG)."""
-    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png")
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def kind_color(kind: str) -> str:
@@ -101,7 +102,7 @@ class Doc:
         self.blocks.append(("table", (header, rows, bold or set())))
 
     def figure(self, path: Path, caption: str) -> None:
-        self.blocks.append(("fig", (Path(path), caption)))
+        self.blocks.append(("fig", (as_path(path), caption)))
 
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
@@ -744,7 +745,7 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
     -------
     Path of report.md; report.html is written next to it.
     """
-    out = Path(out_dir)
+    out = as_path(out_dir)
     m = _load_json(out / "metrics.json")
     e = _load_json(out / "experiment.json")
     d = _load_json(out / "diagnostics.json")
@@ -760,7 +761,7 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
     first = m or e or d or {}
     name = first.get("name", out.name)
     doc = Doc(f"nldist report: {name}")
-    dataset = Path(first.get("dataset", out / "dataset.zarr"))
+    dataset = as_path(first.get("dataset", out / "dataset.zarr"))
     attrs: dict = {}
     view = None if is_dataset(dataset) else _load_json(out / "table.json")
     if is_dataset(dataset):

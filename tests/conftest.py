@@ -1,4 +1,5 @@
-"""Shared fixtures: small real data, a synchronous scheduler, a real LocalCluster."""
+"""Shared fixtures: small real data, a synchronous scheduler, a real LocalCluster, an
+S3-compatible server on localhost."""
 
 from __future__ import annotations
 
@@ -37,3 +38,28 @@ def local_client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB",
                       host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """An S3-compatible server on localhost (moto's ThreadedMotoServer, as zarr-python and
+    s3fs test themselves), reached through s3fs by the standard AWS_* variables."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+    if not fs.exists("bucket"):  # moto's state is per process: a second server sees it
+        fs.mkdir("bucket")
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield fs
+    server.stop()

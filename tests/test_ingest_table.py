@@ -133,31 +133,6 @@ def test_ingest_verb_runs_a_directory_on_a_cluster(diamonds, tmp_path):
     assert "53940 rows" in done.output
 
 
-@pytest.fixture()
-def s3(monkeypatch):
-    """An S3-compatible server on localhost (moto's ThreadedMotoServer, as zarr-python and
-    s3fs test themselves), reached through s3fs by the standard AWS_* variables."""
-    moto_server = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
-    if not fs.exists("bucket"):  # moto's state is per process: a second server sees it
-        fs.mkdir("bucket")
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield fs
-    server.stop()
-
-
 def test_parquet_on_object_storage(diamonds, tmp_path, s3, sync_scheduler):
     """s3:// sources: listed, fingerprinted and read through fsspec; credentials and the
     endpoint come from the environment and are written nowhere."""
@@ -337,3 +312,63 @@ def test_in_place_statistics_follow_the_files(tmp_path, sync_scheduler):
             "dataset": {"source": str(tmp_path / "c"), "target": "y",
                         "format": "parquet"}}), tmp_path / "o3"))
     assert not (tmp_path / "o3" / "table.json").exists()
+
+
+def test_a_killed_ingest_resumes_from_its_chunk_records(diamonds, tmp_path, monkeypatch,
+                                                        sync_scheduler, caplog):
+    """Issue 16 item 1: an ingest interrupted in its write pass keeps OUT.partial with one
+    completion record per written chunk (and its statistics); the next run skips pass 1,
+    checks each record against the stored chunk, writes only the rest, and gives the same
+    store as an uninterrupted ingest bit for bit. A chunk damaged after its record is
+    rewritten, never reused."""
+    import nldist.ingest as ingest_mod
+
+    d, target = diamonds
+    opts = {"target": target, "standardize": True, "chunk_rows": 4000}
+    ref = ingest_table(str(d / "pq"), tmp_path / "ref.zarr", **opts)
+    real, calls = ingest_mod.encode_partition, {"n": 0}
+
+    def dies_on_the_sixth(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt  # Ctrl-C (a SIGKILL leaves the same partial store)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ingest_mod, "encode_partition", dies_on_the_sixth)
+    out = tmp_path / "got.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        ingest_table(str(d / "pq"), out, **opts)
+    partial = tmp_path / "got.zarr.partial"
+    written = sorted(int(p.stem) for p in (partial / "X" / "done").glob("*.json"))
+    assert not out.exists() and 2 <= len(written) < 14
+    # damage a recorded chunk behind its record's back: it must be rewritten
+    g = zarr.open_group(str(partial), mode="r+")
+    g["X"][written[0] * 4000] = g["X"][written[0] * 4000] + 1.0
+    monkeypatch.setattr(ingest_mod, "encode_partition", real)
+    stats_calls = {"n": 0}
+    real_stats = ingest_mod._table_statistics
+
+    def counted(*a, **kw):
+        stats_calls["n"] += 1
+        return real_stats(*a, **kw)
+
+    monkeypatch.setattr(ingest_mod, "_table_statistics", counted)
+    with caplog.at_level("INFO", logger="nldist"):
+        got = ingest_table(str(d / "pq"), out, **opts)
+    assert stats_calls["n"] == 0  # pass 1 came from the partial store
+    assert f"{len(written) - 1} of 14 chunks kept" in caplog.text
+    assert not partial.exists() and not (got / "X" / "done").exists()
+    gr, gg = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(got), mode="r")
+    np.testing.assert_array_equal(gg["X"][:], gr["X"][:])
+    np.testing.assert_array_equal(gg["y"][:], gr["y"][:])
+    np.testing.assert_array_equal(gg["reservoir"]["X"][:], gr["reservoir"]["X"][:])
+    assert gg.attrs["content_sha256"] == gr.attrs["content_sha256"]
+    assert "ingest_state" not in gg.attrs and "ingest_resume" not in gg.attrs
+    # other settings: the partial store of a killed run is not reused
+    monkeypatch.setattr(ingest_mod, "encode_partition", dies_on_the_sixth)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        ingest_table(str(d / "pq"), tmp_path / "o2.zarr", **opts)
+    monkeypatch.setattr(ingest_mod, "encode_partition", real)
+    ingest_table(str(d / "pq"), tmp_path / "o2.zarr", **{**opts, "chunk_rows": 5000})
+    assert stats_calls["n"] == 2  # the interrupted run and the re-run: no reuse

@@ -21,6 +21,7 @@ only have a torch forward subclass :class:`nldist.models.torchmodel.TorchForward
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,10 @@ class Model:
         raise NldistError(f"a state_dict does not fit model {self.spec!r}; save theta as a 1-D "
                           "tensor (or {'theta': tensor})")
 
-    def theta_from_checkpoint(self, path: str | Path) -> np.ndarray:
-        """theta from a torch checkpoint loaded with ``weights_only=True``.
+    def theta_from_checkpoint(self, path: str | Path, data: bytes | None = None
+                              ) -> np.ndarray:
+        """theta from a torch checkpoint loaded with ``weights_only=True`` (from ``data``,
+        its bytes, when given: a file on object storage; ``path`` then names it).
 
         Accepts a 1-D tensor (theta itself), ``{"theta": tensor}``, or — for ``torch:``
         models — a ``state_dict`` (also nested under ``"state_dict"`` /
@@ -177,7 +180,8 @@ class Model:
         import torch
 
         try:
-            obj = torch.load(str(path), weights_only=True, map_location="cpu")
+            src = str(path) if data is None else io.BytesIO(data)
+            obj = torch.load(src, weights_only=True, map_location="cpu")
         except Exception as exc:  # noqa: BLE001
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise NldistError(f"cannot read checkpoint {str(path)!r} with torch.load(weights_"

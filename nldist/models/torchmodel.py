@@ -166,7 +166,7 @@ class TorchModel(TorchForwardModel):
     def __post_init__(self) -> None:
         mod, fac, _ = parse_torch_spec(self.torch_spec)
         self._mod, self._fac = mod, fac
-        if mod.endswith(".py"):  # resolve now: workers may run elsewhere in the tree
+        if mod.endswith(".py") and "://" not in mod:  # resolve now: workers may run elsewhere
             self._mod = str(Path(mod).expanduser().resolve())
         built = self._built()
         self.n_params = int(sum(math.prod(s) for s in built.shapes))

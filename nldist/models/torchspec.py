@@ -1,7 +1,8 @@
 """Spec strings of ``torch:`` models: parsing and importing the factory (no torch import).
 
 ``torch:<module.path>:<factory>[(key=value,...)]``: ``<module.path>`` is an importable dotted
-module name or a path to a ``.py`` file; the factory returns a ``torch.nn.Module``
+module name or a path or URL (``s3://bucket/nets.py``, read by the driver and by each worker
+through fsspec) to a ``.py`` file; the factory returns a ``torch.nn.Module``
 (:mod:`nldist.models.torchmodel` builds it). Kept apart so that validating a job does not
 import torch.
 """
@@ -14,8 +15,11 @@ import importlib
 import importlib.util
 import inspect
 import re
+import types
 from pathlib import Path
 from typing import Any
+
+import fsspec
 
 from nldist.errors import NldistError
 
@@ -100,7 +104,12 @@ def check_factory(mod: str, fac: str, spec: str) -> None:
     """Check that a ``torch:`` spec's module exists and defines its factory by reading the
     module's source (a schema check never runs user code). Modules without a readable
     ``.py`` source (compiled, namespace) are only located."""
-    if mod.endswith(".py"):
+    if mod.endswith(".py") and "://" in mod:
+        origin = None
+        if not _defines(_remote_source(mod, spec), fac):
+            raise NldistError(f"module {mod!r} has no callable {fac!r} (model spec {spec!r}); "
+                              "name a function returning a torch.nn.Module")
+    elif mod.endswith(".py"):
         file = Path(mod).expanduser().resolve()
         if not file.exists():
             raise NldistError(f"model file {mod!r} in {spec!r} not found; give a path relative "
@@ -122,7 +131,27 @@ def check_factory(mod: str, fac: str, spec: str) -> None:
                           "a function returning a torch.nn.Module")
 
 
+def _remote_source(url: str, spec: str) -> str:
+    """The text of a model file on object storage (``s3://.../nets.py``), read through
+    fsspec with the standard credentials (AWS_* variables, fsspec config)."""
+    try:
+        with fsspec.open(url, "rt") as f:
+            return f.read()
+    except (OSError, ValueError) as exc:
+        raise NldistError(f"cannot read model file {url!r} of {spec!r} ({type(exc).__name__}: "
+                          f"{exc}); check the URL and credentials") from None
+
+
 def _import(path: str, spec: str) -> Any:
+    if path.endswith(".py") and "://" in path:
+        source = _remote_source(path, spec)
+        name = "nldist_user_" + hashlib.sha256(f"{path}\0{source}".encode()).hexdigest()[:12]
+        if name not in _FILE_MODULES:
+            module = types.ModuleType(name)
+            module.__file__ = path
+            exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the user's model
+            _FILE_MODULES[name] = module
+        return _FILE_MODULES[name]
     if path.endswith(".py"):
         file = Path(path).expanduser().resolve()
         if not file.exists():

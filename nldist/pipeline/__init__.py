@@ -6,7 +6,7 @@ stage, each with its declared cache key), :mod:`.select` (the practical path), :
 :mod:`.plan` (the dry run) and :mod:`.diagnose` (label-noise diagnostics).
 """
 
-from nldist.pipeline.context import Event, RunContext
+from nldist.pipeline.context import Event, RunContext, log_line
 from nldist.pipeline.diagnose import diagnose
 from nldist.pipeline.experiment import experiment
 from nldist.pipeline.plan import dry_run, plan
@@ -14,5 +14,5 @@ from nldist.pipeline.run import run
 from nldist.pipeline.select import select
 from nldist.pipeline.stages import ingest
 
-__all__ = ["Event", "RunContext", "diagnose", "dry_run", "experiment", "ingest", "plan", "run",
-           "select"]
+__all__ = ["Event", "RunContext", "diagnose", "dry_run", "experiment", "ingest", "log_line", "plan",
+           "run", "select"]

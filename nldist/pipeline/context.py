@@ -17,7 +17,8 @@ from typing import Any
 
 from nldist._runtime import chunk_progress
 from nldist.errors import NldistError
-from nldist.store.records import digest
+from nldist.store.records import append_text, digest
+from nldist.store.remote import as_path, is_remote
 from nldist.store.scores import new_run_id
 
 #: human labels of the stages (the keys of ``timings``)
@@ -76,11 +77,23 @@ class Event:
 
 
 def safe_out_dir(out: str | Path) -> Path:
-    """Resolve the output directory; refuse a path that is an existing regular file."""
-    out = Path(out).resolve()
+    """Resolve the output directory (a local path, or a URL on object storage:
+    :func:`nldist.store.remote.as_path`); refuse a path that is an existing regular file."""
+    out = as_path(out)
+    out = out if is_remote(out) else out.resolve()
     if out.exists() and not out.is_dir():
         raise NldistError(f"output path {out} is a file; choose a directory with --out")
     return out
+
+
+def log_line(path: str | Path, line: str) -> bool:
+    """Append ``line`` (a newline added) to a log file, local or on object storage; False
+    (nothing raised) when it cannot be written: a log line is never worth failing a run."""
+    try:
+        append_text(path, line.rstrip("\n") + "\n")
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
 
 
 class RunContext:
@@ -187,7 +200,8 @@ class RunContext:
     def path(self, *parts: str) -> Path:
         """A path inside the output directory (its parent created)."""
         p = self.out.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if not is_remote(p):
+            p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
     def key(self, *fields: str) -> str:

@@ -23,6 +23,7 @@ from nldist.pipeline.context import RunContext
 from nldist.scores.spec import make_spec
 from nldist.store.dataset import commit_partial, create_partial, read_attrs
 from nldist.store.records import write_json
+from nldist.store.remote import as_path
 
 log = logging.getLogger("nldist")
 
@@ -51,7 +52,7 @@ def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed:
     """
     if not 0.0 < fraction < 0.5:
         raise NldistError(f"flip fraction must be in (0, 0.5), got {fraction}; e.g. --flip 0.1")
-    src, out = Path(src), Path(out)
+    src, out = as_path(src), as_path(out)
     X, y = graph.open_zarr_xy(src)
     if y is None:
         raise NldistError(f"dataset {src} has no y; ingest it with a binary target")

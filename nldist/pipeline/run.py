@@ -15,7 +15,7 @@ from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
-from nldist.store.records import save_npz, write_json
+from nldist.store.records import save_npy, save_npz, write_json
 
 STOPS = ("score", "sample", "train", "evaluate")
 
@@ -69,7 +69,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
         fits = stages.fit_draws(ctx, draws, {k: k for k in draws})
         for kind, fit in fits.items():
             idx, w = draws[kind][:2]
-            np.save(ctx.path(f"theta_{kind}.npy"), fit.theta)
+            save_npy(ctx.path(f"theta_{kind}.npy"), fit.theta)
             thetas.append(fit.theta)
             prev = results[kind]
             results[kind] = {"rank": prev["rank"], "fit": stages.fit_info(fit),
@@ -103,7 +103,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
         "cost": ctx.cost(stages.x_bytes(ctx)),
         "nldist_version": __version__,
     }
-    np.save(ctx.path("theta.npy"), thetas[0])
+    save_npy(ctx.path("theta.npy"), thetas[0])
     write_json(ctx.path("metrics.json"), metrics)
     stages.complete(ctx)
     return metrics

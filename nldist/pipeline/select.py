@@ -24,7 +24,7 @@ from nldist._budget import eval_rows
 from nldist._version import __version__
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
-from nldist.store.records import save_npz, write_json
+from nldist.store.records import save_npy, save_npz, write_json
 from nldist.train import estimate_losses
 
 
@@ -68,7 +68,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     ctx.emit("train", "start", total=1)
     fit = stages.train(ctx, Xs, ys, w, kind, theta0=theta0)
     ctx.emit("train", "end")
-    np.save(ctx.path("theta.npy"), fit.theta)
+    save_npy(ctx.path("theta.npy"), fit.theta)
     m = stages.model(ctx)
     with ctx.timed("estimate"):
         est, se = estimate_losses(m, np.vstack([fit.theta, theta0]), ev[1], ev[2], rate,

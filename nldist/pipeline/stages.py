@@ -23,6 +23,7 @@ stage              output                                               reused w
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -52,11 +53,13 @@ from nldist.store.dataset import (
     RESERVOIR_ROWS,
     fingerprint,
     is_dataset,
+    is_partial,
     read_attrs,
     read_reservoir,
     write_dataset,
 )
 from nldist.store.records import array_digest, digest, write_json
+from nldist.store.remote import as_path, is_remote, rmtree
 from nldist.store.sample_table import write_sample_table
 from nldist.store.scores import ChunkedScores
 from nldist.train import FitResult, fit_ball, fit_cross_entropy, train_on_sample
@@ -121,7 +124,7 @@ def dataset_path(ctx: RunContext) -> Path:
     Parquet table scored in place, its statistics (OUT/table.json)."""
     if in_place(ctx):
         return ctx.out / TABLE_VIEW
-    src = Path(ctx.job.dataset.source)
+    src = as_path(ctx.job.dataset.source)
     return src if is_dataset(src) else ctx.out / "dataset.zarr"
 
 
@@ -206,12 +209,12 @@ def ingest(ctx: RunContext) -> Path:
         return path
     key = digest({"settings": ctx.job.digest(*KEYS["ingest"]),
                   "source": ingest_mod.source_fingerprint(ds.source)}, 16)
-    if path.exists():
+    if path.exists() and not is_partial(path):  # a killed ingest's partial store: resumed
         if read_attrs(path).get("ingest_key") == key:
             ctx.dataset_fp = dataset_fingerprint(path)
             ctx.note("ingest", True)
             return path
-        shutil.rmtree(path)
+        rmtree(path)
         ctx.note("ingest", False, "source or settings changed")
     if ingest_mod.table_format(ds.source) is not None:  # directory, glob or URL: distributed
         with ctx.timed("ingest"):
@@ -457,14 +460,14 @@ def theta(ctx: RunContext) -> np.ndarray:
         return m.initial_theta()
     if src == "pilot":
         return pilot(ctx)
-    path = Path(src)
+    path = as_path(src)
     if not path.exists():
         raise NldistError(f"theta file {src!r} not found; use zeros, init, optimum, pilot, "
                           "a .npy file or a torch state_dict .pt file")
     if path.suffix in (".pt", ".pth"):
-        return m.theta_from_checkpoint(path)
+        return m.theta_from_checkpoint(path, path.read_bytes() if is_remote(path) else None)
     try:
-        t = np.load(path, allow_pickle=False)
+        t = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
     except Exception as exc:
         raise NldistError(f"cannot read theta from {src}: {exc}") from None
     return m.check_theta(np.asarray(t).reshape(-1))
@@ -696,7 +699,8 @@ def dual_store(ctx: RunContext, spec: ScoreSpec, key: str, scratch: Path) -> Any
     the quadrature settings, so blocks of other inputs are deleted rather than read. It
     is removed when the kind's scores are complete; a killed run's blocks are reused.
     """
-    if ctx.job.persist == "never" or not spec.persistable:
+    if ctx.job.persist == "never" or not spec.persistable or is_remote(ctx.out):
+        # on object storage, a round trip of every dual block costs more than rebuilding it
         dual_blocks.remove(scratch)
         return None
     adj = ctx.key(*KEYS["dual_blocks"])
@@ -805,7 +809,9 @@ def identity(job: Any) -> dict:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    if is_remote(path):
+        rmtree(path)
+    elif path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()

@@ -48,6 +48,7 @@ import zarr
 from nldist._budget import dual_chunk_rows as chunk_rows
 from nldist.errors import BadBlock, NldistError
 from nldist.store.records import array_sha, atomic_write, read_record, record_path
+from nldist.store.remote import is_remote
 
 log = logging.getLogger("nldist")
 
@@ -174,7 +175,10 @@ def remove(store: DualStore | str | Path | None) -> None:
     """Delete a store (and its parent directory when that is left empty)."""
     if store is None:
         return
-    path = Path(store.path if isinstance(store, DualStore) else store)
+    path = store.path if isinstance(store, DualStore) else store
+    if is_remote(path):  # never made there (dual_store keeps blocks off object storage)
+        return
+    path = Path(path)
     shutil.rmtree(path, ignore_errors=True)
     try:
         path.parent.rmdir()  # only when empty (OUT/dual.zarr.partial)

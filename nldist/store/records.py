@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nldist.store.remote import as_path, is_remote, write_bytes_atomic
 
 
 def digest(data: Any, length: int = 32) -> str:
@@ -44,31 +45,54 @@ def array_digest(values: np.ndarray) -> str:
 
 
 def file_fingerprint(path: str | Path, block: int = 1 << 22) -> dict:
-    """Size, mtime and SHA-256 (streamed) of a file: what a cache keyed on it depends on."""
-    p = Path(path)
-    st = p.stat()
+    """Size, mtime (an object's ETag on object storage) and SHA-256 (streamed) of a file:
+    what a cache keyed on it depends on."""
+    p = as_path(path)
     h = hashlib.sha256()
     with p.open("rb") as f:
         for chunk in iter(lambda: f.read(block), b""):
             h.update(chunk)
+    if is_remote(p):
+        info = p.fs.info(p.path)
+        return {"size": int(info.get("size") or 0), "etag": str(info.get("ETag", "")),
+                "sha256": h.hexdigest()}
+    st = p.stat()
     return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": h.hexdigest()}
 
 
 def tree_fingerprint(path: str | Path) -> str:
     """Digest of every file under a directory by relative path, size and mtime (stat only,
-    nothing read): changes when any file of a Zarr store is rewritten."""
-    root = Path(path)
+    nothing read; on object storage by size and ETag): changes when any file of a Zarr
+    store is rewritten."""
+    root = as_path(path)
+    if is_remote(root):
+        found = root.fs.find(root.path, detail=True)
+        base = root.path.rstrip("/") + "/"
+        return digest(sorted((k[len(base):] if k.startswith(base) else k,
+                              int(v.get("size") or 0), str(v.get("ETag", "")))
+                             for k, v in found.items() if v.get("type") != "directory"))
     items = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
                    for f in root.rglob("*") if f.is_file())
     return digest(items)
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and a rename (creates the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text to path through a temporary file and a rename (creates the directory; one
+    PUT on object storage: :func:`nldist.store.remote.write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode())
+
+
+def append_text(path: Any, text: str) -> None:
+    """Append text to a log file (on object storage, which cannot append: the file is
+    read and written again whole — for small logs only)."""
+    p = as_path(path)
+    if is_remote(p):
+        old = p.read_text() if p.exists() else ""
+        p.write_text(old + text)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as fh:
+        fh.write(text)
 
 
 def _json_default(o: Any) -> Any:
@@ -85,21 +109,36 @@ def _json_default(o: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """JSON (indented, NumPy scalars and arrays converted) written atomically."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+
+
+def _npz_bytes(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def save_npz(path: Path, **arrays: Any) -> None:
     """``np.savez`` written atomically (read back with ``allow_pickle=False``)."""
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, _npz_bytes(**arrays))
+
+
+def save_npy(path: Path, values: np.ndarray) -> None:
+    """``np.save`` written atomically (local disk or object storage)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(values))
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_npz(path: Any) -> Any:
+    """``np.load`` of an ``.npz`` (local or on object storage), ``allow_pickle=False``."""
+    p = as_path(path)
+    return np.load(io.BytesIO(p.read_bytes()) if is_remote(p) else p, allow_pickle=False)
 
 
 def record_path(directory: str | Path, i: int) -> Path:
     """Where the completion record of item i of ``directory`` lives."""
-    return Path(directory) / "done" / f"{i}.json"
+    return as_path(directory) / "done" / f"{i}.json"
 
 
 def write_record(directory: str | Path, i: int, fields: dict) -> None:
@@ -161,9 +200,8 @@ def save_dataclass(path: Path, obj: Any, key: str, classes: dict[str, type]) -> 
         _encode(obj, "norm", meta, arrays, classes)
     except TypeError:
         return False
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
-    np.savez(tmp, __meta__=np.array(json.dumps(meta)), __key__=np.array(key), **arrays)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, _npz_bytes(__meta__=np.array(json.dumps(meta)),
+                                        __key__=np.array(key), **arrays))
     return True
 
 
@@ -171,7 +209,7 @@ def load_dataclass(path: Path, key: str, classes: dict[str, type]) -> Any:
     """A dataclass stored with this key (only ``classes`` are ever constructed), or None
     (absent, other key, or unreadable)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with load_npz(path) as z:
             if str(z["__key__"]) != key:
                 return None
             meta = json.loads(str(z["__meta__"]))

@@ -1,4 +1,13 @@
-"""Object storage through fsspec: bounded waits for sources on ``s3://``.
+"""Object storage through fsspec: paths that may be URLs, and bounded waits on ``s3://``.
+
+Every path nldist accepts (a source, the Zarr dataset, ``--out``, θ and model files) goes
+through :func:`as_path`: a plain path (or ``file://`` URL) stays a :class:`pathlib.Path`,
+anything else (``s3://``, ``gs://``, ``az://``, ``memory://``) becomes a
+:class:`upath.UPath` on its fsspec file system, which offers the same ``/``, ``exists``,
+``read_text``, ``open``, ... The few operations pathlib does not give an object store are
+here: :func:`rmtree`, :func:`write_bytes_atomic` (a temporary name and a rename on local
+disk; one PUT, which S3 makes visible whole or not at all, on an object store) and the
+Zarr entry points :func:`open_group` / :func:`open_array` (storage options attached).
 
 botocore's defaults (60 s connect and read timeouts, several retries) and s3fs's own retries
 make an endpoint that accepts connections but never answers hang a job for minutes before
@@ -15,11 +24,18 @@ the standard environment; nothing here is ever written into outputs.
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+from pathlib import Path
 from typing import Any
 
 import fsspec
+import zarr
+from upath import UPath
 
-__all__ = ["ATTEMPTS", "CONNECT_TIMEOUT", "READ_TIMEOUT", "filesystem", "storage_options"]
+__all__ = ["ATTEMPTS", "CONNECT_TIMEOUT", "READ_TIMEOUT", "as_path", "filesystem", "is_remote",
+           "open_array", "open_group", "rmtree", "storage_options", "write_bytes_atomic"]
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0  # between bytes, not for a whole object
@@ -45,3 +61,70 @@ def filesystem(url: str) -> tuple[Any, str]:
     if opts and hasattr(fs, "retries"):
         fs.retries = ATTEMPTS
     return fs, path
+
+
+def is_remote(path: Any) -> bool:
+    """Whether ``path`` names an fsspec file system other than local disk (``s3://...``)."""
+    if isinstance(path, UPath):
+        return path.protocol not in ("", "file", "local")
+    text = str(path)
+    return "://" in text and not text.startswith(("file://", "local://"))
+
+
+def as_path(path: Any) -> Path:
+    """A :class:`pathlib.Path` for a local path or ``file://`` URL, a :class:`upath.UPath`
+    (with :func:`storage_options`) for any other URL."""
+    if isinstance(path, UPath) and is_remote(path):
+        return path
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    if text.startswith(("file://", "local://")):
+        return Path(text.split("://", 1)[1])
+    if is_remote(text):
+        opts = storage_options(text)
+        p = UPath(text, **opts)
+        if opts and hasattr(p.fs, "retries"):
+            p.fs.retries = ATTEMPTS
+        return p
+    return Path(text)
+
+
+def rmtree(path: Any) -> None:
+    """Remove a directory tree (or object prefix), nothing when absent."""
+    p = as_path(path)
+    if not is_remote(p):
+        shutil.rmtree(p, ignore_errors=True)
+        return
+    try:
+        p.fs.invalidate_cache(p.path)  # a listing cached earlier would hide new objects
+        if p.fs.exists(p.path):
+            p.fs.rm(p.path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def write_bytes_atomic(path: Any, data: bytes) -> None:
+    """Write ``data`` so that a reader sees the old file or the whole new one: a temporary
+    name in the same directory and ``os.replace`` locally (the directory created), a single
+    PUT on an object store."""
+    p = as_path(path)
+    if is_remote(p):
+        p.write_bytes(data)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, p)
+
+
+def _zarr_kwargs(path: Any) -> dict[str, Any]:
+    return {"storage_options": storage_options(str(path))} if is_remote(path) else {}
+
+
+def open_group(path: Any, **kwargs: Any) -> Any:
+    """``zarr.open_group`` of a local path or URL (storage options attached)."""
+    return zarr.open_group(str(as_path(path)), **kwargs, **_zarr_kwargs(path))
+
+
+def open_array(path: Any, **kwargs: Any) -> Any:
+    """``zarr.open_array`` of a local path or URL (storage options attached)."""
+    return zarr.open_array(str(as_path(path)), **kwargs, **_zarr_kwargs(path))

@@ -18,9 +18,8 @@ and feature names. Written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nldist.errors import NldistError
+from nldist.store.remote import as_path, is_remote, write_bytes_atomic
 
 
 def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: np.ndarray,
@@ -62,23 +62,23 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
     info = {**meta, "features": names, "rows": int(uniq.size), "draws": int(indices.size)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"nldist": json.dumps(info).encode()})
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    path = as_path(path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    write_bytes_atomic(path, buf.getvalue().to_pybytes())
     return path
 
 
 def read_sample_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """The sample table and its metadata, with a one-line error for a file that is not one."""
-    path = Path(path)
+    path = as_path(path)
     if path.is_dir():
         path = path / "sample.parquet"
     if not path.exists():
         raise NldistError(f"{path} not found; run `nldist select` (or `nldist run`) first — "
                           "it writes OUT/sample.parquet")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(io.BytesIO(path.read_bytes()) if is_remote(path) else path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise NldistError(f"cannot read {path} as Parquet ({type(exc).__name__})") from None
     raw = (table.schema.metadata or {}).get(b"nldist")

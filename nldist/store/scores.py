@@ -26,13 +26,11 @@ constructed from it.
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from nldist.store.records import (
     array_sha,
@@ -42,6 +40,7 @@ from nldist.store.records import (
     save_dataclass,
     write_record,
 )
+from nldist.store.remote import as_path, open_array, open_group, rmtree
 
 log = logging.getLogger("nldist")
 
@@ -73,7 +72,7 @@ def write_chunk(block: np.ndarray, i: int, start: int, array_path: str, key: str
     (i, sha256 of the values)
     """
     block = np.asarray(block, dtype=np.float64)
-    arr = zarr.open_array(str(array_path), mode="r+")
+    arr = open_array(array_path, mode="r+")
     stop = start + block.shape[0]
     arr[start:stop] = block
     sha = array_sha(block)
@@ -97,7 +96,7 @@ def verify_chunk(array_path: str, i: int, start: int, stop: int, key: str) -> st
     if (rec.get("start"), rec.get("stop")) != (start, stop):
         return "record of other rows"
     try:
-        values = zarr.open_array(str(array_path), mode="r")[start:stop]
+        values = open_array(array_path, mode="r")[start:stop]
     except Exception as exc:  # noqa: BLE001 - a damaged chunk raises codec-specific errors
         return f"unreadable chunk ({type(exc).__name__})"
     if array_sha(values) != rec.get("sha256"):
@@ -135,7 +134,7 @@ class ChunkedScores:
 
     def __init__(self, store: Path, kind: str, prov: dict, chunks: tuple[int, ...],
                  run_id: str) -> None:
-        self.store = Path(store)
+        self.store = as_path(store)
         self.kind = kind
         self.path = self.store / kind
         self.chunks = tuple(int(c) for c in chunks)
@@ -149,7 +148,7 @@ class ChunkedScores:
         #: an array of other inputs (or an unreadable one) was replaced
         self.replaced = False
         try:
-            arr = zarr.open_array(str(self.path), mode="r+")
+            arr = open_array(self.path, mode="r+")
             if arr.attrs.get("resume_key") == self.key:
                 self.array = arr
             else:
@@ -160,8 +159,8 @@ class ChunkedScores:
                 self.replaced = True
                 log.warning("scores.zarr/%s is unreadable; recomputing it", kind)
         if self.array is None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            root = zarr.open_group(str(self.store), mode="a", zarr_format=3)
+            rmtree(self.path)
+            root = open_group(self.store, mode="a", zarr_format=3)
             n = int(sum(self.chunks))
             size = max(1, max(self.chunks))
             self.array = root.create_array(kind, shape=(n,), chunks=(size,), dtype="float64",

@@ -12,9 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nldist.store.records import save_npz
+from nldist.store.records import load_npz, save_npz
 
 
 def load(path: Path, key: str) -> dict[str, Any] | None:
@@ -23,7 +21,7 @@ def load(path: Path, key: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with load_npz(path) as z:
             if str(z["key"]) != key:
                 return None
             out = {k: z[k] for k in z.files if k != "key"}
