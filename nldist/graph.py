@@ -864,12 +864,13 @@ def precision_at_k(scores: da.Array, flipped: da.Array, ks: list[int]
     return prec, rec
 
 
-def write_flipped(X: da.Array, y: da.Array, fraction: float, seed: int, targets: tuple
-                  ) -> int:
-    """Write X, y with a seeded ``fraction`` of labels flipped and the flags into the Zarr
-    arrays ``targets`` = (X, y, flipped) in one pass; returns the number flipped."""
+def write_flipped(X: da.Array, y: da.Array, fraction: float, seed: int, targets: tuple,
+                  n_classes: int = 2) -> int:
+    """Write X, y with a seeded ``fraction`` of labels flipped (:func:`nldist.scores.
+    sampling.flip_block`: 1 − y, or another of ``n_classes`` classes) and the flags into
+    the Zarr arrays ``targets`` = (X, y, flipped) in one pass; returns the number flipped."""
     both = da.map_blocks(sampling.flip_block, y, fraction, seed, dtype=np.float64,
-                         chunks=(y.chunks[0], (2,)), new_axis=1)
+                         chunks=(y.chunks[0], (2,)), new_axis=1, n_classes=int(n_classes))
     ax, ay, af = targets
     da.store([X, both[:, 0].astype(y.dtype), both[:, 1].astype("int8")], [ax, ay, af],
              lock=False)

@@ -123,3 +123,29 @@ def test_diagnose_cli_writes_report(tmp_path):
     assert "flipped" in md  # the top/bottom tables flag the flipped rows
     done = CliRunner().invoke(app, ["diagnose", str(job), "--out", str(out), "--flip", "0.9"])
     assert done.exit_code == 2 and "flip fraction" in done.output
+
+
+def test_diagnose_a_ten_class_model(tmp_path):
+    """Issue 13: diagnose on a C-class model (softmax:10 on the 8x8 digits, labels 0..9):
+    a flipped label goes to one of the 9 other classes (uniformly, seeded), and the C-output
+    kinds are ranked next to the per-row cross-entropy."""
+    job = validate_job({"name": "digits10", "model": "softmax:10", "loss": "cross_entropy",
+                        "radius": 3.0, "dataset": {"source": "digits", "chunk_rows": 500}})
+    with dask.config.set(scheduler="synchronous"):
+        res = diagnose(job, tmp_path / "out", fraction=0.1, seed=2, ks=[20, 100, 180])
+    assert res["n_classes"] == 10 and res["n_rows"] == 1797
+    assert set(res["precision"]) == {"nonlinear-leverage", "block-leverage",
+                                     "margin-leverage", "linear-leverage", "loss"}
+    clean = zarr.open_group(str(tmp_path / "out" / "dataset.zarr"), mode="r")["y"][:]
+    noisy = zarr.open_group(str(tmp_path / "out" / "noisy.zarr"), mode="r")
+    flipped = noisy["flipped"][:].astype(bool)
+    assert flipped.sum() == res["n_flipped"] and 0.07 < flipped.mean() < 0.13
+    y = noisy["y"][:]
+    assert np.all(y[flipped] != clean[flipped]) and np.all(y[~flipped] == clean[~flipped])
+    assert set(np.unique(y)) <= set(range(10))
+    moved = (y[flipped] - clean[flipped]) % 10  # uniform over the 9 other classes
+    assert len(np.unique(moved)) == 9
+    # the cross-entropy at theta* finds flipped labels far above the base rate; the
+    # label-blind linear leverage does not
+    assert res["precision"]["loss"][0] > 3 * res["base_rate"]
+    assert np.mean(res["precision"]["linear-leverage"]) < 2 * res["base_rate"]

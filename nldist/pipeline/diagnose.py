@@ -36,12 +36,21 @@ RANKINGS = {
     "linear-leverage": "leverage of [X, 1]: label-blind, a control (≈ the flip rate)",
     "linear-leverage+y": "leverage of [X, 1, y]: the linear scores that see the labels",
     "loss": "per-row loss r_i(θ*)² at the θ* fitted on the noisy labels",
+    "block-leverage": "C outputs: leverage of the Fisher-weighted C×p adjoint block "
+                      "(label-free: an 'unusual input' score)",
+    "margin-leverage": "C outputs: leverage of the adjoint of the margin log(p_y/(1 − p_y)) "
+                       "(sees the labels)",
 }
+#: what is ranked for a binary model and for a C-class one (block kinds need C outputs; the
+#: linear scores with y appended need a scalar label)
+BINARY_KINDS = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage")
+CLASS_KINDS = ("nonlinear-leverage", "block-leverage", "margin-leverage", "linear-leverage")
 
 
-def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed: int = 0
-                        ) -> dict:
-    """Copy a binary-label Zarr dataset with a random ``fraction`` of its labels flipped.
+def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed: int = 0,
+                        n_classes: int = 2) -> dict:
+    """Copy a Zarr dataset of class labels (binary, or 0..C−1 with ``n_classes`` = C) with
+    a random ``fraction`` of its labels flipped (to another class, uniformly).
 
     Writes X (same chunks), the noisy y, ``flipped`` (n,) int8 and attrs (those of ``src``
     plus ``flip_fraction``, ``flip_seed``, ``n_flipped``), atomically (``OUT.partial``).
@@ -62,7 +71,7 @@ def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed:
                                      "y": (y.shape, (cr,), y.dtype),
                                      "flipped": (y.shape, (cr,), "int8")})
     n_flipped = graph.write_flipped(X, y, fraction, seed,
-                                    (arrays["X"], arrays["y"], arrays["flipped"]))
+                                    (arrays["X"], arrays["y"], arrays["flipped"]), n_classes)
     facts = {"n_rows": int(y.shape[0]), "n_flipped": n_flipped, "flip_fraction": fraction,
              "flip_seed": seed}
     commit_partial(out, {**attrs, **facts, "flipped_from": str(src)})
@@ -76,7 +85,10 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     Parameters
     ----------
     job : JobConfig
-        A job on a binary classification dataset (``dataset.classes`` or a 0/1 target).
+        A job on a binary classification dataset (``dataset.classes`` or a 0/1 target),
+        or a C-class model (``softmax:C``, ``mlp:...:C``, a C-output ``torch:`` module; loss
+        cross_entropy) on labels 0..C−1: flips then go to one of the other classes, and
+        the C-output kinds (block-, margin-, nonlinear-leverage of √CE) are ranked.
     out : str or Path
         Output directory: ``dataset.zarr`` (clean), ``noisy.zarr``, ``scores.zarr``,
         ``theta_star.npz`` and ``diagnostics.json``.
@@ -106,8 +118,9 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
                           "an ingested Zarr store; drop dataset.format: parquet")
     src = stages.ingest(clean)
     noisy_path = out / "noisy.zarr"
+    C = int(stages.model(clean).n_outputs)
     with clean.timed("flip"):
-        facts = write_noisy_dataset(src, noisy_path, fraction, seed)
+        facts = write_noisy_dataset(src, noisy_path, fraction, seed, max(2, C))
     noisy_job = job.model_copy(update={"dataset": job.dataset.model_copy(
         update={"source": str(noisy_path.resolve())})})
     ctx = RunContext(noisy_job, out)
@@ -122,13 +135,14 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     if not ks:
         raise NldistError(f"no cut-off k in 1..{n}; pass --k values up to the number of rows")
     rankings: dict[str, Any] = {}
-    for kind in ("nonlinear-leverage", "nonlinear-norm", "linear-leverage"):
+    for kind in (CLASS_KINDS if C > 1 else BINARY_KINDS):
         rankings[kind], _ = stages.scores(ctx, kind, theta)
     m = stages.model(ctx)
-    with ctx.timed("score", kind="linear-leverage+y", key="score:linear-leverage+y"):
-        spec = make_spec("linear-leverage", m, None, X.shape[1], True, True)
-        norm = graph.pass1(X, y, spec, split_every=job.split_every)
-        rankings["linear-leverage+y"] = graph.pass2(X, y, spec, norm)
+    if C == 1:
+        with ctx.timed("score", kind="linear-leverage+y", key="score:linear-leverage+y"):
+            spec = make_spec("linear-leverage", m, None, X.shape[1], True, True)
+            norm = graph.pass1(X, y, spec, split_every=job.split_every)
+            rankings["linear-leverage+y"] = graph.pass2(X, y, spec, norm)
     rankings["loss"] = graph.row_losses(X, y, m, theta, job.loss)
     precision, recall = {}, {}
     with ctx.timed("rank"):
@@ -141,6 +155,7 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     result = {
         "name": job.name, "dataset": str(noisy_path.resolve()), "clean_dataset": str(src),
         "model": job.model, "loss": job.loss, "radius": job.radius, "n_rows": n,
+        "n_classes": max(2, C),
         "n_params": m.n_params, "flip_fraction": fraction, "seed": seed,
         "n_flipped": facts["n_flipped"], "base_rate": facts["n_flipped"] / n,
         "theta_norm": float(np.linalg.norm(theta)), "theta_star": star, "ks": ks,

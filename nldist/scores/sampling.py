@@ -155,14 +155,29 @@ def bernoulli_index(offset: int, n: int, rate: float, seed: int) -> np.ndarray:
     return np.flatnonzero(h < rate)
 
 
-def flip_block(y: np.ndarray, fraction: float, seed: int, block_info: Any = None
-               ) -> np.ndarray:
-    """Labels of one block with a seeded ``fraction`` flipped (y in {0, 1}), and the flags:
-    (n_b, 2) [noisy y, flipped]; chunking-invariant (:func:`hash_uniform` of the row index)."""
+def flip_block(y: np.ndarray, fraction: float, seed: int, block_info: Any = None,
+               n_classes: int = 2) -> np.ndarray:
+    """Labels of one block with a seeded ``fraction`` flipped, and the flags: (n_b, 2)
+    [noisy y, flipped]; chunking-invariant (:func:`hash_uniform` of the row index).
+
+    Binary (y in {0, 1}): a flip is 1 − y. C classes (y in 0..C−1, ``n_classes`` = C > 2):
+    a flipped row gets one of the C − 1 other classes, uniformly (a second seeded hash of
+    the row index)."""
     start = block_info[0]["array-location"][0][0] if block_info else 0
     idx = np.arange(start, start + y.shape[0])
     flip = hash_uniform(idx, seed) < fraction
     yy = np.asarray(y, dtype=np.float64)
+    if n_classes > 2:
+        bad = ~np.isin(yy, np.arange(n_classes, dtype=np.float64))
+        if bad.any():
+            raise NldistError(f"label diagnostics of a {n_classes}-class model need y in "
+                              f"0..{n_classes - 1}; row {start + int(np.flatnonzero(bad)[0])} "
+                              f"has y = {yy[bad][0]}; set dataset.classes")
+        shift = 1 + np.minimum((hash_uniform(idx, seed + 0x51F7) * (n_classes - 1)).astype(
+            np.int64), n_classes - 2)
+        other = (yy.astype(np.int64) + shift) % n_classes
+        return np.stack([np.where(flip, other.astype(np.float64), yy),
+                         flip.astype(np.float64)], axis=1)
     bad = ~np.isin(yy, (0.0, 1.0))
     if bad.any():
         raise NldistError(f"label diagnostics need a binary target with y in {{0, 1}}; row "
