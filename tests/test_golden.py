@@ -23,6 +23,13 @@ BATCH = ["california", "relu2", "torch_mlp", "bce", "ridge", "sketch_cols", "ske
          "device_cpu"]
 
 
+#: tolerance when the recording was made on another machine (:func:`goldenkit.same_machine`)
+CROSS_RTOL = 1e-7
+#: jobs whose training stops at max_iter on a nonconvex loss: another CPU's rounding grows
+#: to ~3e-5 in its theta (torch_mlp: 30 LM iterations, tanh MLP)
+CROSS_RTOL_JOB = {"torch_mlp": 1e-4}
+
+
 def assert_golden(name: str, out: Path) -> None:
     want_arrays, want_meta = load(name)
     got_arrays, got_meta = collect(out)
@@ -30,15 +37,20 @@ def assert_golden(name: str, out: Path) -> None:
     exact = same_machine()
     if not exact:
         warnings.warn("golden outputs were recorded on another CPU or library versions "
-                      "(tests/golden/machine.json): arrays compared to 1e-9, not bit for bit",
+                      "(tests/golden/machine.json): arrays compared to 1e-7, not bit for bit",
                       stacklevel=2)
     for key, want in want_arrays.items():
         got = got_arrays[key]
         assert got.dtype == want.dtype and got.shape == want.shape, key
+        if not exact and key.endswith("_sha"):
+            continue  # a digest of float bytes: only meaningful bit for bit
         if exact or not np.issubdtype(want.dtype, np.floating):
             assert got.tobytes() == want.tobytes(), f"{name}: {key} differs"
         else:
-            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300, err_msg=key)
+            # iterative fits (nonconvex LM to a tolerance) carry another CPU's rounding to
+            # ~1e-8 in theta (relu2, torch_mlp on a SkylakeX-kernel EPYC VM)
+            np.testing.assert_allclose(got, want, rtol=CROSS_RTOL_JOB.get(name, CROSS_RTOL),
+                                       atol=1e-300, err_msg=key)
     if exact:
         assert got_meta == want_meta, name
 
