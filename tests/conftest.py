@@ -19,6 +19,20 @@ def diabetes():
     return X, y
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """The CLI run in-process (typer's CliRunner) calls ``logging.basicConfig(force=True)``
+    with its verbosity (ERROR with --quiet): put the root logger back after each test, so
+    a later test's caplog still sees warnings."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
