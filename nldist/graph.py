@@ -123,13 +123,9 @@ def as_dask_xy(
 
 
 def _blocks(X: da.Array, y: da.Array | None) -> list[tuple[Any, Any, int]]:
-    """(delayed X block, delayed y block or None, row offset) for each row block.
-
-    Unoptimized: ``to_delayed()``'s default fuses each array's graph on its own, which for a
-    Parquet table read in place gives X and y separate copies of every partition's read and
-    encoding (each partition read twice per pass); unfused, both share one."""
-    xs = X.to_delayed(optimize_graph=False).ravel()
-    ys = y.to_delayed(optimize_graph=False).ravel() if y is not None else [None] * len(xs)
+    """(delayed X block, delayed y block or None, row offset) for each row block."""
+    xs = X.to_delayed().ravel()
+    ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
     offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
     return list(zip(xs, ys, offsets.tolist(), strict=True))
 
@@ -953,8 +949,7 @@ def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d:
     n_kept = len(got)
     writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, i, int(bounds[i]), path, key,
                                                        picks.get(i, none))
-              for i, (xb, yb) in enumerate(zip(X.to_delayed(optimize_graph=False).ravel(),
-                                               y.to_delayed(optimize_graph=False).ravel(),
+              for i, (xb, yb) in enumerate(zip(X.to_delayed().ravel(), y.to_delayed().ravel(),
                                                strict=True)) if i not in got]
     for r in _compute_blocks(writes):
         got[r[0]] = r

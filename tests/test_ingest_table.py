@@ -373,30 +373,3 @@ def test_a_killed_ingest_resumes_from_its_chunk_records(diamonds, tmp_path, monk
     ingest_table(str(d / "pq"), tmp_path / "o2.zarr", **{**opts, "chunk_rows": 5000})
     assert stats_calls["n"] == 2  # the interrupted run and the re-run: no reuse
 
-
-def test_each_partition_is_read_and_encoded_once_per_pass(diamonds, tmp_path, monkeypatch,
-                                                          sync_scheduler):
-    """X and y of a table share one read and encoding per partition (to_delayed unfused):
-    the ingest's write pass encodes each of the 7 files once, and so does a pass over a
-    Parquet table read in place (bench/RESULTS.md: fused per array, it was 3x and 2x)."""
-    import nldist.ingest as ingest_mod
-    from nldist import graph
-    from nldist.ingest import open_table_view, table_view
-    from nldist.scores.spec import make_spec
-
-    d, target = diamonds
-    real, calls = ingest_mod.encode_partition, {"n": 0}
-
-    def counted(*args, **kw):
-        calls["n"] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ingest_mod, "encode_partition", counted)
-    ingest_table(str(d / "pq"), tmp_path / "o.zarr", target=target, chunk_rows=5000)
-    assert calls["n"] == 7
-    view = table_view(str(d / "pq"), target=target, chunk_rows=5000)
-    X, y = open_table_view(view)
-    calls["n"] = 0
-    spec = make_spec("linear-leverage", None, None, X.shape[1], True, True)
-    graph.pass1(X, y, spec)
-    assert calls["n"] == 7
