@@ -33,7 +33,7 @@ from nldist.scores.linalg import block_r
 from nldist.scores.rows import dual_block
 from nldist.scores.spec import make_spec
 from nldist.store.dual_blocks import temporary
-from nldist.store.sample_table import read_sample_table
+from nldist.store.sample_table import BOOKKEEPING, read_sample_table
 
 #: parameter constraints of the public functions (nldist.options, shared with the job schema)
 _LEVERAGE = params_model("leverage", ridge=(Ridge, 0.0), rtol=(Rtol, None))
@@ -349,12 +349,13 @@ class Sample:
     def __init__(self, frame: Any, meta: dict) -> None:
         self.frame, self.meta = frame, meta
         self.features = list(meta["features"])
+        col = {name: name for name in BOOKKEEPING} | meta.get("columns", {})
         self.X = frame[self.features].to_numpy(np.float64)
-        self.y = frame["y"].to_numpy(np.float64)
-        self.row = frame["row"].to_numpy(np.int64)
-        self.weight = frame["weight"].to_numpy(np.float64)
-        self.multiplicity = frame["multiplicity"].to_numpy(np.int64)
-        self.sample_weight = frame["sample_weight"].to_numpy(np.float64)
+        self.y = frame[col["y"]].to_numpy(np.float64)
+        self.row = frame[col["row"]].to_numpy(np.int64)
+        self.weight = frame[col["weight"]].to_numpy(np.float64)
+        self.multiplicity = frame[col["multiplicity"]].to_numpy(np.int64)
+        self.sample_weight = frame[col["sample_weight"]].to_numpy(np.float64)
 
     def __len__(self) -> int:
         return len(self.row)

@@ -4,6 +4,8 @@ the evaluation estimate, the sampling-grade adjoint, and ``nldist select`` end t
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -259,39 +261,77 @@ def test_select_on_the_command_line(npz, tmp_path):
     assert any("training on the sample (nonlinear-leverage) end" in ln for ln in log)
 
 
-def test_the_readme_hand_over_example_runs(tmp_path):
-    """README 'The sample in your own training', as written, on the OUT of `nldist select`
-    of the default job (California Housing)."""
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    assert title in text, f"README.md lost its section {title!r}"
+    return text.split(title, 1)[1].split("\n## ", 1)[0]
+
+
+def _fenced(section: str, lang: str) -> list[str]:
     import re
 
+    return re.findall(rf"```{lang}\n(.*?)```", section, re.S)
+
+
+def test_the_readme_first_section_runs_as_written(tmp_path, monkeypatch):
+    """README 'Your own data', as written, in a fresh directory: Diamonds written as a
+    directory of 8 Parquet files, the job file, `nldist select` on it (out-of-core ingest on
+    the default LocalCluster, then the practical path), then the hand-off to scikit-learn and
+    torch on runs/my-table."""
+    section = _readme_section("### Your own data: a directory of Parquet files")
+    bash, select = _fenced(section, "bash")
+    (yaml_text,) = _fenced(section, "yaml")
+    (code,) = _fenced(section, "python")
+    assert bash.startswith(".venv/bin/python -c ")
+    r = subprocess.run([sys.executable, "-c", shlex.split(bash)[2]], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "data" / "parts").glob("*.parquet"))) == 8
+    (tmp_path / "my-table.yaml").write_text(yaml_text)
+    argv = shlex.split(select.split("#")[0])
+    assert argv[0] == ".venv/bin/nldist" and argv[1:] == ["select", "my-table.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "nldist", *argv[1:], "--quiet"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "runs" / "my-table"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mode"] == "select" and m["n_rows"] == 53_940
+    monkeypatch.chdir(tmp_path)
+    assert 'nldist.load_sample("runs/my-table")' in code
+    exec(compile(code, "README.md", "exec"), {})
+    S = nldist.load_sample(out)
+    assert S.multiplicity.sum() == m["s"] == 2000
+    assert len(S) == m["kinds"][m["kind"]]["unique_rows"]
+    draws = np.load(out / "samples" / "nonlinear-leverage.npz")
+    assert set(S.row) == set(draws["indices"].tolist())
+    # sum of sample_weight = sum over draws of 1/(s pi): the weighted loss is the draws' loss
+    assert np.isclose(S.sample_weight.sum(), draws["weights"].sum())
+    # original units: the raw Diamonds rows themselves (numeric columns; text ones one-hot)
+    from nldist.datasets import load
+
+    raw, info = load("diamonds")
+    numeric = [c for c in S.features if c in raw.columns]
+    assert len(numeric) == 6 and len(S.features) > 6
+    orig = S.original[:, [S.features.index(c) for c in numeric]]
+    np.testing.assert_allclose(orig, raw[numeric].to_numpy(float)[S.row], rtol=1e-9, atol=1e-9)
+    # Diamonds has a feature named y: the target's columns move aside, the feature keeps its name
+    assert S.meta["columns"]["y"] == "y_target" and "y" in S.features
+    np.testing.assert_allclose(S.frame["y_target__orig"], raw[info.target].to_numpy(float)[S.row],
+                               rtol=1e-9)
+    ds = nldist.to_torch(out)
+    assert len(ds) == len(S) and len(ds[0]) == 3
+
+
+def test_the_readme_python_api_snippet_runs(tmp_path):
+    """README 'Python API', as written, on the OUT of `nldist select` of the default job
+    (California Housing)."""
     out = tmp_path / "california"
     r = subprocess.run([sys.executable, "-m", "nldist", "select", "jobs/california.yaml",
                         "--out", str(out), "--quiet", "--cluster", "synchronous"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### The sample in your own training", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert 'nldist.load_sample("runs/california")' in code
-    code = code.replace('"runs/california"', repr(str(out)))
-    exec(compile(code, "README.md", "exec"), {})
-    S = nldist.load_sample(out)
-    m = json.loads((out / "metrics.json").read_text())
-    assert S.multiplicity.sum() == m["s"] and len(S) == m["kinds"][m["kind"]]["unique_rows"]
-    draws = np.load(out / "samples" / "nonlinear-leverage.npz")
-    assert set(S.row) == set(draws["indices"].tolist())
-    # Σ sample_weight = Σ over draws of 1/(s pi): the weighted loss is the draws' loss
-    assert np.isclose(S.sample_weight.sum(), draws["weights"].sum())
-    # original units: the raw California rows themselves
-    from nldist.datasets import load
-
-    raw, _ = load("california")
-    np.testing.assert_allclose(S.original, raw[S.features].to_numpy()[S.row], rtol=1e-9,
-                               atol=1e-9)
-    ds = nldist.to_torch(out)
-    assert len(ds) == len(S) and len(ds[0]) == 3
-    # and the 'Python API' snippet, as written, on the same outputs
-    api = re.search(r"## Python API\n.*?```python\n(.*?)```", text, re.S).group(1)
+    api = _fenced(_readme_section("## Python API"), "python")[0]
     ns: dict = {}
     exec(compile(api.replace('"runs/california/', f'"{out}/'), "README.md", "exec"), ns)
     assert np.isclose(ns["lev"].sum(), 10) and np.isclose(float(ns["p"].sum().compute()), 1)

@@ -12,8 +12,13 @@ One row per distinct sampled row of the dataset, columns:
   named as in the dataset's attrs, and ``y`` (the target as trained);
 * where ingest standardized, the same in original units: ``<feature>__orig`` and ``y__orig``.
 
-The Parquet metadata (key ``nldist``) holds the kind, s, seed, alpha, n, model, dataset path
-and feature names. Written atomically (temporary file, then rename).
+A feature whose name is one of the bookkeeping columns keeps its name and moves the
+bookkeeping column aside instead (Diamonds has a feature ``y``: its target column is
+``y_target``, ``y_target__orig``); the metadata names the columns that were used.
+
+The Parquet metadata (key ``nldist``) holds the kind, s, seed, alpha, n, model, dataset path,
+feature names and ``columns`` (bookkeeping name -> column). Written atomically (temporary
+file, then rename).
 """
 
 from __future__ import annotations
@@ -31,6 +36,25 @@ import pyarrow.parquet as pq
 from nldist.errors import NldistError
 from nldist.store.remote import as_path, is_remote, write_bytes_atomic
 
+#: the bookkeeping columns of a sample table, by their default names
+BOOKKEEPING = ("row", "multiplicity", "weight", "sample_weight", "y")
+
+
+def bookkeeping_columns(features: list[str]) -> dict[str, str]:
+    """Bookkeeping name -> column name: the default, or ``<name>_target`` (then more
+    underscores) where a feature (or a feature's ``__orig``) already has that name."""
+    taken = set(features) | {f"{f}__orig" for f in features}
+    out = {}
+    for name in BOOKKEEPING:
+        col = name
+        if col in taken:
+            col = f"{name}_target" if name == "y" else f"{name}_"
+            while col in taken or f"{col}__orig" in taken:
+                col += "_"
+        out[name] = col
+        taken.add(col)
+    return out
+
 
 def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: np.ndarray,
                        y: np.ndarray, attrs: dict, meta: dict) -> Path:
@@ -45,11 +69,12 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
     yu = np.asarray(y)[first]
     w = np.asarray(weights, dtype=np.float64)[first]
     names = list(attrs.get("features") or [f"x{j}" for j in range(Xu.shape[1])])
-    cols: dict[str, Any] = {"row": uniq, "multiplicity": counts.astype(np.int64), "weight": w,
-                            "sample_weight": w * counts}
+    col = bookkeeping_columns(names)
+    cols: dict[str, Any] = {col["row"]: uniq, col["multiplicity"]: counts.astype(np.int64),
+                            col["weight"]: w, col["sample_weight"]: w * counts}
     for j, name in enumerate(names):
         cols[name] = Xu[:, j]
-    cols["y"] = yu
+    cols[col["y"]] = yu
     st = attrs.get("standardize")
     if st:
         mu, sd = np.asarray(st["mean"]), np.asarray(st["scale"])
@@ -57,9 +82,10 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
             cols[f"{name}__orig"] = Xu[:, j] * sd[j] + mu[j]
     sty = attrs.get("standardize_target")
     if sty:
-        cols["y__orig"] = yu * sty["scale"] + sty["mean"]
+        cols[f"{col['y']}__orig"] = yu * sty["scale"] + sty["mean"]
     table = pa.Table.from_pandas(pd.DataFrame(cols), preserve_index=False)
-    info = {**meta, "features": names, "rows": int(uniq.size), "draws": int(indices.size)}
+    info = {**meta, "features": names, "columns": col, "rows": int(uniq.size),
+            "draws": int(indices.size)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"nldist": json.dumps(info).encode()})
     path = as_path(path)
