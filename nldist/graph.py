@@ -123,9 +123,13 @@ def as_dask_xy(
 
 
 def _blocks(X: da.Array, y: da.Array | None) -> list[tuple[Any, Any, int]]:
-    """(delayed X block, delayed y block or None, row offset) for each row block."""
-    xs = X.to_delayed().ravel()
-    ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
+    """(delayed X block, delayed y block or None, row offset) for each row block.
+
+    Unoptimized: ``to_delayed()``'s default fuses each array's graph on its own, which for a
+    Parquet table read in place gives X and y separate copies of every partition's read and
+    encoding (each partition read twice per pass); unfused, both share one."""
+    xs = X.to_delayed(optimize_graph=False).ravel()
+    ys = y.to_delayed(optimize_graph=False).ravel() if y is not None else [None] * len(xs)
     offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
     return list(zip(xs, ys, offsets.tolist(), strict=True))
 
@@ -380,9 +384,45 @@ def store_chunks(
     return _compute_blocks(tasks)
 
 
-def map_tasks(func: Callable, arg_tuples: Sequence[tuple]) -> list:
-    """``[func(*a) for a in arg_tuples]`` as independent tasks on the cluster (small results)."""
-    return _compute_blocks([dask.delayed(func, pure=False)(*a) for a in arg_tuples])
+def map_tasks(func: Callable, arg_tuples: Sequence[tuple],
+              where: Sequence[str] | None = None) -> list:
+    """``[func(*a) for a in arg_tuples]`` as independent tasks on the cluster (small results).
+
+    With ``where`` (one name per task, e.g. the file a table partition comes from), a task
+    that fails with anything but an :class:`NldistError` — a damaged file failing inside its
+    read, before ``func`` sees it — is reported as one line naming its ``where``."""
+    tasks = [dask.delayed(func, pure=False)(*a) for a in arg_tuples]
+    if where is None:
+        return _compute_blocks(tasks)
+    listener = chunk_listener() or (lambda done, total: None)
+    client = current_client()
+    if client is None:
+        out = []
+        for i, (t, w) in enumerate(zip(tasks, where, strict=True)):
+            out.append(_named(lambda t=t: dask.compute(t)[0], w))
+            listener(i + 1, len(tasks))
+        return out
+    from distributed import wait
+
+    futs = client.compute(tasks)
+    _follow(futs, listener)
+    wait(futs)
+    for f, w in zip(futs, where, strict=True):
+        if f.status == "error":
+            _named(f.result, w)
+    return list(client.gather(futs))
+
+
+def _named(get: Callable[[], Any], where: str) -> Any:
+    """``get()``, with a failure other than an NldistError as one line naming ``where``."""
+    try:
+        return get()
+    except (NldistError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in its reader, any type
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise NldistError(f"{where} cannot be read ({type(exc).__name__}{': ' + msg if msg else ''}"
+                          "); upload it again whole or remove it from the source") from None
 
 
 def store_whole(arr: da.Array, target: Any) -> None:
@@ -949,7 +989,8 @@ def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d:
     n_kept = len(got)
     writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, i, int(bounds[i]), path, key,
                                                        picks.get(i, none))
-              for i, (xb, yb) in enumerate(zip(X.to_delayed().ravel(), y.to_delayed().ravel(),
+              for i, (xb, yb) in enumerate(zip(X.to_delayed(optimize_graph=False).ravel(),
+                                               y.to_delayed(optimize_graph=False).ravel(),
                                                strict=True)) if i not in got]
     for r in _compute_blocks(writes):
         got[r[0]] = r

@@ -342,37 +342,46 @@ def _source_files(pattern: str) -> tuple[Any, list[str]]:
     return fs, [f for f in files if not Path(f).name.startswith(("_", "."))]
 
 
+def _shown(fs: Any, f: str) -> str:
+    """A listed file as the user would write it: a plain local path, else its URL."""
+    url = fs.unstrip_protocol(f)
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
                    features: list[str] | None) -> None:
     """Every file has the target and the features (all of the first file's columns when none
     are chosen; then also no other columns): read from the files' footers / header lines
     only, on the driver."""
     def columns(f: str) -> list[str]:
-        with fs.open(f, "rb") as fh:
-            if fmt == "parquet":
-                return list(pq.read_schema(fh).names)
-            return pd.read_csv(fh, sep="\t" if fmt == "tsv" else ",", nrows=0).columns.tolist()
+        try:
+            with fs.open(f, "rb") as fh:
+                if fmt == "parquet":
+                    return list(pq.read_schema(fh).names)
+                return pd.read_csv(fh, sep="\t" if fmt == "tsv" else ",", nrows=0).columns.tolist()
+        except (OSError, NldistError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged, partial or foreign file
+            what = ("not a complete Parquet file (no footer: cut short, still being uploaded, "
+                    "or another format)" if fmt == "parquet"
+                    else f"not readable as {fmt.upper()} ({type(exc).__name__})")
+            raise NldistError(f"file {_shown(fs, f)} is {what}; upload it again whole or "
+                              "remove it from the source") from None
 
-    try:
-        first = columns(files[0])
-        want = set(features or [c for c in first if c != target]) | {target}
-        for f in files:
-            have = set(columns(f))
-            missing = sorted(want - have)
-            extra = sorted(have - set(first)) if features is None else []
-            if extra:
-                raise NldistError(f"file {f} has column(s) {', '.join(extra)} that {files[0]} "
-                                  "lacks; give files of one schema or choose the columns with "
-                                  "features: [...]")
-            if missing:
-                raise NldistError(f"file {f} lacks column(s) {', '.join(missing)} (of "
-                                  f"{files[0]}'s schema); give files of one schema or choose "
-                                  "the columns with features: [...]")
-    except NldistError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
-        raise NldistError(f"cannot read the schema of the {fmt} files of this source "
-                          f"({type(exc).__name__}: {exc}); is every file complete?") from None
+    first = columns(files[0])
+    want = set(features or [c for c in first if c != target]) | {target}
+    for f in files:
+        have = set(columns(f))
+        missing = sorted(want - have)
+        extra = sorted(have - set(first)) if features is None else []
+        if extra:
+            raise NldistError(f"file {_shown(fs, f)} has column(s) {', '.join(extra)} that "
+                              f"{_shown(fs, files[0])} lacks; give files of one schema or choose "
+                              "the columns with features: [...]")
+        if missing:
+            raise NldistError(f"file {_shown(fs, f)} lacks column(s) {', '.join(missing)} (of "
+                              f"{_shown(fs, files[0])}'s schema); give files of one schema or "
+                              "choose the columns with features: [...]")
 
 
 def _table_statistics(source: str, target: str | None, features: list[str] | None,
@@ -390,10 +399,10 @@ def _table_statistics(source: str, target: str | None, features: list[str] | Non
     _check_schemas(fs, files, fmt, target, features)
     parts = graph.table_partitions(pattern, fmt)
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
-    names = ([f"file {f}" for f in files] if len(files) == len(parts)
+    names = ([f"file {_shown(fs, f)}" for f in files] if len(files) == len(parts)
              else [f"partition {i} of {pattern}" for i in range(len(parts))])
     stats = merge_stats(graph.map_tasks(partial(partition_stats, **opts),
-                                        list(zip(parts, names, strict=True))))
+                                        list(zip(parts, names, strict=True)), where=names))
     plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
     return fmt, pattern, parts, stats, plan
 

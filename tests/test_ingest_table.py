@@ -222,6 +222,49 @@ def test_bad_multi_file_tables_name_the_file(tmp_path, case, message, sync_sched
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
 
 
+def _cut_or_damaged(raw: bytes, how: str) -> bytes:
+    if how == "cut short":  # an upload that stopped half way: no Parquet footer
+        return raw[: len(raw) // 2]
+    b = bytearray(raw)  # footer intact, a data page overwritten
+    b[len(b) // 3: len(b) // 3 + 5000] = bytes(5000)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("how", ["cut short", "damaged"])
+def test_a_cut_short_or_damaged_file_is_named(diamonds, tmp_path, how, local_client):
+    """A partial or damaged Parquet file among good ones: one line naming that file and the
+    fix — from the driver's footer check (cut short) or from the worker's read of the pages
+    (damaged) — and nothing written."""
+    d, target = diamonds
+    src = tmp_path / "pq"
+    src.mkdir()
+    for f in sorted((d / "pq").iterdir()):
+        raw = f.read_bytes()
+        (src / f.name).write_bytes(_cut_or_damaged(raw, how) if f.name == "part-3.parquet"
+                                   else raw)
+    message = ("part-3.parquet is not a complete Parquet file" if how == "cut short"
+               else "part-3.parquet cannot be read .*upload it again whole or remove it")
+    with pytest.raises(NldistError, match=message):
+        ingest_table(str(src), tmp_path / "o.zarr", target=target)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
+
+
+@pytest.mark.parametrize("how", ["cut short", "damaged"])
+def test_a_partially_uploaded_object_in_a_bucket_is_named(diamonds, tmp_path, s3, how,
+                                                           sync_scheduler):
+    """The same on object storage: a partially uploaded (or damaged) object in the source
+    prefix is one line naming its URL; nothing written."""
+    d, target = diamonds
+    for f in sorted((d / "pq").iterdir()):
+        raw = f.read_bytes()
+        s3.pipe(f"bucket/partial/{f.name}",
+                _cut_or_damaged(raw, how) if f.name == "part-3.parquet" else raw)
+    with pytest.raises(NldistError, match=r"s3://bucket/partial/part-3\.parquet (is not a "
+                                          r"complete|cannot be read)"):
+        ingest_table("s3://bucket/partial", tmp_path / "o.zarr", target=target)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
+
+
 def test_a_glob_that_matches_nothing(tmp_path, sync_scheduler):
     with pytest.raises(NldistError, match="matches no files"):
         ingest_table(str(tmp_path / "none-*.parquet"), tmp_path / "o.zarr", target="y")
@@ -373,3 +416,30 @@ def test_a_killed_ingest_resumes_from_its_chunk_records(diamonds, tmp_path, monk
     ingest_table(str(d / "pq"), tmp_path / "o2.zarr", **{**opts, "chunk_rows": 5000})
     assert stats_calls["n"] == 2  # the interrupted run and the re-run: no reuse
 
+
+def test_each_partition_is_read_and_encoded_once_per_pass(diamonds, tmp_path, monkeypatch,
+                                                          sync_scheduler):
+    """X and y of a table share one read and encoding per partition (to_delayed unfused):
+    the ingest's write pass encodes each of the 7 files once, and so does a pass over a
+    Parquet table read in place (bench/RESULTS.md: fused per array, it was 3x and 2x)."""
+    import nldist.ingest as ingest_mod
+    from nldist import graph
+    from nldist.ingest import open_table_view, table_view
+    from nldist.scores.spec import make_spec
+
+    d, target = diamonds
+    real, calls = ingest_mod.encode_partition, {"n": 0}
+
+    def counted(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ingest_mod, "encode_partition", counted)
+    ingest_table(str(d / "pq"), tmp_path / "o.zarr", target=target, chunk_rows=5000)
+    assert calls["n"] == 7
+    view = table_view(str(d / "pq"), target=target, chunk_rows=5000)
+    X, y = open_table_view(view)
+    calls["n"] = 0
+    spec = make_spec("linear-leverage", None, None, X.shape[1], True, True)
+    graph.pass1(X, y, spec)
+    assert calls["n"] == 7

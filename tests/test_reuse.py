@@ -364,9 +364,13 @@ def test_ctrl_c_during_a_many_chunk_pass_prints_one_line(tmp_path):
     job.write_text(f"name: intr\ndataset: {{source: {src}, target: y, chunk_rows: 400}}\n"
                    "model: glm:sigmoid\ns: 100\ncache_x: never\nmax_iter: 200\ntol: 1.0e-15\n"
                    "cluster: {address: local, n_workers: 2}\n")
+    # as from a terminal: SIGINT at its default. A test session started in the background
+    # without job control (`cmd &` in a script, as CI may be) has SIGINT ignored, and the
+    # child would inherit that and rightly ignore the Ctrl-C (the run then ends with 0).
     proc = subprocess.Popen([sys.executable, "-m", "nldist", "run", str(job), "--out",
                              str(tmp_path / "o"), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not (tmp_path / "o" / "run.json").exists() and time.monotonic() - t0 < 120:
         time.sleep(0.05)
