@@ -81,7 +81,7 @@ def _one_line_errors(fn: Callable) -> Callable:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except FileNotFoundError as exc:
-            typer.echo(f"error: file not found: {exc.filename}; check the path", err=True)
+            typer.echo(f"error: file not found: {exc.filename or exc}; check the path", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:
             typer.echo(f"error: {_os_error(exc)}", err=True)

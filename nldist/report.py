@@ -35,6 +35,7 @@ import numpy as np
 
 from nldist import graph
 from nldist.errors import NldistError
+from nldist.scores.kinds import path_name
 from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
 from nldist.store.records import atomic_write
 from nldist.store.remote import as_path, write_bytes_atomic
@@ -299,7 +300,7 @@ def _experiment_section(doc: Doc, e: dict, out: Path) -> None:
 
 def _open_scores(store: Path) -> dict[str, Any]:
     """{kind: zarr array} of the complete score arrays in OUT/scores.zarr."""
-    arrays = open_arrays(store)
+    arrays = {a.attrs.get("kind", name): a for name, a in open_arrays(store).items()}
     return {k: arrays[k] for k in ordered_kinds(list(arrays))
             if arrays[k].attrs.get("complete", True)}
 
@@ -561,7 +562,7 @@ def _extremes_section(doc: Doc, out: Path, dataset: Path, attrs: dict, kinds: li
                           for i in range(len(sc))]
                 word = "highest" if which == "top" else "lowest"
                 path = plot_image_grid(
-                    Xo.reshape(-1, h, w), titles, out / f"{which}_{kind}.png",
+                    Xo.reshape(-1, h, w), titles, out / f"{which}_{path_name(kind)}.png",
                     f"{kind}: the {len(sc)} {word}-scored images"
                     + (" (red frame: flipped label)" if fl is not None else ""), highlight=fl)
                 doc.figure(path, f"{kind}: {word}-scored images (label, n·score)")

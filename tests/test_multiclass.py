@@ -28,6 +28,7 @@ import nldist
 from nldist.errors import NldistError
 from nldist.models.losses import MARGIN, check_labels, fisher_weights, get_loss, softmax
 from nldist.scores import block
+from nldist.scores.kinds import path_name
 from nldist.scores.spec import make_spec
 from nldist.train import ce_oracle, train_on_sample
 
@@ -344,8 +345,13 @@ def test_a_ten_class_job_runs_end_to_end_through_nldist_run(tmp_path):
 
     z = zarr.open_group(str(out / "scores.zarr"), mode="r")
     for k in got:
-        s = np.asarray(z[k][:])
+        s = np.asarray(z[path_name(k)][:])
         assert s.shape == (1797,) and abs(s.sum() - 1) < 1e-6  # stored float32
+        assert z[path_name(k)].attrs["kind"] == k
+    # no colon in any output name (Windows file names, URLs): block-sketch:3 -> block-sketch-3
+    assert not [p for p in out.rglob("*") if ":" in p.name]
+    assert (out / "samples" / "block-sketch-3.npz").exists()
+    assert (out / "theta_block-sketch-3.npy").exists()
 
 
 def test_ingest_maps_k_classes_to_labels_on_both_paths(tmp_path, sync_scheduler):

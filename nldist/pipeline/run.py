@@ -15,6 +15,7 @@ from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
+from nldist.scores.kinds import path_name
 from nldist.store.records import save_npy, save_npz, write_json
 
 STOPS = ("score", "sample", "train", "evaluate")
@@ -54,9 +55,10 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
             ctx, kind, at, [(stages.sample_size(ctx, kind), stages.rng(ctx))])
         results[kind] = {"rank": attrs.get("rank")}
         idx, w = got[0][0], got[0][1]
-        save_npz(ctx.path("samples", f"{kind}.npz"), indices=idx, weights=w, seed=job.seed,
-                 kind=kind, s=job.s, alpha=job.alpha, n=int(X.shape[0]), model=job.model,
-                 theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
+        save_npz(ctx.path("samples", f"{path_name(kind)}.npz"), indices=idx, weights=w,
+                 seed=job.seed, kind=kind, s=job.s, alpha=job.alpha, n=int(X.shape[0]),
+                 model=job.model, theta_sha=str(attrs.get("theta_sha")),
+                 nldist_version=__version__)
         draws[kind] = got[0]
         if kind == job.kind:
             stages.hand_over(ctx, kind, got[0])
@@ -69,7 +71,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
         fits = stages.fit_draws(ctx, draws, {k: k for k in draws})
         for kind, fit in fits.items():
             idx, w = draws[kind][:2]
-            save_npy(ctx.path(f"theta_{kind}.npy"), fit.theta)
+            save_npy(ctx.path(f"theta_{path_name(kind)}.npy"), fit.theta)
             thetas.append(fit.theta)
             prev = results[kind]
             results[kind] = {"rank": prev["rank"], "fit": stages.fit_info(fit),

@@ -24,6 +24,7 @@ from nldist._budget import eval_rows
 from nldist._version import __version__
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
+from nldist.scores.kinds import path_name
 from nldist.store.records import save_npy, save_npz, write_json
 from nldist.train import estimate_losses
 
@@ -61,7 +62,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     _, attrs, got, ev = stages.scores_and_sample(ctx, kind, theta0, [(s, stages.rng(ctx))],
                                                  eval_rate=rate)
     idx, w, Xs, ys = got[0]
-    save_npz(ctx.path("samples", f"{kind}.npz"), indices=idx, weights=w, seed=job.seed,
+    save_npz(ctx.path("samples", f"{path_name(kind)}.npz"), indices=idx, weights=w, seed=job.seed,
              kind=kind, s=s, alpha=job.alpha, n=n, model=job.model,
              theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
     stages.hand_over(ctx, kind, got[0])

@@ -606,14 +606,14 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
     scratch = ctx.out / "dual.zarr.partial" / kind
     if out.finished:
         dual_blocks.remove(scratch)  # left by a run killed after its last chunk
-        return graph.open_array(out.path.parent, kind), out.attrs
+        return graph.open_array(out.path.parent, out.path.name), out.attrs
     with ctx.timed("score", kind=kind, key=f"score:{kind}"):
         if sk is not None and sk.rows:
             probs, info = graph.rowsketch_scores(X, y, spec, sk, job.split_every)
             ctx.read("row sketch", 2.0)
             out.write(probs, graph.store_chunks, graph.store_whole)
             out.finish({**prov, "rank": info["rank"], "complete": True})
-            return graph.open_array(out.path.parent, kind), out.attrs
+            return graph.open_array(out.path.parent, out.path.name), out.attrs
         store = dual_store(ctx, spec, out.key, scratch)
         t0 = time.perf_counter()
         norm = _pass1(ctx, out, spec, store)
@@ -624,7 +624,7 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
             ctx.read("pass 2", out.stats["computed"] / max(1, len(out.chunks)))
         _finish(ctx, out, spec, prov, norm, (t0, t1, time.perf_counter()))
         dual_blocks.remove(scratch)
-    return graph.open_array(out.path.parent, kind), out.attrs
+    return graph.open_array(out.path.parent, out.path.name), out.attrs
 
 
 def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
@@ -672,7 +672,7 @@ def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
             _finish(ctx, out, spec, prov, norm, (t0, t1, time.perf_counter()))
             dual_blocks.remove(scratch)
         ev = got["eval"] if eval_rate > 0 else None
-        return graph.open_array(out.path.parent, kind), out.attrs, got["draws"], ev
+        return graph.open_array(out.path.parent, out.path.name), out.attrs, got["draws"], ev
     probs, attrs = scores(ctx, kind, at)
     norm = out.stored_pass1(PASS1_CLASSES)  # its chunk masses: the fused pass's routing
     drawn = draw(ctx, probs, requests, kind, None if norm is None else norm.masses)

@@ -129,6 +129,13 @@ def get_kind(name: str | Kind) -> Kind:
     return KINDS[name]
 
 
+def path_name(name: str) -> str:
+    """The kind as a file or Zarr key name: ``block-sketch:4`` -> ``block-sketch-4`` (a colon
+    is not allowed in Windows file names and needs escaping in URLs); other kinds unchanged.
+    No two kinds share a path name (no base kind ends in ``-<digits>``)."""
+    return name.replace(":", "-")
+
+
 def check_kind(name: str) -> str:
     """``name`` when it is a kind string (for schemas), else the one-line error."""
     get_kind(name)

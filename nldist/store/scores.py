@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from nldist.scores.kinds import path_name
 from nldist.store.records import (
     array_sha,
     digest,
@@ -136,7 +137,7 @@ class ChunkedScores:
                  run_id: str) -> None:
         self.store = as_path(store)
         self.kind = kind
-        self.path = self.store / kind
+        self.path = self.store / path_name(kind)
         self.chunks = tuple(int(c) for c in chunks)
         self.starts = np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(int).tolist()
         self.key = resume_key(prov, self.chunks)
@@ -163,8 +164,8 @@ class ChunkedScores:
             root = open_group(self.store, mode="a", zarr_format=3)
             n = int(sum(self.chunks))
             size = max(1, max(self.chunks))
-            self.array = root.create_array(kind, shape=(n,), chunks=(size,), dtype="float64",
-                                           overwrite=True)
+            self.array = root.create_array(path_name(kind), shape=(n,), chunks=(size,),
+                                           dtype="float64", overwrite=True)
             self.array.attrs.update({**prov, "resume_key": self.key, "complete": False})
         self.attrs = dict(self.array.attrs)
         if not self.aligned:
