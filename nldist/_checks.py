@@ -16,7 +16,8 @@ def check_finite_block(X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> 
     """Raise a one-line error if a block holds NaN/inf, naming the first bad row."""
     bad = ~np.isfinite(X).all(axis=1)
     if y is not None:
-        bad |= ~np.isfinite(y)
+        fin = np.isfinite(y)
+        bad |= ~(fin.all(axis=1) if fin.ndim == 2 else fin)  # 2-D: multi-output targets
     if bad.any():
         first = int(np.argmax(bad)) + offset
         raise NldistError(

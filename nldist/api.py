@@ -12,7 +12,7 @@ from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models import as_model
 from nldist.models.base import Model
-from nldist.models.losses import get_loss
+from nldist.models.losses import get_loss, targets
 from nldist.options import (
     Alpha,
     PersistMode,
@@ -30,7 +30,7 @@ from nldist.scores import sketch as sketch_mod
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
-from nldist.scores.rows import dual_block
+from nldist.scores.rows import dual_block, output_dual_block
 from nldist.scores.spec import make_spec
 from nldist.store.dual_blocks import temporary
 from nldist.store.sample_table import BOOKKEEPING, read_sample_table
@@ -81,12 +81,18 @@ def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None
                               "model.adjoint_block(theta, X) for the (n, C, p) block")
         return model.adjoint(theta, X)
     lo = get_loss(loss or ("cross_entropy" if model.n_outputs > 1 else "squared"))
-    yy = _labels(y, X.shape[0])
+    yy = _labels(y, X.shape[0], model, lo.name)
     model.check_outputs(lo.name)
-    lo.check(model.predict(theta, X), yy)
     if lo.name == "squared":
-        return model.adjoint(theta, X)
+        return model.adjoint_block(theta, X) if model.n_outputs > 1 else model.adjoint(theta, X)
+    lo.check(model.predict(theta, X), yy)
     return model.residual_adjoint(theta, X, yy, lo)
+
+
+def _target_columns(y: Any) -> int:
+    """Columns of y: 1 for (n,) or (n, 1), else its second dimension."""
+    shape = np.shape(y) if y is not None else (0,)
+    return int(shape[1]) if len(shape) == 2 and shape[1] > 1 else 1
 
 
 def _width(X: Any) -> int:
@@ -94,7 +100,11 @@ def _width(X: Any) -> int:
     return int(shape[-1]) if len(shape) == 2 else 1
 
 
-def _labels(y: Any, n: int) -> np.ndarray:
+def _labels(y: Any, n: int, model: Model | None = None, loss: str | None = None
+            ) -> np.ndarray:
+    """y as float64 (n,) — or (n, C) for a C-output model with squared loss."""
+    if y is not None and model is not None and model.n_outputs > 1 and loss == "squared":
+        return targets(y, n, model.n_outputs)
     yy = None if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
     if yy is None or yy.shape[0] != n:
         raise NldistError(
@@ -126,10 +136,12 @@ def dual_matrix(model: Model, theta: Any, X: Any, y: Any, *, loss: str | None = 
     """
     model = as_model(model, _width(X))
     X = model.check_X(X)
-    y = _labels(y, X.shape[0])
     lo = loss or ("cross_entropy" if model.n_outputs > 1 else "squared")
     get_loss(lo)
     model.check_outputs(lo)
+    y = _labels(y, X.shape[0], model, lo)
+    if model.n_outputs > 1 and lo == "squared":
+        return output_dual_block(model, model.check_theta(theta), X, y)
     return dual_block(model, model.check_theta(theta), X, y, lo)
 
 
@@ -259,14 +271,18 @@ def scores(
             raise NldistError(f"X must be 2-D (n, d), got shape {Xa.shape}")
         if Xa.shape[0] == 0:
             raise NldistError("X has no rows; check the dataset path and any row filter")
-        ya = None if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
-        if ya is not None and ya.shape[0] != Xa.shape[0]:
-            raise NldistError(f"y has {ya.shape[0]} entries but X has {Xa.shape[0]} rows; pass y "
-                              f"of shape ({Xa.shape[0]},)")
+        ya, y_cols = None, _target_columns(y)
+        if y is not None and y_cols > 1:
+            ya = targets(y, Xa.shape[0], y_cols)
+        elif y is not None:
+            ya = np.asarray(y, dtype=np.float64).reshape(-1)
+            if ya.shape[0] != Xa.shape[0]:
+                raise NldistError(f"y has {ya.shape[0]} entries but X has {Xa.shape[0]} rows; "
+                                  f"pass y of shape ({Xa.shape[0]},)")
         if not np.issubdtype(Xa.dtype, np.number):
             raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
         spec = make_spec(k, model, theta, Xa.shape[1], ya is not None, linear_augment_y,
-                         loss=loss, sketch=sk, device=device, seed=random_state)
+                         loss=loss, sketch=sk, device=device, seed=random_state, y_cols=y_cols)
         if sk is not None and sk.rows:
             PiA = sketch_mod.rowsketch_block(Xa, ya, spec.rows, sk, 0)
             M, _ = sketch_mod.jl_factor(block_r(PiA), sk.jl, sk.seed)
@@ -280,9 +296,10 @@ def scores(
         finally:
             if store is not None:
                 store.owner.cleanup()
-    dX, dy = graph.as_dask_xy(X, y)
+    dX, dy = graph.as_dask_xy(X, y, y_cols=None)
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
-                     loss=loss, sketch=sk, device=device, seed=random_state)
+                     loss=loss, sketch=sk, device=device, seed=random_state,
+                     y_cols=_target_columns(dy))
     if sk is not None and sk.rows:
         return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     store = temporary(persist) if persist != "never" and spec.persistable else None
@@ -334,7 +351,7 @@ class Sample:
     ----------
     X : ndarray (m, d)
         The distinct sampled rows, features as trained (``original`` for original units).
-    y : ndarray (m,)
+    y : ndarray (m,), or (m, C) for a multi-output regression
     sample_weight : ndarray (m,)
         multiplicity x 1/(s pi): pass to scikit-learn's ``fit(..., sample_weight=)`` or
         multiply a per-row torch loss by it; Σ sample_weight · ℓ is the sampled estimate of
@@ -351,7 +368,7 @@ class Sample:
         self.features = list(meta["features"])
         col = {name: name for name in BOOKKEEPING} | meta.get("columns", {})
         self.X = frame[self.features].to_numpy(np.float64)
-        self.y = frame[col["y"]].to_numpy(np.float64)
+        self.y = frame[col["y"]].to_numpy(np.float64)  # (m,), or (m, C): a column list
         self.row = frame[col["row"]].to_numpy(np.int64)
         self.weight = frame[col["weight"]].to_numpy(np.float64)
         self.multiplicity = frame[col["multiplicity"]].to_numpy(np.int64)

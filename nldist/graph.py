@@ -68,13 +68,14 @@ def open_zarr_xy(path: str | Path) -> tuple[da.Array, da.Array | None]:
 
 
 def as_dask_xy(
-    X: Any, y: Any = None, chunk_rows: int | None = None
+    X: Any, y: Any = None, chunk_rows: int | None = None, y_cols: int | None = 1
 ) -> tuple[da.Array, da.Array | None]:
     """Validate cheaply and return row-chunked dask arrays X (n, d) and y (n,).
 
     Accepts ndarrays, dask arrays, or a Zarr dataset path for X (then y defaults to the
     group's y). Multiple column chunks are merged (with a log message). Unknown (nan)
-    chunk sizes are computed once (one extra read of X).
+    chunk sizes are computed once (one extra read of X). ``y_cols > 1``: y is (n, y_cols),
+    the targets of a multi-output regression, chunked by rows only; ``None``: as y is.
     """
     if isinstance(X, (str, Path)):
         X, y_store = open_zarr_xy(X)
@@ -106,30 +107,47 @@ def as_dask_xy(
     if y is not None:
         if not isinstance(y, da.Array):
             y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
+        if y_cols is None:  # infer: one target, or the columns of a 2-D y
+            y_cols = int(y.shape[1]) if y.ndim == 2 and y.shape[1] > 1 else 1
+        if y.ndim == 2 and y.shape[1] == 1 and y_cols == 1:
             y = y[:, 0]
         if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):
             y = y.compute_chunk_sizes()
-        if y.ndim != 1 or y.shape[0] != n:
+        want = (n,) if y_cols == 1 else (n, y_cols)
+        if tuple(y.shape) != want:
             raise NldistError(
-                f"y has shape {tuple(y.shape)} but X has {n} rows; pass y of shape ({n},)"
-            )
+                f"y has shape {tuple(y.shape)} but X has {n} rows; pass y of shape {want}"
+                + ("" if y_cols == 1 else f" (one column per output of the {y_cols}-output "
+                                          "model)"))
         if not np.issubdtype(y.dtype, np.number):
             raise NldistError(f"y has dtype {y.dtype}; convert the target to numbers")
-        y = da.from_array(y, chunks=(X.chunks[0],)) if not isinstance(y, da.Array) else y
-        if y.chunks[0] != X.chunks[0]:
-            y = y.rechunk((X.chunks[0],))
+        rows = (X.chunks[0],) if y_cols == 1 else (X.chunks[0], (y_cols,))
+        y = da.from_array(y, chunks=rows) if not isinstance(y, da.Array) else y
+        if y.chunks != rows:
+            y = y.rechunk(rows)
     return X, y
 
 
-def _blocks(X: da.Array, y: da.Array | None) -> list[tuple[Any, Any, int]]:
-    """(delayed X block, delayed y block or None, row offset) for each row block.
+def _delayed_xy(X: da.Array, y: da.Array | None) -> tuple[list, list]:
+    """The row blocks of X and y as delayed objects.
 
-    Unoptimized: ``to_delayed()``'s default fuses each array's graph on its own, which for a
-    Parquet table read in place gives X and y separate copies of every partition's read and
-    encoding (each partition read twice per pass); unfused, both share one."""
-    xs = X.to_delayed(optimize_graph=False).ravel()
-    ys = y.to_delayed(optimize_graph=False).ravel() if y is not None else [None] * len(xs)
+    X and y of a Parquet table read in place come from the same partition reads and
+    encodings: ``to_delayed()``'s default would fuse each array's graph on its own and give
+    X and y separate copies of every partition's read (each read twice per pass), so then
+    they are taken unfused and share one. Arrays with no common layer (Zarr X and y) keep
+    the default, fused per block: no intermediate task whose result another worker might
+    have to fetch."""
+    shared = y is not None and bool(set(X.__dask_graph__().layers)
+                                    & set(y.__dask_graph__().layers))
+    xs = list(X.to_delayed(optimize_graph=not shared).ravel())
+    ys = list(y.to_delayed(optimize_graph=not shared).ravel()) if y is not None else \
+        [None] * len(xs)
+    return xs, ys
+
+
+def _blocks(X: da.Array, y: da.Array | None) -> list[tuple[Any, Any, int]]:
+    """(delayed X block, delayed y block or None, row offset) for each row block."""
+    xs, ys = _delayed_xy(X, y)
     offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
     return list(zip(xs, ys, offsets.tolist(), strict=True))
 
@@ -232,7 +250,7 @@ def split_for_dual(
         new += [c // k + 1] * (c % k) + [c // k] * (k - c % k)
     log.debug("scores: %d-column blocks; row chunks split to %d tasks", q, len(new))
     X = X.rechunk({0: tuple(new)})
-    return X, None if y is None else y.rechunk((tuple(new),))
+    return X, None if y is None else y.rechunk({0: tuple(new)})
 
 
 def pass1(
@@ -302,14 +320,21 @@ def _pass2_task(
     """Pass-2 task: X arrives as the list of its column blocks (one after ``as_dask_xy``);
     ``offs`` is the one-element block of the block's first global row."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
-    return block.pass2_block(x, y, spec, norm, offset=_first(offs))
+    return block.pass2_block(x, _joined(y), spec, norm, offset=_first(offs))
+
+
+def _joined(y: Any) -> Any:
+    """A y block as one array: 2-D targets arrive as the list of their column blocks."""
+    if isinstance(y, list):
+        return y[0] if len(y) == 1 else np.hstack(y)
+    return y
 
 
 def _pass2_store_task(xs: list, ids: np.ndarray, offs: np.ndarray, y: Any, spec: ScoreSpec,
                       norm: Normalizer, store: Any) -> np.ndarray:
     """Pass-2 task with a dual store: ``ids`` is the one-element block of chunk indices."""
     x = xs[0] if len(xs) == 1 else np.hstack(xs)
-    return block.pass2_block(x, y, spec, norm, store, _first(ids), _first(offs))
+    return block.pass2_block(x, _joined(y), spec, norm, store, _first(ids), _first(offs))
 
 
 def pass2(
@@ -338,7 +363,7 @@ def _pass2(
 ) -> da.Array:
     """:func:`pass2` on row chunks that need no split."""
     meta = np.empty((0,), dtype=np.float64)
-    yargs: list[Any] = [y, "i"] if spec.needs_y else []
+    yargs: list[Any] = [y, "i" if y.ndim == 1 else "ik"] if spec.needs_y else []
     ykw: dict[str, Any] = {} if spec.needs_y else {"y": None}
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(np.int64)
     offs = da.from_array(starts, chunks=1)
@@ -670,7 +695,7 @@ def sample_pass(
     indices = np.empty(u.size, dtype=np.int64)
     pvals = np.empty(u.size, dtype=np.float64)
     Xs = np.empty((u.size, d), dtype=X.dtype)
-    ys = None if y is None else np.empty(u.size, dtype=y.dtype)
+    ys = None if y is None else np.empty((u.size, *y.shape[1:]), dtype=y.dtype)
     for b, g in enumerate(got):
         sel = np.flatnonzero(blk == b)
         indices[sel] = g["idx"] + offsets[b]
@@ -682,7 +707,8 @@ def sample_pass(
               None if ys is None else ys[sl]) for s, sl in _spans(sizes)]
     ev_idx = np.concatenate([g["eval_idx"] + offsets[b] for b, g in enumerate(got)])
     ev_X = np.concatenate([g["eval_X"] for g in got]).reshape(-1, d)
-    ev_y = None if y is None else np.concatenate([g["eval_y"] for g in got])
+    ev_y = None if y is None else np.concatenate([g["eval_y"] for g in got]).reshape(
+        -1, *y.shape[1:])
     return {"draws": draws, "eval": (ev_idx, ev_X, ev_y),
             "stored": [g["stored"] for b, g in enumerate(got) if b in blocks]}
 
@@ -703,7 +729,8 @@ def bernoulli_rows(X: da.Array, y: da.Array | None, rate: float, seed: int
     d = int(X.shape[1])
     return (np.concatenate([g[0] for g in got]),
             np.concatenate([g[1] for g in got]).reshape(-1, d),
-            None if y is None else np.concatenate([g[2] for g in got]))
+            None if y is None else np.concatenate([g[2] for g in got]).reshape(
+                -1, *y.shape[1:]))
 
 
 def read_blocks(X: da.Array, y: da.Array | None, ids: Sequence[int]
@@ -989,8 +1016,7 @@ def write_table(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d:
     n_kept = len(got)
     writes = [dask.delayed(write_xy_chunk, pure=False)(xb, yb, i, int(bounds[i]), path, key,
                                                        picks.get(i, none))
-              for i, (xb, yb) in enumerate(zip(X.to_delayed(optimize_graph=False).ravel(),
-                                               y.to_delayed(optimize_graph=False).ravel(),
+              for i, (xb, yb) in enumerate(zip(*_delayed_xy(X, y),
                                                strict=True)) if i not in got]
     for r in _compute_blocks(writes):
         got[r[0]] = r

@@ -225,7 +225,8 @@ class JobConfig(_Strict):
     loss: Literal["squared", "bce", "poisson", "cross_entropy"] = Field(
         "squared", description="squared | bce (sigmoid outputs, 0/1 labels) | poisson "
         "(positive outputs, y >= 0) | cross_entropy (C-output models: softmax:<C>, "
-        "mlp:<h>:<C>; integer labels 0..C-1); residuals sign(f-y) sqrt(loss) (MATH.md §6)")
+        "mlp:<h>:<C>; integer labels 0..C-1); residuals sign(f-y) sqrt(loss) (MATH.md §6). "
+        "A C-output model with squared: multi-output regression, y of shape (n, C)")
     pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot")
     pilot_from: Literal["auto", "reservoir", "chunks", "gather"] = Field(
         "auto", description="where the pilot's rows come from: reservoir (the uniform sample "
@@ -298,8 +299,9 @@ class JobConfig(_Strict):
         spec = self.model.replace(" ", "")
         multi = spec.startswith(("softmax:", "mlp:"))
         single = spec.startswith(("linear", "glm:", "relu2:"))
-        if multi and self.loss != "cross_entropy":
-            raise ValueError(f"model {spec} has C outputs; set loss: cross_entropy")
+        if multi and self.loss not in ("cross_entropy", "squared"):
+            raise ValueError(f"model {spec} has C outputs; set loss: cross_entropy (classes) or "
+                             "loss: squared (a target column per output)")
         if single and self.loss == "cross_entropy":
             raise ValueError(f"loss cross_entropy needs a C-output model (softmax:<C>, "
                              f"mlp:<h>:<C>); {spec} has one output — use loss: bce for two "

@@ -35,10 +35,10 @@ import numpy as np
 
 from nldist import graph
 from nldist.errors import NldistError
-from nldist.scores.kinds import path_name
 from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
 from nldist.store.records import atomic_write
 from nldist.store.remote import as_path, write_bytes_atomic
+from nldist.store.scores import path_name
 
 KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm",
               "linear-leverage+y", "ridge-leverage", "pilot", "uniform")
@@ -445,6 +445,8 @@ def _label(y: float | None, attrs: dict) -> str:
     """Class name of a target value (classes and label names from the dataset attrs)."""
     if y is None:
         return ""
+    if np.ndim(y) == 1:  # the targets of a multi-output regression
+        return ", ".join(_fmt(v) for v in np.asarray(y))
     classes = attrs.get("classes")
     names = attrs.get("label_names")
     if classes and float(y) in (0.0, 1.0):

@@ -40,7 +40,7 @@ from scipy import optimize
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models.base import Model
-from nldist.models.losses import check_labels, get_loss, softmax
+from nldist.models.losses import check_labels, get_loss, softmax, targets
 from nldist.scores.linalg import kron_gram
 
 Oracle = Callable[[np.ndarray], dict]
@@ -348,11 +348,12 @@ def _spg(f: Callable, theta: np.ndarray, radius: float, atol: float, max_iter: i
 
 def fit_cross_entropy(oracle: Oracle, model: Model, theta0: np.ndarray, radius: float,
                       tol: float = 1e-12, max_iter: int = 200) -> FitResult:
-    """Cross-entropy over the ball by the method that fits the model (module docstring):
-    :func:`fit_ball` with the exact Hessian for ``softmax:<C>`` (its oracle returns ``gn``),
-    else :func:`fit_ball_smooth` from the gradient alone (networks; at least
-    :data:`CE_MIN_ITER` iterations). ``oracle`` is :func:`ce_oracle` on a sample or a
-    distributed pass of :func:`gn_block`."""
+    """A C-output model's loss over the ball by the method that fits the model (module
+    docstring): :func:`fit_ball` with the exact Hessian for ``softmax:<C>`` (its oracle
+    returns ``gn``: the CE Hessian, or for squared loss the Gauss-Newton matrix, exact for
+    logits linear in theta), else :func:`fit_ball_smooth` from the gradient alone (networks;
+    at least :data:`CE_MIN_ITER` iterations). ``oracle`` is :func:`ce_oracle` or
+    :func:`multi_squared_oracle` on a sample, or a distributed pass of :func:`gn_block`."""
     if getattr(model, "kron_design", None) is not None:
         return fit_ball(oracle, theta0, radius, tol=tol, max_iter=max_iter)
     return fit_ball_smooth(oracle, theta0, radius, max_iter=max(max_iter, CE_MIN_ITER))
@@ -395,6 +396,41 @@ def ce_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray | None =
         th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
         Z = model.torch_forward(th, Xt)
         L = (wt * torch.nn.functional.cross_entropy(Z, yt, reduction="none")).sum()
+        (g,) = torch.autograd.grad(L, th)
+        return {"loss": float(L.detach()), "grad": g.numpy()}
+
+    return oracle
+
+
+def multi_squared_oracle(model: Model, X: np.ndarray, y: np.ndarray,
+                         w: np.ndarray | None = None) -> Oracle:
+    """(loss, gradient) of the weighted multi-output squared loss
+    ``sum_i w_i ||f_i(theta) - y_i||^2`` of a C-output model (y (n, C)): with the exact
+    Gauss-Newton matrix ``2 sum_i w_i J_i^T J_i`` from the model's Jacobian for closed forms
+    (``softmax:<C>`` as a linear C-output regression), torch autograd (gradient only) for
+    networks."""
+    Y = targets(y, len(X), model.n_outputs)
+    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
+    if model.closed_form:
+        def oracle(theta: np.ndarray) -> dict:
+            R = model.predict(theta, X) - Y
+            J = model.jacobian(theta, X)  # (n, C, p)
+            wR = w[:, None] * R
+            return {"loss": float((wR * R).sum()),
+                    "grad": 2.0 * np.einsum("nc,ncp->p", wR, J),
+                    "gn": 2.0 * np.einsum("n,ncp,ncq->pq", w, J, J)}
+
+        return oracle
+    import torch
+
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
+    Yt = torch.as_tensor(Y)
+    wt = torch.as_tensor(w)
+
+    def oracle(theta: np.ndarray) -> dict:
+        th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+        R = model.torch_forward(th, Xt) - Yt
+        L = (wt * (R * R).sum(dim=1)).sum()
         (g,) = torch.autograd.grad(L, th)
         return {"loss": float(L.detach()), "grad": g.numpy()}
 
@@ -521,6 +557,9 @@ def train_on_sample(
     if loss == "cross_entropy":
         return fit_cross_entropy(ce_oracle(model, X, y, weights), model, theta0, radius,
                                  tol=tol, max_iter=max_iter)
+    if model.n_outputs > 1:  # multi-output regression (squared loss summed over outputs)
+        return fit_cross_entropy(multi_squared_oracle(model, X, y, weights), model, theta0,
+                                 radius, tol=tol, max_iter=max_iter)
     return fit_ball(sample_oracle(model, X, y, weights, loss), theta0, radius, tol=tol,
                     max_iter=max_iter)
 
@@ -549,6 +588,8 @@ def gn_block(
     y = np.asarray(y, dtype=np.float64)
     if loss == "cross_entropy":
         return ce_oracle(model, np.asarray(X, dtype=np.float64), y)(theta)
+    if model.n_outputs > 1:
+        return multi_squared_oracle(model, np.asarray(X, dtype=np.float64), y)(theta)
     if loss == "squared":
         r = model.predict(theta, X) - y
         J = model.jacobian(theta, X)
@@ -587,7 +628,7 @@ def losses_block(
     for j, th in enumerate(thetas):
         f = model.predict(th, X)
         if lo is None:
-            r = f - y
+            r = (f - y).reshape(-1)  # multi-output regression: summed over the outputs
         else:
             lo.check(f, y)
             r = lo.residual(f, y)
@@ -629,6 +670,7 @@ def estimate_losses(model: Model, thetas: np.ndarray, X: np.ndarray, y: np.ndarr
 
 def row_losses_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                      loss: str = "squared") -> np.ndarray:
-    """Per-row loss r_i(theta)^2 (n_b,) of one block (squared: (f_i - y_i)^2)."""
-    r = get_loss(loss).residual(model.predict(theta, X), y)
-    return np.asarray(r, dtype=np.float64) ** 2
+    """Per-row loss r_i(theta)^2 (n_b,) of one block (squared: (f_i - y_i)^2; multi-output
+    regression: ||f_i - y_i||^2, summed over the outputs)."""
+    r2 = np.asarray(get_loss(loss).residual(model.predict(theta, X), y), dtype=np.float64) ** 2
+    return r2.sum(axis=1) if r2.ndim == 2 else r2

@@ -28,8 +28,8 @@ import nldist
 from nldist.errors import NldistError
 from nldist.models.losses import MARGIN, check_labels, fisher_weights, get_loss, softmax
 from nldist.scores import block
-from nldist.scores.kinds import path_name
 from nldist.scores.spec import make_spec
+from nldist.store.scores import path_name
 from nldist.train import ce_oracle, train_on_sample
 
 CE = get_loss("cross_entropy")
@@ -299,8 +299,8 @@ def test_jobs_refuse_a_one_output_model_with_cross_entropy(tmp_path):
     base = {"name": "j", "dataset": {"source": "digits"}}
     with pytest.raises(NldistError, match="C-output model"):
         validate_job({**base, "model": "glm:sigmoid", "loss": "cross_entropy"})
-    with pytest.raises(NldistError, match="set loss: cross_entropy"):
-        validate_job({**base, "model": "softmax:10"})
+    with pytest.raises(NldistError, match=r"set loss: cross_entropy \(classes\) or loss: squared"):
+        validate_job({**base, "model": "softmax:10", "loss": "bce"})
     with pytest.raises(NldistError, match="for C-output models"):
         validate_job({**base, "model": "glm:sigmoid", "kind": "block-leverage"})
     job = validate_job({**base, "model": "mlp:16:10", "loss": "cross_entropy",

@@ -124,9 +124,10 @@ class Model:
     def check_outputs(self, loss: str | None = None) -> None:
         """One-line error when the model's outputs and the loss do not fit each other."""
         vec = loss in ("cross_entropy",)
-        if self.n_outputs > 1 and loss is not None and not vec:
+        if self.n_outputs > 1 and loss is not None and not vec and loss != "squared":
             raise NldistError(f"model {self.spec!r} has {self.n_outputs} outputs; use loss: "
-                              "cross_entropy (multi-output regression is not supported)")
+                              "cross_entropy (classes) or loss: squared (one target column "
+                              f"per output), not {loss!r}")
         if self.n_outputs == 1 and vec:
             raise NldistError(f"loss 'cross_entropy' needs a model with C >= 2 outputs, "
                               f"{self.spec!r} has one; use softmax:<C>, mlp:<h>:<C>, or loss: "

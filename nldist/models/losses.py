@@ -323,6 +323,17 @@ def check_labels(y: Any, n_classes: int, declared: bool = False) -> np.ndarray:
     return yi
 
 
+def targets(y: Any, n: int, C: int) -> np.ndarray:
+    """Targets of a C-output regression as float64 (n, C), or a one-line error."""
+    Y = np.asarray(y, dtype=np.float64)
+    if Y.ndim == 1 and C == 1:
+        Y = Y[:, None]
+    if Y.shape != (n, C):
+        raise NldistError(f"y has shape {Y.shape} but a {C}-output model with squared loss "
+                          f"needs targets of shape ({n}, {C}): one column per output")
+    return Y
+
+
 def fisher_weights(P: np.ndarray) -> np.ndarray:
     """The softmax Fisher factor ``B_i^T`` (n, C, C) of probabilities P (n, C).
 

@@ -15,8 +15,8 @@ from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
-from nldist.scores.kinds import path_name
 from nldist.store.records import save_npy, save_npz, write_json
+from nldist.store.scores import path_name
 
 STOPS = ("score", "sample", "train", "evaluate")
 

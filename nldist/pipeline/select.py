@@ -24,8 +24,8 @@ from nldist._budget import eval_rows
 from nldist._version import __version__
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
-from nldist.scores.kinds import path_name
 from nldist.store.records import save_npy, save_npz, write_json
+from nldist.store.scores import path_name
 from nldist.train import estimate_losses
 
 

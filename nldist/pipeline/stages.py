@@ -265,7 +265,7 @@ def open_xy(ctx: RunContext) -> tuple[Any, Any]:
     X, y = graph.open_zarr_xy(dataset_path(ctx))
     if y is None:
         raise NldistError(f"dataset {dataset_path(ctx)} has no y; ingest with a target")
-    return graph.as_dask_xy(X, y)
+    return graph.as_dask_xy(X, y, y_cols=None)
 
 
 def xy(ctx: RunContext) -> tuple[Any, Any]:
@@ -338,7 +338,8 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
         return graph.gn_pass(X, y, m, t, job.split_every, loss=job.loss)
 
     with ctx.timed("optimum"):
-        if job.loss == "cross_entropy":  # softmax: exact Hessian; networks: gradients only
+        if job.loss == "cross_entropy" or m.n_outputs > 1:  # softmax: exact Hessian (CE)
+            # or Gauss-Newton (multi-output squared); networks: gradients only
             fit = fit_cross_entropy(gn, m, m.initial_theta(), job.radius, tol=job.tol,
                                     max_iter=job.max_iter)
         else:
@@ -525,7 +526,8 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
     if job.sketch is not None and kind == job.kind and not k.uniform:
         sk = job.sketch
     spec = make_spec(k, model(ctx), at, X.shape[1], True, job.linear_augment_y,
-                     loss=job.loss, sketch=sk, device=job.device)
+                     loss=job.loss, sketch=sk, device=job.device,
+                     y_cols=int(y.shape[1]) if y is not None and y.ndim == 2 else 1)
     prov = {
         "kind": kind, "model": job.model,
         "theta_sha": array_digest(at) if k.nonlinear else None,

@@ -74,8 +74,13 @@ class Kind:
                               f"(softmax:<C>, mlp:<h>:<C>); {getattr(model, 'spec', None)!r} has "
                               "one — use nonlinear-leverage")
         if self.rows == "block":
-            return BlockRows(model, theta, k=self.k, seed=seed)
+            return BlockRows(model, theta, k=self.k, seed=seed,
+                             loss="squared" if loss == "squared" else "cross_entropy")
         if self.rows == "margin":
+            if loss == "squared":
+                raise NldistError(f"kind {self.name!r} scores a classifier's margin; with "
+                                  "loss: squared (multi-output regression) use "
+                                  "nonlinear-leverage or block-leverage")
             if not has_y:
                 raise NldistError(f"kind {self.name!r} needs labels y (the margin of the true "
                                   "class); pass y or use block-leverage (label-free)")
@@ -127,13 +132,6 @@ def get_kind(name: str | Kind) -> Kind:
         raise NldistError(f"unknown score kind {name!r}; use one of {', '.join(NAMES)} "
                           "(block-sketch:<k> sets its k)")
     return KINDS[name]
-
-
-def path_name(name: str) -> str:
-    """The kind as a file or Zarr key name: ``block-sketch:4`` -> ``block-sketch-4`` (a colon
-    is not allowed in Windows file names and needs escaping in URLs); other kinds unchanged.
-    No two kinds share a path name (no base kind ends in ``-<digits>``)."""
-    return name.replace(":", "-")
 
 
 def check_kind(name: str) -> str:

@@ -12,12 +12,17 @@ class               block of A                                                 q
 :class:`RawRows`    ``X`` itself (:func:`nldist.leverage`)                     d
 :class:`SketchedRows` another Rows' block with its columns projected (large p)  k
 :class:`BlockRows`  per example C rows ``B_i^T A_i`` (softmax Fisher factor x   p
-                    adjoint block of the C outputs), or k seeded Rademacher
-                    combinations of them (``block-sketch:k``)
+                    adjoint block of the C outputs; B = I for squared loss),
+                    or k seeded Rademacher combinations (``block-sketch:k``)
 :class:`MarginRows` the adjoint of the margin log(p_y / (1 - p_y))               p
 ==================  ========================================================  ============
 
-``group`` is the number of matrix rows per example (C or k for :class:`BlockRows`, else 1):
+A C-output model with squared loss (multi-output regression, y (n_b, C)) has C dual rows
+per example: :class:`DualRows` gives ``[A_i, f_i(0) - y_i]`` (C, p + 1), exact (ID) per
+output, and :class:`BlockRows` the label-free ``A_i``.
+
+``group`` is the number of matrix rows per example (C or k for :class:`BlockRows` and C for
+the dual rows of multi-output regression, else 1):
 the block is ``(n_b * group, q)``, example-major, and an example's score is the sum of its
 rows' values. ``matrix(X, y, offset)`` takes the global index of the block's first row
 (seeds of the block sketch).
@@ -37,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from nldist.models.base import Model
-from nldist.models.losses import MARGIN, fisher_weights, get_loss, softmax
+from nldist.models.losses import MARGIN, fisher_weights, get_loss, softmax, targets
 from nldist.scores import sketch
 from nldist.scores.linalg import kron_gram
 from nldist.scores.sampling import hash_uniform
@@ -64,6 +69,9 @@ def dual_block(
     -------
     ndarray, shape (n_b, p + 1) or (n_b, p), float64
     """
+    if model.n_outputs > 1 and loss == "squared":
+        return output_dual_block(model, theta, X, y).reshape(-1, model.n_params + int(
+            y is not None))
     if loss != "squared" and y is not None:
         lo = get_loss(loss)
         theta, X = model.check_theta(theta), model.check_X(X)
@@ -80,6 +88,23 @@ def dual_block(
     out = np.empty((F.shape[0], F.shape[1] + 1), dtype=np.float64)
     out[:, :-1] = F
     out[:, -1] = model.f0(X) - np.asarray(y, dtype=np.float64)
+    return out
+
+
+def output_dual_block(model: Model, theta: np.ndarray, X: np.ndarray,
+                      y: np.ndarray | None) -> np.ndarray:
+    """Dual block of a C-output model with squared loss, (n_b, C, p + 1): per example its
+    adjoint block ``A_i`` (C, p) and ``f_i(0) - y_i`` (C,), so that ``out @ [theta, 1] =
+    f_i(theta) - y_i`` output by output (MATH.md (ID) for each output); without y
+    ``A_i`` alone, (n_b, C, p)."""
+    theta, X = model.check_theta(theta), model.check_X(X)
+    A = model.adjoint_block(theta, X)
+    if y is None:
+        return A
+    n, C, p = A.shape
+    out = np.empty((n, C, p + 1), dtype=np.float64)
+    out[:, :, :p] = A
+    out[:, :, p] = np.asarray(model.f0(X), dtype=np.float64).reshape(n, C) - targets(y, n, C)
     return out
 
 
@@ -125,7 +150,11 @@ class DualRows:
 
     cheap = False
     persistable = True
-    group = 1
+
+    @property
+    def group(self) -> int:
+        """C dual rows per example for multi-output regression, else 1."""
+        return self.model.n_outputs if self.loss == "squared" else 1
 
     @property
     def needs_y(self) -> bool:
@@ -269,6 +298,9 @@ class BlockRows:
     theta: np.ndarray
     k: int | None = None
     seed: int = 0
+    #: ``cross_entropy`` (softmax Fisher weights) or ``squared`` (B_i = I: the Gauss-Newton
+    #: Hessian of multi-output regression is sum_i A_i^T A_i at the linearization)
+    loss: str = "cross_entropy"
 
     cheap = False
     needs_y = False
@@ -277,7 +309,8 @@ class BlockRows:
 
     @property
     def structured(self) -> bool:
-        return bool(getattr(self.model, "kron_design", False))
+        # the contrast basis needs rows orthogonal to the all-classes shift (Fisher weights)
+        return bool(getattr(self.model, "kron_design", False)) and self.loss != "squared"
 
     @property
     def gram_direct(self) -> bool:
@@ -303,7 +336,10 @@ class BlockRows:
     def _weights(self, X: np.ndarray, offset: int) -> np.ndarray:
         """N_i (n, group, C): the Fisher factor rows B_i^T, or their k sign combinations."""
         m = self.model
-        Bt = fisher_weights(softmax(m.predict(self.theta, X)))
+        if self.loss == "squared":
+            Bt = np.broadcast_to(np.eye(m.n_outputs), (X.shape[0], m.n_outputs, m.n_outputs))
+        else:
+            Bt = fisher_weights(softmax(m.predict(self.theta, X)))
         if self.k is None:
             return Bt
         return np.einsum("nkc,ncd->nkd", rademacher(offset, X.shape[0], self.k,
@@ -319,6 +355,8 @@ class BlockRows:
             NQ = N @ contrast_basis(C)  # (n, g, C - 1)
             Xd = m.kron_design(X)
             return (NQ[:, :, :, None] * Xd[:, None, None, :]).reshape(n * g, -1)
+        if self.k is None and self.loss == "squared":
+            return m.adjoint_block(self.theta, X).reshape(n * C, p)
         if self.k is None:
             return np.einsum("ncd,ndp->ncp", N, m.adjoint_block(self.theta, X)).reshape(
                 n * C, p)

@@ -94,10 +94,11 @@ def make_spec(
     has_y: bool,
     linear_augment_y: bool = False,
     *,
-    loss: str | None = "squared",
+    loss: str | None = None,
     sketch: Any = None,
     device: str = "numpy",
     seed: int = 0,
+    y_cols: int = 1,
 ) -> ScoreSpec:
     """Validate the score arguments once and bundle them for the block kernels.
 
@@ -123,6 +124,9 @@ def make_spec(
         Where the passes' R and leverage work runs (:mod:`nldist.scores.backends`).
     seed : int
         Seed of the block sketch's signs (``block-sketch:k``; the job's random state).
+    y_cols : int
+        Columns of y: C for the targets of a C-output model with squared loss (multi-output
+        regression), else 1.
 
     Returns
     -------
@@ -143,9 +147,23 @@ def make_spec(
         theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
     if loss is None:
         loss = "cross_entropy" if model is not None and model.n_outputs > 1 else "squared"
+    if has_y and y_cols > 1 and (k.rows == "margin" or (k.rows == "data" and linear_augment_y)):
+        raise NldistError(f"y has {y_cols} columns; kind {k.name!r} takes one target "
+                          "(multi-output regression: nonlinear-leverage or block-leverage "
+                          "with a C-output model and loss='squared')")
+    if has_y and k.nonlinear and model is not None:
+        want = model.n_outputs if model.n_outputs > 1 and loss == "squared" else 1
+        if y_cols != want:
+            raise NldistError(
+                f"y has {y_cols} column(s) but model {model.spec!r} with loss {loss!r} takes "
+                + (f"{want} (one per output)" if want > 1 else "one target per row")
+                + ("; pass loss='squared' for multi-output regression"
+                   if y_cols > 1 and model.n_outputs == y_cols else "")
+                + ("; for class labels use loss: cross_entropy" if want > 1 and y_cols == 1
+                   else ""))
     if k.rows == "dual" and model is not None:
         model.check_outputs(loss if has_y else None)
-        if model.n_outputs > 1 and not has_y:
+        if model.n_outputs > 1 and not has_y and loss != "squared":
             raise NldistError(f"nonlinear kinds of a {model.n_outputs}-output model score the "
                               "cross-entropy residual and need labels y; pass y, or use "
                               "block-leverage (label-free)")

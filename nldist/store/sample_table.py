@@ -9,7 +9,9 @@ One row per distinct sampled row of the dataset, columns:
   (scikit-learn's ``sample_weight``; the sampled loss Σ_j w_j ℓ_j over draws equals
   Σ_rows sample_weight · ℓ);
 * one column per feature *as trained* (the dataset's encoding: standardized, one-hot),
-  named as in the dataset's attrs, and ``y`` (the target as trained);
+  named as in the dataset's attrs, and ``y`` (the target as trained; a multi-output
+  regression's C targets as ``y0 .. y<C-1>``, or the names in the dataset's ``targets``
+  attribute);
 * where ingest standardized, the same in original units: ``<feature>__orig`` and ``y__orig``.
 
 A feature whose name is one of the bookkeeping columns keeps its name and moves the
@@ -74,14 +76,20 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
                             col["weight"]: w, col["sample_weight"]: w * counts}
     for j, name in enumerate(names):
         cols[name] = Xu[:, j]
-    cols[col["y"]] = yu
+    if yu.ndim == 2 and yu.shape[1] > 1:  # multi-output regression: a column per target
+        names_y = list(attrs.get("targets") or [f"{col['y']}{c}" for c in range(yu.shape[1])])
+        for c, name in enumerate(names_y):
+            cols[name] = yu[:, c]
+        col = {**col, "y": names_y}  # type: ignore[dict-item]
+    else:
+        cols[col["y"]] = yu.reshape(-1)
     st = attrs.get("standardize")
     if st:
         mu, sd = np.asarray(st["mean"]), np.asarray(st["scale"])
         for j, name in enumerate(names):
             cols[f"{name}__orig"] = Xu[:, j] * sd[j] + mu[j]
     sty = attrs.get("standardize_target")
-    if sty:
+    if sty and isinstance(col["y"], str):
         cols[f"{col['y']}__orig"] = yu * sty["scale"] + sty["mean"]
     table = pa.Table.from_pandas(pd.DataFrame(cols), preserve_index=False)
     info = {**meta, "features": names, "columns": col, "rows": int(uniq.size),

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from nldist.scores.kinds import path_name
 from nldist.store.records import (
     array_sha,
     digest,
@@ -103,6 +102,13 @@ def verify_chunk(array_path: str, i: int, start: int, stop: int, key: str) -> st
     if array_sha(values) != rec.get("sha256"):
         return "checksum mismatch"
     return "ok"
+
+
+def path_name(name: str) -> str:
+    """The kind as a file or Zarr key name: ``block-sketch:4`` -> ``block-sketch-4`` (a colon
+    is not allowed in Windows file names and needs escaping in URLs); other kinds unchanged.
+    No two kinds share a path name (no base kind ends in ``-<digits>``)."""
+    return name.replace(":", "-")
 
 
 # --------------------------------------------------------------------------------------
