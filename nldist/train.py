@@ -388,14 +388,23 @@ def ce_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray | None =
         return oracle
     import torch
 
+    return _torch_grad_oracle(model, X, yi, w, lambda Z, yt: torch.nn.functional.cross_entropy(
+        Z, yt, reduction="none"))
+
+
+def _torch_grad_oracle(model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray,
+                       row_loss: Callable) -> Oracle:
+    """(loss, gradient) of ``sum_i w_i row_loss(f_i(theta), y_i)`` by torch autograd, for a
+    C-output network (``row_loss`` maps the (n, C) outputs and y to (n,) losses)."""
+    import torch
+
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
-    yt = torch.as_tensor(yi)
+    yt = torch.as_tensor(y)
     wt = torch.as_tensor(w)
 
     def oracle(theta: np.ndarray) -> dict:
         th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-        Z = model.torch_forward(th, Xt)
-        L = (wt * torch.nn.functional.cross_entropy(Z, yt, reduction="none")).sum()
+        L = (wt * row_loss(model.torch_forward(th, Xt), yt)).sum()
         (g,) = torch.autograd.grad(L, th)
         return {"loss": float(L.detach()), "grad": g.numpy()}
 
@@ -421,20 +430,7 @@ def multi_squared_oracle(model: Model, X: np.ndarray, y: np.ndarray,
                     "gn": 2.0 * np.einsum("n,ncp,ncq->pq", w, J, J)}
 
         return oracle
-    import torch
-
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
-    Yt = torch.as_tensor(Y)
-    wt = torch.as_tensor(w)
-
-    def oracle(theta: np.ndarray) -> dict:
-        th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-        R = model.torch_forward(th, Xt) - Yt
-        L = (wt * (R * R).sum(dim=1)).sum()
-        (g,) = torch.autograd.grad(L, th)
-        return {"loss": float(L.detach()), "grad": g.numpy()}
-
-    return oracle
+    return _torch_grad_oracle(model, X, Y, w, lambda Z, Yt: ((Z - Yt) * (Z - Yt)).sum(dim=1))
 
 
 def sample_oracle(
