@@ -9,6 +9,11 @@ The real data (``nldist.datasets.load("bio")``: 145,751 rows, 74 numeric feature
    to every tiled copy, so that no two rows are identical and the chunks do not compress to
    nothing; the target is tiled unchanged.
 
+``--dataset california`` does the same with California Housing (20,640 rows, 8 features, a
+real-valued target, standardized like the default job's ``standardize_target: true``): a
+regression target for the single-index Swish model (bio's target is 0/1 with 0.9 %
+positives, on which ``glm:swish``'s optimum is essentially theta = 0).
+
 The layout is that of :func:`nldist.store.dataset.write_dataset` (``X`` (n, d) float64 in row chunks
 with one column chunk, ``y`` (n,), attrs), written chunk by chunk into ``OUT.partial`` and
 renamed into place: at most one chunk of the tall array is in memory at a time.
@@ -31,11 +36,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def base_matrix(d: int) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-    """Standardized first d bio feature columns (N, d) and the target (N,)."""
+def base_matrix(d: int, dataset: str = "bio") -> tuple[np.ndarray, np.ndarray, list[str],
+                                                      dict]:
+    """Standardized first d feature columns (N, d) of ``dataset`` and its target (N,)
+    (standardized too for ``california``)."""
     from nldist import datasets
 
-    df, info = datasets.load("bio")
+    df, info = datasets.load(dataset)
     feats = [c for c in df.columns if c != info.target][:d]
     if len(feats) < d:
         raise SystemExit(f"bio has only {len(feats)} feature columns; use --d <= {len(feats)}")
@@ -44,18 +51,21 @@ def base_matrix(d: int) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     sd[sd == 0] = 1.0
     X = (X - mu) / sd
     y = df[info.target].to_numpy(np.float64)
-    meta = {"standardize": {"mean": mu.tolist(), "scale": sd.tolist()}, "dataset": "bio",
+    if dataset == "california":
+        y = (y - y.mean()) / y.std()
+    meta = {"standardize": {"mean": mu.tolist(), "scale": sd.tolist()}, "dataset": dataset,
             "source": info.source, "license": info.license, "task": info.task}
     return X, y, [str(c) for c in feats], meta
 
 
-def write(out: Path, n: int, d: int, chunk_rows: int, noise: float, seed: int) -> Path:
+def write(out: Path, n: int, d: int, chunk_rows: int, noise: float, seed: int,
+          dataset: str = "bio") -> Path:
     """Write the tiled, noised dataset chunk by chunk; returns the group path."""
     import zarr
 
     from nldist import __version__
 
-    base, ybase, feats, meta = base_matrix(d)
+    base, ybase, feats, meta = base_matrix(d, dataset)
     nb = base.shape[0]
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -92,15 +102,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="rows per chunk (default: about 32 MiB per X chunk, as nldist ingest)")
     ap.add_argument("--noise", type=float, default=0.05, help="sd of the added Gaussian noise")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dataset", choices=["bio", "california"], default="bio",
+                    help="the real rows to tile (california: d <= 8)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="output group (default bench/data/bio_<n>_<d>.zarr)")
+                    help="output group (default bench/data/<dataset>_<n>_<d>_<rows>.zarr)")
     args = ap.parse_args(argv)
     from nldist._budget import x_chunk_rows
 
     cr = args.chunk_rows or x_chunk_rows(args.d)
-    out = args.out or HERE / "data" / f"bio_{args.n}_{args.d}_{cr}.zarr"
+    out = args.out or HERE / "data" / f"{args.dataset}_{args.n}_{args.d}_{cr}.zarr"
     t0 = time.perf_counter()
-    write(out, args.n, args.d, cr, args.noise, args.seed)
+    write(out, args.n, args.d, cr, args.noise, args.seed, args.dataset)
     print(f"wrote {out} ({args.n} x {args.d} float64, chunk rows {cr}) "
           f"in {time.perf_counter() - t0:.1f} s")
 

@@ -346,12 +346,29 @@ def test_a_ten_class_job_runs_end_to_end_through_nldist_run(tmp_path):
     z = zarr.open_group(str(out / "scores.zarr"), mode="r")
     for k in got:
         s = np.asarray(z[path_name(k)][:])
-        assert s.shape == (1797,) and abs(s.sum() - 1) < 1e-6  # stored float32
+        # digits' near-empty pixels make the block matrices ill-conditioned (singular values
+        # 206 ... 3e-9 kept, cond ~6e10): their leverage sums to the rank only to about
+        # eps * cond per such direction (1e-7 .. 6e-5 here, by the sketch's seed)
+        assert s.shape == (1797,) and abs(s.sum() - 1) < 2e-4
         assert z[path_name(k)].attrs["kind"] == k
     # no colon in any output name (Windows file names, URLs): block-sketch:3 -> block-sketch-3
     assert not [p for p in out.rglob("*") if ":" in p.name]
     assert (out / "samples" / "block-sketch-3.npz").exists()
     assert (out / "theta_block-sketch-3.npy").exists()
+    # the block sketch's signs come from the job's random state (seed: 3), not a fixed 0
+    X = np.asarray(zarr.open_group(str(out / "dataset.zarr"), mode="r")["X"][:])
+    yy = np.asarray(zarr.open_group(str(out / "dataset.zarr"), mode="r")["y"][:])
+    theta = np.load(out / "theta_star.npz")["theta"]
+    m = nldist.get_model("softmax:10", X.shape[1])
+    stored = np.asarray(z["block-sketch-3"][:], dtype=np.float64)
+    kw = {"model": m, "theta": theta, "kind": "block-sketch:3", "loss": "cross_entropy"}
+    seed3 = nldist.scores(X, yy, random_state=3, **kw)
+    seed0 = nldist.scores(X, yy, random_state=0, **kw)
+    # (equal up to the ill-conditioned directions above: a few rows differ by ~2 %; another
+    # seed's signs change every row's value by tens of percent: error ~sqrt(2/k))
+    rel = np.abs(stored - seed3) / seed3
+    assert np.median(rel) < 1e-5 and rel.max() < 0.05
+    assert np.median(np.abs(stored - seed0) / seed0) > 0.1
 
 
 def test_ingest_maps_k_classes_to_labels_on_both_paths(tmp_path, sync_scheduler):

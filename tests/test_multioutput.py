@@ -155,3 +155,21 @@ def test_a_two_target_job_runs_through_nldist_run(tmp_path):
     S = nldist.load_sample(out)
     assert S.y.shape == (len(S), 2) and S.multiplicity.sum() == 400
     np.testing.assert_allclose(S.y, Z[:, ti][S.row], rtol=1e-12)
+
+
+def test_sample_table_moves_targets_aside_when_a_feature_has_their_name(tmp_path):
+    """Targets are written as y0 .. y<C-1>; a feature already named y0 keeps its name and
+    the target moves aside (y0_), recorded in the metadata, read back by load_sample."""
+    from nldist.store.sample_table import write_sample_table
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    path = write_sample_table(tmp_path / "sample.parquet", np.array([0, 2, 2, 5]),
+                              np.ones(4), X[[0, 2, 2, 5]], Y[[0, 2, 2, 5]],
+                              {"features": ["y0", "a", "y1_"]}, {"kind": "uniform"})
+    S = nldist.load_sample(path)
+    assert S.features == ["y0", "a", "y1_"]
+    assert S.meta["columns"]["y"] == ["y0_", "y1"]
+    np.testing.assert_array_equal(S.X, X[[0, 2, 5]])
+    np.testing.assert_array_equal(S.y, Y[[0, 2, 5]])
+    assert S.multiplicity.tolist() == [1, 2, 1]

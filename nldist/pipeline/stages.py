@@ -526,7 +526,7 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
     if job.sketch is not None and kind == job.kind and not k.uniform:
         sk = job.sketch
     spec = make_spec(k, model(ctx), at, X.shape[1], True, job.linear_augment_y,
-                     loss=job.loss, sketch=sk, device=job.device,
+                     loss=job.loss, sketch=sk, device=job.device, seed=job.seed,
                      y_cols=int(y.shape[1]) if y is not None and y.ndim == 2 else 1)
     prov = {
         "kind": kind, "model": job.model,
@@ -539,6 +539,8 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
     }
     if sk is not None:
         prov["sketch"] = sk.model_dump()
+    if k.seeded:  # block-sketch signs: the job's random state
+        prov["seed"] = job.seed
     m = model(ctx)
     if k.nonlinear and not m.closed_form:  # quadrature settings (accuracy) make the scores
         opts = getattr(m, "quad_options", None)

@@ -63,6 +63,11 @@ class Kind:
         return self.rows is None
 
     @property
+    def seeded(self) -> bool:
+        """The scores depend on the job's random state (the signs of ``block-sketch:k``)."""
+        return self.rows == "block" and self.k is not None
+
+    @property
     def ridge(self) -> bool:
         return bool(self.reduction.uses_ridge)
 

@@ -77,7 +77,14 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
     for j, name in enumerate(names):
         cols[name] = Xu[:, j]
     if yu.ndim == 2 and yu.shape[1] > 1:  # multi-output regression: a column per target
-        names_y = list(attrs.get("targets") or [f"{col['y']}{c}" for c in range(yu.shape[1])])
+        used = set(cols) | {f"{f}__orig" for f in names}
+        names_y = []
+        for name in list(attrs.get("targets") or [f"{col['y']}{c}" for c in
+                                                  range(yu.shape[1])]):
+            while name in used:  # a feature already has the name: move the target aside
+                name += "_"
+            used.add(name)
+            names_y.append(name)
         for c, name in enumerate(names_y):
             cols[name] = yu[:, c]
         col = {**col, "y": names_y}  # type: ignore[dict-item]
