@@ -75,7 +75,7 @@ def _one(args):
     return full_loss(m, fit.theta, X, y), bool(fit.converged)
 
 
-def protocol(X, y, spec, radius, sizes, repeats, k, jobs) -> dict:
+def protocol(X, y, spec, radius, sizes, repeats, k, jobs, only=None) -> dict:
     m = nldist.get_model(spec, X.shape[1])
     kinds = ["nonlinear-leverage", "block-leverage", f"block-sketch:{k}", "margin-leverage",
              "linear-leverage"]
@@ -108,6 +108,8 @@ def protocol(X, y, spec, radius, sizes, repeats, k, jobs) -> dict:
     ell = CE.row_loss(m.predict(theta, X), y)
     probs["loss-proportional"] = ell / ell.sum()
     probs["uniform"] = np.full(len(y), 1.0 / len(y))
+    if only:  # a subset of the kinds (the scores of all are cached)
+        probs = {kk: v for kk, v in probs.items() if kk in only}
     rows = []
     start = theta if spec.startswith("softmax") else None
     if jobs == 1:  # in this process (forked workers ran ~15x slower per fit here: BLAS)
@@ -214,7 +216,8 @@ def plot(res: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("sample size s")
     ax.set_ylabel("relative error of the full-data CE (median, IQR)")
-    ax.set_title("Fashion-MNIST 10 classes, 10x10, softmax:10 (70,000 rows)")
+    ax.set_title(f"Fashion-MNIST 10 classes, 10x10, {res.get('model', 'softmax:10')} "
+                 "(70,000 rows)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -231,6 +234,9 @@ def main() -> None:
     ap.add_argument("--flip", type=float, default=0.1)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--skip-protocol", action="store_true")
+    ap.add_argument("--skip-noise", action="store_true")
+    ap.add_argument("--kinds", default="",
+                    help="comma-separated subset of the protocol's kinds (default: all)")
     ap.add_argument("--out", default=str(HERE / "multiclass.json"))
     a = ap.parse_args()
     X, y = fashion()
@@ -240,14 +246,17 @@ def main() -> None:
         "radius": a.radius, "n": len(y), "d": X.shape[1]}
     t0 = time.perf_counter()
     noise_file = Path(a.out).with_name(Path(a.out).stem + "_noise.json")
-    if noise_file.exists():
+    if a.skip_noise:
+        pass
+    elif noise_file.exists():
         res["noise"] = json.loads(noise_file.read_text())
     else:
         res["noise"] = label_noise(X, y, a.model, a.radius, a.noise_n, a.flip, a.sketch_k)
         noise_file.write_text(json.dumps(res["noise"], indent=1))
     if not a.skip_protocol:
-        res["protocol"] = protocol(X, y, a.model, a.radius, a.s, a.repeats, a.sketch_k, a.jobs)
-        plot(res["protocol"], Path(a.out).with_suffix(".png"))
+        res["protocol"] = protocol(X, y, a.model, a.radius, a.s, a.repeats, a.sketch_k, a.jobs,
+                                   [kk for kk in a.kinds.split(",") if kk])
+        plot({**res["protocol"], "model": a.model}, Path(a.out).with_suffix(".png"))
     res["seconds"] = time.perf_counter() - t0
     Path(a.out).write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(
         o, "item") else str(o)))
