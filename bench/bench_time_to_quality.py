@@ -395,9 +395,19 @@ def part_nn(args, X, y, d, client) -> dict:
         thetas.append(th)
         log(f"[nn] seed {seed}: wall {r['wall_s']:.1f} s passes {r['passes_over_x']} "
             f"train {r['timings'].get('train', 0):.1f} s")
-    L = graph.losses_pass(X, y, m, np.vstack(thetas))
-    for r, v in zip(runs, L, strict=True):
+    uni, uthetas = [], []
+    for su in [int(v) for v in args.nn_s_uniform.split(",") if v]:
+        r, th, _ = run_select(args.store, spec, "uniform", su, 0, "auto", args.pilot_s,
+                              args.radius)
+        uni.append(r)
+        uthetas.append(th)
+        log(f"[nn] uniform s={su}: wall {r['wall_s']:.1f} s train "
+            f"{r['timings'].get('train', 0):.1f} s")
+    L = graph.losses_pass(X, y, m, np.vstack(thetas + uthetas))
+    for r, v in zip(runs + uni, L, strict=True):
         r["loss_full"] = float(v)
+    if not runs:  # uniform only (the leverage path and Adam measured in another run)
+        return {"model": spec, "uniform": uni}
     samp_loss = spread([r["loss_full"] for r in runs])
     samp_wall = spread([r["wall_s"] for r in runs])
     log(f"[nn] sampling path: loss {samp_loss}, wall {samp_wall}")
@@ -420,7 +430,7 @@ def part_nn(args, X, y, d, client) -> dict:
     curve, _ = adam_stream(args.store, m, theta_init, best_lr, args.max_epochs, args.batch, 0,
                            args.adam_budget_s, L_full, target, radius=args.radius)
     hit = next((c for c in curve if c["loss"] <= target), None)
-    return {"model": spec, "s": args.nn_s, "sampling": {"wall_s": samp_wall,
+    return {"model": spec, "s": args.nn_s, "uniform": uni, "sampling": {"wall_s": samp_wall,
             "loss_full": samp_loss,
             "passes_over_x": spread([r["passes_over_x"] for r in runs]),
             "train_s": spread([r["timings"].get("train", 0.0) for r in runs]), "runs": runs},
@@ -531,6 +541,8 @@ def main(argv=None) -> None:
     ap.add_argument("--nn-model", default="relu2:16")
     ap.add_argument("--nn-s", type=int, default=20000)
     ap.add_argument("--nn-seeds", type=int, default=3)
+    ap.add_argument("--nn-s-uniform", default="",
+                    help="s of uniform sampling runs (seed 0) on the same path: equal cost")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     ap.add_argument("--tune-rows", type=int, default=200000)
     ap.add_argument("--tune-epochs", type=int, default=3)
