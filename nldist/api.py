@@ -12,7 +12,7 @@ from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models import as_model
 from nldist.models.base import Model
-from nldist.models.losses import get_loss, targets
+from nldist.models.losses import get_loss, target_columns, targets
 from nldist.options import (
     Alpha,
     PersistMode,
@@ -87,12 +87,6 @@ def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None
         return model.adjoint_block(theta, X) if model.n_outputs > 1 else model.adjoint(theta, X)
     lo.check(model.predict(theta, X), yy)
     return model.residual_adjoint(theta, X, yy, lo)
-
-
-def _target_columns(y: Any) -> int:
-    """Columns of y: 1 for (n,) or (n, 1), else its second dimension."""
-    shape = np.shape(y) if y is not None else (0,)
-    return int(shape[1]) if len(shape) == 2 and shape[1] > 1 else 1
 
 
 def _width(X: Any) -> int:
@@ -271,7 +265,7 @@ def scores(
             raise NldistError(f"X must be 2-D (n, d), got shape {Xa.shape}")
         if Xa.shape[0] == 0:
             raise NldistError("X has no rows; check the dataset path and any row filter")
-        ya, y_cols = None, _target_columns(y)
+        ya, y_cols = None, target_columns(y)
         if y is not None and y_cols > 1:
             ya = targets(y, Xa.shape[0], y_cols)
         elif y is not None:
@@ -299,7 +293,7 @@ def scores(
     dX, dy = graph.as_dask_xy(X, y, y_cols=None)
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
                      loss=loss, sketch=sk, device=device, seed=random_state,
-                     y_cols=_target_columns(dy))
+                     y_cols=target_columns(dy))
     if sk is not None and sk.rows:
         return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     store = temporary(persist) if persist != "never" and spec.persistable else None

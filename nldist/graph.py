@@ -42,6 +42,7 @@ from nldist._checks import as_rng
 from nldist._runtime import chunk_listener
 from nldist.errors import NldistError
 from nldist.models.base import Model
+from nldist.models.losses import target_columns
 from nldist.scores import block, sampling, sketch
 from nldist.scores.block import ScoreSpec
 from nldist.scores.kinds import get_kind
@@ -108,7 +109,7 @@ def as_dask_xy(
         if not isinstance(y, da.Array):
             y = np.asarray(y)
         if y_cols is None:  # infer: one target, or the columns of a 2-D y
-            y_cols = int(y.shape[1]) if y.ndim == 2 and y.shape[1] > 1 else 1
+            y_cols = target_columns(y)
         if y.ndim == 2 and y.shape[1] == 1 and y_cols == 1:
             y = y[:, 0]
         if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):

@@ -323,6 +323,13 @@ def check_labels(y: Any, n_classes: int, declared: bool = False) -> np.ndarray:
     return yi
 
 
+def target_columns(y: Any) -> int:
+    """Columns of y: 1 for None, (n,) or (n, 1), else its second dimension (the C targets
+    of a multi-output regression)."""
+    shape = np.shape(y) if y is not None else (0,)
+    return int(shape[1]) if len(shape) == 2 and shape[1] > 1 else 1
+
+
 def targets(y: Any, n: int, C: int) -> np.ndarray:
     """Targets of a C-output regression as float64 (n, C), or a one-line error."""
     Y = np.asarray(y, dtype=np.float64)

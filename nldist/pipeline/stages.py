@@ -43,6 +43,7 @@ from nldist.errors import NldistError
 from nldist.models import get_model
 from nldist.models.base import Model
 from nldist.models.glm import swish_ratio
+from nldist.models.losses import target_columns
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import RFactor
@@ -527,7 +528,7 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
         sk = job.sketch
     spec = make_spec(k, model(ctx), at, X.shape[1], True, job.linear_augment_y,
                      loss=job.loss, sketch=sk, device=job.device, seed=job.seed,
-                     y_cols=int(y.shape[1]) if y is not None and y.ndim == 2 else 1)
+                     y_cols=target_columns(y))
     prov = {
         "kind": kind, "model": job.model,
         "theta_sha": array_digest(at) if k.nonlinear else None,

@@ -50,12 +50,17 @@ def bookkeeping_columns(features: list[str]) -> dict[str, str]:
     for name in BOOKKEEPING:
         col = name
         if col in taken:
-            col = f"{name}_target" if name == "y" else f"{name}_"
-            while col in taken or f"{col}__orig" in taken:
-                col += "_"
+            col = _unused(f"{name}_target" if name == "y" else f"{name}_", taken)
         out[name] = col
         taken.add(col)
     return out
+
+
+def _unused(col: str, taken: set[str]) -> str:
+    """``col``, with underscores appended until neither it nor its ``__orig`` is taken."""
+    while col in taken or f"{col}__orig" in taken:
+        col += "_"
+    return col
 
 
 def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: np.ndarray,
@@ -81,10 +86,8 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
         names_y = []
         for name in list(attrs.get("targets") or [f"{col['y']}{c}" for c in
                                                   range(yu.shape[1])]):
-            while name in used:  # a feature already has the name: move the target aside
-                name += "_"
-            used.add(name)
-            names_y.append(name)
+            names_y.append(_unused(name, used))  # a feature has the name: move it aside
+            used.add(names_y[-1])
         for c, name in enumerate(names_y):
             cols[name] = yu[:, c]
         col = {**col, "y": names_y}  # type: ignore[dict-item]
