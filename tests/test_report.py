@@ -159,7 +159,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (bash .ci/setup)")
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (bash .ci/setup-tests)")
 @pytest.mark.parametrize("which", ["tabular_run", "image_run"])
 def test_html_renders_in_headless_chromium(which, request, tmp_path):
     """Chromium renders the page offline; the screenshot is full of plots and tables."""

@@ -36,8 +36,13 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
   fi
   say "installing slurm-wlm and munge with apt-get"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  # wait for a dpkg/apt lock held by another apt process instead of failing
+  for _ in $(seq 60); do
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 && break
+    sleep 10
+  done
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends slurm-wlm munge \
+    >/dev/null
 fi
 
 mkdir -p "$DIR"
