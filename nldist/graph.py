@@ -43,7 +43,7 @@ from nldist._runtime import chunk_listener
 from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.models.losses import target_columns
-from nldist.scores import block, sampling, sketch
+from nldist.scores import block, oneread, sampling, sketch
 from nldist.scores.block import ScoreSpec
 from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
@@ -714,6 +714,41 @@ def sample_pass(
             "stored": [g["stored"] for b, g in enumerate(got) if b in blocks]}
 
 
+def one_read_pass(
+    X: da.Array, y: da.Array | None, *, rows: Any, theta: np.ndarray, fac: Any,
+    rates: np.ndarray, seed: int, eval_rate: float = 0.0, eval_seed: int = 0,
+) -> dict:
+    """The one-read sampler (:func:`nldist.scores.oneread.chunk` on every row chunk): each
+    task reads its chunk once, scores its rows against the fixed factor, draws its Poisson
+    rows for every candidate with a positive rate and its evaluation rows, and returns them
+    with its sums. Only the drawn and evaluation rows and (4,)-sized sums reach the driver.
+
+    Returns
+    -------
+    dict with ``totals`` (:func:`nldist.scores.oneread.totals`), ``idx`` (k,), ``q`` (4, k),
+    ``X`` (k, d), ``y`` (k,) or None, and ``eval``: (indices (m,), X (m, d), y (m,) or None).
+    """
+    tasks = [dask.delayed(oneread.chunk, pure=True)(
+        xb, yb, rows=rows, theta=theta, fac=fac, rates=np.asarray(rates, dtype=np.float64),
+        seed=int(seed), offset=off, eval_rate=eval_rate, eval_seed=eval_seed)
+        for xb, yb, off in _blocks(X, y)]
+    got = _compute_blocks(tasks)
+    d = int(X.shape[1])
+    ytail = () if y is None else tuple(y.shape[1:])
+
+    def cat(key: str, shape: tuple) -> np.ndarray:
+        return np.concatenate([g[key] for g in got]).reshape(shape)
+
+    return {
+        "totals": oneread.totals(got),
+        "idx": np.concatenate([g["idx"] for g in got]),
+        "q": np.concatenate([g["q"] for g in got], axis=1),
+        "X": cat("X", (-1, d)), "y": None if y is None else cat("y", (-1, *ytail)),
+        "eval": (np.concatenate([g["eval_idx"] for g in got]), cat("eval_X", (-1, d)),
+                 None if y is None else cat("eval_y", (-1, *ytail))),
+    }
+
+
 def _bernoulli_block(X: np.ndarray, y: np.ndarray | None, *, rate: float, seed: int,
                      offset: int) -> tuple:
     idx = sampling.bernoulli_index(offset, X.shape[0], rate, seed)
@@ -950,17 +985,18 @@ def write_flipped(X: da.Array, y: da.Array, fraction: float, seed: int, targets:
 # --------------------------------------------------------------------------------------
 
 
-def table_partitions(source: str, fmt: str, blocksize: str = "64MB") -> list:
-    """Delayed pandas partitions of a CSV or Parquet source (a file, a directory, a glob or
-    an fsspec URL): Parquet by row groups / files, CSV by ``blocksize`` byte ranges. The
-    workers read them; nothing is read here but metadata."""
+def table_partitions(source: str | list[str], fmt: str, blocksize: str = "64MB") -> list:
+    """Delayed pandas partitions of a CSV or Parquet source (a file, a directory, a glob, an
+    fsspec URL, or a list of files: what nldist's listing kept): Parquet by row groups /
+    files, CSV by ``blocksize`` byte ranges. The workers read them; nothing is read here but
+    metadata."""
+    opts = storage_options(source if isinstance(source, str) else source[0])
     try:
         if fmt == "parquet":
-            ddf = dd.read_parquet(source, storage_options=storage_options(source))
+            ddf = dd.read_parquet(source, storage_options=opts)
         else:
             ddf = dd.read_csv(source, sep="\t" if fmt == "tsv" else ",", blocksize=blocksize,
-                              storage_options=storage_options(source),
-                              assume_missing=True, sample_rows=1000)
+                              storage_options=opts, assume_missing=True, sample_rows=1000)
     except FileNotFoundError:
         raise NldistError(f"source {source!r} matches no files; check the path or glob") from None
     except (ValueError, OSError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -213,10 +214,15 @@ class ExperimentConfig(_Strict):
         return v
 
 
+#: a job name: one path component (it names runs/NAME)
+NAME_RULE = re.compile(r"[A-Za-z0-9._-]+")
+
+
 class JobConfig(_Strict):
     """One nldist job (see jobs/*.yaml)."""
 
-    name: str = "job"
+    name: str = Field("job", description="the job's name: one path component (letters, "
+                      "digits, '.', '_', '-'); outputs go to runs/<name> unless --out")
     dataset: DatasetConfig
     model: str = Field(description="model spec, e.g. glm:swish, linear, glm:sigmoid:nobias")
     theta: str = Field("optimum", description="zeros | init (the model's starting point) | "
@@ -251,6 +257,16 @@ class JobConfig(_Strict):
     ridge: Ridge = 0.0
     s: SampleSize = 1000
     alpha: Alpha = 0.0
+    target_error: float | None = Field(
+        None, gt=0, lt=1, description="select, instead of s: the smallest expected sample "
+        "size whose predicted relative error of the full-data loss is at most this (MATH.md "
+        "§9 (P), from the one read's sums)")
+    one_read: bool = Field(
+        True, description="select: score every row against the pilot's factor and draw the "
+        "sample in ONE read of X (false: exact scores from pass 1's R, two reads)")
+    pilot_factor_s: int = Field(
+        10_000, gt=0, description="select: uniform rows behind the one-read factor (from the "
+        "ingest reservoir, at most its rows; more rows, scores closer to the exact ones)")
     radius: float = Field(10.0, gt=0, description="ball radius R of ||theta|| <= R")
     seed: int = Field(0, ge=0)
     tol: float = Field(1e-12, gt=0, lt=1, description="relative-decrease tolerance of training")
@@ -276,6 +292,14 @@ class JobConfig(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     out: str | None = Field(None, description="output directory (default runs/<name>)")
     experiment: ExperimentConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RULE.fullmatch(v) or v in (".", ".."):
+            raise ValueError("must be one path component: letters, digits, '.', '_' or '-' "
+                             "(not empty, '.' or '..'), e.g. california-run1")
+        return v
 
     @field_validator("model")
     @classmethod
@@ -312,6 +336,14 @@ class JobConfig(_Strict):
                 if get_kind(k).multi_output:
                     raise ValueError(f"kind {k} is for C-output models (softmax:<C>, "
                                      f"mlp:<h>:<C>); {spec} has one output")
+        return self
+
+    @model_validator(mode="after")
+    def _response_aware(self) -> JobConfig:
+        for k in (self.kind, *self.baselines):
+            if get_kind(k).response_aware and k != self.kind:
+                raise ValueError(f"baseline {k} is response-aware: sampled by select only; "
+                                 "list it as kind")
         return self
 
     @model_validator(mode="after")

@@ -22,9 +22,11 @@ import numpy as np
 
 from nldist._budget import eval_rows
 from nldist._version import __version__
+from nldist.pipeline import oneread as oneread_stage
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
-from nldist.store.records import save_npy, save_npz, write_json
+from nldist.scores.oneread import ONE_READ_KINDS
+from nldist.store.records import array_digest, save_npy, save_npz, write_json
 from nldist.store.scores import path_name
 from nldist.train import estimate_losses
 
@@ -57,17 +59,28 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     n = int(X0.shape[0])
     theta0, source = stages.select_theta(ctx)
     kind = job.kind
-    s = stages.sample_size(ctx, kind)
     rate = min(1.0, eval_rows(job.eval_s, int(X0.shape[1])) / n)
-    _, attrs, got, ev = stages.scores_and_sample(ctx, kind, theta0, [(s, stages.rng(ctx))],
-                                                 eval_rate=rate)
-    idx, w, Xs, ys = got[0]
+    sampling = None
+    if kind in ONE_READ_KINDS and not job.sketch:
+        s = None if job.target_error is not None else stages.sample_size(ctx, kind)
+        got1 = oneread_stage.sample(ctx, kind, theta0, s, rate, exact=not job.one_read)
+        sampling = got1["info"]
+        idx, w, Xs, ys, ev = (got1["indices"], got1["weights"], got1["X"], got1["y"],
+                              got1["eval"])
+        attrs = {"rank": sampling["factor"]["rank"], "theta_sha": array_digest(theta0)}
+        kind_out, s = sampling["kind"], int(idx.size)
+    else:
+        s = stages.sample_size(ctx, kind)
+        _, attrs, got, ev = stages.scores_and_sample(ctx, kind, theta0,
+                                                     [(s, stages.rng(ctx))], eval_rate=rate)
+        idx, w, Xs, ys = got[0]
+        kind_out = kind
     save_npz(ctx.path("samples", f"{path_name(kind)}.npz"), indices=idx, weights=w, seed=job.seed,
-             kind=kind, s=s, alpha=job.alpha, n=n, model=job.model,
+             kind=kind_out, s=s, alpha=job.alpha, n=n, model=job.model,
              theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
-    stages.hand_over(ctx, kind, got[0])
+    stages.hand_over(ctx, kind, (idx, w, Xs, ys))
     ctx.emit("train", "start", total=1)
-    fit = stages.train(ctx, Xs, ys, w, kind, theta0=theta0)
+    fit = stages.train(ctx, Xs, ys, w, kind_out, theta0=theta0)
     ctx.emit("train", "end")
     save_npy(ctx.path("theta.npy"), fit.theta)
     m = stages.model(ctx)
@@ -94,7 +107,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
                                                 "estimate, normal 95% interval"},
         "loss_estimate": main["loss_estimate"], "loss_ci95": main["loss_ci95"],
         "loss_full": None, "loss_opt": None, "rel_error": None,
-        "cost": cost, "full_fit": full, "kinds": {kind: main},
+        "cost": cost, "full_fit": full, "kinds": {kind: main}, "sampling": sampling,
         "resume": ctx.resume_stats, "cached_x": ctx.cached_x,
     }
     if compare_full:

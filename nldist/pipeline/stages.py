@@ -22,10 +22,12 @@ stage              output                                               reused w
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Hashable
@@ -60,7 +62,7 @@ from nldist.store.dataset import (
     write_dataset,
 )
 from nldist.store.records import array_digest, digest, write_json
-from nldist.store.remote import as_path, is_remote, rmtree
+from nldist.store.remote import as_path, check_bucket, is_remote, rmtree
 from nldist.store.sample_table import write_sample_table
 from nldist.store.scores import ChunkedScores
 from nldist.train import FitResult, fit_ball, fit_cross_entropy, train_on_sample
@@ -381,7 +383,8 @@ def pilot(ctx: RunContext) -> np.ndarray:
     return fit.theta
 
 
-def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def pilot_rows(ctx: RunContext, size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The pilot's rows by ``job.pilot_from``, with their provenance.
 
     * ``reservoir`` — pilot_s rows (chosen by the job's seed) of the uniform sample ingest
@@ -393,6 +396,8 @@ def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
       gather touches (nearly) every chunk, about one full read;
     * ``auto`` — reservoir when the store has one of at least pilot_s rows, else chunks.
 
+    ``size`` (default ``job.pilot_s``): how many rows (the one-read factor's pilot).
+
     Returns
     -------
     X (s, d), y (s,), row indices (s,), provenance dict (``from``, ``n``, ``rows``,
@@ -402,8 +407,8 @@ def pilot_rows(ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, dic
     src = job.pilot_from
     X0, _ = open_xy(ctx)
     n = int(X0.shape[0])
-    s = min(job.pilot_s, n)
-    rng = np.random.default_rng([job.seed, 0x9170])
+    s = min(job.pilot_s if size is None else int(size), n)
+    rng = np.random.default_rng([job.seed, 0x9170] + ([] if size is None else [int(size)]))
     res = read_reservoir(dataset_path(ctx)) \
         if src in ("auto", "reservoir") and not in_place(ctx) else None
     if res is not None and res[2].size >= s:
@@ -807,6 +812,26 @@ SETTINGS_OUTPUTS = ("metrics.json", "experiment.json", "diagnostics.json", "repo
                     "report.md", "samples", "theta.npy", "sample.parquet")
 
 
+#: the names nldist writes at the top of an output directory (with :data:`OWN_PATTERNS`):
+#: what a ``--force`` of another job may remove, beside what its manifest records
+OWN_NAMES = frozenset({
+    MANIFEST, "run.log", "metrics.json", "experiment.json", "diagnostics.json", "report.html",
+    "report.md", "table.json", "dataset.zarr", "dataset.zarr.partial", "scores.zarr",
+    "dual.zarr.partial", "samples", "sample.parquet", "theta.npy", "theta_star.npz",
+    "theta_pilot.npz", "noisy.zarr", "noisy.zarr.partial", "experiment.png", "scores.png",
+    "timings.png", "diagnostics.png"})
+OWN_PATTERNS = ("theta_*.npy", "top_*.png", "bottom_*.png")
+
+
+#: memo key of the names in the output directory when :func:`claim` made it this job's
+CLAIMED = "claim:entries"
+
+
+def is_own(name: str) -> bool:
+    """Whether ``name`` (an entry at the top of an output directory) is one nldist writes."""
+    return name in OWN_NAMES or any(fnmatch.fnmatchcase(name, p) for p in OWN_PATTERNS)
+
+
 def identity(job: Any) -> dict:
     """What makes an output directory one job's: its name, data source, model and loss."""
     return {"name": job.name, "source": str(job.dataset.source), "model": job.model,
@@ -814,24 +839,86 @@ def identity(job: Any) -> dict:
 
 
 def _remove(path: Path) -> None:
+    """Remove a file or directory tree; a symbolic link is unlinked, never followed."""
     if is_remote(path):
         rmtree(path)
-    elif path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
+    elif path.is_symlink() or (path.exists() and not path.is_dir()):
         path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _entries(out: Path) -> set[str]:
+    """Names at the top of the output directory (none when it does not exist)."""
+    try:
+        if is_remote(out):
+            return {p.name for p in out.iterdir()} if out.exists() else set()
+        return {p.name for p in out.iterdir()} if out.is_dir() else set()
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def _sources_inside(out: Path, sources: list[str]) -> set[str]:
+    """Top-level names of ``out`` that are, or hold, one of the jobs' data sources (never
+    removed)."""
+    names = set()
+    base = str(out).rstrip("/") + "/"
+    for src in sources:
+        p = as_path(src)
+        text = str(p if is_remote(p) else p.absolute())
+        if not is_remote(p):
+            try:
+                text = str(p.resolve())
+            except OSError:
+                pass
+        if text.startswith(base):
+            names.add(text[len(base):].split("/", 1)[0])
+    return names
+
+
+def check_confined(out: Path) -> None:
+    """Every output nldist writes resolves inside ``out``: a symbolic link among them (at
+    the top, or inside a directory nldist writes, such as ``samples/`` or ``scores.zarr``)
+    that points outside ``out`` is a one-line error; nothing is written through it."""
+    if is_remote(out) or not out.is_dir():
+        return
+    root = out.resolve()
+
+    def check(p: Path) -> None:
+        if p.is_symlink():
+            target = p.resolve()
+            if not target.is_relative_to(root):
+                raise NldistError(f"{p} is a symbolic link to {target}, outside the output "
+                                  f"directory {root}; nldist writes only inside --out: remove "
+                                  "the link or choose another --out")
+
+    for name in sorted(_entries(out)):
+        if not is_own(name):
+            continue
+        top = out / name
+        check(top)
+        if top.is_dir() and not top.is_symlink():
+            for d, dirs, files in os.walk(top):
+                for n in [*dirs, *files]:
+                    check(Path(d) / n)
 
 
 def claim(ctx: RunContext, verb: str, force: bool = False) -> None:
     """Make the output directory this job's before a verb writes into it.
 
     A directory whose manifest names another job (:func:`identity`) is refused with a
-    one-line error, unless ``force``: then everything in it is removed first. The outputs of
-    this verb's previous run (and, when the job's settings changed, every per-settings
-    output) are removed, so a failed run never leaves an old metrics.json or report looking
-    current; the manifest is marked incomplete until :func:`complete`.
+    one-line error, unless ``force``: then that job's outputs are removed first — the names
+    its manifest records as written and the names nldist writes (:func:`is_own`), never an
+    entry that was there before it ran (recorded as ``foreign``), a job's data source or
+    anything else (a user's notes.txt stays); a symbolic link is unlinked, never followed.
+    The outputs of this verb's previous run (and, when the job's settings changed, every
+    per-settings output) are removed, so a failed run never leaves an old metrics.json or
+    report looking current; the manifest is marked incomplete until :func:`complete`, which
+    records what this job wrote.
     """
     out = ctx.out
+    check_bucket(out)
+    check_confined(out)
     path = out / MANIFEST
     old = None
     if path.exists():
@@ -847,6 +934,9 @@ def claim(ctx: RunContext, verb: str, force: bool = False) -> None:
                                 "loss": m.get("loss"), "source": ident["source"]}}
         except (OSError, ValueError):
             old = {}
+    present = _entries(out)
+    keep = _sources_inside(out, [ident["source"], str((old or {}).get("identity", {}).get(
+        "source") or ident["source"])])
     if old is not None and old.get("identity") != ident:
         if not force:
             who = (old.get("identity") or {})
@@ -854,25 +944,44 @@ def claim(ctx: RunContext, verb: str, force: bool = False) -> None:
                 f"output directory {out} holds the outputs of another job ({who.get('name')!r}, "
                 f"model {who.get('model')!r}, data {who.get('source')!r}); choose another "
                 "--out, or pass --force to delete them and run this job there")
-        for child in list(out.iterdir()):
-            _remove(child)
+        theirs = set(old.get("outputs") or [])
+        foreign = set(old.get("foreign") or [])
+        for name in sorted(present):
+            if (name in theirs or is_own(name)) and name not in foreign | keep:
+                _remove(out / name)
         old = None
+        present = _entries(out)
     digest_now = ctx.job.digest()
     stale = set(VERB_OUTPUTS[verb])
     if old is not None and old.get("job_digest") != digest_now:
         stale |= set(SETTINGS_OUTPUTS) | {p.name for p in out.glob("theta_*.npy")}
-    for name in stale:
+    for name in sorted(stale - keep):
         _remove(out / name)
+    if old is None:  # what was here before any job wrote: never this job's
+        foreign = sorted(n for n in present if not is_own(n) or n in keep)
+        outputs: list[str] = []
+    else:
+        foreign = list(old.get("foreign") or [])
+        outputs = list(old.get("outputs") or [])
     out.mkdir(parents=True, exist_ok=True)
+    ctx.memo[CLAIMED] = _entries(out)
     write_json(path, {"identity": ident, "job_digest": digest_now, "verb": verb,
-                      "complete": False, "started": time.time(), "nldist_version": __version__})
+                      "complete": False, "started": time.time(), "nldist_version": __version__,
+                      "foreign": foreign, "outputs": outputs})
 
 
 def complete(ctx: RunContext) -> None:
-    """Mark the manifest's current verb complete (its outputs are current)."""
+    """Mark the manifest's current verb complete (its outputs are current) and record the
+    names this job has written in the output directory (``outputs``: what a ``--force`` of
+    another job removes)."""
     path = ctx.out / MANIFEST
     try:
         man = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    write_json(path, {**man, "complete": True, "finished": time.time()})
+    now = _entries(ctx.out)
+    new = now - ctx.memo.get(CLAIMED, now)  # appeared while this job ran
+    foreign = set(man.get("foreign") or [])
+    outputs = sorted((set(man.get("outputs") or []) | new | {n for n in now if is_own(n)})
+                     - foreign)
+    write_json(path, {**man, "complete": True, "finished": time.time(), "outputs": outputs})

@@ -15,7 +15,13 @@ import numpy as np
 
 from nldist.errors import NldistError
 from nldist.models.base import Model
-from nldist.scores.reductions import Leverage, RidgeLeverage, SquaredNorm, Uniform
+from nldist.scores.reductions import (
+    Leverage,
+    ResponseAware,
+    RidgeLeverage,
+    SquaredNorm,
+    Uniform,
+)
 from nldist.scores.rows import BlockRows, DataRows, DualRows, MarginRows
 
 
@@ -68,6 +74,12 @@ class Kind:
         return self.rows == "block" and self.k is not None
 
     @property
+    def response_aware(self) -> bool:
+        """Weighs rows by their residual (:mod:`nldist.scores.oneread`): needs y, sampled in
+        one read by ``select``; never stored by the two-pass engine."""
+        return isinstance(self.reduction, ResponseAware)
+
+    @property
     def ridge(self) -> bool:
         return bool(self.reduction.uses_ridge)
 
@@ -113,6 +125,12 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "C outputs: block-leverage from k seeded sign combinations (block-sketch:k)", k=8),
     Kind("margin-leverage", "margin", Leverage(),
          "C outputs: leverage of the adjoint of the margin log(p_y / (1 - p_y))"),
+    Kind("influence", "dual", ResponseAware("influence"),
+         "|residual| x sqrt(leverage of the adjoint rows): optimal subsampling (needs y)"),
+    Kind("influence-mix", "dual", ResponseAware("influence-mix"),
+         "half influence, half nonlinear-leverage: robust where influence alone is not"),
+    Kind("auto", "dual", ResponseAware("auto"),
+         "select: the distribution with the lowest predicted error (guarded), in one read"),
 )}
 #: the kind strings, in registry order
 NAMES: tuple[str, ...] = tuple(KINDS)

@@ -103,3 +103,22 @@ class Uniform:
 
     def finalize(self, kind: str, stats: dict, ridge: float, rtol: float | None) -> Normalizer:
         return Normalizer(kind, stats["n"], float(stats["n"]))
+
+
+@dataclass(frozen=True)
+class ResponseAware:
+    """A response-aware distribution of :mod:`nldist.scores.oneread` (``influence``,
+    ``influence-mix``, ``auto``): row values from a factor of the dual rows and the residual,
+    normalised by a total only known after the pass — never reduced by the two-pass block
+    engine (its :meth:`finalize` refuses with the verbs that sample by it)."""
+
+    candidate: str
+    gram = True
+    uses_ridge = False
+
+    def finalize(self, kind: str, stats: dict, ridge: float, rtol: float | None) -> Normalizer:
+        raise NldistError(
+            f"kind {kind!r} is response-aware: it is sampled by `nldist select` (one read, or "
+            "one_read: false for the exact two-pass version) and computed by nldist.scores; "
+            "run, experiment and diagnose store leverage kinds — use kind: nonlinear-leverage "
+            "there")

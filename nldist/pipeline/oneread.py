@@ -1,0 +1,153 @@
+"""The one-read sampling stage of ``select`` (:mod:`nldist.scores.oneread`, MATH.md §9).
+
+A factor of the model's dual rows at theta_0 — from a uniform pilot (the ingest reservoir: no
+read of X) or, with ``one_read: false``, from the exact R of pass 1 (one more read) — then ONE
+read of X in which every chunk scores its rows against the factor, draws its Poisson rows for
+each candidate distribution, takes its evaluation rows and returns its sums. On the driver:
+each candidate's predicted error, the choice (``kind: auto``) and the sample size
+(``target_error``), and the final sample, thinned to the exact totals with Horvitz–Thompson
+weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nldist import graph
+from nldist.errors import NldistError
+from nldist.models.losses import target_columns
+from nldist.pipeline import stages
+from nldist.pipeline.context import RunContext
+from nldist.scores import oneread
+from nldist.scores.spec import make_spec
+from nldist.store.dataset import read_reservoir
+
+#: drawn rows per expected sample row: covers the pilot's error in estimating the totals
+#: (rows the final sample wants beyond it are kept with their draw probability: still
+#: unbiased, the sample a little smaller)
+OVERSAMPLE = 1.5
+#: seed offset of the evaluation sample (as the two-pass fused pass)
+EVAL_SALT = 0x3E7A1
+
+
+def _factor(ctx: RunContext, rows: object, theta0: np.ndarray, exact: bool, n: int
+            ) -> tuple[oneread.RowFactor, np.ndarray, dict]:
+    """The factor, the pilot's dual rows (for the totals' estimates) and its provenance."""
+    job = ctx.job
+    res = None if stages.in_place(ctx) else read_reservoir(stages.dataset_path(ctx))
+    size = job.pilot_factor_s
+    if res is not None and job.pilot_from in ("auto", "reservoir"):
+        size = min(size, int(res[2].size))
+    Xp, yp, _, prov = stages.pilot_rows(ctx, size)
+    if yp is None:
+        raise NldistError("select samples by the residual and needs a target; set "
+                          "dataset.target")
+    Dp = np.asarray(rows.matrix(Xp, yp, 0), dtype=np.float64)  # type: ignore[attr-defined]
+    if not exact:
+        fac = oneread.factor(Dp, n, m=int(Xp.shape[0]))
+        return fac, Dp, {**prov, "factor": "pilot", "rank": fac.rank}
+    X, y = stages.xy(ctx)
+    spec = make_spec("nonlinear-leverage", stages.model(ctx), theta0, X.shape[1], True,
+                     loss=job.loss, device=job.device, y_cols=target_columns(y))
+    with ctx.timed("pass 1"):
+        norm = graph.pass1(X, y, spec, ridge=0.0, split_every=job.split_every)
+    ctx.read("pass 1 (exact factor)")
+    fac = oneread.factor_from_r(norm.factor.R, n)
+    return fac, Dp, {**prov, "factor": "exact (pass 1)", "rank": fac.rank}
+
+
+def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_rate: float,
+           exact: bool = False) -> dict:
+    """Draw the sample of ``kind`` (a candidate or ``auto``) at theta_0 in one read.
+
+    Parameters
+    ----------
+    kind : str
+        ``uniform``, ``nonlinear-leverage``, ``influence``, ``influence-mix`` or ``auto``.
+    theta0 : ndarray of shape (p,)
+    s : int or None
+        Expected sample size (None: from ``job.target_error``).
+    eval_rate : float
+        Bernoulli rate of the evaluation sample.
+    exact : bool
+        Factor from pass 1's exact R instead of the pilot (one more read).
+
+    Returns
+    -------
+    dict with ``indices`` (s',), ``weights`` (s',), ``X`` (s', d), ``y``, ``eval`` (indices,
+    X, y), ``info`` (the JSON summary: choice, predictions, sizes, totals, factor).
+    """
+    job = ctx.job
+    X, y = stages.xy(ctx)
+    if y is None:
+        raise NldistError("select needs a target column; set dataset.target")
+    n = int(X.shape[0])
+    m = stages.model(ctx)
+    spec = make_spec("nonlinear-leverage", m, theta0, X.shape[1], True, loss=job.loss,
+                     device=job.device, y_cols=target_columns(y))
+    rows = spec.rows
+    with ctx.timed("factor"):
+        fac, Dp, fprov = _factor(ctx, rows, theta0, exact, n)
+        z_hat = oneread.estimate_totals(Dp, theta0, fac, rows.group)
+        fac = oneread.RowFactor(**{**fac.__dict__, "z_hat": z_hat})
+    p = int(m.n_params)
+    eps = job.target_error if s is None else None
+    if eps is not None:  # the pilot's guess of s, to size the draw
+        ptot = oneread.pilot_totals(Dp, theta0, fac, rows.group)
+        guess = [oneread.size_for(ptot, c, eps) for c in oneread.CANDIDATES]
+        s_plan = float(min(g for g in guess if np.isfinite(g)) if kind == "auto" else
+                       guess[oneread.CANDIDATES.index(kind)])
+        if not np.isfinite(s_plan):
+            raise NldistError(f"target_error {eps:g}: the pilot predicts no finite sample size "
+                              f"for kind {kind}; give s instead")
+    else:
+        s_plan = float(s)
+    s_plan = min(max(s_plan, 1.0), float(n))
+    drawn = oneread.CANDIDATES if kind == "auto" else (kind,)
+    rates = np.array([OVERSAMPLE * s_plan / z_hat[c] if c in drawn else 0.0
+                      for c in oneread.CANDIDATES])
+    seed = int(job.seed)
+    with ctx.timed("one read", kind=kind, key=f"score:{kind}"):
+        got = graph.one_read_pass(X, y, rows=rows, theta=theta0, fac=fac, rates=rates,
+                                  seed=seed, eval_rate=eval_rate,
+                                  eval_seed=int(job.seed) + EVAL_SALT)
+    ctx.read("one read: scores + sample + evaluation rows")
+    tot = got["totals"]
+    if eps is not None:
+        sizes = {c: oneread.size_for(tot, c, eps) for c in oneread.CANDIDATES}
+    if kind == "auto":
+        s_pred = s_plan if eps is None else min(v for v in sizes.values() if np.isfinite(v))
+        pred = oneread.predict(tot, s_pred, p)
+        chosen, why = oneread.choose(pred)
+    else:
+        chosen, why = kind, "the job's kind"
+    s_final = float(s) if eps is None else float(min(sizes[chosen], n))
+    pred = oneread.predict(tot, s_final, p)
+    j = oneread.CANDIDATES.index(chosen)
+    keep, w, finfo = oneread.finalize(got["idx"], got["q"], chosen, s_final,
+                                      float(tot["Z"][j]), float(rates[j]), seed)
+    if keep.size == 0:
+        raise NldistError(f"the {chosen} sample came out empty (expected size {s_final:.3g}); "
+                          "raise s or lower target_error's precision")
+    info = {
+        "kind": chosen, "requested": kind, "why": why, "exact_factor": exact,
+        "expected_size": s_final, "size": int(keep.size), "target_error": eps,
+        "drawn_rows": int(got["idx"].size), "planned_size": s_plan, "oversample": OVERSAMPLE,
+        "factor": fprov, "totals_pilot_estimate": z_hat,
+        "totals": {c: float(tot["Z"][i]) for i, c in enumerate(oneread.CANDIDATES)},
+        "loss_theta0": float(tot["L"]), "rank_estimate": float(tot["H"]),
+        "predicted": {c: {k: (None if not np.isfinite(v) else v) if isinstance(v, float) else v
+                          for k, v in d.items()} for c, d in pred.items()},
+        "guard": f"a prediction is trusted when s >= {oneread.GUARD:g} p d_n",
+        **finfo,
+    }
+    if eps is not None:
+        info["sizes_for_target"] = {c: (None if not np.isfinite(v) else float(v))
+                                    for c, v in sizes.items()}
+        if s_final > s_plan * OVERSAMPLE:
+            info["short"] = ("the pilot under-estimated the size target_error needs: the "
+                             f"sample holds about {s_plan * OVERSAMPLE:.0f} of {s_final:.0f} "
+                             "expected rows (weights stay unbiased); re-run to draw it in full")
+    return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
+            "y": None if got["y"] is None else got["y"][keep], "eval": got["eval"],
+            "info": info}

@@ -1,0 +1,442 @@
+"""Response-aware sampling in one read of X: per-row scores against a fixed factor, seeded
+Poisson draws, and the per-chunk sums that predict each distribution's error (MATH.md §9).
+
+Pure NumPy, no Dask: :mod:`nldist.graph` maps :func:`chunk` over row blocks and the pipeline
+calls :func:`totals`, :func:`predict`, :func:`choose` and :func:`finalize` on the driver.
+
+The rows are the model's dual rows ``[a_i, c_i]`` at theta (:class:`nldist.scores.rows.DualRows`:
+the adjoint of the residual and its value at 0, so that ``r_i = a_i·theta + c_i`` is the
+residual by (ID)). A :class:`RowFactor` holds a Gram matrix of such rows in factored form:
+
+* from a **pilot** of m uniform rows (:func:`factor`, ``generalised=True``): the generalised
+  leverage ``τ̃_i = u_i / (1 + u_i)``, ``u_i = a_iᵀ G_m⁺ a_i``, which never underestimates the
+  exact leverage (Cohen, Lee, Musco, Musco, Peng & Sidford 2015) and is 1 for a row outside the
+  pilot's row space;
+* from the **exact** R of pass 1 (:func:`factor_from_r`, ``generalised=False``): ``τ_i = u_i``.
+
+The candidate distributions (unnormalised row values q_i; each candidate's total Z is summed in
+the pass, so nothing is normalised by a guess):
+
+=======================  ===================================================================
+``uniform``              1
+``nonlinear-leverage``   leverage of the augmented rows ``[a_i, c_i]`` (the paper's score)
+``influence``            ``|r_i|·√τ̃(a_i)``: the optimal-subsampling distribution
+                         ∝ √(g_iᵀH⁻¹g_i) (Wang, Zhu & Ma 2018), with the adjoint for the
+                         Jacobian; C rows per example: ``√(‖Σ_c r_ic W a_ic‖²·τ̃/u)``
+``influence-mix``        ½ influence / Ẑ_infl + ½ nonlinear-leverage / Ẑ_lev (Ẑ from the
+                         pilot, fixed before the pass): robust where influence alone puts a
+                         few huge weights (s ≈ 5p)
+=======================  ===================================================================
+
+Poisson sampling: row i is kept when its seeded hash uniform ``u_i`` (row id and seed:
+chunking-invariant) is below ``min(1, rate·q_i)``; the driver later *thins* the drawn rows to
+the final inclusion probability ``π_i = min(1, s·q_i/Z)`` with the exact Z (a row stays when
+``u_i < min(π_i, π_i^draw)``; its Horvitz–Thompson weight is ``1/min(π_i, π_i^draw)``: exactly
+unbiased whatever the pilot's guess of Z was).
+
+Predicted relative error of a fit on the weighted sample (first order, Poisson sampling,
+MATH.md (P)): ``E ≈ (Z·Σ_i γ_i/q_i / s − Σ_i γ_i) / L`` with ``γ_i = r_i²·τ_i`` (C rows:
+``‖Σ_c r_ic W a_ic‖²``), τ_i the exact leverage (estimated by ``(m/n)·u_i`` from a pilot) and
+``L = Σ r_i²``. Its reliability guard: ``d_n = Z·Σ τ_i²/q_i / p²`` (= 1 for leverage sampling);
+the prediction is trusted for ``s ≥ GUARD·p·d_n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nldist._budget import DUAL_BLOCK_BYTES
+from nldist._budget import slices as row_slices
+from nldist.errors import NldistError
+from nldist.scores.sampling import hash_uniform
+
+#: the candidate distributions, in the order of every per-candidate array
+CANDIDATES: tuple[str, ...] = ("uniform", "nonlinear-leverage", "influence", "influence-mix")
+#: the kind strings of the one-read path: a candidate or ``auto``
+ONE_READ_KINDS: tuple[str, ...] = (*CANDIDATES, "auto")
+#: the prediction of a candidate is trusted when s >= GUARD * p * d_n (MATH.md §9: within 2x
+#: of the measured median for 97-98 % of cases above 10 p d_n)
+GUARD = 10.0
+#: ``auto`` leaves the robust default (influence-mix) only for a candidate predicted at most
+#: this fraction of its error
+AUTO_MARGIN = 0.7
+#: relative squared distance beyond which a row is outside the factor's row space
+SPAN_TOL = 1e-9
+#: seed offset of the inclusion uniforms (the evaluation sample uses another)
+DRAW_SALT = 0x51A7E
+
+
+@dataclass(frozen=True)
+class RowFactor:
+    """A Gram matrix of dual rows ``[a, c]`` (a: p columns), factored for per-row leverage.
+
+    Attributes
+    ----------
+    V : ndarray of shape (p, k)
+        Orthonormal basis of the adjoint rows' span.
+    s : ndarray of shape (k,)
+        Singular values of the adjoint rows (``G_A = V diag(s²) Vᵀ``).
+    beta : ndarray of shape (p,)
+        Least-squares coefficients of c on a (``G_A⁺ Aᵀc``).
+    rho : float
+        ``‖c − A beta‖²`` (the Schur complement of the augmented Gram; 0 when c is in A's span).
+    m, n : int
+        Rows behind the Gram (the pilot's m, or n for the exact factor) and rows of X.
+    generalised : bool
+        Pilot factor: report ``u/(1+u)``; exact factor: ``u``.
+    """
+
+    V: np.ndarray
+    s: np.ndarray
+    beta: np.ndarray
+    rho: float
+    m: int
+    n: int
+    generalised: bool
+    rank: int = 0
+    scale: float = 1.0
+    c_scale: float = 1.0
+    #: fixed before the pass: the pilot's estimates of each base candidate's total
+    z_hat: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """m / n: turns a pilot's u into an estimate of the exact leverage."""
+        return self.m / self.n
+
+
+def _svd_factor(A: np.ndarray, c: np.ndarray, m: int, n: int, generalised: bool,
+                rtol: float | None = None) -> RowFactor:
+    p = A.shape[1]
+    if A.shape[0] == 0:
+        raise NldistError("the pilot has no rows; raise pilot size or check the data")
+    _, sv, Vt = np.linalg.svd(A, full_matrices=False)
+    tol = (rtol if rtol is not None else max(A.shape) * np.finfo(float).eps) * (
+        sv[0] if sv.size else 0.0)
+    k = int(np.sum(sv > tol)) if sv.size and sv[0] > 0 else 0
+    V, s = Vt[:k].T.copy(), sv[:k].copy()
+    if k:
+        coef = V.T @ (A.T @ c) / s**2
+        beta = V @ coef
+        resid = c - A @ beta
+        rho = float(resid @ resid)
+    else:
+        beta, rho = np.zeros(p), float(c @ c)
+    c2 = float(c @ c)
+    if rho <= 1e-12 * max(c2, 1e-300):
+        rho = 0.0
+    return RowFactor(V, s, beta, rho, m, n, generalised, rank=k + int(rho > 0),
+                     scale=float(np.sqrt(np.mean(np.sum(A * A, axis=1)))) if A.size else 1.0,
+                     c_scale=float(np.sqrt(c2 / max(1, c.size))))
+
+
+def factor(D: np.ndarray, n: int, m: int | None = None) -> RowFactor:
+    """The generalised-leverage factor of a uniform pilot's dual rows.
+
+    Parameters
+    ----------
+    D : ndarray of shape (m·g, p + 1)
+        The pilot's dual rows ``[a_i, c_i]`` (g rows per example).
+    n : int
+        Rows (examples) of X.
+    m : int, optional
+        Examples of the pilot (default ``D.shape[0]``).
+
+    Returns
+    -------
+    RowFactor
+    """
+    D = np.asarray(D, dtype=np.float64)
+    _check_finite(D, "the pilot's dual rows")
+    return _svd_factor(D[:, :-1], D[:, -1], int(m or D.shape[0]), int(n), True)
+
+
+def factor_from_r(R: np.ndarray, n: int) -> RowFactor:
+    """The exact factor from pass 1's R of the augmented dual matrix (``RᵀR = DᵀD``): the
+    leading p×p block of R is the R of the adjoint rows, its last column gives c."""
+    R = np.asarray(R, dtype=np.float64)
+    return _svd_factor(R[:, :-1], R[:, -1], int(n), int(n), False)
+
+
+def _check_finite(D: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(D)):
+        raise NldistError(f"{what} are not finite at theta_0 (overflow); standardize the "
+                          "features (dataset.standardize: true) or check the pilot's theta")
+
+
+@dataclass
+class _RowValues:
+    """Per-example values of one block (all of shape (n_b,))."""
+
+    lev: np.ndarray     # leverage of the augmented rows (generalised for a pilot)
+    infl: np.ndarray    # influence q
+    gamma: np.ndarray   # gamma_i (estimate of r_i^2 tau_i, the error contribution)
+    h: np.ndarray       # estimate of the exact leverage of the adjoint rows
+    r2: np.ndarray      # squared residual (summed over the example's rows)
+
+
+def _row_values(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int,
+                loo: bool = False) -> _RowValues:
+    """The per-example values of dual rows D (N·g, p+1) against ``fac``.
+
+    ``loo``: D are the pilot's own rows; each row's u is taken leave-one-out
+    (``h/(1-h)`` from its in-sample h), so the pilot's values estimate the other rows'."""
+    A, c = D[:, :-1], D[:, -1]
+    r = A @ theta + c
+    Q = A @ fac.V if fac.V.size else np.zeros((A.shape[0], 0))
+    uA = np.sum((Q / fac.s) ** 2, axis=1) if fac.s.size else np.zeros(A.shape[0])
+    a2 = np.einsum("ij,ij->i", A, A)
+    out_a = (a2 - np.sum(Q * Q, axis=1)) > SPAN_TOL * np.maximum(a2, fac.scale**2 * 1e-300)
+    e = c - A @ fac.beta
+    if fac.rho > 0:
+        uaug = uA + e * e / fac.rho
+        out_aug = out_a
+    else:
+        uaug = uA
+        out_aug = out_a | (np.abs(e) > 1e-6 * max(fac.c_scale, 1e-300))
+    if loo:
+        uA = np.where(uA < 1, uA / np.maximum(1 - uA, 1e-300), np.inf)
+        uaug = np.where(uaug < 1, uaug / np.maximum(1 - uaug, 1e-300), np.inf)
+
+    def tau(u: np.ndarray, out: np.ndarray) -> np.ndarray:
+        t = np.where(np.isinf(u), 1.0, u / (1 + u)) if fac.generalised else np.minimum(u, 1.0)
+        return np.where(out, 1.0, t)
+
+    tA, taug = tau(uA, out_a), tau(uaug, out_aug)
+    if group == 1:
+        gamma_u = r * r * uA
+        infl2 = r * r * tA
+        r2 = r * r
+    else:
+        Wr = (Q / fac.s if fac.s.size else Q) * r[:, None]
+        G = Wr.reshape(-1, group, Wr.shape[1]).sum(axis=1)
+        gamma_u = np.sum(G * G, axis=1)
+        uA, tA, taug = (v.reshape(-1, group).sum(axis=1) for v in (uA, tA, taug))
+        out_a = out_a.reshape(-1, group).any(axis=1)
+        r2 = (r * r).reshape(-1, group).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            infl2 = np.where(uA > 0, gamma_u * tA / uA, 0.0)
+        infl2 = np.where(out_a, r2, infl2)
+    infl2 = np.where(out_a, r2, infl2)
+    h = np.where(out_a | np.isinf(uA), 1.0, np.minimum(uA * (fac.ratio if fac.generalised
+                                                             else 1.0), 1.0))
+    gamma = np.where(out_a | np.isinf(gamma_u), r2, gamma_u * (fac.ratio if fac.generalised
+                                                               else 1.0))
+    return _RowValues(taug, np.sqrt(np.maximum(infl2, 0.0)), gamma, h, r2)
+
+
+def _candidates(v: _RowValues, z_hat: dict) -> np.ndarray:
+    """(4, n_b) unnormalised values q of :data:`CANDIDATES`."""
+    zi, zl = z_hat.get("influence", 1.0), z_hat.get("nonlinear-leverage", 1.0)
+    mix = 0.5 * v.infl / zi + 0.5 * v.lev / zl
+    return np.stack([np.ones_like(v.lev), v.lev, v.infl, mix])
+
+
+def estimate_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 1
+                    ) -> dict[str, float]:
+    """The pilot's estimate Ẑ of each base candidate's total over all n rows: its rows'
+    leave-one-out values times n/m."""
+    v = _row_values(np.asarray(D, dtype=np.float64), np.asarray(theta, dtype=np.float64),
+                    fac, group, loo=fac.generalised)
+    scale = fac.n / max(1, v.lev.size)
+    z = {"uniform": float(fac.n), "nonlinear-leverage": float(np.sum(v.lev) * scale),
+         "influence": float(np.sum(v.infl) * scale)}
+    for k in ("nonlinear-leverage", "influence"):
+        if not np.isfinite(z[k]) or z[k] <= 0:
+            z[k] = 1.0
+    q = _candidates(v, z)
+    z["influence-mix"] = float(np.sum(q[3]) * scale)
+    return z
+
+
+#: the per-chunk sums of :func:`chunk`, per candidate (axis 0) where indexed so
+SUM_KEYS = ("Z", "A", "D")  # sum q, sum gamma/q, sum h^2/q
+
+
+def _sums(v: _RowValues, q: np.ndarray) -> dict:
+    """The sums of one slice's values (see :func:`chunk`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A = np.where(q > 0, v.gamma / q, np.where(v.gamma > 0, np.inf, 0.0)).sum(axis=1)
+        D = np.where(q > 0, v.h**2 / q, np.where(v.h > 0, np.inf, 0.0)).sum(axis=1)
+    return {"n": int(v.lev.size), "L": float(np.sum(v.r2)), "B": float(np.sum(v.gamma)),
+            "H": float(np.sum(v.h)), "Z": q.sum(axis=1), "A": A, "D": D}
+
+
+def pilot_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 1) -> dict:
+    """The pilot's estimate of :func:`totals` over all n rows (its rows' leave-one-out values
+    times n/m): what sizes the draw before the pass (``target_error``)."""
+    v = _row_values(np.asarray(D, dtype=np.float64), np.asarray(theta, dtype=np.float64),
+                    fac, group, loo=fac.generalised)
+    scale = fac.n / max(1, v.lev.size)
+    got = _sums(v, _candidates(v, fac.z_hat))
+    return {k: (val if k == "n" else val * scale) for k, val in got.items()} | {"n": fac.n}
+
+
+def chunk(
+    X: np.ndarray, y: np.ndarray | None, *, rows: Any, theta: np.ndarray, fac: RowFactor,
+    rates: np.ndarray, seed: int, offset: int, eval_rate: float = 0.0, eval_seed: int = 0,
+) -> dict:
+    """One read of a row block: candidate values, Poisson draws, evaluation rows, sums.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_b, d)
+    y : ndarray of shape (n_b,) or (n_b, C), or None
+    rows : DualRows
+        The dual rows at theta (with y: the augmented ``[a, c]``).
+    theta : ndarray of shape (p,)
+    fac : RowFactor
+    rates : ndarray of shape (4,)
+        Draw rate of each candidate (``s_draw / Ẑ``; 0: not drawn): row i is drawn for
+        candidate c when ``u_i < min(1, rates[c]·q_ci)``.
+    seed : int
+        The job's seed (inclusion uniforms: :func:`nldist.scores.sampling.hash_uniform` of
+        the row id).
+    offset : int
+        Global index of the block's first row.
+    eval_rate, eval_seed : float, int
+        The Bernoulli evaluation sample (none when 0).
+
+    Returns
+    -------
+    dict with ``n``, ``L`` (Σ r²), ``B`` (Σ γ), ``H`` (Σ h), per candidate ``Z``, ``A``, ``D``
+    (ndarrays of shape (4,)); the drawn rows ``idx`` (k,) global, ``q`` (4, k), ``X`` (k, d),
+    ``y``; the evaluation rows ``eval_idx``, ``eval_X``, ``eval_y``.
+    """
+    X = np.asarray(X)
+    n_b = int(X.shape[0])
+    theta = np.asarray(theta, dtype=np.float64)
+    g = int(getattr(rows, "group", 1))
+    q_cols = theta.size + 1
+    step = max(1, DUAL_BLOCK_BYTES // (8 * q_cols * g))
+    sums = {"n": n_b, "L": 0.0, "B": 0.0, "H": 0.0,
+            **{k: np.zeros(len(CANDIDATES)) for k in SUM_KEYS}}
+    picked, qs = [], []
+    for sl in row_slices(n_b, step):
+        if sl.stop <= sl.start:
+            continue
+        Xs, ys = X[sl], None if y is None else np.asarray(y)[sl]
+        D = np.ascontiguousarray(rows.matrix(Xs, ys, offset + sl.start), dtype=np.float64)
+        _check_finite(D, f"the dual rows of rows {offset + sl.start}..{offset + sl.stop - 1}")
+        v = _row_values(D, theta, fac, g)
+        q = _candidates(v, fac.z_hat)
+        part = _sums(v, q)
+        for k in ("L", "B", "H", *SUM_KEYS):
+            sums[k] = sums[k] + part[k]
+        if np.any(rates > 0):
+            u = hash_uniform(np.arange(offset + sl.start, offset + sl.stop), seed + DRAW_SALT)
+            keep = np.any(u[None, :] < np.minimum(1.0, rates[:, None] * q), axis=0)
+            loc = np.flatnonzero(keep)
+            picked.append(loc + sl.start)
+            qs.append(q[:, loc])
+    idx = np.concatenate(picked) if picked else np.empty(0, np.int64)
+    out = {**sums, "idx": idx + offset,
+           "q": np.concatenate(qs, axis=1) if qs else np.empty((len(CANDIDATES), 0)),
+           "X": X[idx], "y": None if y is None else np.asarray(y)[idx]}
+    if eval_rate > 0:
+        ev = np.flatnonzero(hash_uniform(np.arange(offset, offset + n_b), eval_seed) < eval_rate)
+    else:
+        ev = np.empty(0, np.int64)
+    out.update(eval_idx=ev + offset, eval_X=X[ev], eval_y=None if y is None else
+               np.asarray(y)[ev])
+    return out
+
+
+def totals(parts: list[dict]) -> dict:
+    """The per-chunk sums of :func:`chunk` added up (n, L, B, H, and Z, A, D per candidate)."""
+    out = {"n": 0, "L": 0.0, "B": 0.0, "H": 0.0,
+           **{k: np.zeros(len(CANDIDATES)) for k in SUM_KEYS}}
+    for p in parts:
+        for k in out:
+            out[k] = out[k] + p[k]
+    return out
+
+
+def predict(tot: dict, s: float | np.ndarray, p: int) -> dict[str, dict]:
+    """Predicted relative error at s, and the guard, per candidate.
+
+    Returns
+    -------
+    dict: candidate -> {``predicted``: relative error at s, ``d_n``, ``trusted``: bool,
+    ``total``: Z}
+    """
+    out = {}
+    L = max(float(tot["L"]), 1e-300)
+    for j, name in enumerate(CANDIDATES):
+        Z, A, D = (float(tot[k][j]) for k in SUM_KEYS)
+        pred = max(0.0, (Z * A / float(s) - float(tot["B"])) / L) if np.isfinite(A) else np.inf
+        d_n = Z * D / max(p, 1) ** 2 if np.isfinite(D) else np.inf
+        out[name] = {"predicted": pred, "d_n": d_n, "trusted": bool(s >= GUARD * p * d_n),
+                     "total": Z}
+    return out
+
+
+def size_for(tot: dict, name: str, eps: float) -> float:
+    """The smallest s whose predicted relative error is at most ``eps`` (inf when none)."""
+    j = CANDIDATES.index(name)
+    Z, A = float(tot["Z"][j]), float(tot["A"][j])
+    if not np.isfinite(A):
+        return np.inf
+    return Z * A / (eps * max(float(tot["L"]), 1e-300) + float(tot["B"]))
+
+
+def choose(pred: dict[str, dict]) -> tuple[str, str]:
+    """``auto``: the candidate to sample by, and why.
+
+    The default is ``influence-mix`` (the robust choice on real tables, MATH.md §9); another
+    candidate replaces it only when its prediction is trusted (s ≥ GUARD·p·d_n) and at most
+    :data:`AUTO_MARGIN` of the mixture's."""
+    base = "influence-mix"
+    best, why = base, "default: the half-influence, half-leverage mixture"
+    for name in CANDIDATES:
+        if name == base:
+            continue
+        c, b = pred[name], pred[best]
+        if c["trusted"] and c["predicted"] <= AUTO_MARGIN * b["predicted"]:
+            best = name
+            why = (f"{name}'s predicted error {c['predicted']:.3g} is <= {AUTO_MARGIN} x "
+                   f"{base}'s {pred[base]['predicted']:.3g} and trusted "
+                   f"(s >= {GUARD:g}·p·d_n, d_n = {c['d_n']:.3g})")
+    return best, why
+
+
+def finalize(idx: np.ndarray, q: np.ndarray, name: str, s: float, total: float,
+             rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Thin the drawn rows to candidate ``name``'s final Poisson sample.
+
+    Parameters
+    ----------
+    idx : ndarray of shape (k,)
+        Drawn global rows (union over the candidates drawn).
+    q : ndarray of shape (4, k)
+        Their candidate values.
+    name : str
+        The candidate.
+    s : float
+        Expected sample size.
+    total : float
+        The candidate's exact total Z (summed in the pass).
+    rate : float
+        The rate it was drawn with (``s_draw / Ẑ``).
+    seed : int
+
+    Returns
+    -------
+    keep : ndarray of shape (s',) positions into idx
+    weights : ndarray of shape (s',) Horvitz–Thompson weights 1/π
+    info : dict (``expected_size``, ``capped``: rows whose final π exceeded the draw's)
+    """
+    j = CANDIDATES.index(name)
+    qj = q[j]
+    pi_final = np.minimum(1.0, s * qj / total)
+    pi_draw = np.minimum(1.0, rate * qj)
+    pi = np.minimum(pi_final, pi_draw)
+    u = hash_uniform(idx, seed + DRAW_SALT)
+    keep = np.flatnonzero(u < pi)
+    keep = keep[np.argsort(idx[keep], kind="stable")]
+    info = {"capped": int(np.sum(pi_draw[keep] < pi_final[keep])),
+            "certain": int(np.sum(pi[keep] >= 1.0))}
+    return keep, 1.0 / pi[keep], info
