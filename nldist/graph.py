@@ -49,6 +49,7 @@ from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
 from nldist.scores.reductions import Normalizer
 from nldist.scores.rows import RawRows
+from nldist.store import counting
 from nldist.store.dataset import open_dataset, verify_xy_chunk, write_xy_chunk
 from nldist.store.remote import as_path, is_remote, storage_options
 
@@ -62,10 +63,26 @@ SPLIT_EVERY = 8
 # --------------------------------------------------------------------------------------
 
 
-def open_zarr_xy(path: str | Path) -> tuple[da.Array, da.Array | None]:
-    """Lazy X (n, d) and y (n,) of a Zarr dataset group written by ``nldist ingest``."""
-    X, y = open_dataset(path)
+def open_zarr_xy(path: str | Path, count: str | None = None
+                 ) -> tuple[da.Array, da.Array | None]:
+    """Lazy X (n, d) and y (n,) of a Zarr dataset group written by ``nldist ingest``
+    (``count``: X's chunk reads counted under that token, :func:`store_reads`)."""
+    X, y = open_dataset(path, count=count)
     return da.from_zarr(X), (None if y is None else da.from_zarr(y))
+
+
+def store_reads(token: str) -> int:
+    """Chunk reads of X counted under ``token`` (:mod:`nldist.store.counting`) in this process
+    and on every worker of the current cluster (a worker that died took its count along)."""
+    pid, here = counting.process_reads(token)
+    per = {pid: here}
+    client = current_client()
+    if client is not None:
+        try:
+            per.update(dict(client.run(counting.process_reads, token).values()))
+        except Exception as exc:  # noqa: BLE001 - a cost figure never fails a run
+            log.debug("store reads: workers unreachable (%s)", exc)
+    return int(sum(per.values()))
 
 
 def as_dask_xy(
@@ -127,6 +144,20 @@ def as_dask_xy(
         if y.chunks != rows:
             y = y.rechunk(rows)
     return X, y
+
+
+def label_summary(y: da.Array, n_classes: int) -> tuple[int, float, float, np.ndarray]:
+    """Class labels of a whole dataset in one read of y: (how many are NaN, inf or not an
+    integer, the smallest, the largest, the count of each class 0..C-1 (C,)). Only these
+    small numbers reach the driver."""
+    yf = y.astype(np.float64)
+    ok = da.isfinite(yf)
+    bad = (~ok | (yf != da.round(yf))).sum()
+    safe = da.where(ok, yf, 0.0)
+    counts = da.bincount(da.clip(safe, 0, n_classes - 1).astype(np.int64).ravel(),
+                         minlength=n_classes)
+    nb, lo, hi, c = dask.compute(bad, safe.min(), safe.max(), counts)
+    return int(nb), float(lo), float(hi), np.asarray(c)
 
 
 def _delayed_xy(X: da.Array, y: da.Array | None) -> tuple[list, list]:

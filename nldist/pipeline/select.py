@@ -88,7 +88,9 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
         est, se = estimate_losses(m, np.vstack([fit.theta, theta0]), ev[1], ev[2], rate,
                                   job.loss)
     now = time.perf_counter()
-    cost = {**ctx.cost(stages.x_bytes(ctx)), "wall_s": round(now - t_ingested, 4),
+    counted = stages.store_reads(ctx)
+    cost = {**ctx.cost(stages.x_bytes(ctx)), "store_reads_counted": counted,
+            "wall_s": round(now - t_ingested, 4),
             "ingest_s": round(t_ingested - t0, 4),
             "note": "after ingest: pilot, scores, sample, train and the estimate"}
     main = {"rank": attrs.get("rank"), "s": int(idx.size), "unique_rows": int(np.unique(idx).size),

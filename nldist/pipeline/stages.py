@@ -45,7 +45,7 @@ from nldist.errors import NldistError
 from nldist.models import get_model
 from nldist.models.base import Model
 from nldist.models.glm import swish_ratio
-from nldist.models.losses import target_columns
+from nldist.models.losses import check_labels, target_columns
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import RFactor
@@ -265,10 +265,23 @@ def open_xy(ctx: RunContext) -> tuple[Any, Any]:
     """Lazy X, y of the dataset (not cached; cheap: metadata only)."""
     if in_place(ctx):
         return graph.as_dask_xy(*ingest_mod.open_table_view(table_view(ctx)))
-    X, y = graph.open_zarr_xy(dataset_path(ctx))
+    X, y = graph.open_zarr_xy(dataset_path(ctx), count=ctx.run_id)
     if y is None:
         raise NldistError(f"dataset {dataset_path(ctx)} has no y; ingest with a target")
     return graph.as_dask_xy(X, y, y_cols=None)
+
+
+def store_reads(ctx: RunContext) -> dict:
+    """Reads of X's chunks from the store by this run so far, counted where they happened
+    (:func:`nldist.graph.store_reads`), and as passes (reads / chunks of X)."""
+    X, _ = open_xy(ctx)
+    chunks = len(X.chunks[0])
+    got = graph.store_reads(ctx.run_id)
+    return {"chunk_reads": got, "x_chunks": chunks,
+            "passes": round(got / max(1, chunks), 4),
+            "note": "chunk files of X read by this run's tasks, counted by the store "
+                    "(nldist.store.counting)" if not in_place(ctx) else
+                    "Parquet source read in place: not counted by a Zarr store"}
 
 
 def xy(ctx: RunContext) -> tuple[Any, Any]:
@@ -317,8 +330,41 @@ def model(ctx: RunContext) -> Model:
             opts["accuracy"] = ctx.adjoint_accuracy  # the verb's default
         if not m.closed_form:
             m.configure(**opts)
+        check_targets(ctx, m)
         ctx.model_cache = m
     return ctx.model_cache
+
+
+def check_targets(ctx: RunContext, m: Model) -> None:
+    """The dataset's targets fit the model and the loss, before any pass computes with
+    them (one-line errors): as many target columns as the model takes (one; C for a
+    C-output model with squared loss), and for cross-entropy integer labels 0..C-1 of which
+    every class occurs (a declared C that does not match the labels is an error). The
+    labels are read once (y only), unless the dataset records its classes."""
+    job = ctx.job
+    _, y = ctx.xy_cache or open_xy(ctx)
+    cols, C = target_columns(y), m.n_outputs
+    want = C if C > 1 and job.loss == "squared" else 1
+    if cols != want:
+        raise NldistError(
+            f"y has {cols} column(s) but model {job.model!r} with loss {job.loss!r} takes "
+            + (f"{want} (one per output)" if want > 1 else "one target per row")
+            + (f"; use a {cols}-output model (softmax:{cols} or mlp:<h>:{cols} with loss: "
+               "squared) or a single target column" if cols > 1 else "")
+            + ("; for class labels use loss: cross_entropy" if want > 1 and cols == 1 else ""))
+    if job.loss != "cross_entropy":
+        return
+    classes = dataset_attrs(ctx).get("classes")
+    if classes:
+        labels = np.arange(len(classes))
+    else:
+        bad, lo, hi, counts = graph.label_summary(y, C)
+        if bad:
+            raise NldistError(f"{bad:,} class label(s) are NaN, inf or not integers; loss "
+                              f"cross_entropy needs integer labels 0..{C - 1}: ingest the "
+                              "target as classes (drop standardize_target)")
+        labels = np.concatenate([[lo, hi], np.flatnonzero(counts)])
+    check_labels(labels, C, declared=True)
 
 
 # --------------------------------------------------------------------------------------

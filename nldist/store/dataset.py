@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from nldist._budget import x_chunk_rows
 from nldist._version import __version__
 from nldist.errors import NldistError
+from nldist.store.counting import CountingStore
 from nldist.store.records import digest, read_record, tree_fingerprint, write_record
 from nldist.store.remote import as_path, is_remote, open_group, rmtree
 
@@ -28,10 +30,11 @@ from nldist.store.remote import as_path, is_remote, open_group, rmtree
 PARTIAL = "nldist_partial"
 
 
-def open_dataset(path: str | Path) -> tuple[Any, Any | None]:
+def open_dataset(path: str | Path, count: str | None = None) -> tuple[Any, Any | None]:
     """The Zarr arrays X (n, d) and y (n,) (or None) of a dataset group, with one-line
     errors for a missing path, a non-group, a partially written group and a group without
-    X."""
+    X. ``count``: X is opened through a :class:`nldist.store.counting.CountingStore` that
+    counts its chunk reads under that token."""
     path = as_path(path)
     if not path.exists():
         raise NldistError(f"dataset {str(path)!r} does not exist; run `nldist ingest` first")
@@ -47,7 +50,16 @@ def open_dataset(path: str | Path) -> tuple[Any, Any | None]:
                           "`nldist ingest` again with --overwrite")
     if "X" not in group:
         raise NldistError(f"Zarr group {str(path)!r} has no array 'X'; re-run `nldist ingest`")
-    return group["X"], (group["y"] if "y" in group else None)
+    X = group["X"]
+    if count:
+        X = zarr.open_array(CountingStore(group.store, count), path=_child(group, "X"),
+                            mode="r")
+    return X, (group["y"] if "y" in group else None)
+
+
+def _child(group: Any, name: str) -> str:
+    """The store path of a group's child array."""
+    return f"{group.path}/{name}" if group.path else name
 
 
 def fingerprint(path: str | Path) -> str:
@@ -94,7 +106,23 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise NldistError(f"{out} is a file, not a Zarr dataset; --overwrite replaces only a "
                           "dataset directory: remove the file or choose another path")
+    if out.exists() and not is_nldist_store(out) and any(out.iterdir()):
+        raise NldistError(f"{out} is not a dataset nldist wrote (no Zarr group with nldist's "
+                          "attributes); --overwrite replaces only those: move its files away "
+                          "or choose another path")
     return out
+
+
+def is_nldist_store(path: str | Path) -> bool:
+    """Whether ``path`` is a Zarr group nldist wrote (its attributes name the nldist version
+    or mark a partial write): what ``--overwrite`` may replace."""
+    if not is_dataset(path):
+        return False
+    try:
+        attrs = read_attrs(path)
+    except Exception:  # noqa: BLE001 - unreadable: not ours to replace
+        return False
+    return bool(attrs.get("nldist_version") or attrs.get(PARTIAL) or attrs.get("ingest_resume"))
 
 
 def is_partial(path: str | Path) -> bool:
