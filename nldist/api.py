@@ -3,6 +3,7 @@ and the sample handed over to the user's own training (load_sample, to_torch).""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from nldist.options import (
     make,
     params_model,
 )
-from nldist.scores import block, sampling
+from nldist.scores import block, oneread, sampling
 from nldist.scores import sketch as sketch_mod
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import get_kind
@@ -259,6 +260,10 @@ def scores(
                           "(drop sketch.rows or use a leverage kind)")
     if k.ridge and (ridge <= 0 or not np.isfinite(ridge)):
         raise NldistError(f"kind {kind!r} needs ridge > 0, got {ridge!r}")
+    if k.response_aware:
+        if y is None:
+            raise NldistError(f"kind {kind!r} weighs rows by their residual and needs y")
+        oneread.mix_columns(np.ones((1, 2)), k.name)  # auto: the one-line error
     if not (isinstance(X, str) or _is_dask(X) or _is_dask(y)):
         Xa = np.asarray(X)
         if Xa.ndim != 2:
@@ -277,6 +282,13 @@ def scores(
             raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
         spec = make_spec(k, model, theta, Xa.shape[1], ya is not None, linear_augment_y,
                          loss=loss, sketch=sk, device=device, seed=random_state, y_cols=y_cols)
+        if k.response_aware:
+            lev = replace(spec, kind=get_kind("nonlinear-leverage"))
+            norm = block.finalize_pass1(lev, block.pass1_block(Xa, ya, lev, 0, None, 0),
+                                        rtol=rtol)
+            fac = oneread.factor_from_r(norm.factor.R, Xa.shape[0])
+            return oneread.mix_columns(oneread.row_scores(
+                Xa, ya, rows=spec.rows, theta=spec.rows.theta, fac=fac), k.name)
         if sk is not None and sk.rows:
             PiA = sketch_mod.rowsketch_block(Xa, ya, spec.rows, sk, 0)
             M, _ = sketch_mod.jl_factor(block_r(PiA), sk.jl, sk.seed)
@@ -294,6 +306,12 @@ def scores(
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
                      loss=loss, sketch=sk, device=device, seed=random_state,
                      y_cols=target_columns(dy))
+    if k.response_aware:
+        lev = replace(spec, kind=get_kind("nonlinear-leverage"))
+        norm = graph.pass1(dX, dy, lev, rtol=rtol, split_every=split_every)
+        fac = oneread.factor_from_r(norm.factor.R, int(dX.shape[0]))
+        return oneread.mix_columns(graph.row_scores(dX, dy, rows=spec.rows,
+                                                    theta=spec.rows.theta, fac=fac), k.name)
     if sk is not None and sk.rows:
         return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     store = temporary(persist) if persist != "never" and spec.persistable else None

@@ -222,16 +222,44 @@ def _print_select(m: dict) -> None:
     table.add_row("wall time (after ingest)", f"{c['wall_s']:.1f} s",
                   f"{meas['seconds']:.1f} s (measured)" if meas else
                   (f"≈ {est['seconds']:.1f} s (estimated)" if est else "–"))
-    table.add_row("passes over X", f"{c['passes_over_x']:.2f} ({c['store_reads']:.2f} from the "
-                  "store)", f"{meas['passes_over_x']:.0f}" if meas else
+    counted = c.get("store_reads_counted") or {}
+    reads = (f"{counted['passes']:.2f} ({counted['chunk_reads']} chunk reads of "
+             f"{counted['x_chunks']} chunks, counted by the store)"
+             if counted.get("chunk_reads") is not None and "Parquet" not in counted["note"]
+             else f"{c['passes_over_x']:.2f} (planned; Parquet read in place)")
+    table.add_row("reads of X", reads, f"{meas['passes_over_x']:.0f}" if meas else
                   (f"≈ {est['passes_over_x']}" if est else "–"))
     table.add_row("bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of {c['x_bytes'] / 2**20:,.1f}"
                   " MiB", "–")
     con = Console()
     con.print(table)
+    smp = m.get("sampling")
+    if smp:
+        _print_sampling(con, smp)
     if not meas and est:
         con.print(f"full-data fit estimated: {full['note']}")
     con.print("passes: " + ", ".join(f"{k} {v:g}" for k, v in c["by"].items()))
+
+
+def _print_sampling(con: Any, smp: dict) -> None:
+    """The one-read sample: the distribution used (and why), each candidate's predicted
+    relative error at the sample size, and the size actually drawn."""
+    from rich.table import Table
+
+    t = Table(title=f"sample: {smp['kind']} ({smp['why']}), {smp['size']:,} rows drawn in "
+              f"one read (expected {smp['expected_size']:,.0f})"
+              + (f", target_error {smp['target_error']:g}" if smp.get("target_error") else ""))
+    t.add_column("distribution", overflow="fold")
+    t.add_column("predicted rel. error", justify="right")
+    t.add_column("d_n (heavy weights)", justify="right")
+    t.add_column("trusted", justify="center")
+    for name, v in smp["predicted"].items():
+        mark = " ◀" if name == smp["kind"] else ""
+        t.add_row(name + mark, _num(v["predicted"], ".3g"), _num(v["d_n"], ".3g"),
+                  "yes" if v["trusted"] else "no")
+    con.print(t)
+    if smp.get("short"):
+        con.print(f"note: {smp['short']}")
 
 
 @app.command()

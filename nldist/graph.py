@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 from dask.base import get_scheduler
 from dask.callbacks import Callback
 
-from nldist import train
+from nldist import precond, train
 from nldist._budget import DUAL_BLOCK_BYTES
 from nldist._checks import as_rng
 from nldist._runtime import chunk_listener
@@ -521,6 +522,33 @@ def losses_pass(
     return np.asarray(out, dtype=np.float64)
 
 
+def grad_pass(
+    X: da.Array, y: da.Array, model: Model, theta: np.ndarray, split_every: int = SPLIT_EVERY,
+    loss: str = "squared",
+) -> dict:
+    """One distributed pass: full-data loss and gradient (p,) — n p work per row, no p x p
+    matrix per chunk (:func:`nldist.precond.grad_block`; the preconditioned fit's pass)."""
+    parts = [
+        dask.delayed(precond.grad_block, pure=True)(model, theta, xb, yb, off, loss)
+        for xb, yb, off in _blocks(X, y)
+    ]
+    parts = _persist_blocks(parts, part_bytes=8 * model.n_params)
+    (out,) = dask.compute(tree_reduce(parts, train.combine_sum, split_every))
+    return out
+
+
+def parallelism() -> int:
+    """Chunk tasks that run at once: the threads of the client's workers, else the local
+    scheduler's (1 when synchronous)."""
+    c = current_client()
+    if c is not None:
+        workers = c.scheduler_info().get("workers", {}).values()
+        return max(1, sum(int(w.get("nthreads") or 1) for w in workers))
+    if get_scheduler() is dask.local.get_sync:
+        return 1
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
 # --------------------------------------------------------------------------------------
 # Sampling from a distributed probability vector, and gathering rows
 # --------------------------------------------------------------------------------------
@@ -778,6 +806,24 @@ def one_read_pass(
         "eval": (np.concatenate([g["eval_idx"] for g in got]), cat("eval_X", (-1, d)),
                  None if y is None else cat("eval_y", (-1, *ytail))),
     }
+
+
+def _row_scores_task(xs: list, offs: np.ndarray, y: Any, **kw: Any) -> np.ndarray:
+    x = xs[0] if len(xs) == 1 else np.hstack(xs)
+    return oneread.row_scores(x, _joined(y), offset=_first(offs), **kw)
+
+
+def row_scores(X: da.Array, y: da.Array, *, rows: Any, theta: np.ndarray, fac: Any
+               ) -> da.Array:
+    """Lazy (n, 2) leverage and influence values of every row against ``fac``
+    (:func:`nldist.scores.oneread.row_scores`), chunked like X's rows."""
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(np.int64)
+    offs = da.from_array(starts, chunks=1)
+    yidx = "i" if y.ndim == 1 else "ik"
+    return da.blockwise(_row_scores_task, "iv", X, "ij", offs, "i", y, yidx,
+                        new_axes={"v": 2}, meta=np.empty((0, 2)), concatenate=False,
+                        align_arrays=False, adjust_chunks={"i": X.chunks[0]},
+                        rows=rows, theta=theta, fac=fac)
 
 
 def _bernoulli_block(X: np.ndarray, y: np.ndarray | None, *, rate: float, seed: int,

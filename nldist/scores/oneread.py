@@ -440,3 +440,44 @@ def finalize(idx: np.ndarray, q: np.ndarray, name: str, s: float, total: float,
     info = {"capped": int(np.sum(pi_draw[keep] < pi_final[keep])),
             "certain": int(np.sum(pi[keep] >= 1.0))}
     return keep, 1.0 / pi[keep], info
+
+
+def row_scores(X: np.ndarray, y: np.ndarray | None, *, rows: Any, theta: np.ndarray,
+               fac: RowFactor, offset: int = 0) -> np.ndarray:
+    """Unnormalised ``nonlinear-leverage`` and ``influence`` values of a row block against
+    ``fac`` (the exact scores of the API when ``fac`` is :func:`factor_from_r`'s).
+
+    Returns
+    -------
+    ndarray of shape (n_b, 2): column 0 the leverage of the augmented rows, column 1 the
+    influence ``|r_i|·√τ_i``.
+    """
+    X = np.asarray(X)
+    theta = np.asarray(theta, dtype=np.float64)
+    g = int(getattr(rows, "group", 1))
+    out = np.empty((X.shape[0], 2))
+    step = max(1, DUAL_BLOCK_BYTES // (8 * (theta.size + 1) * g))
+    for sl in row_slices(int(X.shape[0]), step):
+        if sl.stop <= sl.start:
+            continue
+        D = np.ascontiguousarray(rows.matrix(X[sl], None if y is None else np.asarray(y)[sl],
+                                             offset + sl.start), dtype=np.float64)
+        _check_finite(D, f"the dual rows of rows {offset + sl.start}..{offset + sl.stop - 1}")
+        v = _row_values(D, theta, fac, g)
+        out[sl, 0], out[sl, 1] = v.lev, v.infl
+    return out
+
+
+def mix_columns(vals: Any, name: str) -> Any:
+    """The exact probabilities of ``name`` from :func:`row_scores`' columns (NumPy or dask):
+    each column normalised by its sum; ``influence-mix`` their half-half mixture."""
+    lev, infl = vals[:, 0], vals[:, 1]
+    if name == "nonlinear-leverage":
+        return lev / lev.sum()
+    if name == "influence":
+        return infl / infl.sum()
+    if name == "influence-mix":
+        return 0.5 * infl / infl.sum() + 0.5 * lev / lev.sum()
+    raise NldistError(f"kind {name!r} picks a distribution for a sample size; sample with "
+                      "`nldist select` (kind: auto) or ask nldist.scores for influence or "
+                      "influence-mix")
