@@ -318,6 +318,11 @@ def _client_at(address: str, cfg: Any) -> Any:
     except (OSError, TimeoutError) as exc:
         raise NldistError(f"cannot reach the Dask scheduler at {address} ({exc}); start it "
                           "or fix cluster.address") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a non-scheduler's bytes decode into
+        msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise NldistError(f"{address} is not a Dask scheduler (its answer could not be read: "
+                          f"{type(exc).__name__}{': ' + msg if msg else ''}); give the "
+                          "scheduler's address, e.g. tcp://HOST:8786") from None
 
 
 def _wait_for_workers(client: Any, address: str, timeout: float) -> None:

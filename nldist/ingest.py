@@ -8,6 +8,7 @@ describes the layout and writes atomically.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nldist import datasets, graph
@@ -115,15 +117,44 @@ def source_fingerprint(source: str | Path) -> dict:
     if not path.exists() and src in datasets.DATASETS:
         return {"dataset": src, "source": datasets.DATASETS[src].source}
     if "://" in src or any(ch in src for ch in "*?["):
-        return {"files": remote_fingerprint(src)}
+        return {"files": remote_fingerprint(src), "footers": parquet_footers(src)}
     if not path.exists():
         raise NldistError(
             f"source {src!r} not found; give an existing .csv/.parquet/.npz/.npy file or one of "
             f"the packaged datasets: {', '.join(sorted(datasets.DATASETS))}"
         )
     if path.is_dir():
-        return {"directory": str(path.resolve()), "files": tree_fingerprint(path)}
+        return {"directory": str(path.resolve()), "files": tree_fingerprint(path),
+                "footers": parquet_footers(src)}
     return {"file": str(path.resolve()), **file_fingerprint(path)}
+
+
+def parquet_footers(source: str) -> str | None:
+    """SHA-256 of the footer (schema, row groups, their sizes and column statistics) of every
+    Parquet file a directory, glob or URL names (the files nldist reads): a rewrite of the
+    same size and mtime changes it. One small read per file; None when there are none."""
+    fs, files = _source_files(source)
+    files = [f for f in files if f.lower().endswith((".parquet", ".pq"))]
+    if not files:
+        return None
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            size = int(fs.size(f) or 0)
+            h.update(f"{f}\0{size}\0".encode())
+            if size < 12:
+                continue
+            with fs.open(f, "rb") as fh:
+                fh.seek(size - 8)
+                tail = fh.read(8)
+                n = min(int.from_bytes(tail[:4], "little"), size - 8)
+                fh.seek(size - 8 - n)
+                h.update(fh.read(n))
+    except (OSError, ValueError) as exc:
+        raise NldistError(f"cannot read the Parquet footers of {source!r}: "
+                          f"{type(exc).__name__}: {exc}; check the path, bucket and "
+                          "credentials (AWS_* variables, fsspec config)") from None
+    return h.hexdigest()
 
 
 def remote_fingerprint(source: str) -> list:
@@ -241,7 +272,14 @@ def prepare(
         attrs["standardize_target"] = {"mean": ym, "scale": ys}
     if dtype not in ("float32", "float64"):
         raise NldistError(f"dtype must be float32 or float64, got {dtype!r}")
-    return X.astype(dtype), y.astype(dtype), attrs
+    with np.errstate(over="ignore", invalid="ignore"):
+        X, y = X.astype(dtype), y.astype(dtype)
+    finite = np.isfinite(X).all(axis=0)
+    if not finite.all() or not np.isfinite(y).all():
+        names = [attrs["features"][j] for j in np.flatnonzero(~finite)] or [str(target)]
+        raise NldistError(f"column(s) {', '.join(names[:5])} are not finite in {dtype} (values "
+                          f"near the {dtype} limit); rescale or drop them before ingest")
+    return X, y, attrs
 
 
 def ingest(
@@ -339,13 +377,38 @@ def _source_files(pattern: str) -> tuple[Any, list[str]]:
         raise NldistError(f"cannot list {pattern!r}: {type(exc).__name__}: {exc}; check the "
                           "path, bucket and credentials (AWS_* variables, fsspec config)"
                           ) from None
-    return fs, [f for f in files if not Path(f).name.startswith(("_", "."))]
+    base = root.rstrip("/") + "/"
+
+    def hidden(f: str) -> bool:  # any part below the root: _backup/x.parquet, .x.parquet
+        rel = f[len(base):] if f.startswith(base) else Path(f).name
+        return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+    return fs, [f for f in files if not hidden(f)]
+
+
+def _partitions(pattern: str, fmt: str, listed: tuple[Any, list[str]] | None = None) -> list:
+    """Delayed partitions of exactly the files :func:`_source_files` lists (hidden and
+    _-files, at any depth, are never read)."""
+    fs, files = listed or _source_files(pattern)
+    if not files:
+        raise NldistError(f"source {pattern!r} matches no files; check the path or glob")
+    return graph.table_partitions([_shown(fs, f) for f in files], fmt)
 
 
 def _shown(fs: Any, f: str) -> str:
     """A listed file as the user would write it: a plain local path, else its URL."""
     url = fs.unstrip_protocol(f)
     return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _arrow_kind(t: Any) -> str | None:
+    """``"text"`` or ``"numeric"`` for a Parquet column's Arrow type (None: no values to
+    tell, e.g. the null type of an empty column)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_null(t):
+        return None
+    return "numeric" if pa.types.is_integer(t) or pa.types.is_floating(t) else "text"
 
 
 def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
@@ -357,7 +420,10 @@ def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
         try:
             with fs.open(f, "rb") as fh:
                 if fmt == "parquet":
-                    return list(pq.read_schema(fh).names)
+                    schema = pq.read_schema(fh)
+                    kinds[f] = {name: _arrow_kind(schema.field(name).type)
+                                for name in schema.names}
+                    return list(schema.names)
                 return pd.read_csv(fh, sep="\t" if fmt == "tsv" else ",", nrows=0).columns.tolist()
         except (OSError, NldistError):
             raise
@@ -368,10 +434,21 @@ def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
             raise NldistError(f"file {_shown(fs, f)} is {what}; upload it again whole or "
                               "remove it from the source") from None
 
+    kinds: dict[str, dict[str, str | None]] = {}
     first = columns(files[0])
     want = set(features or [c for c in first if c != target]) | {target}
+    seen: dict[str, tuple[str, str]] = {}  # column -> (text | numeric, the file that said so)
     for f in files:
         have = set(columns(f))
+        for c, kind in kinds.get(f, {}).items():  # declared types: empty files count too
+            if kind is None or c not in want:
+                continue
+            if c in seen and seen[c][0] != kind:
+                raise NldistError(f"column {c!r} is {kind} in file {_shown(fs, f)} but "
+                                  f"{seen[c][0]} in file {_shown(fs, seen[c][1])} (its declared "
+                                  "type, empty files included); fix its values (a stray "
+                                  "string?) or leave it out with features: [...]")
+            seen.setdefault(c, (kind, f))
         missing = sorted(want - have)
         extra = sorted(have - set(first)) if features is None else []
         if extra:
@@ -397,7 +474,7 @@ def _table_statistics(source: str, target: str | None, features: list[str] | Non
     if not files:
         raise NldistError(f"source {source!r} matches no files; check the path or glob")
     _check_schemas(fs, files, fmt, target, features)
-    parts = graph.table_partitions(pattern, fmt)
+    parts = _partitions(pattern, fmt, (fs, files))
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
     names = ([f"file {_shown(fs, f)}" for f in files] if len(files) == len(parts)
              else [f"partition {i} of {pattern}" for i in range(len(parts))])
@@ -443,7 +520,7 @@ def table_view(source: str, *, target: str | None, features: list[str] | None = 
 def open_table_view(view: dict) -> tuple[Any, Any]:
     """Lazy X (n, d), y (n,) of a :func:`table_view`: row groups read and encoded by the
     workers in every pass, in a grid of ``chunk_rows`` rows."""
-    parts = graph.table_partitions(view["pattern"], "parquet")
+    parts = _partitions(view["pattern"], "parquet")
     if len(parts) != len(view["sizes"]):
         raise NldistError(f"the Parquet source {view['source']!r} has {len(parts)} row groups "
                           f"now, {len(view['sizes'])} when its statistics were taken; it "
@@ -504,7 +581,7 @@ def _ingest_table(
         state = old["ingest_state"]
         plan, sizes = state["plan"], np.asarray(state["sizes"], dtype=np.int64)
         fmt = state["format"]
-        parts = graph.table_partitions(_pattern(str(source), fmt), fmt)
+        parts = _partitions(_pattern(str(source), fmt), fmt)
         if len(parts) != len(sizes):
             old = None
         else:

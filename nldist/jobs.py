@@ -402,7 +402,14 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise NldistError(f"override {item!r} must look like field.path=value, e.g. s=500")
-        out.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise NldistError(f"override {item!r}: {problem}; give a plain value (a number, a "
+                              "word or a [list]; YAML tags such as !!python/... are refused)"
+                              ) from None
+        out.append((key.strip(), value))
     return out
 
 

@@ -136,7 +136,10 @@ def merge_stats(parts: list[dict]) -> dict:
     out: dict[str, Any] = {"rows_in": 0, "rows": 0, "nan": {}, "inf": {}, "text": {},
                            "moments": {}, "sizes": [], "columns": parts[0]["columns"]}
     first = parts[0]
-    kinds0 = {c: c in first["text"] for c in first["columns"]}
+    # text or numeric: as the first partition with rows says (an empty one has no values to
+    # tell, and its file's declared type is checked against the others' by the ingest)
+    ref = next((p for p in parts if p["rows"]), first)
+    kinds0 = {c: c in ref["text"] for c in ref["columns"]}
     for p in parts:
         if p["columns"] != first["columns"]:
             extra = sorted(set(p["columns"]) ^ set(first["columns"]))
@@ -144,12 +147,16 @@ def merge_stats(parts: list[dict]) -> dict:
                               f"({', '.join(extra) or 'in another order'}); give files of one "
                               "schema, or choose the columns with features: [...]")
         kinds = {c: c in p["text"] for c in p["columns"]}
-        if p["rows"] and first["rows"] and kinds != kinds0:
+        if p["rows"] and kinds != kinds0:
             bad = [c for c in kinds if kinds[c] != kinds0[c]]
             raise NldistError(f"column {bad[0]!r} is text in "
-                              f"{p['where'] if kinds[bad[0]] else first['where']} but numeric "
-                              f"in {first['where'] if kinds[bad[0]] else p['where']}; fix its "
+                              f"{p['where'] if kinds[bad[0]] else ref['where']} but numeric "
+                              f"in {ref['where'] if kinds[bad[0]] else p['where']}; fix its "
                               "values (a stray string?) or leave it out with features: [...]")
+        if not p["rows"]:
+            out["sizes"].append(0)
+            out["rows_in"] += p["rows_in"]
+            continue
         out["rows_in"] += p["rows_in"]
         out["rows"] += p["rows"]
         out["sizes"].append(p["rows"])
@@ -198,6 +205,7 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
     columns = [c for c in columns if c not in stats["text"]] + \
         [c for c in columns if c in stats["text"]]
     feats, means, scales, cats = [], [], [], {}
+    overflow: list[str] = []
     for c in columns:
         if c in stats["text"]:
             counts = stats["text"][c]
@@ -214,6 +222,12 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
             feats.append(c)
             means.append(mu)
             scales.append(float(np.sqrt(m2 / cnt)) if cnt and m2 > 0 else 1.0)
+            if standardize and not (np.isfinite(mu) and np.isfinite(scales[-1])):
+                overflow.append(c)
+    if overflow:
+        raise NldistError(f"standardizing column(s) {', '.join(overflow[:5])} overflows "
+                          "(values near the float64 limit); rescale or drop them before "
+                          "ingest")
     if not feats:
         raise NldistError("no feature columns left; the table needs at least one besides target")
     plan: dict[str, Any] = {"columns": columns, "categories": cats, "features": feats,
@@ -250,6 +264,9 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
         else:
             cnt, ym, m2 = stats["moments"][target]
             ys = float(np.sqrt(m2 / cnt)) or 1.0
+            if not (np.isfinite(ym) and np.isfinite(ys)):
+                raise NldistError(f"standardizing the target {target!r} overflows (values near "
+                                  "the float64 limit); rescale it before ingest")
         plan["standardize_target"] = (ym, ys)
         attrs["standardize_target"] = {"mean": float(ym), "scale": float(ys)}
     if stats["rows_in"] != n:
@@ -289,4 +306,12 @@ def encode_partition(df: pd.DataFrame, plan: dict, features: list[str] | None,
     if "standardize_target" in plan:
         ym, ys = plan["standardize_target"]
         y = (y - ym) / ys
-    return X.astype(plan["dtype"]), y.astype(plan["dtype"])
+    with np.errstate(over="ignore", invalid="ignore"):
+        X, y = X.astype(plan["dtype"]), y.astype(plan["dtype"])
+    finite = np.isfinite(X).all(axis=0)
+    if not finite.all() or not np.isfinite(y).all():
+        names = [plan["features"][j] for j in np.flatnonzero(~finite)] or [target]
+        raise NldistError(f"column(s) {', '.join(names[:5])} are not finite after encoding "
+                          f"(standardized or cast to {plan['dtype']}: values near the "
+                          f"{plan['dtype']} limit); rescale or drop them before ingest")
+    return X, y

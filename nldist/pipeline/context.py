@@ -37,6 +37,8 @@ LABELS = {
     "experiment": "experiment",
     "flip": "flip labels",
     "rank": "rank rows",
+    "choose": "choose the full-data method (one chunk timed, both run on the sample)",
+    "fit": "full-data fit",
 }
 
 
@@ -84,6 +86,21 @@ def safe_out_dir(out: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise NldistError(f"output path {out} is a file; choose a directory with --out")
     return out
+
+
+def confined(out: Path, path: Path) -> Path:
+    """``path`` (inside ``out``) after checking that it resolves inside ``out``."""
+    if is_remote(out) or is_remote(path):
+        return path
+    root = out.resolve()
+    at = path.parent.resolve() / path.name
+    if at.is_symlink():
+        at = at.resolve()
+    if not at.is_relative_to(root):
+        raise NldistError(f"{path} resolves to {at}, outside the output directory {root}; "
+                          "nldist writes only inside --out: remove the link or choose another "
+                          "--out")
+    return path
 
 
 def log_line(path: str | Path, line: str) -> bool:
@@ -198,9 +215,11 @@ class RunContext:
 
     # -- paths -------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
-        """A path inside the output directory (its parent created)."""
+        """A path inside the output directory (its parent created), checked to resolve
+        inside it (:func:`confined`: a symbolic link never leads a write out of it)."""
         p = self.out.joinpath(*parts)
         if not is_remote(p):
+            confined(self.out, p)
             p.parent.mkdir(parents=True, exist_ok=True)
         return p
 

@@ -852,6 +852,7 @@ VERB_OUTPUTS = {
     "experiment": ("experiment.json", "report.html", "report.md"),
     "diagnose": ("diagnostics.json", "report.html", "report.md"),
     "select": ("metrics.json", "report.html", "report.md"),
+    "fit": ("metrics.json", "report.html", "report.md", "theta_fit.npy"),
 }
 #: outputs of any earlier settings of the job: removed when the job's settings change
 SETTINGS_OUTPUTS = ("metrics.json", "experiment.json", "diagnostics.json", "report.html",

@@ -34,7 +34,10 @@ import fsspec
 import zarr
 from upath import UPath
 
-__all__ = ["ATTEMPTS", "CONNECT_TIMEOUT", "READ_TIMEOUT", "as_path", "filesystem", "is_remote",
+from nldist.errors import NldistError
+
+__all__ = ["ATTEMPTS", "CONNECT_TIMEOUT", "READ_TIMEOUT", "as_path", "check_bucket", "filesystem",
+           "is_remote",
            "open_array", "open_group", "rmtree", "storage_options", "write_bytes_atomic"]
 
 CONNECT_TIMEOUT = 5.0
@@ -86,6 +89,29 @@ def as_path(path: Any) -> Path:
             p.fs.retries = ATTEMPTS
         return p
     return Path(text)
+
+
+#: fsspec protocols whose first path component is a bucket (or container)
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2")
+
+
+def check_bucket(path: Any) -> None:
+    """Refuse (one line) an output URL whose bucket does not exist: nldist never creates a
+    bucket (a typo in ``--out s3://bucket/...`` would otherwise make one). Local paths and
+    protocols without buckets pass."""
+    p = as_path(path)
+    if not is_remote(p) or p.protocol not in BUCKET_PROTOCOLS:
+        return
+    bucket = p.path.strip("/").split("/", 1)[0]
+    url = f"{p.protocol}://{p.path.strip('/')}"
+    try:
+        p.fs.invalidate_cache(bucket)
+        found = p.fs.exists(bucket)
+    except PermissionError:
+        found = True  # listing refused but the bucket is there; writes say more
+    if not found:
+        raise NldistError(f"bucket {bucket!r} of {url} does not exist; nldist never creates a "
+                          "bucket: create it first, or fix the URL")
 
 
 def rmtree(path: Any) -> None:
