@@ -1,0 +1,74 @@
+"""Start-up (issue 28, item 4): ``import nldist`` and ``nldist --version`` import no Dask,
+pandas, zarr, torch or matplotlib; the public names load on first use and are the API's own
+objects. Timings: bench/bench_startup.py (bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("dask", "distributed", "pandas", "zarr", "torch", "matplotlib", "pyarrow", "typer")
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = (f"import sys\n{code}\n"
+             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120, check=True)
+    return r.stdout.splitlines()[-1].split() if r.stdout.strip() else []
+
+
+def test_import_nldist_loads_no_heavy_package():
+    assert _loaded_after("import nldist; nldist.__version__; nldist.NldistError") == []
+
+
+def test_version_loads_no_heavy_package():
+    code = ("sys.argv = ['nldist', '--version']\nfrom nldist.__main__ import main\nmain()")
+    assert _loaded_after(code) == []
+    r = subprocess.run([sys.executable, "-m", "nldist", "--version"], capture_output=True,
+                       text=True, timeout=120)
+    import nldist
+
+    assert r.returncode == 0 and r.stdout.strip() == f"nldist {nldist.__version__}"
+
+
+def test_console_script_entry_is_the_light_main():
+    """pyproject's ``nldist`` script is ``nldist.__main__:main`` (not the Typer app, whose
+    module imports Dask)."""
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^nldist = "nldist.__main__:main"$', text, re.M)
+
+
+@pytest.mark.parametrize("name", ["get_model", "Model", "scores", "sample", "leverage",
+                                  "adjoint", "dual_matrix", "Sample", "load_sample",
+                                  "to_torch"])
+def test_lazy_names_are_the_api_objects(name):
+    import nldist
+
+    value = getattr(nldist, name)
+    assert value is getattr(importlib.import_module(nldist._LAZY[name]), name)
+    assert name in dir(nldist) and name in nldist.__all__
+
+
+def test_scores_stays_the_function_after_the_subpackage_loads():
+    """``nldist.scores`` is the public function even when the subpackage ``nldist.scores``
+    is imported first (the import system binds a submodule on its parent)."""
+    code = ("import nldist.scores.kinds, nldist\n"
+            "assert callable(nldist.scores) and nldist.scores.__module__ == 'nldist.api'\n"
+            "from nldist import scores\nassert callable(scores)\n"
+            "from nldist.scores import kinds\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import nldist
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nldist.nope  # noqa: B018
