@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -20,10 +21,17 @@ import typer
 
 from nldist import __version__, datasets, pipeline
 from nldist.cluster import INTERRUPT_REPORTED, INTERRUPTED, connect
-from nldist.errors import NldistError
+from nldist.errors import NldistError, numeric_breakdown, storage_problem
 from nldist.ingest import RESERVOIR_ROWS, dataset_attrs, ingest_table, table_format
 from nldist.ingest import ingest as ingest_source
-from nldist.jobs import ClusterConfig, load_job
+from nldist.jobs import (
+    ClusterConfig,
+    check_source,
+    example_names,
+    example_summary,
+    example_text,
+    load_job,
+)
 from nldist.report import experiment_table, write_report
 
 app = typer.Typer(
@@ -72,26 +80,69 @@ def _logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
 
 
+#: the object-storage URLs the current command reads or writes (named by a storage error)
+_URLS: list[str] = []
+
+
+def _uses(*paths: Any) -> None:
+    """Remember the URLs among ``paths`` for the one line of a storage error."""
+    _URLS.extend(str(p) for p in paths if p is not None and "://" in str(p)
+                 and not str(p).startswith(("file://", "tcp://", "tls://")))
+
+
 def _one_line_errors(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except NldistError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except FileNotFoundError as exc:
-            typer.echo(f"error: file not found: {exc.filename or exc}; check the path", err=True)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            typer.echo(f"error: {_os_error(exc)}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            if not INTERRUPT_REPORTED.is_set():  # else printed already
-                typer.echo(INTERRUPTED, err=True)
-            raise typer.Exit(130) from None
+        _URLS.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = fn(*args, **kwargs)
+            except NldistError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                if not INTERRUPT_REPORTED.is_set():  # else printed already
+                    typer.echo(INTERRUPTED, err=True)
+                raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as exc:
+                line = _error_line(exc)
+                if line is None:
+                    raise
+                # the warnings that led here (overflow in matmul, ...) are said by the line
+                typer.echo(f"error: {line}", err=True)
+                raise typer.Exit(2) from None
+        for w in caught:  # a run that worked: its warnings, as Python would have shown them
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return result
 
     return wrapper
+
+
+def _error_line(exc: Exception) -> str | None:
+    """One line for an OS, object-storage or numeric failure (None: not one of those)."""
+    problem = storage_problem(exc)
+    where = ", ".join(dict.fromkeys(_URLS)) or "the object store"
+    detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    if problem == "endpoint":
+        return (f"cannot reach the object store for {where} ({type(exc).__name__}: {detail}); "
+                "check the endpoint setting (AWS_ENDPOINT_URL, or endpoint_url in the fsspec "
+                "config) and that the server is up")
+    if problem == "credentials":
+        return (f"no valid credentials for {where} ({type(exc).__name__}); set the "
+                "credentials setting (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "or key/secret in the fsspec config)")
+    if numeric_breakdown(exc):
+        return (f"numeric breakdown ({type(exc).__name__}: {detail or 'no detail'}): the "
+                "features or the target likely hold unstandardized or huge values; standardize "
+                "them (dataset.standardize: true and standardize_target: true, or `nldist "
+                "ingest --standardize --standardize-target`) or rescale the columns")
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc.filename or exc}; check the path"
+    if isinstance(exc, OSError):
+        return _os_error(exc)
+    return None
 
 
 #: what to do about an OS error, by errno name
@@ -121,12 +172,22 @@ def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
     items = list(overrides or [])
     if cluster:
         items.append(f"cluster.address={cluster}")
-    return load_job(job_file, items)
+    job = load_job(job_file, items)
+    _uses(job.dataset.source)
+    return job
 
 
 def _out(job: Any, out: str | None) -> str:
     """The output directory or URL (a str: ``Path`` would fold ``s3://`` into ``s3:/``)."""
-    return str(out or job.out or Path("runs") / job.name)
+    dest = str(out or job.out or Path("runs") / job.name)
+    _uses(dest)
+    return dest
+
+
+def _log_file(out: Any) -> str | None:
+    """The run.log the local workers write failed tasks' errors to (None on object
+    storage)."""
+    return None if "://" in str(out) else str(Path(out) / "run.log")
 
 
 def _print_summary(metrics: dict) -> None:
@@ -247,7 +308,7 @@ def _print_sampling(con: Any, smp: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"sample: {smp['kind']} ({smp['why']}), {smp['size']:,} rows drawn in "
-              f"one read (expected {smp['expected_size']:,.0f})"
+              f"one read ({smp['method']})"
               + (f", target_error {smp['target_error']:g}" if smp.get("target_error") else ""))
     t.add_column("distribution", overflow="fold")
     t.add_column("predicted rel. error", justify="right")
@@ -300,6 +361,7 @@ def ingest(
             "chunk_rows": chunk_rows, "classes": cls, "dtype": dtype, "overwrite": overwrite,
             "reservoir": reservoir, "seed": seed,
             "features": [f.strip() for f in features.split(",")] if features else None}
+    _uses(source, out)
     if table_format(source) is not None:
         with connect(ClusterConfig(address=cluster or "local"), name="ingest"), \
                 _bar("ingest (tasks of each pass)", quiet) as bar:
@@ -336,9 +398,39 @@ def validate(
     job_file: Annotated[Path, typer.Argument(help="job YAML")],
     overrides: Overrides = None,
 ) -> None:
-    """Check a job file against the schema (nothing runs)."""
+    """Check a job file against the schema, and that its dataset source exists (a local
+    path; a URL's syntax only). Nothing runs."""
     job = _load(job_file, overrides, None)
-    typer.echo(f"{job_file}: ok ({job.name}: {job.model}, kind {job.kind}, s={job.s})")
+    where = check_source(job.dataset.source)
+    typer.echo(f"{job_file}: ok ({job.name}: {job.model}, kind {job.kind}, s={job.s}; "
+               f"source: {where})")
+
+
+@app.command()
+@_one_line_errors
+def example(
+    name: Annotated[str | None, typer.Argument(help="example job name (see --list)")] = None,
+    dest: Annotated[Path | None, typer.Argument(
+        help="write the job file here (default: standard output)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the example jobs")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing DEST")] = False,
+) -> None:
+    """Write an example job file shipped with nldist; it runs as is, e.g.
+    `nldist example california job.yaml && nldist select job.yaml`."""
+    if list_ or name is None:
+        names = example_names()
+        width = max(map(len, names))
+        for n in names:
+            typer.echo(f"{n:<{width}}  {example_summary(n)}")
+        return
+    text = example_text(name)
+    if dest is None:
+        typer.echo(text, nl=False)
+        return
+    if dest.exists() and not force:
+        raise NldistError(f"{dest} exists; remove it, choose another path or pass --force")
+    dest.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {dest}; run it with: nldist select {dest}", err=True)
 
 
 def _mib(n: float) -> str:
@@ -467,7 +559,7 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
             if not quiet:
                 typer.echo(_plan_summary(job, plan, ctx.out, stage), err=True)
         return None
-    with connect(job.cluster, name=job.name) as client:
+    with connect(job.cluster, name=job.name, log_file=_log_file(ctx.out)) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with _Progress(job.name, quiet, ctx.out / "run.log") as progress:
@@ -540,6 +632,61 @@ def select(
         _report(ctx.out, quiet)
 
 
+def _print_fit(m: dict) -> None:
+    """The full-data fit: the method chosen and why, where it ended, per iteration."""
+    from rich.console import Console
+    from rich.table import Table
+
+    r, c = m["result"], m["cost"]
+    con = Console()
+    con.print(f"{m['name']} (fit): n={m['n_rows']:,}, p={m['n_params']}, method "
+              f"[bold]{m['method']}[/bold] — {m['choice']['reason']}")
+    table = Table(title=f"from θ₀ ({m['theta_source']}); sample {m['sample']['kind']}, "
+                  f"s={m['sample']['s']}")
+    for col in ("pass", "full-data loss", "gradient norm", "seconds"):
+        table.add_column(col)
+    for h in m["history"]:
+        table.add_row(str(h["passes"]), f"{h['loss']:.12g}", f"{h['grad_norm']:.3e}",
+                      f"{h['seconds']:.2f}")
+    con.print(table)
+    con.print(f"{'converged' if r['converged'] else 'NOT converged'} ({r['reason']}): loss "
+              f"{r['loss']:.12g} in {r['passes']} passes, {r['seconds']:.2f} s; passes over "
+              f"X in all {c['passes_over_x']:.2f}")
+
+
+@app.command()
+@_one_line_errors
+def fit(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/california.yaml")],
+    cluster: ClusterOpt = None,
+    out: OutOpt = None,
+    overrides: Overrides = None,
+    method: Annotated[str, typer.Option(
+        help="auto (the cheaper by measured cost) | precond (exact gradients, the sample's "
+        "Gauss-Newton matrix) | gn (full Gauss-Newton)")] = "auto",
+    xtol: Annotated[float, typer.Option(
+        help="relative tolerance of the preconditioned method's step")] = 1e-10,
+    force: ForceOpt = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """The full-data optimum θ*: exact full-data gradients with the leverage sample's
+    Gauss-Newton matrix as the Hessian, or full Gauss-Newton where that is cheaper; writes
+    theta_fit.npy and metrics.json with the choice and its reason."""
+    _logging(verbose, quiet)
+    job = _load(job_file, overrides, cluster)
+    ctx = pipeline.RunContext(job, _out(job, out))
+    with connect(job.cluster, name=job.name) as client:
+        if client is not None and not quiet:
+            typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+        with _Progress(job.name, quiet, ctx.out / "run.log") as progress:
+            ctx.subscribe(progress)
+            result = pipeline.fit(ctx, method=method, xtol=xtol, force=force)
+    if not quiet:
+        _print_fit(result)
+        typer.echo(f"outputs in {ctx.out}")
+
+
 def _stage_command(stage: str, doc: str) -> None:
     @_one_line_errors
     def command(
@@ -590,7 +737,7 @@ def diagnose(
     _logging(verbose, quiet)
     job = _load(job_file, overrides, cluster)
     dest = str(out or Path("runs") / f"{job.name}-diagnose")
-    with connect(job.cluster, name=job.name) as client:
+    with connect(job.cluster, name=job.name, log_file=_log_file(dest)) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with _Progress(job.name, quiet, f"{dest}/run.log") as progress:

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ class _DropAllExit(logging.Filter):
 
 
 @contextlib.contextmanager
-def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
+def connect(cfg: Any, name: str = "nldist", log_file: str | None = None) -> Iterator[Any]:
     """Yield a connected ``distributed.Client`` (or None for ``synchronous``).
 
     Parameters
@@ -181,6 +182,10 @@ def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
         ``tls`` hold the backend settings.
     name : str
         Job name, used for Slurm job and Kubernetes cluster names.
+    log_file : str, optional
+        Where the workers of a local cluster write the errors of failed tasks (the run's
+        run.log) instead of the console (:func:`quiet_task_errors`); the driver reports the
+        error itself, in one line.
 
     Yields
     ------
@@ -197,8 +202,8 @@ def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
     quiet_distributed()
     if address == "local":
         busy = cfg.n_workers * cfg.threads_per_worker
-        with _local(cfg) as client, driver_threads(max(1, (os.cpu_count() or 1) - busy)), \
-                quiet_interrupt():
+        with _local(cfg, log_file) as client, \
+                driver_threads(max(1, (os.cpu_count() or 1) - busy)), quiet_interrupt():
             yield client
     elif address == "slurm":
         with _slurm(cfg, name) as client, quiet_interrupt():
@@ -220,7 +225,7 @@ def connect(cfg: Any, name: str = "nldist") -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _local(cfg: Any) -> Iterator[Any]:
+def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     sec = security(cfg)
@@ -236,6 +241,7 @@ def _local(cfg: Any) -> Iterator[Any]:
     ) as cluster, Client(cluster, security=sec) as client:
         log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
         client.run(ignore_sigint)  # Ctrl-C reaches the whole process group: the driver acts
+        client.run(quiet_task_errors, log_file)  # the workers share this console
         yield client
 
 
@@ -252,6 +258,37 @@ def ignore_sigint() -> None:
     for h in logging.getLogger("distributed").handlers + logging.getLogger().handlers:
         if not any(isinstance(f, _DropClosedPeer) for f in h.filters):
             h.addFilter(_DropClosedPeer())
+
+
+def quiet_task_errors(log_file: str | None = None) -> None:
+    """Run on each local worker: distributed's "Compute Failed" report of a task that
+    raised (the error and its traceback) goes to ``log_file`` (the run's run.log) when
+    given, never to the console the workers share with the driver — the driver prints the
+    error as its one line."""
+    worker = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _TaskErrorsToFile) for f in worker.filters):
+        worker.addFilter(_TaskErrorsToFile(log_file))
+
+
+class _TaskErrorsToFile(logging.Filter):
+    """Moves "Compute Failed" records from the console to a file (appended; dropped when
+    there is none or it cannot be written)."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Compute Failed"):
+            return True
+        if self.path:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: "
+                            f"{record.getMessage()}\n")
+            except OSError:
+                pass
+        return False
 
 
 class _DropClosedPeer(logging.Filter):

@@ -17,3 +17,40 @@ class NldistError(ValueError):
 
 class BadBlock(Exception):
     """A persisted dual block failed its check (the reason is the message); it is rebuilt."""
+
+
+#: exception class names (botocore, aiobotocore, aiohttp, gcsfs, adlfs) that mean an object
+#: store's endpoint cannot be reached, or that no credentials were found
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+                "ClientConnectorError", "ServerDisconnectedError", "ProxyConnectionError",
+                "ReadTimeoutError", "ServiceRequestError"}
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                   "UnauthorizedSSOTokenError", "ProfileNotFound", "DefaultCredentialsError",
+                   "ClientAuthenticationError", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """``"endpoint"`` when ``exc`` (or an exception it came from) says an object store's
+    endpoint could not be reached, ``"credentials"`` when none were found or they were
+    refused, else None. Recognized by class name, so that no storage library is imported."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        name = type(e).__name__
+        if name in _NO_CREDENTIALS or any(n in str(e) for n in ("InvalidAccessKeyId",
+                                                               "SignatureDoesNotMatch")):
+            return "credentials"
+        if name in _UNREACHABLE:
+            return "endpoint"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def numeric_breakdown(exc: BaseException) -> bool:
+    """Whether ``exc`` is a numeric breakdown of the linear algebra (NumPy's LinAlgError:
+    eigenvalues or a factorization that did not converge, a singular matrix; SciPy's
+    "must not contain infs or NaNs"): almost always overflowing, unstandardized data."""
+    name = type(exc).__name__
+    return name in ("LinAlgError", "FloatingPointError") or (
+        isinstance(exc, ValueError) and "infs or NaNs" in str(exc))

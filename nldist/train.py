@@ -148,7 +148,9 @@ def fit_ball(
     cur = oracle(theta)
     calls = 1
     if not np.isfinite(cur["loss"]):
-        raise NldistError("the loss is not finite at the starting point; check data and model")
+        raise NldistError("the loss is not finite at the starting point (overflow: the features or "
+                          "the target likely hold unstandardized or huge values); standardize "
+                          "them (dataset.standardize: true) or rescale the columns")
     p = theta.size
     mu = 1e-6 * max(float(np.max(np.diag(cur["gn"]))), 1e-12)
     nu = 2.0
@@ -236,7 +238,9 @@ def fit_ball_smooth(
     theta = project_ball(np.asarray(theta0, dtype=np.float64).copy(), radius)
     L, g = f(theta)
     if not np.isfinite(L):
-        raise NldistError("the loss is not finite at the starting point; check data and model")
+        raise NldistError("the loss is not finite at the starting point (overflow: the features or "
+                          "the target likely hold unstandardized or huge values); standardize "
+                          "them (dataset.standardize: true) or rescale the columns")
     atol = gtol * max(float(np.max(np.abs(g))), 1e-300)
     iters = [0]
     ok = [True]
