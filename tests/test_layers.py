@@ -58,6 +58,7 @@ RINGS: dict[str, float] = {
     # ring 2: math
     "nldist.scores": 2,
     "nldist.train": 2,
+    "nldist.precond": 2,
     "nldist.tablestats": 2,
     # ring 3: wiring + I/O (of results, and of sources: packaged datasets and files)
     "nldist.graph": 3,

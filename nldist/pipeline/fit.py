@@ -1,0 +1,208 @@
+"""``nldist fit``: the full-data optimum theta* in fewer, cheaper passes (issue 27; MATH.md §9,
+"The sample as a preconditioner").
+
+From the pilot theta_0 (no pass over X) and a leverage sample drawn at theta_0 (the select
+path's fused read: :func:`sample_rows`), iterate to the full-data optimum over the ball:
+each iteration one distributed pass for the exact full-data loss and gradient
+(:func:`nldist.graph.grad_pass`: n p work per row) and a step from the sample's
+Gauss-Newton model, refreshed at each accepted theta from the same rows on the driver
+(:func:`nldist.precond.fit_precond`). Or full Gauss-Newton from theta_0 (one pass forming
+J^T J per iteration, :func:`nldist.graph.gn_pass`) when that is estimated cheaper: the
+choice (:func:`nldist.precond.choose`) times a gradient block and a Gauss-Newton block on
+one chunk and runs both methods on the sample to count the passes each needs; ``method``
+forces one. Writes ``theta_fit.npy`` and ``metrics.json`` (``"mode": "fit"``: the choice
+and its reason, and per iteration the full loss, gradient norm, time and passes).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from nldist import graph, precond
+from nldist._version import __version__
+from nldist.errors import NldistError
+from nldist.pipeline import stages
+from nldist.pipeline.context import RunContext
+from nldist.scores.kinds import get_kind
+from nldist.store.records import save_npy, write_json
+from nldist.train import fit_ball, fit_cross_entropy
+
+#: what ``method`` may be
+METHODS = ("auto", "precond", "gn")
+#: sample kinds whose H_S is a preconditioner (leverage: a subspace embedding; uniform for
+#: comparison), by number of outputs; another job kind falls back to the first
+EMBEDDING = {1: ("nonlinear-leverage", "linear-leverage", "ridge-leverage", "uniform"),
+             2: ("block-leverage", "block-sketch", "uniform")}
+#: fewest sample rows per parameter (H_S must have full rank)
+ROWS_PER_PARAM = 4
+
+
+def sample_kind(ctx: RunContext) -> str:
+    """The kind the preconditioning sample is drawn by: the job's kind when it gives a
+    subspace embedding (:data:`EMBEDDING`), else nonlinear-leverage (block-leverage for
+    C-output models)."""
+    allowed = EMBEDDING[2 if stages.model(ctx).n_outputs > 1 else 1]
+    base = ctx.job.kind.split(":")[0]
+    return ctx.job.kind if base in allowed and not get_kind(ctx.job.kind).response_aware \
+        else allowed[0]
+
+
+def sample_rows(ctx: RunContext, kind: str, theta0: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The preconditioning sample: (indices (s,), weights 1/(s pi) (s,), X rows, y rows),
+    s = max(job's s, :data:`ROWS_PER_PARAM` x p). Today the select path's fused pass (pass 1
+    and one read for pass 2 + sample + gather); one function so that a one-read sampler can
+    replace it."""
+    s = max(stages.sample_size(ctx, kind), ROWS_PER_PARAM * stages.model(ctx).n_params)
+    _, _, got, _ = stages.scores_and_sample(ctx, kind, theta0, [(s, stages.rng(ctx))])
+    return got[0]
+
+
+def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol: float
+            ) -> dict:
+    """The method to run and why: forced, or the cheaper estimate (module docstring)."""
+    job = ctx.job
+    m = stages.model(ctx)
+    X, y = stages.xy(ctx)
+    n = int(X.shape[0])
+    with ctx.timed("choose"):
+        t0 = time.perf_counter()
+        Xb, yb = graph.read_blocks(X, y, [0])
+        read_s = time.perf_counter() - t0
+        ctx.read("cost probe (one chunk)", Xb.shape[0] / n)
+        costs = precond.chunk_costs(m, theta0, Xb, yb, job.loss)
+        costs["read_s_per_row"] = read_s / max(1, Xb.shape[0])
+        if method != "auto":
+            return {"method": method, "forced": True, "costs": costs,
+                    "reason": f"forced (method {method})"}
+        _, w, Xs, ys = rows
+        passes = precond.sample_passes(m, Xs, ys, w, theta0, job.radius, loss=job.loss,
+                                       tol=job.tol, xtol=xtol, max_iter=job.max_iter)
+        got = precond.choose(n, costs["read_s_per_row"], costs, passes, graph.parallelism())
+    return {**got, "forced": False, "costs": costs, "sample_estimate": passes}
+
+
+def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
+        force: bool = False) -> dict:
+    """Fit theta* on all rows by the preconditioned method or full Gauss-Newton; return (and
+    write) the metrics.
+
+    Parameters
+    ----------
+    ctx : RunContext
+    method : {"auto", "precond", "gn"}
+        ``auto``: the estimated cheaper one (module docstring).
+    xtol : float
+        Relative tolerance of the preconditioned method (:func:`nldist.precond.fit_precond`;
+        Gauss-Newton stops by the job's ``tol``).
+    force : bool
+        Replace the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
+
+    Returns
+    -------
+    dict: the metrics.
+    """
+    if method not in METHODS:
+        raise NldistError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    job = ctx.job
+    t_start = time.perf_counter()
+    ctx.adjoint_accuracy = "sampling"
+    ctx.model_cache = None
+    stages.claim(ctx, "fit", force)
+    stages.ingest(ctx)
+    t_ingested = time.perf_counter()
+    X, y = stages.xy(ctx)
+    n = int(X.shape[0])
+    m = stages.model(ctx)
+    theta0, source = stages.select_theta(ctx)
+    kind = sample_kind(ctx)
+    rows = sample_rows(ctx, kind, theta0)
+    choice = _choose(ctx, method, theta0, rows, xtol)
+    history: list[dict] = []
+    t_fit = time.perf_counter()
+    with ctx.timed("fit", kind=choice["method"]):
+        if choice["method"] == "precond":
+            result = _precond(ctx, theta0, rows, xtol, history)
+        else:
+            result = _gauss_newton(ctx, theta0, history)
+    result["seconds"] = round(time.perf_counter() - t_fit, 4)
+    save_npy(ctx.path("theta_fit.npy"), result.pop("theta"))
+    idx, w = rows[0], rows[1]
+    now = time.perf_counter()
+    cost = {**ctx.cost(stages.x_bytes(ctx)), "wall_s": round(now - t_ingested, 4),
+            "ingest_s": round(t_ingested - t_start, 4),
+            "note": "after ingest: pilot, scores, sample, the choice and the fit"}
+    metrics = {
+        "mode": "fit", "name": job.name, "dataset": stages.dataset_name(ctx), "n_rows": n,
+        "n_features": int(X.shape[1]), "n_params": m.n_params, "model": job.model,
+        "loss": job.loss, "radius": job.radius, "seed": job.seed, "theta_source": source,
+        "pilot": ctx.pilot_info,
+        "sample": {"kind": kind, "s": int(idx.size), "unique_rows": int(np.unique(idx).size),
+                   "max_weight": float(np.max(w))},
+        "method": choice["method"], "choice": choice, "xtol": xtol, "tol": job.tol,
+        "result": result, "history": history, "cost": cost,
+        "resume": ctx.resume_stats, "cached_x": ctx.cached_x,
+    }
+    ctx.timings["total"] = time.perf_counter() - t_start
+    metrics["timings"] = {k: round(v, 4) for k, v in ctx.timings.items()}
+    metrics["nldist_version"] = __version__
+    write_json(ctx.path("metrics.json"), metrics)
+    stages.complete(ctx)
+    return metrics
+
+
+def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
+             history: list[dict]) -> dict:
+    """The preconditioned method: one gradient pass per trial step."""
+    job = ctx.job
+    m = stages.model(ctx)
+    X, y = stages.xy(ctx)
+    _, w, Xs, ys = rows
+
+    def full(theta: np.ndarray) -> dict:
+        ctx.read("gradient pass")
+        return graph.grad_pass(X, y, m, theta, job.split_every, loss=job.loss)
+
+    def step(rec: dict) -> None:
+        history.append(rec)
+        ctx.emit("fit", "advance", kind="precond")
+
+    res = precond.fit_precond(full, precond.sample_gn(m, Xs, ys, w, job.loss), theta0,
+                              job.radius, xtol=xtol, max_iter=job.max_iter, on_iter=step)
+    return {"theta": res.theta, "loss": res.loss, "grad_norm": res.grad_norm,
+            "iterations": res.iterations, "passes": res.passes,
+            "converged": bool(res.converged), "reason": res.reason,
+            "driver_s": round(res.driver_s, 4),
+            "theta_norm": float(np.linalg.norm(res.theta))}
+
+
+def _gauss_newton(ctx: RunContext, theta0: np.ndarray, history: list[dict]) -> dict:
+    """Full Gauss-Newton from theta_0 (the machinery of :func:`stages.optimum`): one pass
+    forming J^T J per oracle call; every call recorded."""
+    job = ctx.job
+    m = stages.model(ctx)
+    X, y = stages.xy(ctx)
+    t0 = time.perf_counter()
+
+    def gn(theta: np.ndarray) -> dict:
+        ctx.read("Gauss-Newton pass")
+        out = graph.gn_pass(X, y, m, theta, job.split_every, loss=job.loss)
+        history.append({"iteration": len(history), "loss": float(out["loss"]),
+                        "grad_norm": precond.kkt_norm(theta, out["grad"], job.radius),
+                        "passes": len(history) + 1,
+                        "seconds": round(time.perf_counter() - t0, 6)})
+        ctx.emit("fit", "advance", kind="gn")
+        return out
+
+    if job.loss == "cross_entropy" or m.n_outputs > 1:
+        fit = fit_cross_entropy(gn, m, theta0, job.radius, tol=job.tol, max_iter=job.max_iter)
+    else:
+        fit = fit_ball(gn, theta0, job.radius, tol=job.tol, max_iter=job.max_iter)
+    best = min(history, key=lambda h: h["loss"]) if history else {}
+    return {"theta": fit.theta, "loss": float(fit.loss),
+            "grad_norm": best.get("grad_norm"), "iterations": fit.iterations,
+            "passes": len(history), "converged": bool(fit.converged),
+            "reason": "Gauss-Newton's relative-decrease tolerance (job tol)" if fit.converged
+            else "max_iter reached", "theta_norm": float(np.linalg.norm(fit.theta))}
