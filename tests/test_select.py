@@ -164,34 +164,49 @@ def npz(data, tmp_path):
     return path
 
 
-def test_select_reads_x_twice_and_its_interval_covers_the_exact_loss(npz, tmp_path,
-                                                                     sync_scheduler):
-    ctx = RunContext(_job(npz), tmp_path / "o")
+def test_select_reads_x_once_and_its_interval_covers_the_exact_loss(npz, tmp_path,
+                                                                    sync_scheduler):
+    ctx = RunContext(_job(npz, cache_x="never"), tmp_path / "o")
     m = select(ctx, compare_full=True)
     assert m["mode"] == "select" and m["theta_source"] == "pilot"
     assert m["pilot"]["from"] == "reservoir" and m["pilot"]["fraction_read"] == 0.0
     c = m["cost"]
-    assert c["by"]["pass 1"] == 1.0 and c["by"]["pass 2 + sample + gather"] == 1.0
-    assert c["passes_over_x"] == 2.0 and c["bytes_read"] <= 2 * c["x_bytes"]
+    assert c["by"] == {"pilot": 0.0, "one read: scores + sample + evaluation rows": 1.0}
+    # counted by the store itself: every chunk of X read exactly once by the path
+    counted = c["store_reads_counted"]
+    assert counted["x_chunks"] == 8 and counted["chunk_reads"] == 8 and counted["passes"] == 1
     r = m["kinds"]["nonlinear-leverage"]
     lo, hi = r["loss_ci95"]
     assert lo <= r["loss_full"] <= hi
     assert r["rel_error"] >= -1e-9 and r["rel_error"] < r["rel_error_theta0"]
     assert m["full_fit"]["measured"]["passes_over_x"] >= 1
     assert m["full_fit"]["estimated"]["passes_over_x"] >= 1
+    smp = m["sampling"]
+    assert smp["kind"] == "nonlinear-leverage" and smp["size"] == m["s"] == 300
+    assert set(smp["predicted"]) == {"uniform", "nonlinear-leverage", "influence",
+                                     "influence-mix"}
     saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert saved["loss_estimate"] == m["loss_estimate"]
-    # the same job again: scores reused, the same sample bit for bit (routed by the stored
-    # pass-1 masses), the same trained theta
+    # the same job again: the same sample bit for bit, the same trained theta
     theta = np.load(tmp_path / "o" / "theta.npy")
     s1 = np.load(tmp_path / "o" / "samples" / "nonlinear-leverage.npz")
-    ctx2 = RunContext(_job(npz), tmp_path / "o")
+    ctx2 = RunContext(_job(npz, cache_x="never", dataset={"source": str(npz),
+                                                          "chunk_rows": 170}),
+                      tmp_path / "o2")
     select(ctx2)
-    assert ("scores nonlinear-leverage", "reused", None) in ctx2.reuse
-    s2 = np.load(tmp_path / "o" / "samples" / "nonlinear-leverage.npz")
-    assert s1["indices"].tobytes() == s2["indices"].tobytes()
-    assert s1["weights"].tobytes() == s2["weights"].tobytes()
-    assert np.load(tmp_path / "o" / "theta.npy").tobytes() == theta.tobytes()
+    s2 = np.load(tmp_path / "o2" / "samples" / "nonlinear-leverage.npz")
+    # another chunking (170-row chunks): the same rows, the same weights to rounding
+    assert s1["indices"].tolist() == s2["indices"].tolist()
+    np.testing.assert_allclose(s1["weights"], s2["weights"], rtol=1e-9)
+    np.testing.assert_allclose(np.load(tmp_path / "o2" / "theta.npy"), theta, rtol=1e-7,
+                               atol=1e-9)
+
+
+def test_select_exact_factor_reads_twice(npz, tmp_path, sync_scheduler):
+    m = select(RunContext(_job(npz, cache_x="never", one_read=False, kind="influence"),
+                          tmp_path / "o"))
+    assert m["cost"]["store_reads_counted"]["passes"] == 2
+    assert m["sampling"]["exact_factor"] and m["sampling"]["kind"] == "influence"
 
 
 @pytest.mark.parametrize("source", ["chunks", "gather"])
@@ -250,14 +265,15 @@ def test_select_on_the_command_line(npz, tmp_path):
                         str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "sampling path" in r.stdout and "passes over X" in r.stdout
+    assert "sampling path" in r.stdout and "reads of X" in r.stdout
     assert "estimated" in r.stdout
     assert (tmp_path / "o" / "report.html").read_text().rstrip().endswith("</html>")
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert m["mode"] == "select" and m["cost"]["passes_over_x"] == 2.0
+    assert m["mode"] == "select" and m["cost"]["passes_over_x"] == 1.0
+    assert m["cost"]["store_reads_counted"]["passes"] <= 1.1  # the cache copy, if any
     log = (tmp_path / "o" / "run.log").read_text().splitlines()  # one line per stage
     assert any("cli: ingest into Zarr end" in ln for ln in log)
-    assert any("scores (nonlinear-leverage) end" in ln for ln in log)
+    assert any("one read (nonlinear-leverage) end" in ln for ln in log)
     assert any("training on the sample (nonlinear-leverage) end" in ln for ln in log)
 
 

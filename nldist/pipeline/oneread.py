@@ -11,6 +11,8 @@ weights.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from nldist import graph
@@ -107,11 +109,13 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     rates = np.array([OVERSAMPLE * s_plan / z_hat[c] if c in drawn else 0.0
                       for c in oneread.CANDIDATES])
     seed = int(job.seed)
+    t0 = time.perf_counter()
     with ctx.timed("one read", kind=kind, key=f"score:{kind}"):
         got = graph.one_read_pass(X, y, rows=rows, theta=theta0, fac=fac, rates=rates,
                                   seed=seed, eval_rate=eval_rate,
                                   eval_seed=int(job.seed) + EVAL_SALT)
     ctx.read("one read: scores + sample + evaluation rows")
+    ctx.pass1_s = time.perf_counter() - t0  # a measured pass: what a full-data pass costs
     tot = got["totals"]
     if eps is not None:
         sizes = {c: oneread.size_for(tot, c, eps) for c in oneread.CANDIDATES}
@@ -121,17 +125,17 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
         chosen, why = oneread.choose(pred)
     else:
         chosen, why = kind, "the job's kind"
-    s_final = float(s) if eps is None else float(min(sizes[chosen], n))
+    s_final = int(s) if eps is None else int(np.ceil(min(sizes[chosen], n)))
     pred = oneread.predict(tot, s_final, p)
     j = oneread.CANDIDATES.index(chosen)
-    keep, w, finfo = oneread.finalize(got["idx"], got["q"], chosen, s_final,
-                                      float(tot["Z"][j]), float(rates[j]), seed)
+    keep, w, finfo = oneread.finalize(got["idx"], got["q"], chosen, s_final, float(rates[j]),
+                                      seed)
     if keep.size == 0:
         raise NldistError(f"the {chosen} sample came out empty (expected size {s_final:.3g}); "
                           "raise s or lower target_error's precision")
     info = {
         "kind": chosen, "requested": kind, "why": why, "exact_factor": exact,
-        "expected_size": s_final, "size": int(keep.size), "target_error": eps,
+        "requested_size": s_final, "size": int(keep.size), "target_error": eps,
         "drawn_rows": int(got["idx"].size), "planned_size": s_plan, "oversample": OVERSAMPLE,
         "factor": fprov, "totals_pilot_estimate": z_hat,
         "totals": {c: float(tot["Z"][i]) for i, c in enumerate(oneread.CANDIDATES)},
@@ -144,10 +148,11 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     if eps is not None:
         info["sizes_for_target"] = {c: (None if not np.isfinite(v) else float(v))
                                     for c, v in sizes.items()}
-        if s_final > s_plan * OVERSAMPLE:
-            info["short"] = ("the pilot under-estimated the size target_error needs: the "
-                             f"sample holds about {s_plan * OVERSAMPLE:.0f} of {s_final:.0f} "
-                             "expected rows (weights stay unbiased); re-run to draw it in full")
+    if finfo["short"]:
+        info["short"] = (f"the draw held {keep.size} of the {s_final} rows asked for (the "
+                         "pilot over-estimated the distribution's total): kept with their "
+                         "Poisson weights, still unbiased; raise pilot_factor_s for the full "
+                         "size")
     return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
             "y": None if got["y"] is None else got["y"][keep], "eval": got["eval"],
             "info": info}

@@ -403,9 +403,18 @@ def choose(pred: dict[str, dict]) -> tuple[str, str]:
     return best, why
 
 
-def finalize(idx: np.ndarray, q: np.ndarray, name: str, s: float, total: float,
-             rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Thin the drawn rows to candidate ``name``'s final Poisson sample.
+def finalize(idx: np.ndarray, q: np.ndarray, name: str, s: int, rate: float, seed: int
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Candidate ``name``'s final sample of exactly ``s`` rows from the drawn rows: priority
+    sampling (Duffield, Lund & Thorup, JACM 2007).
+
+    Row i's priority is ``q_i / u_i`` (u_i its seeded hash uniform); the draw kept every row
+    with ``u_i < rate·q_i``, i.e. every priority above ``1/rate``, so when it holds more than
+    s of them it holds the s + 1 highest: the sample is the top s, and with τ the (s+1)-th
+    priority each kept row's Horvitz–Thompson weight is ``1 / min(1, q_i/τ)`` — unbiased
+    for any sum over the rows, the sample size fixed. When the draw holds s rows or fewer (the
+    pilot over-estimated the total), all of them are kept with their Poisson weights
+    ``1 / min(1, rate·q_i)`` (still unbiased; ``short`` says so).
 
     Parameters
     ----------
@@ -415,31 +424,38 @@ def finalize(idx: np.ndarray, q: np.ndarray, name: str, s: float, total: float,
         Their candidate values.
     name : str
         The candidate.
-    s : float
-        Expected sample size.
-    total : float
-        The candidate's exact total Z (summed in the pass).
+    s : int
+        Sample size.
     rate : float
-        The rate it was drawn with (``s_draw / Ẑ``).
+        The rate the candidate was drawn with (``s_draw / Ẑ``).
     seed : int
 
     Returns
     -------
-    keep : ndarray of shape (s',) positions into idx
-    weights : ndarray of shape (s',) Horvitz–Thompson weights 1/π
-    info : dict (``expected_size``, ``capped``: rows whose final π exceeded the draw's)
+    keep : ndarray of shape (s,) positions into idx, in row order
+    weights : ndarray of shape (s,) Horvitz–Thompson weights
+    info : dict (``method``, ``threshold``, ``certain``: rows with weight 1, ``short``)
     """
     j = CANDIDATES.index(name)
     qj = q[j]
-    pi_final = np.minimum(1.0, s * qj / total)
-    pi_draw = np.minimum(1.0, rate * qj)
-    pi = np.minimum(pi_final, pi_draw)
     u = hash_uniform(idx, seed + DRAW_SALT)
-    keep = np.flatnonzero(u < pi)
-    keep = keep[np.argsort(idx[keep], kind="stable")]
-    info = {"capped": int(np.sum(pi_draw[keep] < pi_final[keep])),
-            "certain": int(np.sum(pi[keep] >= 1.0))}
-    return keep, 1.0 / pi[keep], info
+    mine = np.flatnonzero(u < np.minimum(1.0, rate * qj))
+    if mine.size > s:
+        with np.errstate(divide="ignore"):
+            prio = np.where(u[mine] > 0, qj[mine] / u[mine], np.inf)
+        order = np.lexsort((idx[mine], -prio))  # ties broken by row id: deterministic
+        top, tau = mine[order[:s]], float(prio[order[s]])
+        pi = np.minimum(1.0, qj[top] / tau)
+        info = {"method": "priority sampling (exact size)", "threshold": tau, "short": False}
+    else:
+        top = mine
+        pi = np.minimum(1.0, rate * qj[top])
+        info = {"method": "Poisson (the draw held too few rows for the exact size)",
+                "threshold": None, "short": True}
+    order = np.argsort(idx[top], kind="stable")
+    top, pi = top[order], pi[order]
+    info["certain"] = int(np.sum(pi >= 1.0))
+    return top, 1.0 / pi, info
 
 
 def row_scores(X: np.ndarray, y: np.ndarray | None, *, rows: Any, theta: np.ndarray,
