@@ -284,10 +284,10 @@ def _print_select(m: dict) -> None:
                   f"{meas['seconds']:.1f} s (measured)" if meas else
                   (f"≈ {est['seconds']:.1f} s (estimated)" if est else "–"))
     counted = c.get("store_reads_counted") or {}
-    reads = (f"{counted['passes']:.2f} ({counted['chunk_reads']} chunk reads of "
-             f"{counted['x_chunks']} chunks, counted by the store)"
-             if counted.get("chunk_reads") is not None and "Parquet" not in counted["note"]
-             else f"{c['passes_over_x']:.2f} (planned; Parquet read in place)")
+    unit = "partitions" if "Parquet" in counted.get("note", "") else "chunks"
+    reads = (f"{counted['passes']:.2f} ({counted['chunk_reads']} reads of {counted['x_chunks']} "
+             f"{unit}, counted where read)" if counted.get("chunk_reads") is not None
+             else f"{c['passes_over_x']:.2f}")
     table.add_row("reads of X", reads, f"{meas['passes_over_x']:.0f}" if meas else
                   (f"≈ {est['passes_over_x']}" if est else "–"))
     table.add_row("bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of {c['x_bytes'] / 2**20:,.1f}"

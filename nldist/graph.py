@@ -1083,14 +1083,18 @@ def table_partitions(source: str | list[str], fmt: str, blocksize: str = "64MB")
 
 
 def table_xy(parts: Sequence[Any], encode: Callable, sizes: Sequence[int], d: int,
-             dtype: Any, chunk_rows: int) -> tuple[da.Array, da.Array, list]:
+             dtype: Any, chunk_rows: int, count: str | None = None
+             ) -> tuple[da.Array, da.Array, list]:
     """Lazy X (n, d), y (n,) of a table: every partition encoded (``encode(df) -> (X, y)``,
     one task each; ``sizes``: its rows after encoding, from the statistics pass) and the
     rows re-blocked into a grid of ``chunk_rows`` (a chunk reads the one or two partitions
     it spans). Also the delayed encodings, one per partition.
 
     Reads nothing here; every computation that uses X reads the table again (no copy).
+    ``count``: each partition read is counted under that token (:func:`store_reads`).
     """
+    if count:
+        encode = counting.counted(encode, count)
     enc = [dask.delayed(encode, pure=True)(p) for p in parts]
     xs = [da.from_delayed(dask.delayed(lambda e: e[0], pure=True)(e), shape=(int(k), d),
                           dtype=dtype) for e, k in zip(enc, sizes, strict=True)]

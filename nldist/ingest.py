@@ -517,9 +517,10 @@ def table_view(source: str, *, target: str | None, features: list[str] | None = 
                       "partitions": len(parts), "nldist_version": __version__}}
 
 
-def open_table_view(view: dict) -> tuple[Any, Any]:
+def open_table_view(view: dict, count: str | None = None) -> tuple[Any, Any]:
     """Lazy X (n, d), y (n,) of a :func:`table_view`: row groups read and encoded by the
-    workers in every pass, in a grid of ``chunk_rows`` rows."""
+    workers in every pass, in a grid of ``chunk_rows`` rows (``count``: partition reads
+    counted under that token)."""
     parts = _partitions(view["pattern"], "parquet")
     if len(parts) != len(view["sizes"]):
         raise NldistError(f"the Parquet source {view['source']!r} has {len(parts)} row groups "
@@ -527,7 +528,7 @@ def open_table_view(view: dict) -> tuple[Any, Any]:
                           "changed: run the job again (the statistics are redone)")
     encode = partial(encode_partition, plan=view["plan"], **view["options"])
     X, y, _ = graph.table_xy(parts, encode, view["sizes"], view["n_features"],
-                             np.dtype(view["plan"]["dtype"]), view["chunk_rows"])
+                             np.dtype(view["plan"]["dtype"]), view["chunk_rows"], count=count)
     return X, y
 
 

@@ -256,3 +256,37 @@ def test_run_refuses_a_response_aware_kind_in_one_line(npz, tmp_path, sync_sched
     with pytest.raises(NldistError, match="response-aware"):
         pipeline.run(RunContext(_job(npz, kind="influence", theta="zeros", baselines=[]),
                                 tmp_path / "r"), stop_after="score")
+
+
+def test_select_on_a_parquet_directory_in_place_reads_it_once(tmp_path, sync_scheduler):
+    """`format: parquet` (scored in place): the one-read sample equals the one of the same
+    rows ingested to Zarr, and the partitions are read once each, counted where read."""
+    import pandas as pd
+
+    X, y, _, _ = _problem(n=3000, d=4, seed=5)
+    src = tmp_path / "pq"
+    src.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(3000), 10)):
+        pd.DataFrame({**{f"x{j}": X[part, j] for j in range(4)}, "t": y[part]}).to_parquet(
+            src / f"part-{i}.parquet")
+    common = {"name": "pq", "model": "glm:swish", "s": 200, "pilot_s": 300,
+              "pilot_factor_s": 1200, "eval_s": 500, "cache_x": "never", "kind": "auto",
+              "cluster": {"address": "synchronous"}}
+    got = {}
+    for fmt in ("parquet", "zarr"):
+        ds = {"source": str(src), "target": "t", "chunk_rows": 300}
+        if fmt == "parquet":
+            ds["format"] = "parquet"
+        m = select(RunContext(validate_job({**common, "dataset": ds}), tmp_path / fmt))
+        got[fmt] = (m, np.load(tmp_path / fmt / "samples" / "auto.npz"))
+    mp, sp = got["parquet"]
+    counted = mp["cost"]["store_reads_counted"]
+    # no reservoir in place: the pilots read 4 whole partitions (once, shared by the
+    # theta_0 pilot and the factor's), then the one read: 14 partition reads of 10
+    assert (counted["chunk_reads"], counted["x_chunks"]) == (14, 10)
+    assert "Parquet" in counted["note"]
+    assert mp["cost"]["by"]["pilot"] == 0.4 + 0.4  # both pilots' 4 chunks, as planned
+    mz, sz = got["zarr"]
+    assert mz["cost"]["store_reads_counted"]["passes"] == 1.0  # the reservoir: no pilot read
+    assert mp["sampling"]["kind"] == mz["sampling"]["kind"]
+    assert sp["indices"].size == sz["indices"].size == 200

@@ -264,7 +264,8 @@ def _cached(ctx: RunContext, stage: str, npz: Path, key: str, pick: Any) -> Any:
 def open_xy(ctx: RunContext) -> tuple[Any, Any]:
     """Lazy X, y of the dataset (not cached; cheap: metadata only)."""
     if in_place(ctx):
-        return graph.as_dask_xy(*ingest_mod.open_table_view(table_view(ctx)))
+        return graph.as_dask_xy(*ingest_mod.open_table_view(table_view(ctx),
+                                                             count=ctx.run_id))
     X, y = graph.open_zarr_xy(dataset_path(ctx), count=ctx.run_id)
     if y is None:
         raise NldistError(f"dataset {dataset_path(ctx)} has no y; ingest with a target")
@@ -274,14 +275,17 @@ def open_xy(ctx: RunContext) -> tuple[Any, Any]:
 def store_reads(ctx: RunContext) -> dict:
     """Reads of X's chunks from the store by this run so far, counted where they happened
     (:func:`nldist.graph.store_reads`), and as passes (reads / chunks of X)."""
-    X, _ = open_xy(ctx)
-    chunks = len(X.chunks[0])
+    if in_place(ctx):
+        chunks = len(table_view(ctx)["sizes"])
+        note = ("Parquet partitions (row groups) read and encoded by this run's tasks, "
+                "counted where they were read (nldist.store.counting)")
+    else:
+        chunks = len(open_xy(ctx)[0].chunks[0])
+        note = ("chunk files of X read by this run's tasks, counted by the store "
+                "(nldist.store.counting)")
     got = graph.store_reads(ctx.run_id)
-    return {"chunk_reads": got, "x_chunks": chunks,
-            "passes": round(got / max(1, chunks), 4),
-            "note": "chunk files of X read by this run's tasks, counted by the store "
-                    "(nldist.store.counting)" if not in_place(ctx) else
-                    "Parquet source read in place: not counted by a Zarr store"}
+    return {"chunk_reads": got, "x_chunks": chunks, "passes": round(got / max(1, chunks), 4),
+            "note": note}
 
 
 def xy(ctx: RunContext) -> tuple[Any, Any]:
@@ -455,6 +459,8 @@ def pilot_rows(ctx: RunContext, size: int | None = None
     n = int(X0.shape[0])
     s = min(job.pilot_s if size is None else int(size), n)
     rng = np.random.default_rng([job.seed, 0x9170] + ([] if size is None else [int(size)]))
+    # the chunks' order depends on the seed alone: pilots of several sizes read nested sets
+    order_rng = np.random.default_rng([job.seed, 0x9170])
     res = read_reservoir(dataset_path(ctx)) \
         if src in ("auto", "reservoir") and not in_place(ctx) else None
     if res is not None and res[2].size >= s:
@@ -477,17 +483,32 @@ def pilot_rows(ctx: RunContext, size: int | None = None
         Xs, ys = graph.gather_rows(X, y, idx)
         return Xs, ys, idx, {"from": "gather", "n": n, "rows": s, "fraction_read": frac,
                              "note": "uniform with replacement over all rows"}
-    order = rng.permutation(rows.size)
+    order = (rng if size is None else order_rng).permutation(rows.size)  # same permutation
     need = np.searchsorted(np.cumsum(rows[order]), s) + 1
     ids = np.sort(order[: max(int(need), min(PILOT_MIN_CHUNKS, rows.size))])
-    Xb, yb = graph.read_blocks(X, y, ids.tolist())
+    Xb, yb = _pilot_blocks(ctx, X, y, ids)
     local = np.sort(rng.choice(Xb.shape[0], size=min(s, Xb.shape[0]), replace=False))
     glob = np.concatenate([np.arange(starts[i], starts[i] + rows[i]) for i in ids])[local]
     frac = float(rows[ids].sum() / n)
-    ctx.read("pilot", frac)
+    ctx.read("pilot", frac)  # (its chunks already read by another pilot are not read again)
     return Xb[local], yb[local], glob, {
         "from": "chunks", "n": n, "rows": int(local.size), "chunks": ids.tolist(),
         "fraction_read": frac, "note": "uniform within a seeded set of whole chunks"}
+
+
+def _pilot_blocks(ctx: RunContext, X: Any, y: Any, ids: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Whole chunks ``ids`` of X and y, each read once per run (kept in ``ctx.memo``: the
+    theta_0 pilot and the one-read factor's pilot share their chunks)."""
+    memo = ctx.memo.setdefault("pilot chunks", {})
+    new = [int(i) for i in ids if int(i) not in memo]
+    if new:
+        Xn, yn = graph.read_blocks(X, y, new)
+        bounds = np.cumsum([0] + [int(X.chunks[0][i]) for i in new])
+        for k, i in enumerate(new):
+            memo[i] = (Xn[bounds[k]:bounds[k + 1]], yn[bounds[k]:bounds[k + 1]])
+    return (np.concatenate([memo[int(i)][0] for i in ids]),
+            np.concatenate([memo[int(i)][1] for i in ids]))
 
 
 #: fewest chunks a ``pilot_from: chunks`` pilot reads (spread against a sorted store)

@@ -8,6 +8,7 @@ actually read from the store — duplicated reads included — not a ledger of i
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any
@@ -34,6 +35,17 @@ def chunk_reads(token: str) -> int:
 def process_reads(token: str) -> tuple[int, int]:
     """(this process's id, its chunk reads under ``token``): summed once per process."""
     return os.getpid(), chunk_reads(token)
+
+
+def _counted_call(func: Any, token: str, *args: Any, **kwargs: Any) -> Any:
+    _count(token)
+    return func(*args, **kwargs)
+
+
+def counted(func: Any, token: str) -> Any:
+    """``func`` that adds one to the counter ``token`` per call (a Parquet partition read
+    and encoded in place: the table's "chunk reads")."""
+    return functools.partial(_counted_call, func, token)
 
 
 class CountingStore(WrapperStore):
