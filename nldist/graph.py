@@ -802,6 +802,7 @@ def one_read_pass(
         "totals": oneread.totals(got),
         "idx": np.concatenate([g["idx"] for g in got]),
         "q": np.concatenate([g["q"] for g in got], axis=1),
+        "r": np.concatenate([g["r"] for g in got]),
         "X": cat("X", (-1, d)), "y": None if y is None else cat("y", (-1, *ytail)),
         "eval": (np.concatenate([g["eval_idx"] for g in got]), cat("eval_X", (-1, d)),
                  None if y is None else cat("eval_y", (-1, *ytail))),

@@ -76,8 +76,10 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
 
     Returns
     -------
-    dict with ``indices`` (s',), ``weights`` (s',), ``X`` (s', d), ``y``, ``eval`` (indices,
-    X, y), ``info`` (the JSON summary: choice, predictions, sizes, totals, factor).
+    dict with ``indices`` (s',), ``weights`` (s',), ``X`` (s', d), ``y``, ``q`` (4, s') the
+    sampled rows' candidate values, ``residual`` (s',) their residual norms at theta_0,
+    ``eval`` (indices, X, y), ``info`` (the JSON summary: choice, predictions, sizes,
+    totals, factor).
     """
     job = ctx.job
     X, y = stages.xy(ctx)
@@ -154,5 +156,6 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
                          "Poisson weights, still unbiased; raise pilot_factor_s for the full "
                          "size")
     return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
+            "q": got["q"][:, keep], "residual": got["r"][keep],
             "y": None if got["y"] is None else got["y"][keep], "eval": got["eval"],
             "info": info}

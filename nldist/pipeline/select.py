@@ -25,6 +25,7 @@ from nldist._version import __version__
 from nldist.pipeline import oneread as oneread_stage
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
+from nldist.scores.oneread import CANDIDATES as ONE_READ_CANDIDATES
 from nldist.scores.oneread import ONE_READ_KINDS
 from nldist.store.records import array_digest, save_npy, save_npz, write_json
 from nldist.store.scores import path_name
@@ -75,7 +76,11 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
                                                      [(s, stages.rng(ctx))], eval_rate=rate)
         idx, w, Xs, ys = got[0]
         kind_out = kind
-    save_npz(ctx.path("samples", f"{path_name(kind)}.npz"), indices=idx, weights=w, seed=job.seed,
+    extra = {} if sampling is None else {
+        "candidates": np.array(ONE_READ_CANDIDATES), "values": got1["q"],
+        "residual": got1["residual"]}
+    save_npz(ctx.path("samples", f"{path_name(kind)}.npz"), **extra, indices=idx, weights=w,
+             seed=job.seed,
              kind=kind_out, s=s, alpha=job.alpha, n=n, model=job.model,
              theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
     stages.hand_over(ctx, kind, (idx, w, Xs, ys))

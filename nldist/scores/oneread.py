@@ -303,8 +303,9 @@ def chunk(
     Returns
     -------
     dict with ``n``, ``L`` (Σ r²), ``B`` (Σ γ), ``H`` (Σ h), per candidate ``Z``, ``A``, ``D``
-    (ndarrays of shape (4,)); the drawn rows ``idx`` (k,) global, ``q`` (4, k), ``X`` (k, d),
-    ``y``; the evaluation rows ``eval_idx``, ``eval_X``, ``eval_y``.
+    (ndarrays of shape (4,)); the drawn rows ``idx`` (k,) global, ``q`` (4, k), ``r`` (k,)
+    their residual norms at theta, ``X`` (k, d), ``y``; the evaluation rows ``eval_idx``,
+    ``eval_X``, ``eval_y``.
     """
     X = np.asarray(X)
     n_b = int(X.shape[0])
@@ -314,7 +315,7 @@ def chunk(
     step = max(1, DUAL_BLOCK_BYTES // (8 * q_cols * g))
     sums = {"n": n_b, "L": 0.0, "B": 0.0, "H": 0.0,
             **{k: np.zeros(len(CANDIDATES)) for k in SUM_KEYS}}
-    picked, qs = [], []
+    picked, qs, rs = [], [], []
     for sl in row_slices(n_b, step):
         if sl.stop <= sl.start:
             continue
@@ -332,9 +333,11 @@ def chunk(
             loc = np.flatnonzero(keep)
             picked.append(loc + sl.start)
             qs.append(q[:, loc])
+            rs.append(np.sqrt(v.r2[loc]))
     idx = np.concatenate(picked) if picked else np.empty(0, np.int64)
     out = {**sums, "idx": idx + offset,
            "q": np.concatenate(qs, axis=1) if qs else np.empty((len(CANDIDATES), 0)),
+           "r": np.concatenate(rs) if rs else np.empty(0),
            "X": X[idx], "y": None if y is None else np.asarray(y)[idx]}
     if eval_rate > 0:
         ev = np.flatnonzero(hash_uniform(np.arange(offset, offset + n_b), eval_seed) < eval_rate)
