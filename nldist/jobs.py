@@ -6,11 +6,14 @@ Errors name the field path and what is allowed, on one line, e.g.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from dask.utils import parse_bytes
@@ -417,7 +420,8 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     """Read and validate a job file (YAML, safe loader) with optional overrides."""
     path = Path(path)
     if not path.exists():
-        raise NldistError(f"job file {str(path)!r} not found; see jobs/ for examples")
+        raise NldistError(f"job file {str(path)!r} not found; `nldist example --list` lists "
+                          "example jobs, `nldist example california job.yaml` writes one")
     if path.is_dir():
         raise NldistError(f"{str(path)!r} is a directory; give a job YAML file, e.g. "
                           "jobs/california.yaml")
@@ -444,4 +448,65 @@ def validate_job(data: dict, where: str = "job") -> JobConfig:
         raise NldistError(format_error(where, exc, _allowed_fields)) from None
 
 
-__all__ = ["KINDS", "JobConfig", "load_job", "validate_job"]
+# ---------------------------------------------------------------------------------------------
+# Example job files shipped with the package (nldist/examples/jobs/*.yaml; `nldist example`)
+# ---------------------------------------------------------------------------------------------
+def _example_dir() -> Any:
+    return resources.files("nldist.examples").joinpath("jobs")
+
+
+def example_names() -> list[str]:
+    """Names of the example job files shipped with the package (``nldist example --list``)."""
+    return sorted(f.name[:-len(".yaml")] for f in _example_dir().iterdir()
+                  if f.name.endswith(".yaml"))
+
+
+def example_text(name: str) -> str:
+    """The text of the example job ``name`` (a job file that runs as is)."""
+    stem = str(name).removesuffix(".yaml")
+    if stem not in example_names():
+        raise NldistError(f"no example job {name!r}; choose one of "
+                          f"{', '.join(example_names())} (nldist example --list)")
+    return _example_dir().joinpath(f"{stem}.yaml").read_text(encoding="utf-8")
+
+
+def example_summary(name: str) -> str:
+    """One line about an example: its dataset, model and sample size."""
+    data = yaml.safe_load(example_text(name))
+    ds = data.get("dataset") or {}
+    return f"{ds.get('source', '?')}: {data.get('model', '?')}, s={data.get('s', '?')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset source, checked before anything runs (`nldist validate`)
+# ---------------------------------------------------------------------------------------------
+def check_source(source: str) -> str:
+    """Where ``dataset.source`` points, in words, or a one-line error when it cannot be read:
+    a packaged dataset name; a local file, directory or glob that exists (relative to the
+    working directory, as the run reads it); a URL with a scheme and a location (its syntax
+    only: object storage is not contacted)."""
+    src = str(source).strip()
+    if src in DATASETS:
+        return f"packaged dataset {src!r}"
+    if "://" in src and not src.startswith("file://"):
+        parts = urlsplit(src)
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", parts.scheme) or not parts.netloc:
+            raise NldistError(f"dataset.source {src!r} is not a valid URL; write "
+                              "scheme://bucket/path, e.g. s3://bucket/table/")
+        return f"URL {src} (not contacted)"
+    path = src.removeprefix("file://")
+    if any(ch in path for ch in "*?["):
+        if not glob.glob(path):
+            raise NldistError(f"dataset.source {src!r}: no file matches the glob (from "
+                              f"{Path.cwd()}); check the pattern")
+        return f"{len(glob.glob(path))} file(s) matching {path}"
+    if not Path(path).exists():
+        hint = (f"a packaged dataset ({', '.join(sorted(DATASETS)[:4])}, ...; nldist fetch "
+                "--list) or " if "/" not in path and "." not in path else "")
+        raise NldistError(f"dataset.source {src!r} does not exist (from {Path.cwd()}); give "
+                          f"{hint}an existing file, directory, glob or URL")
+    return f"local {'directory' if Path(path).is_dir() else 'file'} {path}"
+
+
+__all__ = ["KINDS", "JobConfig", "check_source", "example_names", "example_text", "load_job",
+           "validate_job"]
