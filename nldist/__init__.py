@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the import graph of t
         load_sample,
         sample,
         scores,
+        select_sample,
         to_torch,
     )
     from nldist.models import get_model
@@ -38,6 +39,7 @@ _LAZY = {
     "load_sample": "nldist.api",
     "sample": "nldist.api",
     "scores": "nldist.api",
+    "select_sample": "nldist.api",
     "to_torch": "nldist.api",
     "get_model": "nldist.models",
     "Model": "nldist.models.base",
@@ -55,6 +57,7 @@ __all__ = [
     "load_sample",
     "sample",
     "scores",
+    "select_sample",
     "to_torch",
 ]
 

@@ -350,6 +350,68 @@ def sample(
     return sampling.sample_array(probs, s, random_state, alpha)
 
 
+def select_sample(
+    X: Any, y: Any, model: Model | str, theta: Any, s: int | None = None, *,
+    target_error: float | None = None, kind: str = "auto", loss: str | None = None,
+    pilot_rows: int = 10_000, random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A weighted sample of exactly s rows (or of the size ``target_error`` needs) drawn in
+    ONE read of X against a uniform pilot's factor (``nldist select``'s sampler, MATH.md §9).
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n, d), or a Zarr dataset path
+    y : ndarray or dask array of shape (n,) (or (n, C) for multi-output regression)
+    model : Model or spec str
+    theta : array-like of shape (p,)
+        Where the scores are taken (a pilot's theta_0, or any other).
+    s : int, optional
+        Sample size (give s or ``target_error``).
+    target_error : float in (0, 1), optional
+        The smallest s whose predicted relative error of the full-data loss is at most this.
+    kind : {"auto", "influence-mix", "influence", "nonlinear-leverage", "uniform"}
+        ``auto``: the candidate with the lowest trusted prediction (default: influence-mix).
+    loss : str, optional
+        As :func:`scores`.
+    pilot_rows : int
+        Uniform rows (seeded) behind the factor (a gather of those rows for dask input).
+    random_state : int
+        Seed of the pilot and of every row's inclusion uniform (chunking-invariant).
+
+    Returns
+    -------
+    indices : ndarray of shape (s,) int64, sorted
+    weights : ndarray of shape (s,) float64, Horvitz–Thompson weights
+    info : dict — the distribution used and why, every candidate's predicted error, sizes
+    """
+    if kind not in oneread.ONE_READ_KINDS:
+        raise NldistError(f"kind {kind!r} is not sampled in one read; use one of "
+                          f"{', '.join(oneread.ONE_READ_KINDS)} (or nldist.scores + "
+                          "nldist.sample)")
+    if y is None:
+        raise NldistError("select_sample weighs rows by their residual and needs y")
+    if not isinstance(random_state, (int, np.integer)) or random_state < 0:
+        raise NldistError(f"random_state must be an int >= 0, got {random_state!r}")
+    if not isinstance(pilot_rows, (int, np.integer)) or pilot_rows < 1:
+        raise NldistError(f"pilot_rows must be an int >= 1, got {pilot_rows!r}")
+    dX, dy = graph.as_dask_xy(X, y, y_cols=None)
+    n = int(dX.shape[0])
+    spec = make_spec("nonlinear-leverage", model, theta, dX.shape[1], True, loss=loss,
+                     y_cols=target_columns(dy))
+    rows, th = spec.rows, spec.rows.theta
+    pick = np.sort(np.random.default_rng([int(random_state), 0x9170]).choice(
+        n, size=min(int(pilot_rows), n), replace=False))
+    Xp, yp = graph.gather_rows(dX, dy, pick)
+    fac = oneread.factor(rows.matrix(Xp, yp, 0), n, m=pick.size)
+    fac, rates, _ = oneread.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
+                                 target_error)
+    got = graph.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
+                              seed=int(random_state))
+    keep, w, info = oneread.conclude(got, kind, s, target_error, rates, int(random_state),
+                                     int(th.size), n)
+    return got["idx"][keep], w, info
+
+
 # --------------------------------------------------------------------------------------
 # The sample handed over to the user's own training
 # --------------------------------------------------------------------------------------
@@ -388,6 +450,17 @@ class Sample:
 
     def __len__(self) -> int:
         return len(self.row)
+
+    def __repr__(self) -> str:
+        m = self.meta
+        n = m.get("n")
+        of = f" of {n:,}" if isinstance(n, int) else ""
+        draws = f"s={m['s']} draws, " if m.get("s") is not None else ""
+        what = ", ".join(f"{k} {m[k]}" for k in ("model", "seed") if m.get(k) is not None)
+        return (f"<nldist.Sample: {len(self):,} distinct rows{of} ({draws}"
+                f"{m.get('kind', 'kind ?')}), {len(self.features)} features"
+                f"{', ' + what if what else ''}; sample_weight sums to "
+                f"{self.sample_weight.sum():,.6g}>")
 
     @property
     def original(self) -> np.ndarray | None:

@@ -290,3 +290,28 @@ def test_select_on_a_parquet_directory_in_place_reads_it_once(tmp_path, sync_sch
     assert mz["cost"]["store_reads_counted"]["passes"] == 1.0  # the reservoir: no pilot read
     assert mp["sampling"]["kind"] == mz["sampling"]["kind"]
     assert sp["indices"].size == sz["indices"].size == 200
+
+
+def test_select_sample_api_numpy_and_dask_agree_and_reach_the_target():
+    import dask.array as da
+
+    X, y, m, th = _problem(n=5000, seed=8)
+    i1, w1, info = nldist.select_sample(X, y, m, th, s=250, kind="auto", pilot_rows=1000,
+                                        random_state=4)
+    assert i1.size == w1.size == 250 and np.all(np.diff(i1) > 0) and np.all(w1 >= 1)
+    assert info["requested"] == "auto" and info["kind"] in oneread.CANDIDATES
+    i2, w2, _ = nldist.select_sample(da.from_array(X, chunks=(613, -1)),
+                                     da.from_array(y, chunks=613), m, th, s=250,
+                                     pilot_rows=1000, random_state=4)
+    assert i2.tolist() == i1.tolist()
+    np.testing.assert_allclose(w2, w1, rtol=1e-9)
+    i3, _, t = nldist.select_sample(X, y, m, th, target_error=0.05, kind="influence-mix",
+                                    pilot_rows=1000)
+    assert i3.size == t["requested_size"]
+    assert t["predicted"]["influence-mix"]["predicted"] <= 0.05 + 1e-12
+    for bad, msg in [({"s": 0}, "s must be"), ({"s": 10, "target_error": 0.1}, "not both"),
+                     ({"target_error": 2.0}, "target_error"),
+                     ({"s": 10, "kind": "linear-leverage"}, "one read"),
+                     ({"s": 10, "pilot_rows": 0}, "pilot_rows")]:
+        with pytest.raises(NldistError, match=msg):
+            nldist.select_sample(X, y, m, th, **bad)

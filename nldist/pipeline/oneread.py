@@ -24,10 +24,6 @@ from nldist.scores import oneread
 from nldist.scores.spec import make_spec
 from nldist.store.dataset import read_reservoir
 
-#: drawn rows per expected sample row: covers the pilot's error in estimating the totals
-#: (rows the final sample wants beyond it are kept with their draw probability: still
-#: unbiased, the sample a little smaller)
-OVERSAMPLE = 1.5
 #: seed offset of the evaluation sample (as the two-pass fused pass)
 EVAL_SALT = 0x3E7A1
 
@@ -90,26 +86,10 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     spec = make_spec("nonlinear-leverage", m, theta0, X.shape[1], True, loss=job.loss,
                      device=job.device, y_cols=target_columns(y))
     rows = spec.rows
+    eps = job.target_error if s is None else None
     with ctx.timed("factor"):
         fac, Dp, fprov = _factor(ctx, rows, theta0, exact, n)
-        z_hat = oneread.estimate_totals(Dp, theta0, fac, rows.group)
-        fac = oneread.RowFactor(**{**fac.__dict__, "z_hat": z_hat})
-    p = int(m.n_params)
-    eps = job.target_error if s is None else None
-    if eps is not None:  # the pilot's guess of s, to size the draw
-        ptot = oneread.pilot_totals(Dp, theta0, fac, rows.group)
-        guess = [oneread.size_for(ptot, c, eps) for c in oneread.CANDIDATES]
-        s_plan = float(min(g for g in guess if np.isfinite(g)) if kind == "auto" else
-                       guess[oneread.CANDIDATES.index(kind)])
-        if not np.isfinite(s_plan):
-            raise NldistError(f"target_error {eps:g}: the pilot predicts no finite sample size "
-                              f"for kind {kind}; give s instead")
-    else:
-        s_plan = float(s)
-    s_plan = min(max(s_plan, 1.0), float(n))
-    drawn = oneread.CANDIDATES if kind == "auto" else (kind,)
-    rates = np.array([OVERSAMPLE * s_plan / z_hat[c] if c in drawn else 0.0
-                      for c in oneread.CANDIDATES])
+        fac, rates, s_plan = oneread.plan(Dp, theta0, fac, rows.group, kind, s, eps)
     seed = int(job.seed)
     t0 = time.perf_counter()
     with ctx.timed("one read", kind=kind, key=f"score:{kind}"):
@@ -118,43 +98,9 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
                                   eval_seed=int(job.seed) + EVAL_SALT)
     ctx.read("one read: scores + sample + evaluation rows")
     ctx.pass1_s = time.perf_counter() - t0  # a measured pass: what a full-data pass costs
-    tot = got["totals"]
-    if eps is not None:
-        sizes = {c: oneread.size_for(tot, c, eps) for c in oneread.CANDIDATES}
-    if kind == "auto":
-        s_pred = s_plan if eps is None else min(v for v in sizes.values() if np.isfinite(v))
-        pred = oneread.predict(tot, s_pred, p)
-        chosen, why = oneread.choose(pred)
-    else:
-        chosen, why = kind, "the job's kind"
-    s_final = int(s) if eps is None else int(np.ceil(min(sizes[chosen], n)))
-    pred = oneread.predict(tot, s_final, p)
-    j = oneread.CANDIDATES.index(chosen)
-    keep, w, finfo = oneread.finalize(got["idx"], got["q"], chosen, s_final, float(rates[j]),
-                                      seed)
-    if keep.size == 0:
-        raise NldistError(f"the {chosen} sample came out empty (expected size {s_final:.3g}); "
-                          "raise s or lower target_error's precision")
-    info = {
-        "kind": chosen, "requested": kind, "why": why, "exact_factor": exact,
-        "requested_size": s_final, "size": int(keep.size), "target_error": eps,
-        "drawn_rows": int(got["idx"].size), "planned_size": s_plan, "oversample": OVERSAMPLE,
-        "factor": fprov, "totals_pilot_estimate": z_hat,
-        "totals": {c: float(tot["Z"][i]) for i, c in enumerate(oneread.CANDIDATES)},
-        "loss_theta0": float(tot["L"]), "rank_estimate": float(tot["H"]),
-        "predicted": {c: {k: (None if not np.isfinite(v) else v) if isinstance(v, float) else v
-                          for k, v in d.items()} for c, d in pred.items()},
-        "guard": f"a prediction is trusted when s >= {oneread.GUARD:g} p d_n",
-        **finfo,
-    }
-    if eps is not None:
-        info["sizes_for_target"] = {c: (None if not np.isfinite(v) else float(v))
-                                    for c, v in sizes.items()}
-    if finfo["short"]:
-        info["short"] = (f"the draw held {keep.size} of the {s_final} rows asked for (the "
-                         "pilot over-estimated the distribution's total): kept with their "
-                         "Poisson weights, still unbiased; raise pilot_factor_s for the full "
-                         "size")
+    keep, w, info = oneread.conclude(got, kind, s, eps, rates, seed, int(m.n_params), n)
+    info.update(exact_factor=exact, planned_size=s_plan, factor=fprov,
+                totals_pilot_estimate=fac.z_hat)
     return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
             "q": got["q"][:, keep], "residual": got["r"][keep],
             "y": None if got["y"] is None else got["y"][keep], "eval": got["eval"],
