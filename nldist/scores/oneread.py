@@ -398,9 +398,9 @@ def choose(pred: dict[str, dict]) -> tuple[str, str]:
         if name == base:
             continue
         c, b = pred[name], pred[best]
-        if c["trusted"] and c["predicted"] <= AUTO_MARGIN * b["predicted"]:
+        if c["trusted"] and c["predicted"] < AUTO_MARGIN * b["predicted"]:
             best = name
-            why = (f"{name}'s predicted error {c['predicted']:.3g} is <= {AUTO_MARGIN} x "
+            why = (f"{name}'s predicted error {c['predicted']:.3g} is < {AUTO_MARGIN} x "
                    f"{base}'s {pred[base]['predicted']:.3g} and trusted "
                    f"(s >= {GUARD:g}·p·d_n, d_n = {c['d_n']:.3g})")
     return best, why
