@@ -49,3 +49,58 @@ def test_validate_checks_the_source(tmp_path):
     assert bad.stderr.startswith("error: dataset.source 'nope' does not exist")
     url = validate("--set", "dataset.source=s3://bucket/t/", cwd=tmp_path)
     assert url.returncode == 0 and "(not contacted)" in url.stdout
+
+
+@pytest.mark.parametrize("spec", ["glm:swish", "linear", "glm:sigmoid:nobias", "relu2:4",
+                                  "relu2:4:sigmoid", "softmax:3", "mlp:8:3"])
+def test_model_reprs_are_readable(spec):
+    import nldist
+
+    text = repr(nldist.get_model(spec, 8))
+    assert "<function" not in text and "lambda" not in text and " at 0x" not in text, text
+    assert f"spec={spec!r}" in text and "n_features=8" in text and "n_params=" in text
+    if spec == "glm:swish":
+        assert text == ("GLM(spec='glm:swish', n_features=8, n_params=9, "
+                        "activation=Activation('swish(c1=1,c2=2,zeta=1)'), bias=True)")
+
+
+def test_sample_repr(tmp_path):
+    import numpy as np
+
+    import nldist
+    from nldist.store.sample_table import write_sample_table
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(10, 3)), rng.normal(size=10)
+    idx = np.array([0, 2, 2, 5])
+    write_sample_table(tmp_path / "sample.parquet", idx, np.full(4, 2.5), X[idx], y[idx],
+                       {"features": ["a", "b", "c"]},
+                       {"kind": "nonlinear-leverage", "s": 4, "n": 10, "model": "glm:swish",
+                        "seed": 3})
+    S = nldist.load_sample(tmp_path)
+    assert repr(S) == ("<nldist.Sample: 3 distinct rows of 10 (s=4 draws, nonlinear-leverage), "
+                       "3 features, model glm:swish, seed 3; sample_weight sums to 10>")
+
+
+def test_get_model_takes_a_torch_module_like_the_api():
+    import numpy as np
+    import torch
+
+    import nldist
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = nldist.get_model(net, 3)
+    theta = model.initial_theta()
+    assert theta.shape == (model.n_params,) == (21,)
+    X = np.random.default_rng(1).normal(size=(5, 3))
+    with torch.no_grad():
+        want = net(torch.tensor(X, dtype=torch.float64).float()).double().numpy().ravel()
+    np.testing.assert_allclose(model.predict(theta, X), want, rtol=1e-5, atol=1e-6)
+    assert "torch.nn.modules.container:Sequential" in repr(model)
+    # the rest of the API takes the same module: the same adjoint from either door
+    np.testing.assert_allclose(nldist.adjoint(net, theta, X), nldist.adjoint(model, theta, X))
+    with pytest.raises(NldistError, match="a string like 'glm:sigmoid' or a torch.nn.Module"):
+        nldist.get_model(42, 3)
+    with pytest.raises(NldistError, match="n_features must be a positive integer"):
+        nldist.get_model(net, "3")

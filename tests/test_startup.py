@@ -4,6 +4,7 @@ objects. Timings: bench/bench_startup.py (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import subprocess
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import nldist
 
 HEAVY = ("dask", "distributed", "pandas", "zarr", "torch", "matplotlib", "pyarrow", "typer")
 
@@ -32,8 +35,6 @@ def test_version_loads_no_heavy_package():
     assert _loaded_after(code) == []
     r = subprocess.run([sys.executable, "-m", "nldist", "--version"], capture_output=True,
                        text=True, timeout=120)
-    import nldist
-
     assert r.returncode == 0 and r.stdout.strip() == f"nldist {nldist.__version__}"
 
 
@@ -44,15 +45,24 @@ def test_console_script_entry_is_the_light_main():
     assert re.search(r'^nldist = "nldist.__main__:main"$', text, re.M)
 
 
-@pytest.mark.parametrize("name", ["get_model", "Model", "scores", "sample", "leverage",
-                                  "adjoint", "dual_matrix", "Sample", "load_sample",
-                                  "to_torch"])
+@pytest.mark.parametrize("name", sorted(nldist._LAZY))
 def test_lazy_names_are_the_api_objects(name):
-    import nldist
-
     value = getattr(nldist, name)
     assert value is getattr(importlib.import_module(nldist._LAZY[name]), name)
     assert name in dir(nldist) and name in nldist.__all__
+
+
+def test_lazy_table_matches_the_type_checking_imports():
+    """``_LAZY`` (what ``__getattr__`` loads) and the ``if TYPE_CHECKING:`` imports (what
+    type checkers and tests/test_layers.py see) name the same things, and every lazy name
+    is public."""
+    tree = ast.parse(Path(nldist.__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If)
+                 and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    imported = {a.name: n.module for n in block.body if isinstance(n, ast.ImportFrom)
+                for a in n.names}
+    assert imported == nldist._LAZY
+    assert set(nldist._LAZY) <= set(nldist.__all__)
 
 
 def test_scores_stays_the_function_after_the_subpackage_loads():
@@ -68,7 +78,5 @@ def test_scores_stays_the_function_after_the_subpackage_loads():
 
 
 def test_unknown_attribute_is_an_attribute_error():
-    import nldist
-
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         nldist.nope  # noqa: B018

@@ -81,13 +81,15 @@ def check_model(model: Any) -> Model:
                       f"from nldist.get_model or a torch.nn.Module, got a {what}")
 
 
-def get_model(spec: str, n_features: int) -> Model:
-    """Build a model from a spec string.
+def get_model(spec: Any, n_features: int) -> Model:
+    """Build a model from a spec string, or from a live ``torch.nn.Module``.
 
     Parameters
     ----------
-    spec : str
-        Model spec, see the table in DESIGN.md (``"linear"``, ``"glm:sigmoid"``, ...).
+    spec : str or torch.nn.Module
+        Model spec, see the table in DESIGN.md (``"linear"``, ``"glm:sigmoid"``, ...), or a
+        module (as everywhere in the API: its architecture and ``state_dict`` travel to the
+        workers; theta defaults to its parameters, ``model.initial_theta()``).
     n_features : int
         Number of input columns d.
 
@@ -96,12 +98,15 @@ def get_model(spec: str, n_features: int) -> Model:
     Model
         With ``n_params`` (p) and the array methods of :class:`Model`.
     """
-    if not isinstance(spec, str):
-        raise NldistError(f"model spec must be a string like 'glm:sigmoid', got {spec!r}")
     if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)):
         raise NldistError(f"n_features must be a positive integer, got {n_features!r}")
     if n_features < 1:
         raise NldistError(f"n_features must be >= 1, got {n_features}; check the data has columns")
+    if _is_module(spec):
+        return _factory("live")(spec, int(n_features))
+    if not isinstance(spec, str):
+        raise NldistError(f"model spec must be a string like 'glm:sigmoid' or a "
+                          f"torch.nn.Module, got {spec!r}")
     spec = spec.strip().replace(" ", "")
     if spec in ("linear", "linear:nobias"):
         prefix = "linear"

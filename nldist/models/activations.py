@@ -59,6 +59,9 @@ class Activation:
     torch_phi: Callable[[Any], Any]
     phi0: float
 
+    def __repr__(self) -> str:  # its spec name, not the addresses of its functions
+        return f"Activation({self.name!r})"
+
 
 def _torch():
     import torch
