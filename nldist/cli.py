@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from nldist import __version__, datasets, pipeline
 from nldist.cluster import INTERRUPT_REPORTED, INTERRUPTED, connect
@@ -34,16 +35,74 @@ from nldist.jobs import (
 )
 from nldist.report import experiment_table, write_report
 
-app = typer.Typer(
+#: value types in --help in the usual notation, for typer's <str>, <list[str]>, <bool>, ...
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH",
+               "int range": "INTEGER", "float range": "FLOAT", "bool": ""}
+
+
+def _type_name(p: Any, ctx: Any) -> str:
+    shown = str(p.display_type(ctx) or "").strip("<>")
+    shown = shown[len("list["):-1] if shown.startswith("list[") else shown  # repeatable
+    return _TYPE_NAMES.get(shown, shown.upper())
+
+
+def _clean_metavars(params: list[Any], ctx: Any) -> list[Any]:
+    """Help in the usual notation: arguments as JOB_FILE, values as TEXT / INTEGER / PATH,
+    no type after a flag (``--force``, ``-v``); an explicit metavar is kept as given."""
+    for p in params:
+        if getattr(p, "_nldist_clean", False):
+            continue
+        if isinstance(p, TyperArgument):
+            kind = _type_name(p, ctx)
+            p.metavar = p.metavar or p.name.upper()
+            p.display_type_rich = lambda ctx, kind=kind: kind  # type: ignore[method-assign]
+        elif isinstance(p, TyperOption) and p.metavar is None:
+            p.metavar = "" if (p.is_flag or p.count) else _type_name(p, ctx)
+        p._nldist_clean = True
+    return params
+
+
+class _Command(TyperCommand):
+    """A command whose help uses :func:`_clean_metavars` (usage: ``[OPTIONS] JOB_FILE``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _clean_metavars(super().get_params(ctx), ctx)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = (p.metavar or p.name.upper()) + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _clean_metavars(super().get_params(ctx), ctx)
+
+
+class _App(typer.Typer):
+    """The Typer app whose commands are :class:`_Command` (clean metavars in --help)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="nldist: importance sampling for nonlinear models with nonlinear leverage scores on "
-    "Dask + Zarr. Start with `nldist run jobs/california.yaml`.",
+    "Dask + Zarr. Start with `nldist select jobs/california.yaml` (the practical path; "
+    "`nldist example california job.yaml` writes that job file anywhere).",
 )
 
 Overrides = Annotated[
     list[str] | None,
-    typer.Option("--set", help="override a job field, e.g. --set s=500 --set cluster.n_workers=4"),
+    typer.Option("--set", metavar="FIELD=VALUE",
+                 help="override a job field, e.g. --set s=500 --set cluster.n_workers=4"),
 ]
 ClusterOpt = Annotated[
     str | None,
@@ -70,7 +129,8 @@ def _main(
                                           help="print the version and exit")] = False,
 ) -> None:
     """nldist: importance sampling for nonlinear models with nonlinear leverage scores on
-    Dask + Zarr. Start with `nldist run jobs/california.yaml`."""
+    Dask + Zarr. Start with `nldist select jobs/california.yaml` (the practical path;
+    `nldist example california job.yaml` writes that job file anywhere)."""
 
 
 def _logging(verbose: int, quiet: bool) -> None:

@@ -104,3 +104,29 @@ def test_get_model_takes_a_torch_module_like_the_api():
         nldist.get_model(42, 3)
     with pytest.raises(NldistError, match="n_features must be a positive integer"):
         nldist.get_model(net, "3")
+
+
+def test_help_uses_clean_metavars_and_starts_with_select():
+    """--help of every command: no typer-style <bool>, <list[str]>, {job_file}; arguments in
+    capitals; the top level starts the user with `nldist select`, as the README does."""
+    from typer.testing import CliRunner
+
+    from nldist.cli import app
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
+    assert top.exit_code == 0
+    text = " ".join(top.output.split())
+    assert "Start with `nldist select jobs/california.yaml`" in text
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "nldist select jobs/california.yaml" in readme.split("```")[1]  # the first command
+    commands = [line.split()[1] for line in top.output.splitlines()
+                if line.startswith("│ ") and len(line.split()) > 2 and line.split()[1].isalpha()
+                and line.split()[1].islower() and not line.split()[1].startswith("-")]
+    assert {"select", "run", "validate", "example", "fetch", "ingest"} <= set(commands)
+    for cmd in commands:
+        out = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "100"}).output
+        for bad in ("<bool>", "<str>", "<int>", "<list[", "<path>", "{"):
+            assert bad not in out, f"nldist {cmd} --help shows {bad}:\n{out}"
+    usage = runner.invoke(app, ["select", "--help"], env={"COLUMNS": "100"}).output
+    assert "select [OPTIONS] JOB_FILE" in " ".join(usage.split())
