@@ -146,8 +146,8 @@ def _pass1_block(
     persist = mode == "always"
     io_est = None
     build_s = 0.0
-    host_gram = be.host_gram and leverage and getattr(spec.rows, "gram_direct", False)
-    any_dtype = getattr(spec.rows, "gram_any_dtype", False)
+    host_gram = be.host_gram and leverage and spec.rows.gram_direct
+    any_dtype = spec.rows.gram_any_dtype
     for s in _slices(n, q, g):
         Xs = X[s]
         if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
@@ -323,13 +323,13 @@ def _pass2_rebuild(
     out = np.empty(n, dtype=np.float64)
     # one slice buffer for the whole block: dask workers run with MALLOC_TRIM_THRESHOLD_
     # set, so a fresh (slice, q) array per slice costs page faults (about doubles pass 2)
-    if (getattr(spec.rows, "structured", False) and spec.kind.leverage and be.host_gram
+    if (spec.rows.structured and spec.kind.leverage and be.host_gram
             and not linalg.zero_leverage(n, norm.factor)):  # softmax blocks: no rows formed
         P = linalg.leverage_form(norm.factor)
         for s in slices:
             out[s] = spec.rows.row_values(X[s], _sl(yy, s), offset + s.start, P)
         return out
-    buffered = getattr(spec.rows, "fills_buffer", False)
+    buffered = spec.rows.fills_buffer
     if buffered:  # data rows: [X, 1, y] into one buffer
         buf = np.empty((slices[0].stop - slices[0].start, spec.n_cols(X.shape[1])))
     for s in slices:

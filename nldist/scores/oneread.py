@@ -310,7 +310,7 @@ def chunk(
     X = np.asarray(X)
     n_b = int(X.shape[0])
     theta = np.asarray(theta, dtype=np.float64)
-    g = int(getattr(rows, "group", 1))
+    g = int(rows.group)
     q_cols = theta.size + 1
     step = max(1, DUAL_BLOCK_BYTES // (8 * q_cols * g))
     sums = {"n": n_b, "L": 0.0, "B": 0.0, "H": 0.0,
@@ -473,7 +473,7 @@ def row_scores(X: np.ndarray, y: np.ndarray | None, *, rows: Any, theta: np.ndar
     """
     X = np.asarray(X)
     theta = np.asarray(theta, dtype=np.float64)
-    g = int(getattr(rows, "group", 1))
+    g = int(rows.group)
     out = np.empty((X.shape[0], 2))
     step = max(1, DUAL_BLOCK_BYTES // (8 * (theta.size + 1) * g))
     for sl in row_slices(int(X.shape[0]), step):

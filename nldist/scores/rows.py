@@ -139,8 +139,53 @@ def linear_block(
     return out
 
 
+class Rows:
+    """The declared contract of every rows class: the capabilities the engine plans around,
+    each with its default (a subclass overrides a class attribute or a property).
+
+    Attributes
+    ----------
+    group : int
+        Matrix rows per example (C or k for block rows, C for multi-output dual rows).
+    needs_y : bool
+        The block depends on the labels.
+    cheap : bool
+        The block is a copy of X plus columns: never worth keeping between passes.
+    persistable : bool
+        Pass 1 may keep the block on disk for pass 2 (:mod:`nldist.store.dual_blocks`).
+    cheap_to_rebuild : bool
+        Rebuilding costs about a copy of X (linear rows, closed-form adjoints).
+    gram_direct : bool
+        ``add_gram(G, X, y, offset)`` adds the block's Gram without forming it.
+    gram_any_dtype : bool
+        The direct Gram may take X in its own dtype.
+    structured : bool
+        ``row_values(X, y, offset, P)`` gives leverage rows without forming the block.
+    fills_buffer : bool
+        ``matrix(X, y, out=buf)`` writes into a caller's buffer.
+    """
+
+    group: int = 1
+    needs_y: bool = False
+    cheap: bool = False
+    persistable: bool = False
+    cheap_to_rebuild: bool = False
+    gram_direct: bool = False
+    gram_any_dtype: bool = False
+    structured: bool = False
+    fills_buffer: bool = False
+
+    def n_cols(self, d: int) -> int:
+        """Columns q of the block for X with d columns."""
+        raise NotImplementedError
+
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
+        """The (n_b * group, q) float64 block of rows ``offset .. offset + n_b - 1``."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class DualRows:
+class DualRows(Rows):
     """The (augmented) nonlinear dual matrix of ``model`` at ``theta``."""
 
     model: Model
@@ -172,7 +217,7 @@ class DualRows:
 
 
 @dataclass(frozen=True)
-class DataRows:
+class DataRows(Rows):
     """The data matrix ``[X, 1, y]`` (linear kinds)."""
 
     bias: bool = True
@@ -216,7 +261,7 @@ class DataRows:
 
 
 @dataclass(frozen=True)
-class RawRows:
+class RawRows(Rows):
     """The rows of X itself (``nldist.leverage`` of a tall matrix)."""
 
     cheap = True
@@ -233,7 +278,7 @@ class RawRows:
 
 
 @dataclass(frozen=True)
-class SketchedRows:
+class SketchedRows(Rows):
     """Another Rows' block with its columns projected to ``sk.cols`` dims (large p)."""
 
     inner: Any
@@ -276,7 +321,7 @@ def contrast_basis(C: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class BlockRows:
+class BlockRows(Rows):
     """Per example the C rows of ``B_i^T A_i``: the adjoint block ``A_i = int_0^1 J_i(t
     theta) dt`` (C, p) of a C-output model weighted by the softmax Fisher factor at theta
     (``B_i B_i^T = diag(pi_i) - pi_i pi_i^T``), label-free. With ``k`` (``block-sketch:k``)
@@ -389,7 +434,7 @@ class BlockRows:
 
 
 @dataclass(frozen=True)
-class MarginRows:
+class MarginRows(Rows):
     """The adjoint of the TRAK-style margin ``m_i = log(p_y / (1 - p_y))`` of a C-output
     model along t theta (one row per example, unaugmented: the margin is the model's
     scalar, not a residual)."""

@@ -157,7 +157,7 @@ def sketched_matrix(rows: Any, sk: SketchOptions, X: np.ndarray, y: np.ndarray |
     n_b = X.shape[0]
     probe = rows.matrix(X[:1], None if y is None else np.asarray(y)[:1], offset)
     q = probe.shape[1]
-    g = int(getattr(rows, "group", 1))
+    g = int(rows.group)
     S = sparse_sign(q, sk.cols, sk.seed, sk.nnz)
     step = max(1, SKETCH_BATCH_BYTES // (8 * q * g))
     out = np.empty((n_b * g, sk.cols))

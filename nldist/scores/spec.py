@@ -59,7 +59,7 @@ class ScoreSpec:
     @property
     def group(self) -> int:
         """Matrix rows per example (C or k of the block kinds, else 1)."""
-        return 1 if self.rows is None else int(getattr(self.rows, "group", 1))
+        return 1 if self.rows is None else int(self.rows.group)
 
     @property
     def needs_y(self) -> bool:
