@@ -202,7 +202,7 @@ def connect(cfg: Any, name: str = "nldist", log_file: str | None = None) -> Iter
     quiet_distributed()
     if address == "local":
         busy = cfg.n_workers * cfg.threads_per_worker
-        with _local(cfg, log_file) as client, \
+        with dashboard_to_log(log_file), _local(cfg, log_file) as client, \
                 driver_threads(max(1, (os.cpu_count() or 1) - busy)), quiet_interrupt():
             yield client
     elif address == "slurm":
@@ -243,6 +243,79 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
         client.run(ignore_sigint)  # Ctrl-C reaches the whole process group: the driver acts
         client.run(quiet_task_errors, log_file)  # the workers share this console
         yield client
+
+
+#: the loggers of the dashboard's web server, which runs in this process with a local
+#: cluster's scheduler
+DASHBOARD_LOGGERS = ("tornado", "bokeh")
+dashboard_log = logging.getLogger("nldist.dashboard")
+
+
+@contextlib.contextmanager
+def dashboard_to_log(log_file: str | None = None) -> Iterator[None]:
+    """While the block runs (a local cluster, its teardown included), what tornado and bokeh
+    log — a browser tab closed in the middle of a dashboard update makes them log a
+    20-line traceback (an AssertionError, a closed websocket) that says nothing about the
+    job — goes to ``log_file`` (the run's run.log) as a DEBUG line with its traceback, and
+    to the ``nldist.dashboard`` logger at DEBUG (on the console with ``-vv`` only), never
+    to the console otherwise. asyncio's reports of exceptions raised by tornado or bokeh
+    (an unretrieved websocket write) are moved the same way."""
+    handler = _DashboardToFile(log_file)
+    moved = _DashboardRecords(handler)
+    saved = []
+    for name in DASHBOARD_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate))
+        logger.addHandler(handler)
+        logger.propagate = False
+    aio = logging.getLogger("asyncio")
+    aio.addFilter(moved)
+    try:
+        yield
+    finally:
+        aio.removeFilter(moved)
+        for logger, propagate in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+class _DashboardToFile(logging.Handler):
+    """Appends a record (with its traceback) to a file as a DEBUG line, and passes it on to
+    ``nldist.dashboard`` at DEBUG."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__(logging.DEBUG)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # noqa: BLE001 - a third-party record that cannot be formatted
+            text = str(record.msg)
+        dashboard_log.debug("%s (%s): %s", record.name, record.levelname,
+                            record.getMessage())
+        if self.path:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} DEBUG dashboard "
+                            f"{record.name} ({record.levelname}): {text}\n")
+            except OSError:
+                pass
+
+
+class _DashboardRecords(logging.Filter):
+    """asyncio's records of an exception raised in tornado or bokeh go to the handler."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__.startswith(DASHBOARD_LOGGERS):
+            self.handler.handle(record)
+            return False
+        return True
 
 
 def ignore_sigint() -> None:

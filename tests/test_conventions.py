@@ -130,3 +130,48 @@ def test_help_uses_clean_metavars_and_starts_with_select():
             assert bad not in out, f"nldist {cmd} --help shows {bad}:\n{out}"
     usage = runner.invoke(app, ["select", "--help"], env={"COLUMNS": "100"}).output
     assert "select [OPTIONS] JOB_FILE" in " ".join(usage.split())
+
+
+def test_dashboard_tracebacks_go_to_run_log_not_the_console(tmp_path):
+    """What tornado and bokeh log while a local cluster runs (a browser tab closed during a
+    dashboard update: an AssertionError traceback, a closed websocket) lands in run.log as a
+    DEBUG line, not on the console; anything else still reaches the console."""
+    import io
+    import logging
+
+    from tornado.websocket import WebSocketClosedError
+
+    from nldist.cluster import dashboard_to_log
+
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    log = tmp_path / "run.log"
+    try:
+        with dashboard_to_log(str(log)):
+            try:
+                raise AssertionError("session already closed")  # bokeh's, for a closed tab
+            except AssertionError:
+                logging.getLogger("tornado.application").error("Uncaught exception GET "
+                                                               "/status/ws", exc_info=True)
+            logging.getLogger("bokeh.server.views.ws").warning(
+                "Failed sending message as connection was closed")
+            try:
+                raise WebSocketClosedError()
+            except WebSocketClosedError:
+                logging.getLogger("asyncio").error("Task exception was never retrieved",
+                                                   exc_info=True)
+            logging.getLogger("asyncio").error("an unrelated asyncio error")
+        logging.getLogger("tornado.application").error("after the cluster closed")
+    finally:
+        root.removeHandler(handler)
+    out = console.getvalue()
+    for moved in ("session already closed", "Failed sending", "never retrieved", "Traceback"):
+        assert moved not in out, out
+    assert "an unrelated asyncio error" in out and "after the cluster closed" in out
+    text = log.read_text()
+    assert "DEBUG dashboard tornado.application (ERROR): Uncaught exception GET" in text
+    assert "AssertionError: session already closed" in text and "Traceback" in text
+    assert "DEBUG dashboard bokeh.server.views.ws (WARNING): Failed sending" in text
+    assert "WebSocketClosedError" in text
