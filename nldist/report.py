@@ -12,9 +12,19 @@
   distributed top-k (``dask.array.argtopk``) — the (n,) scores never reach the driver;
   only the k rows are gathered;
 * ``diagnostics.png``: precision@k at finding flipped labels per ranking;
+* ``weights.png``: the importance weights of each stored sample (``samples/*.npz``), Kish's
+  effective sample size (Σw)²/Σw² in each title and in a table;
+* the sampled rows (``sample.parquet``): the heaviest-weighted ones in a table (row, n·score,
+  weight, multiplicity, features, target) and ``score_residual.png``, n·score against
+  |residual| (at θ₀ for ``select``, at θ* for ``run``);
+* ``select``: one read (store-counted chunk reads), the distribution used and why, each
+  candidate's predicted error with the guard, the loss "exact" when every row is evaluated;
 * ``timings.png``: seconds per stage;
 * ``report.md`` (links the PNGs) and ``report.html`` (the same content, PNGs inlined as
   base64, inline CSS: one file that opens anywhere, no network).
+
+Equations are cited by section of ``docs/MATH.md`` in the repository; "–" marks a value that
+does not apply.
 """
 
 from __future__ import annotations
@@ -35,9 +45,11 @@ import numpy as np
 
 from nldist import graph
 from nldist.errors import NldistError
+from nldist.models import get_model
 from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
 from nldist.store.records import atomic_write
 from nldist.store.remote import as_path, write_bytes_atomic
+from nldist.store.sample_table import read_sample_table
 from nldist.store.scores import path_name
 
 KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear-norm",
@@ -45,7 +57,8 @@ KIND_ORDER = ("nonlinear-leverage", "nonlinear-norm", "linear-leverage", "linear
 _COLORS = {"nonlinear-leverage": "#1f77b4", "nonlinear-norm": "#ff7f0e",
            "linear-leverage": "#2ca02c", "linear-norm": "#d62728", "uniform": "#9467bd",
            "ridge-leverage": "#8c564b", "pilot": "#e377c2", "loss": "#7f7f7f",
-           "linear-leverage+y": "#bcbd22", "random": "#17becf"}
+           "linear-leverage+y": "#bcbd22", "random": "#17becf", "influence": "#008b8b",
+           "influence-mix": "#6a3d9a"}
 _EXTRA = ("#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#8c564b")
 MAX_TABLE_FEATURES = 12
 
@@ -322,7 +335,7 @@ def plot_scores(scores_store: Path, path: Path, bins: int = 50) -> Path | None:
     nk = len(arrays)
     ncols = 2 if nk > 1 else 1
     nrows = math.ceil(nk / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols / 1.4 + 1.0, 2.6 * nrows + 0.4),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols / 1.4 + 1.0, 2.9 * nrows + 0.4),
                              dpi=110, sharex=True, squeeze=False)
     for ax, (kind, arr) in zip(axes.ravel(), arrays.items(), strict=False):
         c = counts[kind]
@@ -334,15 +347,15 @@ def plot_scores(scores_store: Path, path: Path, bins: int = 50) -> Path | None:
         ax.yaxis.set_minor_formatter(NullFormatter())
         rank = arr.attrs.get("rank")
         zeros = int(stats[kind][2])
-        extra = f", rank {rank}" if rank is not None else ""
+        extra = f", rank {rank}" if rank is not None else ", rank –"
         extra += f", {zeros:,} rows at 0" if zeros else ""
         ax.set_title(f"{kind}{extra}; max n·score {float(stats[kind][1]):.3g}", fontsize=9)
         ax.grid(True, which="both", alpha=0.25)
         ax.set_ylabel("rows")
+        ax.xaxis.set_tick_params(labelbottom=True)  # every panel its own x axis
+        ax.set_xlabel("n · score   (1 = uniform, dashed)", fontsize=8)
     for ax in axes.ravel()[nk:]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("n · score   (1 = uniform, dashed)")
     fig.tight_layout()
     _savefig(fig, path)
     plt.close(fig)
@@ -545,7 +558,7 @@ def _extremes_section(doc: Doc, out: Path, dataset: Path, attrs: dict, kinds: li
     doc.para(f"The {k} rows with the highest and the lowest scores of each kind (a distributed "
              "top-k over the score chunks; only these rows are read back), in the dataset's "
              "original units. High nonlinear leverage marks the unusual, hard or mislabeled "
-             "rows; low marks the easy, redundant ones (MATH.md §7)."
+             f"rows; low marks the easy, redundant ones ({math_ref(7)})."
              + (" Images: the paper's Fig. 2 layout; captions give the label and n·score."
                 if shape else ""))
     for kind in chosen:
@@ -655,6 +668,306 @@ def plot_timings(groups: dict[str, dict[str, float]], path: Path) -> Path | None
 
 
 # --------------------------------------------------------------------------------------
+# The sample itself: weights (Kish ESS), the sampled rows, score vs |residual|
+# --------------------------------------------------------------------------------------
+
+#: rows of the sampled-rows table (the heaviest weights) and feature columns shown in it
+SAMPLE_TABLE_ROWS = 20
+SAMPLE_TABLE_FEATURES = 8
+#: where the report's equations are written down (in the nldist repository)
+MATH_REF = "docs/MATH.md"
+
+
+def math_ref(*sections: int) -> str:
+    """A citation of the mathematics page in the repository (``docs/MATH.md``)."""
+    return f"`{MATH_REF}` " + " and ".join(f"§{s}" for s in sections)
+
+
+def kish_ess(weights: np.ndarray) -> float:
+    """Kish's effective sample size (Σw)² / Σw² of a weighted sample (one weight per draw).
+
+    Equal weights give the number of draws; a few heavy weights drive it towards 1.
+    """
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.size == 0 or not np.any(w):
+        return 0.0
+    return float(w.sum() ** 2 / np.sum(w * w))
+
+
+@dataclass
+class Draws:
+    """One kind's sample as stored in ``OUT/samples/<kind>.npz`` (one entry per draw)."""
+
+    kind: str
+    indices: np.ndarray
+    weights: np.ndarray
+    n: int | None
+    #: select only: the candidates' names, their values (4, s) and |r_i(θ₀)| (s,)
+    candidates: list[str] | None = None
+    values: np.ndarray | None = None
+    residual: np.ndarray | None = None
+
+    @property
+    def ess(self) -> float:
+        return kish_ess(self.weights)
+
+
+def load_draws(out: Path) -> list[Draws]:
+    """Every stored sample of a run (``samples/*.npz``), in the canonical kind order."""
+    found = {}
+    for path in sorted((as_path(out) / "samples").glob("*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            if "indices" not in z.files or "weights" not in z.files:
+                continue
+            kind = str(z["kind"]) if "kind" in z.files else path.stem
+            found[kind] = Draws(
+                kind, np.asarray(z["indices"], dtype=np.int64),
+                np.asarray(z["weights"], dtype=np.float64),
+                int(z["n"]) if "n" in z.files else None,
+                [str(c) for c in z["candidates"]] if "candidates" in z.files else None,
+                np.asarray(z["values"], dtype=np.float64) if "values" in z.files else None,
+                np.asarray(z["residual"], dtype=np.float64) if "residual" in z.files else None)
+    return [found[k] for k in ordered_kinds(list(found))]
+
+
+def _log_bins(v: np.ndarray, bins: int) -> tuple[np.ndarray, bool]:
+    """Bin edges for positive values: geometric when they span more than 20×."""
+    lo, hi = float(v.min()), float(v.max())
+    if lo > 0 and hi / lo > 20:
+        return np.geomspace(lo, hi * (1 + 1e-9), bins + 1), True
+    if hi <= lo:
+        return np.array([lo - 0.5, lo + 0.5]) if lo == 0 else np.array([lo * 0.9, lo * 1.1]), False
+    return np.linspace(lo, hi * (1 + 1e-9), bins + 1), False
+
+
+def plot_weights(draws: list[Draws], path: Path, bins: int = 40) -> Path | None:
+    """One histogram of the importance weights w = 1/π per kind, Kish's ESS in each title.
+
+    The dashed line is n/s, the weight every draw of a uniform sample would have.
+    """
+    draws = [d for d in draws if d.weights.size]
+    if not draws:
+        return None
+    plt = _plt()
+
+    nk = len(draws)
+    ncols = 2 if nk > 1 else 1
+    nrows = math.ceil(nk / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols + 0.6, 2.9 * nrows + 0.3),
+                             dpi=110, squeeze=False)
+    for ax, d in zip(axes.ravel(), draws, strict=False):
+        w = d.weights
+        edges, logx = _log_bins(w, bins)
+        counts, _ = np.histogram(w, edges)
+        ax.stairs(counts, edges, fill=True, color=kind_color(d.kind), alpha=0.75)
+        if logx:
+            _log_axis(ax, "x", float(edges[0]), float(edges[-1]))
+        if d.n:
+            ax.axvline(d.n / w.size, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{d.kind}: Kish ESS = {d.ess:,.1f} of s = {w.size:,} draws",
+                     fontsize=9)
+        ax.set_xlabel("weight w = 1/π per draw" + ("   (n/s = uniform, dashed)" if d.n else ""),
+                      fontsize=8)
+        ax.set_ylabel("draws")
+        ax.tick_params(labelsize=8)
+        ax.grid(True, which="both", alpha=0.25)
+    for ax in axes.ravel()[nk:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _weights_section(doc: Doc, out: Path, draws: list[Draws]) -> None:
+    if plot_weights(draws, out / "weights.png") is None:
+        return
+    doc.heading("Sample weights and effective sample size")
+    doc.para("Each draw stands for w = 1/π of the full data's rows (Horvitz–Thompson; "
+             f"{math_ref(4, 9)}): Σw estimates n. Kish's effective sample size "
+             "ESS = (Σw)² / Σw² is the number of equally weighted draws that would give the "
+             "same variance of a weighted mean: s when every weight is equal, far less when a "
+             "few rows carry heavy weights.")
+    doc.figure(out / "weights.png", "distribution of the importance weights per kind, "
+               "Kish ESS in each title")
+    rows = []
+    for d in draws:
+        w = d.weights
+        rows.append([d.kind, f"{w.size:,}", f"{np.unique(d.indices).size:,}",
+                     f"{w.sum():,.6g}" + (f" (n = {d.n:,})" if d.n else ""),
+                     f"{w.min():.4g}", f"{np.median(w):.4g}", f"{w.max():.4g}",
+                     f"{d.ess:,.1f}", f"{d.ess / w.size:.3f}"])
+    doc.table(["kind", "draws s", "distinct rows", "Σw", "min w", "median w", "max w",
+               "Kish ESS", "ESS / s"], rows)
+
+
+def _score_of(d: Draws, m: dict, out: Path) -> tuple[np.ndarray | None, str]:
+    """n·score of each draw of ``d`` under its own distribution (1 = uniform) and its name.
+
+    select: the chosen candidate's stored value over the read's total; run: scores.zarr.
+    """
+    n = d.n or int(m.get("n_rows") or 0)
+    if d.values is not None and d.candidates and d.kind in d.candidates:
+        q = d.values[d.candidates.index(d.kind)]
+        total = ((m.get("sampling") or {}).get("totals") or {}).get(d.kind)
+        if total:
+            return q * n / float(total), f"n·score ({d.kind})"
+        return q, f"{d.kind} value (unnormalised)"
+    arrays = _open_scores(out / "scores.zarr") if (out / "scores.zarr").exists() else {}
+    if d.kind in arrays:
+        return graph.take(arrays[d.kind], d.indices) * n, f"n·score ({d.kind})"
+    return None, ""
+
+
+def _residuals(m: dict, out: Path, X: np.ndarray, y: np.ndarray | None
+               ) -> tuple[np.ndarray | None, str]:
+    """|y − f(x; θ*)| of the sampled rows of a ``run`` (squared loss, θ* stored)."""
+    star = out / "theta_star.npz"
+    if y is None or not star.exists() or (m.get("loss") or "squared") != "squared":
+        return None, ""
+    try:
+        with np.load(star, allow_pickle=False) as z:
+            theta = np.asarray(z["theta"], dtype=np.float64)
+        f = np.asarray(get_model(m["model"], X.shape[1]).predict(theta, X), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a model without predict: no panel, not a failed report
+        return None, ""
+    r = f.reshape(len(X), -1) - np.asarray(y, dtype=np.float64).reshape(len(X), -1)
+    return np.linalg.norm(r, axis=1), "|residual| at θ* (fitted on all rows)"
+
+
+def _log_axis(ax: Any, which: str, lo: float, hi: float) -> None:
+    """A log axis whose labels never overlap: 1-2-5 ticks in plain numbers over less than
+    two decades, powers of ten (no minor labels) over more."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_minor_formatter(NullFormatter())
+    if hi / lo < 100:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def plot_score_residual(score: np.ndarray, resid: np.ndarray, weights: np.ndarray,
+                        path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """The sampled rows: n·score against |residual|, coloured by weight (log axes where the
+    values are positive); zeros sit at the axis floor, counted in the title."""
+    plt = _plt()
+    from matplotlib.colors import LogNorm, Normalize
+
+    score = np.asarray(score, dtype=np.float64)
+    resid = np.abs(np.asarray(resid, dtype=np.float64))
+    w = np.asarray(weights, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.6, 4.6), dpi=110)
+    notes = []
+    xs, ys = score.copy(), resid.copy()
+    for v, axis, name in ((xs, "x", "score"), (ys, "y", "|residual|")):
+        pos = v[v > 0]
+        if pos.size and pos.max() / pos.min() > 10:
+            zero = v <= 0
+            if zero.any():
+                v[zero] = pos.min() / 2
+                notes.append(f"{int(zero.sum())} at {name} 0 drawn at the floor")
+            _log_axis(ax, axis, float(v.min()), float(v.max()))
+    norm = (LogNorm(w.min(), w.max()) if w.min() > 0 and w.max() / w.min() > 10
+            else Normalize(w.min(), w.max()))
+    sc = ax.scatter(xs, ys, c=w, cmap="viridis", norm=norm, s=14, alpha=0.8, linewidths=0)
+    fig.colorbar(sc, ax=ax, label="weight w = 1/π")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + (f" ({'; '.join(notes)})" if notes else ""), fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def sampled_rows_table(frame: Any, meta: dict, attrs: dict, score: dict[int, float] | None,
+                       k: int = SAMPLE_TABLE_ROWS) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """Header, rows and dataset row indices of the k heaviest-weighted distinct sampled rows
+    of a sample table (``sample.parquet``), in the dataset's original units."""
+    col = {name: name for name in ("row", "multiplicity", "weight", "sample_weight", "y")}
+    col |= meta.get("columns", {})
+    features = list(meta.get("features") or [])
+    rows_idx = frame[col["row"]].to_numpy(np.int64)
+    w = frame[col["weight"]].to_numpy(np.float64)
+    mult = frame[col["multiplicity"]].to_numpy(np.int64)
+    order = np.lexsort((rows_idx, -w))[:k]  # heaviest first, ties by row index
+    X = frame[features].to_numpy(np.float64)[order]
+    ycol = col["y"]
+    y = frame[ycol].to_numpy(np.float64)[order] if isinstance(ycol, (str, list)) else None
+    Xo, yo = original_units(X, y, attrs)
+    names, cols = decode_columns(Xo, {**attrs, "features": features})
+    more = len(names) > SAMPLE_TABLE_FEATURES
+    names, cols = names[:SAMPLE_TABLE_FEATURES], cols[:SAMPLE_TABLE_FEATURES]
+    show_mult = bool(np.any(mult > 1))
+    target = attrs.get("target", "y")
+    if isinstance(target, list):
+        target = ", ".join(target)
+    header = ["#", "row", "n·score", "weight w", *(["multiplicity"] if show_mult else []),
+              str(target), *names, *(["…"] if more else [])]
+    out = []
+    for r, i in enumerate(order):
+        sc = "–" if score is None or int(rows_idx[i]) not in score else \
+            f"{score[int(rows_idx[i])]:.3g}"
+        row = [str(r + 1), f"{int(rows_idx[i]):,}", sc, f"{w[i]:.4g}",
+               *([str(int(mult[i]))] if show_mult else []),
+               _label(None if yo is None else yo[r], attrs) if yo is not None else "–",
+               *[c[r] for c in cols], *([""] if more else [])]
+        out.append(row)
+    return header, out, rows_idx[order]
+
+
+def _sample_section(doc: Doc, out: Path, m: dict, attrs: dict, draws: list[Draws]) -> None:
+    """The handed-over sample (``sample.parquet``): its heaviest rows, score vs |residual|."""
+    if not (out / "sample.parquet").exists():
+        return
+    frame, meta = read_sample_table(out / "sample.parquet")
+    # select writes the job's kind (auto) in the table, the distribution used in the npz
+    wanted = [(m.get("sampling") or {}).get("kind"), meta.get("kind")]
+    d = next((x for k in wanted for x in draws if k and x.kind == k), None)
+    if d is None:
+        return
+    score, score_name = _score_of(d, m, out)
+    by_row = None if score is None else dict(zip(d.indices.tolist(), score.tolist(),
+                                                 strict=True))
+    header, rows, _ = sampled_rows_table(frame, meta, attrs, by_row)
+    doc.heading("The sampled rows")
+    doc.para(f"The {len(rows)} sampled rows of `{d.kind}` with the heaviest weights, of "
+             f"{len(frame):,} distinct rows (`sample.parquet`; `nldist.load_sample(OUT)` reads "
+             "all of them), in the dataset's original units. n·score is the row's sampling "
+             "probability times n (1 = uniform); w = 1/π the number of full-data rows it "
+             "stands for" + ("; multiplicity: how many draws picked it" if "multiplicity" in
+                             header else "") + ".")
+    doc.table(header, rows)
+    resid, rname = None, ""
+    if d.residual is not None:
+        resid, rname = d.residual, "|residual| at θ₀ (the pilot's fit)"
+    elif score is not None:
+        col = {"y": "y", "row": "row"} | meta.get("columns", {})
+        feats = list(meta.get("features") or [])
+        pos = {r: i for i, r in enumerate(frame[col["row"]].to_numpy(np.int64).tolist())}
+        at = np.array([pos[int(i)] for i in d.indices])
+        X = frame[feats].to_numpy(np.float64)[at]
+        resid, rname = _residuals(m, out, X, frame[col["y"]].to_numpy(np.float64)[at])
+    if score is None or resid is None:
+        return
+    x, xlabel = score, score_name + "   (1 = uniform)"
+    if np.ptp(score) == 0 and d.values is not None and "nonlinear-leverage" in d.candidates:
+        lev = d.values[d.candidates.index("nonlinear-leverage")]
+        tot = ((m.get("sampling") or {}).get("totals") or {}).get("nonlinear-leverage")
+        if tot:  # uniform: every score is 1; show the rows' leverage instead
+            x, xlabel = lev * (d.n or m["n_rows"]) / tot, "n·score (nonlinear-leverage at θ₀)"
+    plot_score_residual(x, resid, d.weights, out / "score_residual.png", xlabel, rname,
+                        f"{d.kind}: the {d.weights.size:,} sampled draws")
+    doc.para("Score against |residual| of every sampled row (colour: its weight). Leverage "
+             "alone ignores the residual; the influence distributions grow with |r_i|·√τ_i "
+             f"({math_ref(9)}): rows high on both axes are the ones that move the fit.")
+    doc.figure(out / "score_residual.png", "sampled rows: n·score vs |residual| (log axes)")
+
+
+# --------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------
 
@@ -669,34 +982,137 @@ def _load_json(path: Path) -> dict | None:
                           ) from None
 
 
+def _num(v: Any, fmt: str = ".6g") -> str:
+    """A number, or "–" where the value does not apply (None, NaN)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, fmt)
+
+
+def _reads_text(c: dict) -> str:
+    """The reads of X counted by the store (chunk files opened by the run's tasks)."""
+    counted = c.get("store_reads_counted") or {}
+    if counted.get("chunk_reads") is None:
+        return f"{c['passes_over_x']:.2f} (planned passes)"
+    unit = "partitions" if "Parquet" in counted.get("note", "") else "chunks"
+    return (f"{counted['passes']:.2f} ({_count(counted['chunk_reads'], 'read')} of the "
+            f"{_count(counted['x_chunks'], unit[:-1])} of X, counted by the store)")
+
+
+def _count(k: int, noun: str) -> str:
+    """``1 chunk``, ``3 chunks``."""
+    return f"{k:,} {noun}{'' if k == 1 else 's'}"
+
+
 def _select_section(doc: Doc, m: dict) -> None:
-    """The practical path: the sample's model, its estimated loss and what it cost."""
+    """The practical path: one read, the distribution used and why, the candidates'
+    predicted errors, the sample's model, its loss (exact or estimated) and what it cost."""
     doc.heading("Selection (the practical path)")
     r = m["kinds"][m["kind"]]
     pil = m.get("pilot") or {}
     ev = m["evaluation"]
     c = m["cost"]
-    lo, hi = r["loss_ci95"]
-    doc.para(f"θ₀ from a pilot of {pil.get('rows', '–')} rows ({pil.get('from', m['theta_source'])}"
-             f"{': ' + pil['note'] if pil.get('note') else ''}); `{m['kind']}` scores at θ₀; "
-             f"one weighted sample of s = {m['s']} rows (seed {m['seed']}) drawn in the same "
-             f"read of X as pass 2; trained on alone over ‖θ‖ ≤ {m['radius']} from θ₀. "
-             f"Its full-data loss is estimated from {ev['rows']:,} evaluation rows "
-             f"({ev['method']}).")
+    smp = m.get("sampling")
+    exact_eval = ev.get("rate", 0) >= 1
+    fit = r.get("fit") or {}
+    counted = c.get("store_reads_counted") or {}
+    theta0 = (f"θ₀ from a pilot of {_num(pil.get('rows'), ',')} rows "
+              f"({pil.get('from', m['theta_source'])}"
+              f"{': ' + pil['note'] if pil.get('note') else ''})")
+    if smp:
+        fac = smp.get("factor") or {}
+        how = ("the exact R of pass 1 (one more read)" if fac.get("factor", "").startswith("exact")
+               else f"a uniform pilot of {_num(fac.get('rows'), ',')} rows "
+                    f"({fac.get('from', 'pilot')}, no read of X)")
+        doc.para(f"**One read of X.** {theta0}. Then X was read once: "
+                 + (f"the store counted {_count(counted['chunk_reads'], 'chunk read')} of "
+                    f"its {_count(counted['x_chunks'], 'chunk')} ({counted['passes']:.2f} "
+                    "passes). "
+                    if counted.get("chunk_reads") is not None else "")
+                 + "In that read every chunk scored its rows for each candidate distribution "
+                 f"against a factor of the dual rows at θ₀ (from {how}, rank "
+                 f"{_num(fac.get('rank'))}), drew its sample rows and took its evaluation rows "
+                 f"({math_ref(9)}).")
+        doc.para(f"**Distribution used: `{smp['kind']}`** (requested `{smp.get('requested')}`: "
+                 f"{smp.get('why')}). Sample of s = {smp['size']:,} rows (seed {m['seed']}) by "
+                 f"{smp.get('method', 'Poisson sampling')}"
+                 + (f", from {smp['drawn_rows']:,} rows drawn in the read"
+                    if smp.get("drawn_rows") is not None else "")
+                 + (f"; {smp['certain']:,} rows taken with certainty (weight 1)"
+                    if smp.get("certain") else "")
+                 + (f"; sized for a target relative error {smp['target_error']:g}"
+                    if smp.get("target_error") else "") + "."
+                 + (f" Note: {smp['short']}." if smp.get("short") else ""))
+        guard = re.search(r">=\s*([0-9.]+)", smp.get("guard", ""))
+        g = float(guard.group(1)) if guard else 10.0
+        p = int(m.get("n_params") or 0)
+        rows, bold = [], set()
+        for i, (name, v) in enumerate(smp.get("predicted", {}).items()):
+            d_n = v.get("d_n")
+            need = g * p * d_n if d_n is not None and p else None
+            rows.append([name + (" (used)" if name == smp["kind"] else ""),
+                         _num(v.get("total"), ".4g"), _num(v.get("predicted"), ".3g"),
+                         _num(d_n, ".3g"), f"s ≥ {need:,.0f}" if need is not None else "–",
+                         "yes" if v.get("trusted") else "no"])
+            if name == smp["kind"]:
+                bold.update((i, j) for j in range(6))
+        doc.table(["candidate", "total Z", "predicted relative error",
+                   "d_n (heavy weights)", f"guard: s ≥ {g:g}·p·d_n", "trusted"], rows, bold)
+        doc.para(f"Predicted relative error: the first-order formula (P) of {math_ref(9)} at "
+                 f"θ₀ and s = {smp['size']:,}, from the read's per-chunk sums. The guard: "
+                 f"{smp.get('guard', 'a prediction is trusted when s ≥ 10·p·d_n')} (p = {p}; "
+                 "d_n = 1 for leverage sampling, large when a few rows would carry heavy "
+                 "weights); below it (P) can under-predict by orders of magnitude.")
+    else:
+        doc.para(f"{theta0}; `{m['kind']}` scores at θ₀; one weighted sample of s = {m['s']} "
+                 f"rows (seed {m['seed']}) drawn in the same read of X as pass 2 "
+                 f"({math_ref(4)}, {math_ref(5)}). Reads of X: {_reads_text(c)}.")
+    doc.para(f"The sample was trained on alone over ‖θ‖ ≤ {m['radius']} from θ₀"
+             + (f" ({fit['iterations']} iterations)" if fit.get("iterations") else "") + ". "
+             + (f"Its full-data loss is **exact**: the evaluation covers every row "
+                f"({ev['rows']:,} of {m['n_rows']:,}, rate 1), so no interval is shown."
+                if exact_eval else
+                f"Its full-data loss is estimated from {ev['rows']:,} evaluation rows "
+                f"(rate {ev['rate']:.3g}; {ev['method']})."))
     full = m.get("full_fit") or {}
     est, meas = full.get("estimated") or {}, full.get("measured")
-    rows = [["full-data loss L(θ_S)", f"{r['loss_estimate']:.6g} (95% CI {lo:.6g} … {hi:.6g})",
-             f"{r['loss_full']:.6g} (exact)" if r.get("loss_full") is not None else "–"],
-            ["L(θ₀) of the pilot", f"{r['loss_estimate_theta0']:.6g}",
-             f"{r['loss_full_theta0']:.6g}" if r.get("loss_full_theta0") is not None else "–"],
-            ["relative error", "–", f"{r['rel_error']:.3e}" if r.get("rel_error") is not None
-             else "–"],
-            ["wall time", f"{c['wall_s']:.1f} s", f"{meas['seconds']:.1f} s (θ* measured)" if meas
-             else (f"≈ {est['seconds']:.1f} s (θ* estimated)" if est else "–")],
-            ["passes over X", f"{c['passes_over_x']:.2f}",
-             f"{meas['passes_over_x']:.0f}" if meas else
-             (f"≈ {est['passes_over_x']}" if est else "–")]]
-    doc.table(["", "sampling path", "full data"], rows)
+    lo, hi = r["loss_ci95"]
+    if exact_eval:
+        loss_s = f"{r['loss_estimate']:.6g} (exact: every row evaluated)"
+        loss_0 = f"{r['loss_estimate_theta0']:.6g} (exact)"
+    else:
+        loss_s = (f"{r['loss_estimate']:.6g} (95% CI {lo:.6g} … {hi:.6g})"
+                  + (f"; exact {r['loss_full']:.6g}" if r.get("loss_full") is not None else ""))
+        lo0, hi0 = r.get("loss_ci95_theta0") or (None, None)
+        loss_0 = (f"{r['loss_estimate_theta0']:.6g}"
+                  + (f" (95% CI {lo0:.6g} … {hi0:.6g})" if lo0 is not None else ""))
+    rel = r.get("rel_error")
+    rows = [["full-data loss", loss_s, _num(m.get("loss_opt")) if meas else "–"],
+            ["L(θ₀) of the pilot", loss_0, "–"],
+            ["relative error (L − L*) / L*",
+             (f"{rel:.3e} (θ₀: {_num(r.get('rel_error_theta0'), '.3e')})" if rel is not None
+              else "– (needs L*: run with --compare-full)"),
+             "0 (the reference)" if rel is not None else "–"],
+            ["wall time (after ingest)", f"{c['wall_s']:.1f} s",
+             f"{meas['seconds']:.1f} s (measured)" if meas else
+             (f"≈ {est['seconds']:.1f} s (estimated)" if est else "–")],
+            ["reads of X", _reads_text(c),
+             f"{meas['passes_over_x']:.0f} (measured)" if meas else
+             (f"≈ {est['passes_over_x']} (estimated)" if est else "–")],
+            ["bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of "
+             f"{c['x_bytes'] / 2**20:,.1f} MiB" if c.get("bytes_read") is not None else "–",
+             "–"]]
+    doc.table(["", "sampling path (θ_S)", "full-data fit (θ*)"], rows)
+    if r["loss_estimate"] > r["loss_estimate_theta0"]:
+        untrusted = smp is not None and not (smp.get("predicted", {}).get(smp["kind"]) or {}
+                                             ).get("trusted", True)
+        doc.para("**Note:** the sample's fit θ_S has a higher full-data loss than the pilot's "
+                 "θ₀" + (" (an estimate: compare the intervals)" if not exact_eval else "")
+                 + (f"; s = {smp['size']:,} is below the guard of the distribution used, "
+                    "so its predicted error is not to be trusted either" if untrusted else "")
+                 + ": raise s, or keep θ₀.")
+    if not meas and est and full.get("note"):
+        doc.para(f"Full-data fit estimated: {full['note']}.")
 
 
 def _metrics_section(doc: Doc, m: dict) -> None:
@@ -706,7 +1122,9 @@ def _metrics_section(doc: Doc, m: dict) -> None:
     doc.heading("Run")
     doc.para(f"One weighted sample of s = {m['s']} rows per kind (seed {m['seed']}), trained on "
              f"alone over ‖θ‖ ≤ {m['radius']}; scores at θ = `{m['theta_source']}`. "
-             f"Full-data optimum L(θ*) = {m['loss_opt']:.6g} (sum of squared residuals).")
+             f"Full-data optimum L(θ*) = {m['loss_opt']:.6g} (sum of squared residuals; "
+             f"{math_ref(4)}). Rank: the numerical rank of each score's matrix (– where a "
+             "kind has none: uniform).")
     kinds = ordered_kinds(list(m["kinds"]))
     rows, bold = [], set()
     errs = [m["kinds"][k].get("rel_error") for k in kinds]
@@ -716,15 +1134,16 @@ def _metrics_section(doc: Doc, m: dict) -> None:
         r = m["kinds"][kind]
         if r.get("rel_error") is not None and r["rel_error"] == best:
             bold.add((i, 3))
-        rows.append([kind, str(r.get("rank")), f"{r['loss_full']:.6g}",
-                     f"{r['rel_error']:.3e}" if r.get("rel_error") is not None else "–",
-                     str(r.get("unique_rows", "")), f"{r.get('max_weight', float('nan')):.3g}"])
+        rows.append([kind, _num(r.get("rank")), _num(r.get("loss_full")),
+                     _num(r.get("rel_error"), ".3e"), _num(r.get("unique_rows"), ","),
+                     _num(r.get("max_weight"), ".3g")])
     doc.table(["kind", "rank", "L(θ_S)", "relative error", "unique rows", "max weight"],
               rows, bold)
 
 
 #: the steps of :func:`write_report`, in order (what its ``listener`` is told)
-REPORT_STEPS = ("summary", "experiment", "diagnostics", "score histograms",
+REPORT_STEPS = ("summary", "sample weights and rows", "experiment", "diagnostics",
+                "score histograms",
                 "highest and lowest scored rows", "timings", "writing")
 
 
@@ -795,18 +1214,23 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
     if m is not None:
         _metrics_section(doc, m)
     step(1)
+    if m is not None:
+        draws = load_draws(out)
+        _weights_section(doc, out, draws)
+        _sample_section(doc, out, m, attrs, draws)
+    step(2)
     if e is not None:
         _experiment_section(doc, e, out)
-    step(2)
+    step(3)
     if d is not None:
         _diagnostics_section(doc, d, out)
-    step(3)
+    step(4)
     if plot_scores(out / "scores.zarr", out / "scores.png"):
         doc.heading("Score distributions")
         doc.para("Per kind, the histogram of n·score over all rows (1 = the uniform weight). "
                  "A long right tail means a few rows carry much of the sampling mass.")
         doc.figure(out / "scores.png", "distribution of n·score per kind (log axes)")
-    step(4)
+    step(5)
     if view is not None:
         doc.heading("Highest and lowest scored rows")
         doc.para("Not shown: the Parquet table was scored in place, with no store to read "
@@ -817,7 +1241,7 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
         _extremes_section(doc, out, dataset, attrs,
                           list(dict.fromkeys([main, "nonlinear-leverage", "linear-leverage"])),
                           top_k)
-    step(5)
+    step(6)
     timings = {"run": (m or {}).get("timings", {}), "experiment": (e or {}).get("timings", {}),
                "diagnostics": (d or {}).get("timings", {})}
     if plot_timings(timings, out / "timings.png"):
@@ -829,7 +1253,7 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
     version = first.get("nldist_version", "?")
     doc.para(f"Generated by nldist {version} on "
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.")
-    step(6)
+    step(7)
     md = out / "report.md"
     atomic_write(md, doc.markdown(out))
     atomic_write(out / "report.html", doc.html())
