@@ -376,6 +376,26 @@ def test_force_removes_only_the_previous_jobs_outputs(tmp_path):
     assert theirs <= {p.name for p in proj.iterdir()} | {"theta_star.npz"}
 
 
+def test_force_in_a_bucket_keeps_the_source_and_unknown_objects(tmp_path, s3):
+    """The same rule on object storage: --out s3://bucket/proj holds the job's source and a
+    user's notes; --force of another job keeps both."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    s3.put(str(_csv(tmp_path / "d.csv")), "bucket/proj/data.csv")
+    s3.pipe("bucket/proj/notes.txt", b"mine")
+    one = _job(tmp_path, "s3://bucket/proj/data.csv", name="one")
+    _run(["sample", one, "--out", "s3://bucket/proj"])  # (sample: no report)
+    s3.invalidate_cache()
+    assert s3.exists("bucket/proj/samples/nonlinear-leverage.npz")
+    two = tmp_path / "two.yaml"
+    two.write_text(one.read_text().replace("name: \"one\"", "name: two").replace(
+        "glm:sigmoid", "linear"))
+    _run(["sample", two, "--out", "s3://bucket/proj", "--force"])
+    s3.invalidate_cache()
+    assert s3.cat("bucket/proj/notes.txt") == b"mine"
+    assert s3.exists("bucket/proj/data.csv")
+    assert json.loads(s3.cat("bucket/proj/run.json"))["identity"]["name"] == "two"
+
+
 def test_a_symlinked_out_is_its_target(tmp_path):
     """The rule: --out may itself be a symbolic link; its target is the output directory,
     and every file the job writes resolves inside it (nothing beside the link)."""
