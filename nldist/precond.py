@@ -439,14 +439,16 @@ def sample_oracle_any(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarra
 
 def sample_passes(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
                   theta0: np.ndarray, radius: float, loss: str = "squared",
-                  tol: float = 1e-12, xtol: float = XTOL, max_iter: int = 200) -> dict:
+                  tol: float = 1e-12, xtol: float = XTOL, max_iter: int = 200,
+                  seed: int = 0) -> dict:
     """Passes each method is expected to need, from the sample alone (no read of X), each
-    method run on the sample in place of the full data:
+    method run on the weighted sample in place of the full data:
 
-    * Gauss-Newton: the oracle calls of the same method on the weighted sample from theta0;
-    * preconditioned: :func:`fit_precond` from theta0 on half of the sample (alternate rows,
-      weights doubled) as the "full data", preconditioned by the other half's H_S — a
-      preconditioner with sqrt(2) times the full sample's error, so the count errs high.
+    * Gauss-Newton: the oracle calls of the same method on the sample from theta0;
+    * preconditioned: :func:`fit_precond` from theta0 on the sample, preconditioned by the
+      Gauss-Newton matrix of the same rows with their weights times seeded Exp(1) draws (a
+      Bayesian bootstrap: its error about the sample's H_S mimics H_S's about the full H,
+      and no row drops out, so a rare category held by one sampled row stays represented).
 
     Returns
     -------
@@ -456,11 +458,10 @@ def sample_passes(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
     fit = train_on_sample(model, Xs, ys, w, radius, theta0=theta0, tol=tol,
                           max_iter=max_iter, loss=loss)
     gn = fit.oracle_calls if fit.oracle_calls else fit.iterations + 1
-    idx = np.arange(len(w))
-    a, b = idx[0::2], idx[1::2]
+    xi = np.random.default_rng([seed, 0x27B0]).exponential(size=len(w))
     try:
-        res = fit_precond(sample_oracle_any(model, Xs[b], ys[b], 2.0 * w[b], loss),
-                          sample_gn(model, Xs[a], ys[a], 2.0 * w[a], loss), theta0, radius,
+        res = fit_precond(sample_oracle_any(model, Xs, ys, w, loss),
+                          sample_gn(model, Xs, ys, w * xi, loss), theta0, radius,
                           xtol=xtol, max_iter=max_iter)
     except NldistError:
         res = None
@@ -507,8 +508,8 @@ def choose(n_rows: int, read_s_per_row: float, costs: dict, passes: dict,
                        "driver_s_per_pass": driver_s}}
     if passes["precond_passes"] is None:
         return {"method": "gn", "estimate": est,
-                "reason": "the preconditioned method did not converge on the sample (half "
-                          "the rows preconditioned by the other half): full Gauss-Newton"}
+                "reason": "the preconditioned method did not converge on the sample (its rows "
+                          "preconditioned by a bootstrap of them): full Gauss-Newton"}
     pc_s = passes["precond_passes"] * (pc_pass + driver_s)
     est["precond"]["seconds"] = pc_s
     ratio = costs["gn_s_per_row"] / max(costs["grad_s_per_row"], 1e-300)
