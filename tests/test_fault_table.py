@@ -469,3 +469,17 @@ def test_worker_task_errors_go_to_run_log_not_the_console(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "Compute Failed" not in err and "Traceback" not in err, err[-2000:]
     assert "Compute Failed" in log.read_text() and "a task that fails" in log.read_text()
+
+
+@pytest.mark.parametrize("damage", ["metadata not JSON", "a column missing"])
+def test_a_damaged_sample_table_is_one_line(tmp_path, damage):
+    from nldist import load_sample
+    from nldist.errors import NldistError
+
+    meta = b"{not json" if damage == "metadata not JSON" else json.dumps(
+        {"features": ["a"]}).encode()
+    table = pa.table({"a": [1.0], "y": [0.0]}).replace_schema_metadata({b"nldist": meta})
+    pq.write_table(table, tmp_path / "sample.parquet")
+    with pytest.raises(NldistError, match=r"is a damaged nldist sample .*run "
+                                          r"the job again"):
+        load_sample(tmp_path)

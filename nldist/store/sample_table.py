@@ -128,4 +128,11 @@ def read_sample_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     raw = (table.schema.metadata or {}).get(b"nldist")
     if raw is None:
         raise NldistError(f"{path} is not an nldist sample (no 'nldist' metadata)")
-    return table.to_pandas(), json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise NldistError(f"{path} is a damaged nldist sample (its 'nldist' metadata is not a "
+                          "JSON object); run the job again to rewrite it")
+    return table.to_pandas(), meta
