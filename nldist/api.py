@@ -159,14 +159,14 @@ def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
     """
     check_params("leverage", _LEVERAGE, ridge=ridge, rtol=rtol)
     if _is_dask(A):
-        return graph.passes.leverage_dask(A, ridge=ridge, rtol=rtol)
+        return graph.leverage_dask(A, ridge=ridge, rtol=rtol)
     A = np.asarray(A)
     if A.ndim != 2:
         raise NldistError(f"A must be 2-D (n, q), got shape {A.shape}")
     if A.shape[0] == 0:
         raise NldistError("A has no rows")
     check_finite_block(A, None)
-    spec = graph.passes.raw_spec(ridge)
+    spec = graph.raw_spec(ridge)
     norm = block.finalize_pass1(spec, block.pass1_block(A, None, spec), ridge=ridge, rtol=rtol)
     return block.pass2_block(A, None, spec, norm) * norm.total
 
@@ -302,25 +302,25 @@ def scores(
         finally:
             if store is not None:
                 store.owner.cleanup()
-    dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
+    dX, dy = graph.as_dask_xy(X, y, y_cols=None)
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
                      loss=loss, sketch=sk, device=device, seed=random_state,
                      y_cols=target_columns(dy))
     if k.response_aware:
         lev = replace(spec, kind=get_kind("nonlinear-leverage"))
-        norm = graph.passes.pass1(dX, dy, lev, rtol=rtol, split_every=split_every)
+        norm = graph.pass1(dX, dy, lev, rtol=rtol, split_every=split_every)
         fac = oneread.factor_from_r(norm.factor.R, int(dX.shape[0]))
-        return oneread.mix_columns(graph.passes.row_scores(dX, dy, rows=spec.rows,
+        return oneread.mix_columns(graph.row_scores(dX, dy, rows=spec.rows,
                                                     theta=spec.rows.theta, fac=fac), k.name)
     if sk is not None and sk.rows:
-        return graph.passes.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
+        return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     store = temporary(persist) if persist != "never" and spec.persistable else None
-    norm = graph.passes.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every,
+    norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every,
                        store=store)
     if store is not None and not (norm.persist or {}).get("persisted"):
         store.owner.cleanup()  # nothing persisted: pass 2 rebuilds every block
         store = None
-    return graph.passes.pass2(dX, dy, spec, norm, store=store)
+    return graph.pass2(dX, dy, spec, norm, store=store)
 
 
 def sample(
@@ -346,7 +346,7 @@ def sample(
     """
     check_params("sample", _SAMPLE, s=s, alpha=alpha)
     if _is_dask(probs):
-        return graph.draws.sample_blocks(probs, s, random_state, alpha)
+        return graph.sample_blocks(probs, s, random_state, alpha)
     return sampling.sample_array(probs, s, random_state, alpha)
 
 
@@ -394,18 +394,18 @@ def select_sample(
         raise NldistError(f"random_state must be an int >= 0, got {random_state!r}")
     if not isinstance(pilot_rows, (int, np.integer)) or pilot_rows < 1:
         raise NldistError(f"pilot_rows must be an int >= 1, got {pilot_rows!r}")
-    dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
+    dX, dy = graph.as_dask_xy(X, y, y_cols=None)
     n = int(dX.shape[0])
     spec = make_spec("nonlinear-leverage", model, theta, dX.shape[1], True, loss=loss,
                      y_cols=target_columns(dy))
     rows, th = spec.rows, spec.rows.theta
     pick = np.sort(np.random.default_rng([int(random_state), 0x9170]).choice(
         n, size=min(int(pilot_rows), n), replace=False))
-    Xp, yp = graph.draws.gather_rows(dX, dy, pick)
+    Xp, yp = graph.gather_rows(dX, dy, pick)
     fac = oneread.factor(rows.matrix(Xp, yp, 0), n, m=pick.size)
     fac, rates, _ = oneread.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
                                  target_error)
-    got = graph.passes.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
+    got = graph.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
                               seed=int(random_state))
     keep, w, info = oneread.conclude(got, kind, s, target_error, rates, int(random_state),
                                      int(th.size), n)
