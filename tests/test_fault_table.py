@@ -396,6 +396,20 @@ def test_force_in_a_bucket_keeps_the_source_and_unknown_objects(tmp_path, s3):
     assert json.loads(s3.cat("bucket/proj/run.json"))["identity"]["name"] == "two"
 
 
+def test_a_zarr_source_named_like_an_output_is_never_replaced(tmp_path):
+    """--out proj holds the job's own Zarr source at proj/dataset.zarr (written by `nldist
+    ingest`, so without the key of a job's ingest): a run uses it in place, and a re-run
+    with other settings does not delete it as a stale ingest."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    _run(["ingest", _csv(tmp_path / "d.csv"), proj / "dataset.zarr", "--target", "y"])
+    job = _job(tmp_path, proj / "dataset.zarr")
+    _run(["run", job, "--out", proj])
+    _run(["run", job, "--out", proj, "--set", "s=30", "--set", "dataset.standardize=true"])
+    attrs = zarr.open_group(str(proj / "dataset.zarr"), mode="r").attrs
+    assert attrs["n_rows"] == 60 and "ingest_key" not in attrs
+
+
 def test_a_symlinked_out_is_its_target(tmp_path):
     """The rule: --out may itself be a symbolic link; its target is the output directory,
     and every file the job writes resolves inside it (nothing beside the link)."""

@@ -207,8 +207,8 @@ def ingest(ctx: RunContext) -> Path:
         return _ingest_in_place(ctx)
     path = dataset_path(ctx)
     ds = ctx.job.dataset
-    if path != ctx.out / "dataset.zarr":
-        ctx.dataset_fp = dataset_fingerprint(path)
+    if path != ctx.out / "dataset.zarr" or is_dataset(as_path(ds.source)):
+        ctx.dataset_fp = dataset_fingerprint(path)  # a Zarr source, in place: never replaced
         return path
     key = digest({"settings": ctx.job.digest(*KEYS["ingest"]),
                   "source": ingest_mod.source_fingerprint(ds.source)}, 16)
