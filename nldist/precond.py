@@ -26,10 +26,12 @@ repairs directions where the sample is poor (rare rows a uniform sample missed) 
 iterations instead of stalling.
 
 Stopping rule (a relative gradient tolerance in the metric of the sample's model): the
-sample-Newton step ``d_N`` (the step above at negligible damping) has
-``||d_N|| <= xtol * ||theta||``, or the full gradient's KKT norm is 0; ``max_iter`` caps
-the passes. With H_S within a factor (1 +- eps) of H, ||theta - theta*|| <= ||d_N|| / (1 -
-eps) near theta*.
+sample-Newton step ``d_N`` (the step above at negligible damping, on the range of B) has
+``||d_N|| <= xtol * ||theta||`` and the gradient on B's null space (eigenvalues below
+:data:`RCOND` x the largest: a parametrisation's redundancy such as softmax's common shift,
+where the full gradient is rounding) is below :data:`NULL_GTOL` x the first KKT norm — or
+the KKT norm is 0; ``max_iter`` caps the passes. With H_S within a factor (1 +- eps) of
+H, ||theta - theta*|| <= ||d_N|| / (1 - eps) near theta*.
 
 The choice (:func:`choose`): a full Gauss-Newton pass forms J^T J (n p^2 per row), a
 gradient pass n p; both are timed on one chunk (:func:`chunk_costs`), the passes each needs
@@ -73,6 +75,10 @@ XTOL = 1e-10
 NOISE = 1e-12
 #: the loss may rise by this fraction of itself (rounding) on a step accepted by the gradient
 SLACK = 1e-14
+#: eigenvalues of the model matrix below RCOND x the largest: its null space
+RCOND = 1e-10
+#: the gradient on that null space must be below NULL_GTOL x the first KKT norm to stop
+NULL_GTOL = 1e-8
 #: rows per torch Jacobian batch of a C-output network's sample Gauss-Newton matrix
 JAC_ROWS = 256
 
@@ -345,6 +351,7 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
     fresh = True  # at a new accepted point: H_S, its model and the stopping test
     B = e = V = None
     top = newton = 0.0
+    kkt0: float | None = None
 
     while True:
         if fresh:
@@ -360,10 +367,18 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
             top = max(float(e[-1]), 1e-300)
             if mu is None:
                 mu = 1e-6 * top
-            dn = ball_step(e, V, g, theta, radius, 1e-12 * top) - theta
+            # the sample-Newton step on the range of B; the gradient off it (directions no
+            # sample row and no curvature pair sees: a parametrisation's redundancy, e.g.
+            # softmax's shift of all classes, where the full gradient is rounding) apart
+            cg = V.T @ g
+            null = e <= RCOND * top
+            g_null = float(np.linalg.norm(cg[null]))
+            dn = ball_step(e, V, V[:, ~null] @ cg[~null], theta, radius, 1e-12 * top) - theta
             driver += time.perf_counter() - t0
             tn = float(np.linalg.norm(theta))
             newton = float(np.linalg.norm(dn)) / max(tn, 1e-300)
+            if kkt0 is None:
+                kkt0 = kkt
             history.append({"iteration": iterations, "loss": L, "grad_norm": kkt,
                             "newton_step": newton, "mu": mu, "passes": passes,
                             "rejected": rejected,
@@ -371,7 +386,7 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
             if on_iter is not None:
                 on_iter(history[-1])
             rejected = 0
-            if kkt == 0.0 or (tn > 0 and newton <= xtol):
+            if kkt == 0.0 or (tn > 0 and newton <= xtol and g_null <= NULL_GTOL * kkt0):
                 converged, reason = True, "sample-Newton step within xtol of theta"
                 break
         if passes > max_iter:
