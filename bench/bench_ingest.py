@@ -413,8 +413,8 @@ def read_once() -> Iterator[None]:
     """nldist's graph built so that each Parquet partition is read and encoded once per
     pass, for the ``*-once`` variants.
 
-    nldist's ``graph.write_table`` (the ingest's write pass) and ``graph._blocks`` (the
-    blocks of every pass over X) take ``X.to_delayed()`` and ``y.to_delayed()`` separately,
+    nldist's ``graph.tables.write_table`` (the ingest's write pass) and
+    ``graph.inputs.row_blocks`` (the blocks of every pass over X) take ``X.to_delayed()`` and ``y.to_delayed()`` separately,
     and the default ``optimize_graph=True`` fuses read -> encode -> getter into a separate
     task per array (different keys): every partition is read and encoded once for X and
     once for y (at nldist 209d5f6 a third time for the ingest's reservoir rows, which use
@@ -425,12 +425,12 @@ def read_once() -> Iterator[None]:
     """
     from nldist import graph
 
-    saved = graph.write_table, graph._blocks
-    graph.write_table, graph._blocks = _once(saved[0]), _once(saved[1])
+    saved = graph.tables.write_table, graph.inputs.row_blocks
+    graph.tables.write_table, graph.inputs.row_blocks = _once(saved[0]), _once(saved[1])
     try:
         yield
     finally:
-        graph.write_table, graph._blocks = saved
+        graph.tables.write_table, graph.inputs.row_blocks = saved
 
 
 def run_ours_once(src: Path, out: Path) -> dict:

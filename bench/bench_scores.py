@@ -187,7 +187,7 @@ def load_avg() -> str:
 
 def open_xy(path: Path, n: int | None):
     """Lazy X, y of the group, optionally cut to the first n rows."""
-    from nldist.graph import open_zarr_xy
+    from nldist.graph.inputs import open_zarr_xy
 
     X, y = open_zarr_xy(path)
     if n is not None and n < X.shape[0]:

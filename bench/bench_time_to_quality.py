@@ -7,7 +7,7 @@ paths interleaved per seed so that load from other jobs on the machine hits them
 ``glm`` (part A), per model:
 
 1. theta* on all rows by distributed Gauss-Newton (``train.fit_ball`` over
-   ``graph.gn_pass``, tol 1e-12), not a competitor: every oracle call is one pass over X
+   ``graph.oracles.gn_pass``, tol 1e-12), not a competitor: every oracle call is one pass over X
    and is timed; L* = its final loss. The full-data GN's quality after k passes is the best
    loss it has evaluated in its first k passes (optimistic for GN: a rejected trial's loss
    counts), its time k x (median seconds per GN pass, measured in this process, including
@@ -16,7 +16,7 @@ paths interleaved per seed so that load from other jobs on the machine hits them
    pilot_s, cache_x: never, evaluate: estimate) for each s, seed and ``pilot_from``
    (auto = whole chunks, the store has no ingest reservoir; and gather): wall time
    (``metrics["cost"]["wall_s"]``: pilot + scores + sample + train + estimate), passes over X,
-   bytes read; its exact relative error (L(theta_S) - L*) / L* by one ``graph.losses_pass``
+   bytes read; its exact relative error (L(theta_S) - L*) / L* by one ``graph.oracles.losses_pass``
    for all runs afterwards (not timed).
 3. full-data GN at equal quality: the first pass count whose relative error <= the
    sampling path's median; ratio = that time / the sampling path's median wall time.
@@ -115,7 +115,7 @@ class GNRecorder:
         from nldist import graph
 
         t0 = time.perf_counter()
-        out = graph.gn_pass(self.X, self.y, self.m, theta, loss=self.loss)
+        out = graph.oracles.gn_pass(self.X, self.y, self.m, theta, loss=self.loss)
         self.seconds.append(time.perf_counter() - t0)
         self.losses.append(float(out["loss"]))
         return out
@@ -212,7 +212,7 @@ def part_glm(args, X, y, d, client) -> dict:
         m = get_model(spec, n_features=d)
         log(f"[{spec}] theta* by full-data GN (max_iter {args.max_iter})")
         fit, rec, fit_s = full_gn(X, y, m, args.radius, args.max_iter)
-        lstar = float(graph.losses_pass(X, y, m, fit.theta[None])[0])
+        lstar = float(graph.oracles.losses_pass(X, y, m, fit.theta[None])[0])
         log(f"[{spec}] theta*: {len(rec.losses)} passes, {fit_s:.1f} s, L*={lstar:.10g}, "
             f"converged {fit.converged}, |theta|={np.linalg.norm(fit.theta):.3f}")
         gn_extra: list[float] = []
@@ -222,7 +222,7 @@ def part_glm(args, X, y, d, client) -> dict:
         pfs = args.pilot_from.split(",")
         for seed in range(args.seeds):
             t0 = time.perf_counter()
-            graph.gn_pass(X, y, m, fit.theta)  # a GN pass, interleaved: seconds per pass
+            graph.oracles.gn_pass(X, y, m, fit.theta)  # a GN pass, interleaved: seconds per pass
             gn_extra.append(time.perf_counter() - t0)
             gs = {int(v) for v in args.gather_s.split(",")} if args.gather_s else set(ss)
             plan = [("nonlinear-leverage", s, pf) for s in ss for pf in pfs
@@ -237,7 +237,7 @@ def part_glm(args, X, y, d, client) -> dict:
                 log(f"[{spec}] seed {seed} {kind} s={s} pilot {pf}: wall {r['wall_s']:.2f} s, "
                     f"passes {r['passes_over_x']}")
         log(f"[{spec}] exact losses of {len(thetas)} theta_S and theta_0 (one pass)")
-        L = graph.losses_pass(X, y, m, np.vstack(thetas + theta0s))
+        L = graph.oracles.losses_pass(X, y, m, np.vstack(thetas + theta0s))
         k = len(thetas)
         for j, r in enumerate(runs):
             r["loss_full"] = float(L[j])
@@ -386,7 +386,7 @@ def part_nn(args, X, y, d, client) -> dict:
     spec = args.nn_model
     m = get_model(spec, n_features=d)
     def L_full(th):
-        return float(graph.losses_pass(X, y, m, np.atleast_2d(th))[0])
+        return float(graph.oracles.losses_pass(X, y, m, np.atleast_2d(th))[0])
     runs, thetas = [], []
     for seed in range(args.nn_seeds):
         r, th, th0 = run_select(args.store, spec, "nonlinear-leverage", args.nn_s, seed,
@@ -403,7 +403,7 @@ def part_nn(args, X, y, d, client) -> dict:
         uthetas.append(th)
         log(f"[nn] uniform s={su}: wall {r['wall_s']:.1f} s train "
             f"{r['timings'].get('train', 0):.1f} s")
-    L = graph.losses_pass(X, y, m, np.vstack(thetas + uthetas))
+    L = graph.oracles.losses_pass(X, y, m, np.vstack(thetas + uthetas))
     for r, v in zip(runs + uni, L, strict=True):
         r["loss_full"] = float(v)
     if not runs:  # uniform only (the leverage path and Adam measured in another run)
@@ -489,7 +489,7 @@ def part_sweep(args, X, y, d, client) -> dict:
                      "converged": bool(fit.converged), "losses": rec.losses,
                      "sec_per_pass": float(np.median(rec.seconds)), "theta": fit.theta})
         log(f"[sweep] full GN R={R:.3g}: {len(rec.losses)} passes, {fs:.1f} s")
-    L = graph.losses_pass(X, y, m, np.vstack(fits + [f["theta"] for f in full]))
+    L = graph.oracles.losses_pass(X, y, m, np.vstack(fits + [f["theta"] for f in full]))
     k = len(radii)
     rows = []
     for j, R in enumerate(radii):
@@ -569,7 +569,7 @@ def main(argv=None) -> None:
                         "memory_limit": args.memory_limit}, "cache_x": "never"}
     t0 = time.perf_counter()
     with connect(cfg) as client:
-        X, y = graph.as_dask_xy(*graph.open_zarr_xy(args.store))
+        X, y = graph.inputs.as_dask_xy(*graph.inputs.open_zarr_xy(args.store))
         n, d = (int(v) for v in X.shape)
         info.update(n=n, d=d, x_bytes=int(X.nbytes + y.nbytes), chunk_rows=int(X.chunks[0][0]))
         log(f"store {args.store}: n={n} d={d}, {info['store_bytes'] / 2**30:.2f} GiB on disk")

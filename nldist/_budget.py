@@ -103,7 +103,7 @@ MEMORY_FORMULA = ("threads * chunk_rows * (d*itemsize + 8d + 24(p+1) g + 16) + 3
 
 def task_rows(chunk_rows: int, q: int, group: int = 1) -> int:
     """Examples per scores task: the X chunk, split so that its (rows x group, q) float64
-    block is at most :data:`DUAL_BLOCK_BYTES` (as :func:`nldist.graph.split_for_dual`)."""
+    block is at most :data:`DUAL_BLOCK_BYTES` (as :func:`nldist.graph.passes.split_for_dual`)."""
     cap = max(1, DUAL_BLOCK_BYTES // (8 * max(q, 1) * max(group, 1)))
     if chunk_rows <= cap:
         return int(chunk_rows)

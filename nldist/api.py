@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from nldist import graph
+from nldist import graph, precond
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models import as_model
@@ -159,14 +159,14 @@ def leverage(A: Any, ridge: float = 0.0, *, rtol: float | None = None) -> Any:
     """
     check_params("leverage", _LEVERAGE, ridge=ridge, rtol=rtol)
     if _is_dask(A):
-        return graph.leverage_dask(A, ridge=ridge, rtol=rtol)
+        return graph.passes.leverage_dask(A, ridge=ridge, rtol=rtol)
     A = np.asarray(A)
     if A.ndim != 2:
         raise NldistError(f"A must be 2-D (n, q), got shape {A.shape}")
     if A.shape[0] == 0:
         raise NldistError("A has no rows")
     check_finite_block(A, None)
-    spec = graph.raw_spec(ridge)
+    spec = graph.passes.raw_spec(ridge)
     norm = block.finalize_pass1(spec, block.pass1_block(A, None, spec), ridge=ridge, rtol=rtol)
     return block.pass2_block(A, None, spec, norm) * norm.total
 
@@ -302,25 +302,25 @@ def scores(
         finally:
             if store is not None:
                 store.owner.cleanup()
-    dX, dy = graph.as_dask_xy(X, y, y_cols=None)
+    dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
                      loss=loss, sketch=sk, device=device, seed=random_state,
                      y_cols=target_columns(dy))
     if k.response_aware:
         lev = replace(spec, kind=get_kind("nonlinear-leverage"))
-        norm = graph.pass1(dX, dy, lev, rtol=rtol, split_every=split_every)
+        norm = graph.passes.pass1(dX, dy, lev, rtol=rtol, split_every=split_every)
         fac = oneread.factor_from_r(norm.factor.R, int(dX.shape[0]))
-        return oneread.mix_columns(graph.row_scores(dX, dy, rows=spec.rows,
+        return oneread.mix_columns(graph.passes.row_scores(dX, dy, rows=spec.rows,
                                                     theta=spec.rows.theta, fac=fac), k.name)
     if sk is not None and sk.rows:
-        return graph.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
+        return graph.passes.rowsketch_scores(dX, dy, spec, sk, split_every)[0]
     store = temporary(persist) if persist != "never" and spec.persistable else None
-    norm = graph.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every,
+    norm = graph.passes.pass1(dX, dy, spec, ridge=ridge, rtol=rtol, split_every=split_every,
                        store=store)
     if store is not None and not (norm.persist or {}).get("persisted"):
         store.owner.cleanup()  # nothing persisted: pass 2 rebuilds every block
         store = None
-    return graph.pass2(dX, dy, spec, norm, store=store)
+    return graph.passes.pass2(dX, dy, spec, norm, store=store)
 
 
 def sample(
@@ -346,7 +346,7 @@ def sample(
     """
     check_params("sample", _SAMPLE, s=s, alpha=alpha)
     if _is_dask(probs):
-        return graph.sample_blocks(probs, s, random_state, alpha)
+        return graph.draws.sample_blocks(probs, s, random_state, alpha)
     return sampling.sample_array(probs, s, random_state, alpha)
 
 
@@ -394,18 +394,18 @@ def select_sample(
         raise NldistError(f"random_state must be an int >= 0, got {random_state!r}")
     if not isinstance(pilot_rows, (int, np.integer)) or pilot_rows < 1:
         raise NldistError(f"pilot_rows must be an int >= 1, got {pilot_rows!r}")
-    dX, dy = graph.as_dask_xy(X, y, y_cols=None)
+    dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
     n = int(dX.shape[0])
     spec = make_spec("nonlinear-leverage", model, theta, dX.shape[1], True, loss=loss,
                      y_cols=target_columns(dy))
     rows, th = spec.rows, spec.rows.theta
     pick = np.sort(np.random.default_rng([int(random_state), 0x9170]).choice(
         n, size=min(int(pilot_rows), n), replace=False))
-    Xp, yp = graph.gather_rows(dX, dy, pick)
+    Xp, yp = graph.draws.gather_rows(dX, dy, pick)
     fac = oneread.factor(rows.matrix(Xp, yp, 0), n, m=pick.size)
     fac, rates, _ = oneread.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
                                  target_error)
-    got = graph.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
+    got = graph.passes.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
                               seed=int(random_state))
     keep, w, info = oneread.conclude(got, kind, s, target_error, rates, int(random_state),
                                      int(th.size), n)
@@ -493,3 +493,63 @@ def load_sample(path: Any) -> Sample:
 def to_torch(path: Any, dtype: Any = None) -> Any:
     """``load_sample(path).to_torch(dtype)``: a torch Dataset yielding (x, y, weight)."""
     return load_sample(path).to_torch(dtype)
+
+
+def fit(
+    X: Any, y: Any, model: Model | str, theta0: Any = None, *, rows: Any = None,
+    s: int | None = None, kind: str = "nonlinear-leverage", radius: float = 10.0,
+    loss: str | None = None, xtol: float = precond.XTOL, max_iter: int = 100,
+    split_every: int = 8, random_state: int = 0,
+) -> dict:
+    """The full-data optimum over ``||theta|| <= radius`` with exact full-data gradients (one
+    distributed pass each, n p work per row) and a leverage sample's Gauss-Newton matrix as
+    the Hessian (``nldist fit``'s preconditioned method, MATH.md §9; :func:`nldist.precond.
+    fit_precond`: a step that raises the full loss is rejected, never taken).
+
+    Parameters
+    ----------
+    X : ndarray (n, d), dask array or Zarr path; y : (n,) (or (n, C) for multi-output)
+    model : Model, spec string or torch.nn.Module
+    theta0 : ndarray (p,), optional
+        Start (e.g. a pilot's fit); default the model's starting point.
+    rows : (indices (s,), weights (s,)), optional
+        The preconditioning sample; default ``s`` rows drawn by ``kind`` scores at theta0
+        (:func:`scores`, :func:`sample`; s default max(1000, 4 p)).
+    loss : str, optional
+        ``squared`` (default for one output), ``bce``, ``poisson``, ``cross_entropy``
+        (default for a C-output model with labels).
+    xtol : float
+        Relative tolerance of the sample-Newton step (the stopping rule).
+    max_iter : int
+        Most passes after the first.
+
+    Returns
+    -------
+    dict: ``theta``, ``loss``, ``grad_norm``, ``passes``, ``iterations``, ``converged``,
+    ``reason``, ``history`` (per accepted step), ``indices`` and ``weights`` of the sample
+    """
+    m = as_model(model, _width(X) if not isinstance(X, str) else
+                 int(graph.inputs.as_dask_xy(X, y, y_cols=None)[0].shape[1]))
+    dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
+    if dy is None:
+        raise NldistError("fit needs y (the targets of the full-data loss)")
+    if loss is None:
+        loss = "cross_entropy" if m.n_outputs > 1 and target_columns(dy) == 1 else "squared"
+    m.check_outputs(loss)
+    theta0 = m.initial_theta() if theta0 is None else m.check_theta(theta0)
+    if rows is None:
+        probs = scores(dX, dy, m, theta0, kind=kind, loss=loss, split_every=split_every,
+                       random_state=random_state)
+        idx, w = sample(probs, s or max(1000, 4 * m.n_params), random_state)
+    else:
+        idx, w = (np.asarray(rows[0], dtype=np.int64), np.asarray(rows[1], dtype=np.float64))
+    Xs, ys = graph.draws.gather_rows(dX, dy, idx)
+
+    def full(theta: np.ndarray) -> dict:
+        return graph.oracles.grad_pass(dX, dy, m, theta, split_every, loss=loss)
+
+    res = precond.fit_precond(full, precond.sample_gn(m, Xs, ys, w, loss), theta0, radius,
+                              xtol=xtol, max_iter=max_iter)
+    return {"theta": res.theta, "loss": res.loss, "grad_norm": res.grad_norm,
+            "passes": res.passes, "iterations": res.iterations, "converged": res.converged,
+            "reason": res.reason, "history": res.history, "indices": idx, "weights": w}

@@ -392,7 +392,7 @@ def _partitions(pattern: str, fmt: str, listed: tuple[Any, list[str]] | None = N
     fs, files = listed or _source_files(pattern)
     if not files:
         raise NldistError(f"source {pattern!r} matches no files; check the path or glob")
-    return graph.table_partitions([_shown(fs, f) for f in files], fmt)
+    return graph.tables.table_partitions([_shown(fs, f) for f in files], fmt)
 
 
 def _shown(fs: Any, f: str) -> str:
@@ -478,7 +478,7 @@ def _table_statistics(source: str, target: str | None, features: list[str] | Non
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
     names = ([f"file {_shown(fs, f)}" for f in files] if len(files) == len(parts)
              else [f"partition {i} of {pattern}" for i in range(len(parts))])
-    stats = merge_stats(graph.map_tasks(partial(partition_stats, **opts),
+    stats = merge_stats(graph.writes.map_tasks(partial(partition_stats, **opts),
                                         list(zip(parts, names, strict=True)), where=names))
     plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
     return fmt, pattern, parts, stats, plan
@@ -527,7 +527,7 @@ def open_table_view(view: dict, count: str | None = None) -> tuple[Any, Any]:
                           f"now, {len(view['sizes'])} when its statistics were taken; it "
                           "changed: run the job again (the statistics are redone)")
     encode = partial(encode_partition, plan=view["plan"], **view["options"])
-    X, y, _ = graph.table_xy(parts, encode, view["sizes"], view["n_features"],
+    X, y, _ = graph.tables.table_xy(parts, encode, view["sizes"], view["n_features"],
                              np.dtype(view["plan"]["dtype"]), view["chunk_rows"], count=count)
     return X, y
 
@@ -603,7 +603,7 @@ def _ingest_table(
     owner = res // cr  # the chunk of each reservoir row (a regular grid of cr rows)
     picks = {int(c): res[owner == c] - int(c) * cr for c in np.unique(owner)}
     try:
-        done, kept = graph.write_table(parts, partial(encode_partition, plan=plan, **{
+        done, kept = graph.tables.write_table(parts, partial(encode_partition, plan=plan, **{
             k: v for k, v in opts.items() if k != "target"}), sizes.tolist(), d,
             np.dtype(dtype), str(tmp), cr, picks, rkey, resume=old is not None)
         if old is not None:

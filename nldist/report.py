@@ -331,7 +331,7 @@ def plot_scores(scores_store: Path, path: Path, bins: int = 50) -> Path | None:
     plt = _plt()
     from matplotlib.ticker import NullFormatter
 
-    stats, edges, counts = graph.score_histograms(arrays, bins)
+    stats, edges, counts = graph.reports.score_histograms(arrays, bins)
     nk = len(arrays)
     ncols = 2 if nk > 1 else 1
     nrows = math.ceil(nk / ncols)
@@ -386,15 +386,15 @@ class Extremes:
 
 def extreme_rows(dataset: Path, scores: Any, kind: str, k: int) -> Extremes:
     """Top/bottom-k rows of ``scores`` with their X, y (and ``flipped`` labels if stored)."""
-    ti, tv, bi, bv = graph.top_bottom(scores, k)
-    X, y = graph.open_zarr_xy(dataset)
-    Xt, yt = graph.gather_rows(X, y, ti)
-    Xb, yb = graph.gather_rows(X, y, bi)
+    ti, tv, bi, bv = graph.reports.top_bottom(scores, k)
+    X, y = graph.inputs.open_zarr_xy(dataset)
+    Xt, yt = graph.draws.gather_rows(X, y, ti)
+    Xb, yb = graph.draws.gather_rows(X, y, bi)
     ext = Extremes(kind, ti, tv, bi, bv, Xt, yt, Xb, yb)
     flipped = open_member(dataset, "flipped")
     if flipped is not None:
-        ext.flipped_top = graph.take(flipped, ti)
-        ext.flipped_bottom = graph.take(flipped, bi)
+        ext.flipped_top = graph.reports.take(flipped, ti)
+        ext.flipped_bottom = graph.reports.take(flipped, bi)
     return ext
 
 
@@ -815,7 +815,7 @@ def _score_of(d: Draws, m: dict, out: Path) -> tuple[np.ndarray | None, str]:
         return q, f"{d.kind} value (unnormalised)"
     arrays = _open_scores(out / "scores.zarr") if (out / "scores.zarr").exists() else {}
     if d.kind in arrays:
-        return graph.take(arrays[d.kind], d.indices) * n, f"n·score ({d.kind})"
+        return graph.reports.take(arrays[d.kind], d.indices) * n, f"n·score ({d.kind})"
     return None, ""
 
 

@@ -7,7 +7,7 @@ ratio of actual to predicted decrease. It needs an *oracle* theta -> (L, g, H) w
 H = 2 J^T W J; two are provided:
 
 * :func:`sample_oracle`: the weighted sample on one node, in PyTorch (``torch.func.jacfwd``).
-* :func:`nldist.graph.gn_pass`: the full data, one distributed pass per call.
+* :func:`nldist.graph.oracles.gn_pass`: the full data, one distributed pass per call.
 
 Stopping rule (the stated tolerance): an accepted step whose relative decrease
 ``(L_old - L_new) / L_old`` is below ``tol`` (default 1e-12), or a step whose

@@ -172,12 +172,12 @@ DRIVER = textwrap.dedent('''
 
     with Client(sched, timeout="30s") as c:
         c.wait_for_workers(2, timeout=60)
-        X, y = graph.as_dask_xy(*graph.open_zarr_xy(data))
+        X, y = graph.inputs.as_dask_xy(*graph.inputs.open_zarr_xy(data))
         m = get_model("glm:swish", X.shape[1])
         spec = make_spec("nonlinear-leverage", m, np.load(theta), X.shape[1], True, False)
         Xs = X.map_blocks(slow_identity, dtype=X.dtype)
-        norm = graph.pass1(Xs, y, spec)
-        probs = graph.pass2(Xs, y, spec, norm).compute()
+        norm = graph.passes.pass1(Xs, y, spec)
+        probs = graph.passes.pass2(Xs, y, spec, norm).compute()
         workers = sorted(c.scheduler_info()["workers"])
     np.savez(out, R=norm.factor.R, total=norm.total, probs=probs,
              workers=np.array(workers))
@@ -186,14 +186,14 @@ DRIVER = textwrap.dedent('''
 
 def test_cut_link_mid_pass_still_identical(net, tmp_path):
     data = make_dataset(tmp_path / "d.zarr", n=N, chunk_rows=CHUNK)
-    X, y = graph.as_dask_xy(*graph.open_zarr_xy(data))
+    X, y = graph.inputs.as_dask_xy(*graph.inputs.open_zarr_xy(data))
     m = get_model("glm:swish", X.shape[1])
     theta = np.linspace(-0.5, 0.5, m.n_params)
     np.save(tmp_path / "theta.npy", theta)
     spec = make_spec("nonlinear-leverage", m, theta, X.shape[1], True, False)
     with dask.config.set(scheduler="synchronous"):
-        ref_norm = graph.pass1(X, y, spec)
-        ref_probs = graph.pass2(X, y, spec, ref_norm).compute()
+        ref_norm = graph.passes.pass1(X, y, spec)
+        ref_probs = graph.passes.pass2(X, y, spec, ref_norm).compute()
     sched = _cluster(net, tmp_path)
     marks = tmp_path / "marks"
     marks.mkdir()

@@ -72,10 +72,10 @@ def _spec(X, spec_str, kind, device="numpy"):
 
 def _passes(X, y, spec, chunks, ridge=0.0):
     """Pass 1 + pass 2 through nldist.graph: (scores (n,), Normalizer)."""
-    dX, dy = graph.as_dask_xy(da.from_array(X, chunks=(chunks, -1)),
+    dX, dy = graph.inputs.as_dask_xy(da.from_array(X, chunks=(chunks, -1)),
                               da.from_array(y, chunks=chunks))
-    norm = graph.pass1(dX, dy, spec, ridge=ridge)
-    return graph.pass2(dX, dy, spec, norm).compute(), norm
+    norm = graph.passes.pass1(dX, dy, spec, ridge=ridge)
+    return graph.passes.pass2(dX, dy, spec, norm).compute(), norm
 
 
 def assert_same_scores(got, ref, rtol=RTOL):
@@ -317,7 +317,7 @@ def test_ill_conditioned_block_takes_device_cholqr2(diabetes, sync_scheduler):
     A = _ill(diabetes, 1e-4)
     out = {}
     for device in ("numpy", "cpu"):
-        spec = with_device(graph.raw_spec(), device)
+        spec = with_device(graph.passes.raw_spec(), device)
         stats = block.pass1_block(A, None, spec)
         norm = block.finalize_pass1(spec, stats)
         out[device] = (block.pass2_block(A, None, spec, norm), stats["methods"], norm.rank)
@@ -351,17 +351,17 @@ def test_persisted_blocks_same_bytes(diabetes, sync_scheduler, calls):
     shas, scores = {}, {}
     for device in ("numpy", "cpu"):
         spec = _spec(X, "relu2:8", "nonlinear-leverage", device)
-        dX, dy = graph.as_dask_xy(da.from_array(X, chunks=(150, -1)),
+        dX, dy = graph.inputs.as_dask_xy(da.from_array(X, chunks=(150, -1)),
                                   da.from_array(y, chunks=150))
         store = dual_blocks.temporary("always")
         try:
-            norm = graph.pass1(dX, dy, spec, store=store)
+            norm = graph.passes.pass1(dX, dy, spec, store=store)
             assert norm.persist["persisted"] == 3
             shas[device] = [read_record(store.path, i)["sha256"] for i in range(3)]
             with pytest.MonkeyPatch.context() as mp:  # pass 2 reads, never rebuilds
                 mp.setattr(ScoreSpec, "matrix", _no_rebuild)
                 mp.setattr(DualRows, "matrix", _no_rebuild)
-                scores[device] = graph.pass2(dX, dy, spec, norm, store=store).compute()
+                scores[device] = graph.passes.pass2(dX, dy, spec, norm, store=store).compute()
         finally:
             store.owner.cleanup()
     assert shas["cpu"] == shas["numpy"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from nldist.cli import app
 from nldist.errors import NldistError
-from nldist.graph import precision_at_k
+from nldist.graph.reports import precision_at_k
 from nldist.ingest import ingest
 from nldist.jobs import validate_job
 from nldist.pipeline.diagnose import diagnose, write_noisy_dataset

@@ -32,7 +32,7 @@ BLOCKS = N // CHUNK
 @pytest.fixture(scope="module")
 def xy(tmp_path_factory):
     path = make_dataset(tmp_path_factory.mktemp("fdata") / "d.zarr", n=N, chunk_rows=CHUNK)
-    return graph.as_dask_xy(*graph.open_zarr_xy(path))
+    return graph.inputs.as_dask_xy(*graph.inputs.open_zarr_xy(path))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def spec(xy):
 def undisturbed(xy, spec):
     X, y = xy
     with dask.config.set(scheduler="synchronous"):
-        norm = graph.pass1(X, y, spec)
-        return norm, graph.pass2(X, y, spec, norm).compute()
+        norm = graph.passes.pass1(X, y, spec)
+        return norm, graph.passes.pass2(X, y, spec, norm).compute()
 
 
 def _slow(X, marks: Path, delay: float = 0.12):
@@ -108,7 +108,7 @@ def test_sigkill_worker_in_pass1_and_pass2(xy, spec, undisturbed, tmp_path):
             r1: dict = {}
             m1.mkdir()
             t = _kill_when_running(cluster, client, m1, "w1", r1)
-            norm = graph.pass1(_slow(X, m1), y, spec)
+            norm = graph.passes.pass1(_slow(X, m1), y, spec)
             t.join(30)
             assert "error" not in r1, r1.get("error")
             assert r1["done_before"] < BLOCKS, "pass 1 had finished before the kill"
@@ -121,7 +121,7 @@ def test_sigkill_worker_in_pass1_and_pass2(xy, spec, undisturbed, tmp_path):
             r2: dict = {}
             m2.mkdir()
             t = _kill_when_running(cluster, client, m2, "w2", r2)
-            probs = graph.pass2(_slow(X, m2), y, spec, norm).compute()
+            probs = graph.passes.pass2(_slow(X, m2), y, spec, norm).compute()
             t.join(30)
             assert "error" not in r2, r2.get("error")
             assert r2["done_before"] < BLOCKS, "pass 2 had finished before the kill"

@@ -92,24 +92,24 @@ def test_full_data_loss_and_gauss_newton_pass(diabetes, sync_scheduler):
     X, y = diabetes
     m = nldist.get_model("glm:softplus", X.shape[1])
     theta = np.linspace(-0.2, 0.2, m.n_params)
-    dX, dy = graph.as_dask_xy(da.from_array(X, chunks=(61, -1)), y)
-    out = graph.gn_pass(dX, dy, m, theta, split_every=3)
+    dX, dy = graph.inputs.as_dask_xy(da.from_array(X, chunks=(61, -1)), y)
+    out = graph.oracles.gn_pass(dX, dy, m, theta, split_every=3)
     r = m.predict(theta, X) - y
     J = m.jacobian(theta, X)
     np.testing.assert_allclose(out["loss"], r @ r, rtol=1e-12)
     np.testing.assert_allclose(out["grad"], 2 * J.T @ r, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(out["gn"], 2 * J.T @ J, rtol=1e-10)
     thetas = np.vstack([theta, 2 * theta, np.zeros_like(theta)])
-    losses = graph.losses_pass(dX, dy, m, thetas)
+    losses = graph.oracles.losses_pass(dX, dy, m, thetas)
     np.testing.assert_allclose(losses, [np.sum((m.predict(t, X) - y) ** 2) for t in thetas],
                                rtol=1e-12)
 
 
 def test_gather_rows_in_draw_order(diabetes, sync_scheduler):
     X, y = diabetes
-    dX, dy = graph.as_dask_xy(da.from_array(X, chunks=(50, -1)), y)
+    dX, dy = graph.inputs.as_dask_xy(da.from_array(X, chunks=(50, -1)), y)
     idx = np.array([400, 3, 3, 441, 0, 77])
-    Xs, ys = graph.gather_rows(dX, dy, idx)
+    Xs, ys = graph.draws.gather_rows(dX, dy, idx)
     np.testing.assert_array_equal(Xs, X[idx])
     np.testing.assert_array_equal(ys, y[idx])
 
@@ -117,14 +117,14 @@ def test_gather_rows_in_draw_order(diabetes, sync_scheduler):
 def test_graph_input_errors(diabetes, tmp_path):
     X, y = diabetes
     with pytest.raises(NldistError, match="does not exist"):
-        graph.as_dask_xy(str(tmp_path / "missing.zarr"))
+        graph.inputs.as_dask_xy(str(tmp_path / "missing.zarr"))
     with pytest.raises(NldistError, match=r"y has shape \(5,\)"):
-        graph.as_dask_xy(da.from_array(X), y[:5])
+        graph.inputs.as_dask_xy(da.from_array(X), y[:5])
     with pytest.raises(NldistError, match="dtype"):
-        graph.as_dask_xy(da.from_array(np.array([["a"]])))
+        graph.inputs.as_dask_xy(da.from_array(np.array([["a"]])))
     (tmp_path / "notzarr").mkdir()
     with pytest.raises(NldistError, match="not a Zarr group|no array 'X'"):
-        graph.as_dask_xy(str(tmp_path / "notzarr"))
+        graph.inputs.as_dask_xy(str(tmp_path / "notzarr"))
 
 
 @pytest.mark.parametrize("persist", ["never", "always"])
@@ -140,7 +140,7 @@ def test_wide_dual_blocks_run_on_split_chunks(diabetes, monkeypatch, sync_schedu
     theta = m.init_theta(0) if hasattr(m, "init_theta") else 0.3 * np.ones(m.n_params)
     spec = make_spec("nonlinear-leverage", m, theta, X.shape[1], True)
     q = spec.n_cols(X.shape[1])
-    monkeypatch.setattr(graph, "DUAL_BLOCK_BYTES", 8 * q * 50)  # 50 rows per task
+    monkeypatch.setattr(graph.passes, "DUAL_BLOCK_BYTES", 8 * q * 50)  # 50 rows per task
     seen = []
     orig = block.pass1_block
 
@@ -151,8 +151,8 @@ def test_wide_dual_blocks_run_on_split_chunks(diabetes, monkeypatch, sync_schedu
     monkeypatch.setattr(block, "pass1_block", rec)
     dX, dy = da.from_array(X, chunks=(160, -1)), da.from_array(y, chunks=160)
     store = dual_blocks.temporary("always") if persist == "always" else None
-    norm = graph.pass1(dX, dy, spec, store=store)
-    probs = graph.pass2(dX, dy, spec, norm, store=store)
+    norm = graph.passes.pass1(dX, dy, spec, store=store)
+    probs = graph.passes.pass2(dX, dy, spec, norm, store=store)
     assert probs.chunks == dX.chunks[:1]
     assert max(seen) <= 50 and sum(seen) == len(X) and len(seen) == 4 + 4 + 3  # 160, 160, 122 rows
     tasks = len(seen)

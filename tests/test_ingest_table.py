@@ -441,5 +441,5 @@ def test_each_partition_is_read_and_encoded_once_per_pass(diamonds, tmp_path, mo
     X, y = open_table_view(view)
     calls["n"] = 0
     spec = make_spec("linear-leverage", None, None, X.shape[1], True, True)
-    graph.pass1(X, y, spec)
+    graph.passes.pass1(X, y, spec)
     assert calls["n"] == 7

@@ -69,8 +69,8 @@ def test_pass1_masses_are_the_sums_of_pass2_per_chunk(kind, sync_scheduler):
     k = get_kind(kind)
     spec = make_spec(k, m, th, X.shape[1], True, loss=loss, seed=3)
     dX, dy = da.from_array(X, chunks=(200, -1)), da.from_array(y, chunks=200)
-    norm = graph.pass1(dX, dy, spec, ridge=0.5 if k.ridge else 0.0, masses=True)
-    p = np.asarray(graph.pass2(dX, dy, spec, norm))
+    norm = graph.passes.pass1(dX, dy, spec, ridge=0.5 if k.ridge else 0.0, masses=True)
+    p = np.asarray(graph.passes.pass2(dX, dy, spec, norm))
     sums = np.add.reduceat(p, np.arange(0, X.shape[0], 200))
     np.testing.assert_allclose(norm.masses, sums, rtol=1e-7, atol=1e-14)
 

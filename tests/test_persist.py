@@ -43,12 +43,12 @@ def _dask(X, y, chunks):
 
 def _passes(X, y, spec, chunks, mode, store=None):
     """pass 1 + pass 2 through nldist.graph with a fresh temporary store (None for never)."""
-    dX, dy = graph.as_dask_xy(*_dask(X, y, chunks))
+    dX, dy = graph.inputs.as_dask_xy(*_dask(X, y, chunks))
     if store is None and mode != "never":
         store = dual_blocks.temporary(mode)
-    norm = graph.pass1(dX, dy, spec, ridge=0.5 if spec.kind.ridge else 0.0,
+    norm = graph.passes.pass1(dX, dy, spec, ridge=0.5 if spec.kind.ridge else 0.0,
                        store=store)
-    return graph.pass2(dX, dy, spec, norm, store=store).compute(), norm, store
+    return graph.passes.pass2(dX, dy, spec, norm, store=store).compute(), norm, store
 
 
 class _Count:
@@ -147,12 +147,12 @@ def test_always_pass2_does_not_rebuild(data, monkeypatch, sync_scheduler):
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
     count = _Count(monkeypatch)
     for mode, pass2_calls in (("never", 3), ("always", 0)):
-        dX, dy = graph.as_dask_xy(*_dask(X, y, 80))
+        dX, dy = graph.inputs.as_dask_xy(*_dask(X, y, 80))
         store = dual_blocks.temporary(mode) if mode != "never" else None
-        norm = graph.pass1(dX, dy, spec, store=store)
+        norm = graph.passes.pass1(dX, dy, spec, store=store)
         assert count.calls == 3  # one slice per block
         count.calls = 0
-        graph.pass2(dX, dy, spec, norm, store=store).compute()
+        graph.passes.pass2(dX, dy, spec, norm, store=store).compute()
         assert count.calls == pass2_calls, mode
         count.calls = 0
 
@@ -209,9 +209,9 @@ def test_damaged_blocks_are_rebuilt(data, monkeypatch, caplog, sync_scheduler):
     m = nldist.get_model("relu2:40", n_features=X.shape[1])  # q = 441 > rows: Householder R
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
     ref, _, _ = _passes(X, y, spec, 60, "never")
-    dX, dy = graph.as_dask_xy(*_dask(X, y, 60))
+    dX, dy = graph.inputs.as_dask_xy(*_dask(X, y, 60))
     store = dual_blocks.temporary("always")
-    norm = graph.pass1(dX, dy, spec, store=store)
+    norm = graph.passes.pass1(dX, dy, spec, store=store)
     assert norm.persist["persisted"] == 4
     # 0: truncated chunk file; 1: one value changed; 2: record of other inputs;
     # 3: record removed (never finished) -> rebuilt silently
@@ -226,7 +226,7 @@ def test_damaged_blocks_are_rebuilt(data, monkeypatch, caplog, sync_scheduler):
     (Path(store.path) / "done" / "3.json").unlink()
     count = _Count(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="nldist"):
-        got = graph.pass2(dX, dy, spec, norm, store=store).compute()
+        got = graph.passes.pass2(dX, dy, spec, norm, store=store).compute()
     np.testing.assert_array_equal(got, ref)
     assert count.calls == 4  # every block rebuilt, one slice each
     msgs = [r.getMessage() for r in caplog.records]
@@ -242,12 +242,13 @@ def test_missing_chunk_file_is_caught(data, sync_scheduler):
     spec = make_spec("nonlinear-leverage", m, _theta(m), X.shape[1], True)
     ref, _, _ = _passes(X, y, spec, 240, "never")
     store = dual_blocks.temporary("always")
-    dX, dy = graph.as_dask_xy(*_dask(X, y, 240))
-    norm = graph.pass1(dX, dy, spec, store=store)
+    dX, dy = graph.inputs.as_dask_xy(*_dask(X, y, 240))
+    norm = graph.passes.pass1(dX, dy, spec, store=store)
     files = _chunk_files(store, 0)
     assert files
     files[0].unlink()  # zarr would read the fill value: the checksum catches it
-    np.testing.assert_array_equal(graph.pass2(dX, dy, spec, norm, store=store).compute(), ref)
+    got = graph.passes.pass2(dX, dy, spec, norm, store=store).compute()
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_prepare_discards_other_inputs(tmp_path):
@@ -367,7 +368,7 @@ def test_runner_reuses_blocks_of_a_killed_run(npz, tmp_path, monkeypatch, sync_s
     def crash(*a, **k):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(graph, "pass2", crash)
+    monkeypatch.setattr(graph.passes, "pass2", crash)
     with pytest.raises(RuntimeError):
         stages.scores(ctx, "nonlinear-leverage", theta)
     scratch = tmp_path / "r" / "dual.zarr.partial" / "nonlinear-leverage"

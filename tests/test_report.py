@@ -17,7 +17,7 @@ import zarr
 
 from nldist import pipeline, report
 from nldist.errors import NldistError
-from nldist.graph import top_bottom
+from nldist.graph.reports import top_bottom
 from nldist.jobs import validate_job
 from nldist.pipeline import RunContext
 

@@ -56,9 +56,9 @@ def test_chunk_masses_are_the_chunk_sums_of_pass_2(data, kind, sync_scheduler):
     theta = np.linspace(-0.4, 0.4, m.n_params)
     Xd, yd = da.from_array(X, chunks=(450, -1)), da.from_array(y, chunks=450)
     spec = _spec(kind, m, theta, X.shape[1])
-    norm = graph.pass1(Xd, yd, spec, ridge=0.3 if kind == "ridge-leverage" else 0.0,
+    norm = graph.passes.pass1(Xd, yd, spec, ridge=0.3 if kind == "ridge-leverage" else 0.0,
                        masses=True)
-    p = graph.pass2(Xd, yd, spec, norm).compute()
+    p = graph.passes.pass2(Xd, yd, spec, norm).compute()
     sums = np.add.reduceat(p, np.r_[0, np.cumsum(Xd.chunks[0])[:-1]])
     np.testing.assert_allclose(norm.masses, sums, rtol=1e-11, atol=1e-15)
     assert norm.masses.sum() == pytest.approx(1.0, rel=1e-12)
@@ -78,18 +78,18 @@ def test_fused_pass_is_the_two_step_sample_for_any_chunking(data, kind, alpha,
     for chunks in (3000, 1000, 377, 128):
         Xd, yd = da.from_array(X, chunks=(chunks, -1)), da.from_array(y, chunks=chunks)
         spec = _spec(kind, m, theta, X.shape[1])
-        norm = graph.pass1(Xd, yd, spec, ridge=0.3 if kind == "ridge-leverage" else 0.0,
+        norm = graph.passes.pass1(Xd, yd, spec, ridge=0.3 if kind == "ridge-leverage" else 0.0,
                            masses=True)
-        got = graph.sample_pass(Xd, yd, spec, norm, [(400, 7), (50, 8)], alpha,
+        got = graph.draws.sample_pass(Xd, yd, spec, norm, [(400, 7), (50, 8)], alpha,
                                 eval_rate=0.05, eval_seed=11)
         (idx, w, Xs, ys), (idx2, _, _, _) = got["draws"]
         np.testing.assert_array_equal(Xs, X[idx])
         np.testing.assert_array_equal(ys, y[idx])
-        probs = graph.pass2(Xd, yd, spec, norm)
-        i0, w0 = graph.sample_many(probs, [(400, 7)], alpha)[0]
+        probs = graph.passes.pass2(Xd, yd, spec, norm)
+        i0, w0 = graph.draws.sample_many(probs, [(400, 7)], alpha)[0]
         np.testing.assert_array_equal(idx, i0)
         np.testing.assert_allclose(w, w0, rtol=1e-12)
-        i1, w1 = graph.sample_many(probs, [(400, 7)], alpha, masses=norm.masses)[0]
+        i1, w1 = graph.draws.sample_many(probs, [(400, 7)], alpha, masses=norm.masses)[0]
         assert i1.tobytes() == idx.tobytes() and w1.tobytes() == w.tobytes()
         ev = got["eval"]
         np.testing.assert_array_equal(ev[1], X[ev[0]])
@@ -109,9 +109,9 @@ def test_fused_draws_follow_the_scores(data, sync_scheduler):
     theta = np.full(m.n_params, 0.2)
     Xd, yd = da.from_array(X, chunks=(500, -1)), da.from_array(y, chunks=500)
     spec = _spec("nonlinear-leverage", m, theta, X.shape[1])
-    norm = graph.pass1(Xd, yd, spec, masses=True)
-    p = graph.pass2(Xd, yd, spec, norm).compute()
-    idx = graph.sample_pass(Xd, yd, spec, norm, [(200_000, 0)])["draws"][0][0]
+    norm = graph.passes.pass1(Xd, yd, spec, masses=True)
+    p = graph.passes.pass2(Xd, yd, spec, norm).compute()
+    idx = graph.draws.sample_pass(Xd, yd, spec, norm, [(200_000, 0)])["draws"][0][0]
     freq = np.bincount(idx, minlength=X.shape[0]) / idx.size
     top = np.argsort(p)[-20:]  # the heaviest rows: frequencies within 5 sigma
     sd = np.sqrt(p[top] * (1 - p[top]) / idx.size)
@@ -123,9 +123,9 @@ def test_fused_pass_without_masses_is_refused(data, sync_scheduler):
     m = nldist.get_model("linear", n_features=X.shape[1])
     Xd, yd = da.from_array(X, chunks=(500, -1)), da.from_array(y, chunks=500)
     spec = _spec("linear-leverage", m, np.zeros(m.n_params), X.shape[1])
-    norm = graph.pass1(Xd, yd, spec)
+    norm = graph.passes.pass1(Xd, yd, spec)
     with pytest.raises(NldistError, match="masses=True"):
-        graph.sample_pass(Xd, yd, spec, norm, [(10, 0)])
+        graph.draws.sample_pass(Xd, yd, spec, norm, [(10, 0)])
 
 
 def test_horvitz_thompson_estimate_is_unbiased(data):

@@ -62,7 +62,7 @@ def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed:
     if not 0.0 < fraction < 0.5:
         raise NldistError(f"flip fraction must be in (0, 0.5), got {fraction}; e.g. --flip 0.1")
     src, out = as_path(src), as_path(out)
-    X, y = graph.open_zarr_xy(src)
+    X, y = graph.inputs.open_zarr_xy(src)
     if y is None:
         raise NldistError(f"dataset {src} has no y; ingest it with a binary target")
     attrs = read_attrs(src)
@@ -70,7 +70,7 @@ def write_noisy_dataset(src: str | Path, out: str | Path, fraction: float, seed:
     _, arrays = create_partial(out, {"X": (X.shape, (cr, X.shape[1]), X.dtype),
                                      "y": (y.shape, (cr,), y.dtype),
                                      "flipped": (y.shape, (cr,), "int8")})
-    n_flipped = graph.write_flipped(X, y, fraction, seed,
+    n_flipped = graph.reports.write_flipped(X, y, fraction, seed,
                                     (arrays["X"], arrays["y"], arrays["flipped"]), n_classes)
     facts = {"n_rows": int(y.shape[0]), "n_flipped": n_flipped, "flip_fraction": fraction,
              "flip_seed": seed}
@@ -129,7 +129,7 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     stages.ingest(ctx)  # the noisy store in place: its fingerprint keys theta* and scores
     X, y = stages.xy(ctx)
     theta, star = stages.optimum(ctx)
-    flipped = graph.open_array(noisy_path, "flipped", X.chunks[0])
+    flipped = graph.memory.open_array(noisy_path, "flipped", X.chunks[0])
     n = int(X.shape[0])
     ks = sorted({int(k) for k in (ks or [*DEFAULT_KS, facts["n_flipped"]]) if 0 < int(k) <= n})
     if not ks:
@@ -141,13 +141,13 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     if C == 1:
         with ctx.timed("score", kind="linear-leverage+y", key="score:linear-leverage+y"):
             spec = make_spec("linear-leverage", m, None, X.shape[1], True, True)
-            norm = graph.pass1(X, y, spec, split_every=job.split_every)
-            rankings["linear-leverage+y"] = graph.pass2(X, y, spec, norm)
-    rankings["loss"] = graph.row_losses(X, y, m, theta, job.loss)
+            norm = graph.passes.pass1(X, y, spec, split_every=job.split_every)
+            rankings["linear-leverage+y"] = graph.passes.pass2(X, y, spec, norm)
+    rankings["loss"] = graph.reports.row_losses(X, y, m, theta, job.loss)
     precision, recall = {}, {}
     with ctx.timed("rank"):
         for name, sc in rankings.items():
-            precision[name], recall[name] = graph.precision_at_k(sc, flipped, ks)
+            precision[name], recall[name] = graph.reports.precision_at_k(sc, flipped, ks)
     timings = dict(clean.timings)
     for k, v in ctx.timings.items():
         timings[k] = timings.get(k, 0.0) + v

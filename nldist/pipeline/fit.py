@@ -4,10 +4,10 @@
 From the pilot theta_0 (no pass over X) and a leverage sample drawn at theta_0 (the select
 path's fused read: :func:`sample_rows`), iterate to the full-data optimum over the ball:
 each iteration one distributed pass for the exact full-data loss and gradient
-(:func:`nldist.graph.grad_pass`: n p work per row) and a step from the sample's
+(:func:`nldist.graph.oracles.grad_pass`: n p work per row) and a step from the sample's
 Gauss-Newton model, refreshed at each accepted theta from the same rows on the driver
 (:func:`nldist.precond.fit_precond`). Or full Gauss-Newton from theta_0 (one pass forming
-J^T J per iteration, :func:`nldist.graph.gn_pass`) when that is estimated cheaper: the
+J^T J per iteration, :func:`nldist.graph.oracles.gn_pass`) when that is estimated cheaper: the
 choice (:func:`nldist.precond.choose`) times a gradient block and a Gauss-Newton block on
 one chunk and runs both methods on the sample to count the passes each needs; ``method``
 forces one. Writes ``theta_fit.npy`` and ``metrics.json`` (``"mode": "fit"``: the choice
@@ -69,7 +69,7 @@ def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol:
     n = int(X.shape[0])
     with ctx.timed("choose"):
         t0 = time.perf_counter()
-        Xb, yb = graph.read_blocks(X, y, [0])
+        Xb, yb = graph.draws.read_blocks(X, y, [0])
         read_s = time.perf_counter() - t0
         ctx.read("cost probe (one chunk)", Xb.shape[0] / n)
         costs = precond.chunk_costs(m, theta0, Xb, yb, job.loss)
@@ -80,7 +80,7 @@ def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol:
         _, w, Xs, ys = rows
         passes = precond.sample_passes(m, Xs, ys, w, theta0, job.radius, loss=job.loss,
                                        tol=job.tol, xtol=xtol, max_iter=job.max_iter)
-        got = precond.choose(n, costs["read_s_per_row"], costs, passes, graph.parallelism())
+        got = precond.choose(n, costs["read_s_per_row"], costs, passes, graph.oracles.parallelism())
     return {**got, "forced": False, "costs": costs, "sample_estimate": passes}
 
 
@@ -163,7 +163,7 @@ def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
 
     def full(theta: np.ndarray) -> dict:
         ctx.read("gradient pass")
-        return graph.grad_pass(X, y, m, theta, job.split_every, loss=job.loss)
+        return graph.oracles.grad_pass(X, y, m, theta, job.split_every, loss=job.loss)
 
     def step(rec: dict) -> None:
         history.append(rec)
@@ -188,7 +188,7 @@ def _gauss_newton(ctx: RunContext, theta0: np.ndarray, history: list[dict]) -> d
 
     def gn(theta: np.ndarray) -> dict:
         ctx.read("Gauss-Newton pass")
-        out = graph.gn_pass(X, y, m, theta, job.split_every, loss=job.loss)
+        out = graph.oracles.gn_pass(X, y, m, theta, job.split_every, loss=job.loss)
         history.append({"iteration": len(history), "loss": float(out["loss"]),
                         "grad_norm": precond.kkt_norm(theta, out["grad"], job.radius),
                         "passes": len(history) + 1,

@@ -48,7 +48,7 @@ def _factor(ctx: RunContext, rows: object, theta0: np.ndarray, exact: bool, n: i
     spec = make_spec("nonlinear-leverage", stages.model(ctx), theta0, X.shape[1], True,
                      loss=job.loss, device=job.device, y_cols=target_columns(y))
     with ctx.timed("pass 1"):
-        norm = graph.pass1(X, y, spec, ridge=0.0, split_every=job.split_every)
+        norm = graph.passes.pass1(X, y, spec, ridge=0.0, split_every=job.split_every)
     ctx.read("pass 1 (exact factor)")
     fac = oneread.factor_from_r(norm.factor.R, n)
     return fac, Dp, {**prov, "factor": "exact (pass 1)", "rank": fac.rank}
@@ -93,7 +93,7 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     seed = int(job.seed)
     t0 = time.perf_counter()
     with ctx.timed("one read", kind=kind, key=f"score:{kind}"):
-        got = graph.one_read_pass(X, y, rows=rows, theta=theta0, fac=fac, rates=rates,
+        got = graph.passes.one_read_pass(X, y, rows=rows, theta=theta0, fac=fac, rates=rates,
                                   seed=seed, eval_rate=eval_rate,
                                   eval_seed=int(job.seed) + EVAL_SALT)
     ctx.read("one read: scores + sample + evaluation rows")

@@ -264,17 +264,17 @@ def _cached(ctx: RunContext, stage: str, npz: Path, key: str, pick: Any) -> Any:
 def open_xy(ctx: RunContext) -> tuple[Any, Any]:
     """Lazy X, y of the dataset (not cached; cheap: metadata only)."""
     if in_place(ctx):
-        return graph.as_dask_xy(*ingest_mod.open_table_view(table_view(ctx),
+        return graph.inputs.as_dask_xy(*ingest_mod.open_table_view(table_view(ctx),
                                                              count=ctx.run_id))
-    X, y = graph.open_zarr_xy(dataset_path(ctx), count=ctx.run_id)
+    X, y = graph.inputs.open_zarr_xy(dataset_path(ctx), count=ctx.run_id)
     if y is None:
         raise NldistError(f"dataset {dataset_path(ctx)} has no y; ingest with a target")
-    return graph.as_dask_xy(X, y, y_cols=None)
+    return graph.inputs.as_dask_xy(X, y, y_cols=None)
 
 
 def store_reads(ctx: RunContext) -> dict:
     """Reads of X's chunks from the store by this run so far, counted where they happened
-    (:func:`nldist.graph.store_reads`), and as passes (reads / chunks of X)."""
+    (:func:`nldist.graph.inputs.store_reads`), and as passes (reads / chunks of X)."""
     if in_place(ctx):
         chunks = len(table_view(ctx)["sizes"])
         note = ("Parquet partitions (row groups) read and encoded by this run's tasks, "
@@ -283,7 +283,7 @@ def store_reads(ctx: RunContext) -> dict:
         chunks = len(open_xy(ctx)[0].chunks[0])
         note = ("chunk files of X read by this run's tasks, counted by the store "
                 "(nldist.store.counting)")
-    got = graph.store_reads(ctx.run_id)
+    got = graph.inputs.store_reads(ctx.run_id)
     return {"chunk_reads": got, "x_chunks": chunks, "passes": round(got / max(1, chunks), 4),
             "note": note}
 
@@ -300,15 +300,15 @@ def _cache(ctx: RunContext, X: Any, y: Any) -> tuple[Any, Any]:
     if mode == "never":
         return X, y
     nbytes = int(X.nbytes + y.nbytes)
-    c = graph.current_client()
-    budget = cache_budget(graph.worker_memory_limits(c))
+    c = graph.inputs.current_client()
+    budget = cache_budget(graph.memory.worker_memory_limits(c))
     if mode == "auto" and (budget is None or nbytes > budget):
         log.info("X not cached in worker memory (%.0f MiB; budget %s)", nbytes / 2**20,
                  "none without a distributed client" if budget is None
                  else f"{budget / 2**20:.0f} MiB")
         return X, y
     with ctx.timed("cache"):
-        X, y = graph.persist_xy(X, y, c)
+        X, y = graph.memory.persist_xy(X, y, c)
     ctx.read("cache", 1.0, store=True)
     log.info("X and y cached in worker memory (%.0f MiB, one read of the store)",
              nbytes / 2**20)
@@ -362,7 +362,7 @@ def check_targets(ctx: RunContext, m: Model) -> None:
     if classes:
         labels = np.arange(len(classes))
     else:
-        bad, lo, hi, counts = graph.label_summary(y, C)
+        bad, lo, hi, counts = graph.reports.label_summary(y, C)
         if bad:
             raise NldistError(f"{bad:,} class label(s) are NaN, inf or not integers; loss "
                               f"cross_entropy needs integer labels 0..{C - 1}: ingest the "
@@ -388,7 +388,7 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     job = ctx.job
     def gn(t: np.ndarray) -> dict:
         ctx.read("theta*")
-        return graph.gn_pass(X, y, m, t, job.split_every, loss=job.loss)
+        return graph.oracles.gn_pass(X, y, m, t, job.split_every, loss=job.loss)
 
     with ctx.timed("optimum"):
         if job.loss == "cross_entropy" or m.n_outputs > 1:  # softmax: exact Hessian (CE)
@@ -480,7 +480,7 @@ def pilot_rows(ctx: RunContext, size: int | None = None
         idx = rng.integers(0, n, size=s)
         frac = _touched(rows, idx)
         ctx.read("pilot", frac)
-        Xs, ys = graph.gather_rows(X, y, idx)
+        Xs, ys = graph.draws.gather_rows(X, y, idx)
         return Xs, ys, idx, {"from": "gather", "n": n, "rows": s, "fraction_read": frac,
                              "note": "uniform with replacement over all rows"}
     order = (rng if size is None else order_rng).permutation(rows.size)  # same permutation
@@ -503,7 +503,7 @@ def _pilot_blocks(ctx: RunContext, X: Any, y: Any, ids: np.ndarray
     memo = ctx.memo.setdefault("pilot chunks", {})
     new = [int(i) for i in ids if int(i) not in memo]
     if new:
-        Xn, yn = graph.read_blocks(X, y, new)
+        Xn, yn = graph.draws.read_blocks(X, y, new)
         bounds = np.cumsum([0] + [int(X.chunks[0][i]) for i in new])
         for k, i in enumerate(new):
             memo[i] = (Xn[bounds[k]:bounds[k + 1]], yn[bounds[k]:bounds[k + 1]])
@@ -621,7 +621,7 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
     # per-chunk completion records (nldist.store.scores): a re-run verifies them and
     # computes only unfinished or damaged chunks; pass 1 is kept once done
     out = ChunkedScores(ctx.path("scores.zarr"), kind, prov, X.chunks[0], ctx.run_id)
-    out.check(graph.map_tasks)
+    out.check(graph.writes.map_tasks)
     ctx.resume_stats[kind] = out.stats
     if out.finished:
         ctx.note(f"scores {kind}", True)
@@ -639,7 +639,7 @@ def _pass1(ctx: RunContext, out: ChunkedScores, spec: ScoreSpec, store: Any) -> 
     norm = out.load_pass1(PASS1_CLASSES)
     if norm is None or (norm.masses is None and not spec.kind.uniform):
         t0 = time.perf_counter()
-        norm = graph.pass1(X, y, spec, ridge=ctx.job.ridge, split_every=ctx.job.split_every,
+        norm = graph.passes.pass1(X, y, spec, ridge=ctx.job.ridge, split_every=ctx.job.split_every,
                            store=store, masses=True)
         if not spec.kind.uniform:
             ctx.read("pass 1")
@@ -683,25 +683,25 @@ def scores(ctx: RunContext, kind: str, at: np.ndarray) -> tuple[Any, dict]:
     scratch = ctx.out / "dual.zarr.partial" / kind
     if out.finished:
         dual_blocks.remove(scratch)  # left by a run killed after its last chunk
-        return graph.open_array(out.path.parent, out.path.name), out.attrs
+        return graph.memory.open_array(out.path.parent, out.path.name), out.attrs
     with ctx.timed("score", kind=kind, key=f"score:{kind}"):
         if sk is not None and sk.rows:
-            probs, info = graph.rowsketch_scores(X, y, spec, sk, job.split_every)
+            probs, info = graph.passes.rowsketch_scores(X, y, spec, sk, job.split_every)
             ctx.read("row sketch", 2.0)
-            out.write(probs, graph.store_chunks, graph.store_whole)
+            out.write(probs, graph.writes.store_chunks, graph.writes.store_whole)
             out.finish({**prov, "rank": info["rank"], "complete": True})
-            return graph.open_array(out.path.parent, out.path.name), out.attrs
+            return graph.memory.open_array(out.path.parent, out.path.name), out.attrs
         store = dual_store(ctx, spec, out.key, scratch)
         t0 = time.perf_counter()
         norm = _pass1(ctx, out, spec, store)
         t1 = time.perf_counter()
-        probs = graph.pass2(X, y, spec, norm, store=store)
-        out.write(probs, graph.store_chunks, graph.store_whole)
+        probs = graph.passes.pass2(X, y, spec, norm, store=store)
+        out.write(probs, graph.writes.store_chunks, graph.writes.store_whole)
         if not spec.kind.uniform:
             ctx.read("pass 2", out.stats["computed"] / max(1, len(out.chunks)))
         _finish(ctx, out, spec, prov, norm, (t0, t1, time.perf_counter()))
         dual_blocks.remove(scratch)
-    return graph.open_array(out.path.parent, out.path.name), out.attrs
+    return graph.memory.open_array(out.path.parent, out.path.name), out.attrs
 
 
 def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
@@ -710,7 +710,7 @@ def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
     """A kind's scores, its samples with their rows, and an evaluation sample: the fused pass.
 
     When the kind's scores must be computed from scratch, pass 2, the sampling and the
-    gather of the sampled rows run as one read of X (:func:`nldist.graph.sample_pass`), the
+    gather of the sampled rows run as one read of X (:func:`nldist.graph.draws.sample_pass`), the
     scores still written chunk by chunk to OUT/scores.zarr. Otherwise (scores reused or a
     killed run half done, row-sketch scores, irregular chunks) the same samples come from
     :func:`scores` + :func:`draw` + a gather.
@@ -741,7 +741,7 @@ def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
             t0 = time.perf_counter()
             norm = _pass1(ctx, out, spec, store)
             t1 = time.perf_counter()
-            got = graph.sample_pass(X, y, spec, norm, requests, job.alpha, store=store,
+            got = graph.draws.sample_pass(X, y, spec, norm, requests, job.alpha, store=store,
                                     eval_rate=eval_rate, eval_seed=eval_seed,
                                     sink=out.sink())
             ctx.read("pass 2 + sample + gather")
@@ -749,13 +749,13 @@ def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
             _finish(ctx, out, spec, prov, norm, (t0, t1, time.perf_counter()))
             dual_blocks.remove(scratch)
         ev = got["eval"] if eval_rate > 0 else None
-        return graph.open_array(out.path.parent, out.path.name), out.attrs, got["draws"], ev
+        return graph.memory.open_array(out.path.parent, out.path.name), out.attrs, got["draws"], ev
     probs, attrs = scores(ctx, kind, at)
     norm = out.stored_pass1(PASS1_CLASSES)  # its chunk masses: the fused pass's routing
     drawn = draw(ctx, probs, requests, kind, None if norm is None else norm.masses)
     allidx = np.unique(np.concatenate([idx for idx, _ in drawn]))
     with ctx.timed("gather"):
-        Xu, yu = graph.gather_rows(X, y, allidx)
+        Xu, yu = graph.draws.gather_rows(X, y, allidx)
     ctx.read("gather", _touched(np.asarray(X.chunks[0]), allidx))
     draws = []
     for idx, w in drawn:
@@ -764,7 +764,7 @@ def scores_and_sample(ctx: RunContext, kind: str, at: np.ndarray,
     ev = None
     if eval_rate > 0:
         with ctx.timed("gather"):
-            ev = graph.bernoulli_rows(X, y, eval_rate, eval_seed)
+            ev = graph.draws.bernoulli_rows(X, y, eval_rate, eval_seed)
         ctx.read("evaluation sample")
     return probs, attrs, draws, ev
 
@@ -795,7 +795,7 @@ def draw(ctx: RunContext, probs: Any, requests: list[tuple[int, Any]], kind: str
     """Samples [(indices, weights)] for requests [(s, random_state)] in one pass over probs
     (routed by pass 1's chunk ``masses`` when given: the fused pass's draws, bit for bit)."""
     with ctx.timed("sample", kind=kind):
-        return graph.sample_many(probs, requests, ctx.job.alpha, masses=masses)
+        return graph.draws.sample_many(probs, requests, ctx.job.alpha, masses=masses)
 
 
 def hand_over(ctx: RunContext, kind: str, draw: tuple) -> None:
@@ -839,7 +839,7 @@ def fit_draws(ctx: RunContext, draws: dict[Hashable, tuple[np.ndarray, np.ndarra
         X, y = xy(ctx)
         allidx = np.unique(np.concatenate([draws[key][0] for key in need]))
         with ctx.timed("gather"):  # random rows touch every chunk: one read for all draws
-            Xu, yu = graph.gather_rows(X, y, allidx)
+            Xu, yu = graph.draws.gather_rows(X, y, allidx)
         ctx.read("gather", _touched(np.asarray(X.chunks[0]), allidx))
         for key in need:
             pos = np.searchsorted(allidx, draws[key][0])
@@ -852,7 +852,7 @@ def evaluate(ctx: RunContext, thetas: np.ndarray) -> np.ndarray:
     X, y = xy(ctx)
     ctx.read("evaluate")
     with ctx.timed("evaluate"):
-        return graph.losses_pass(X, y, model(ctx), thetas, ctx.job.split_every,
+        return graph.oracles.losses_pass(X, y, model(ctx), thetas, ctx.job.split_every,
                                  loss=ctx.job.loss)
 
 

@@ -41,7 +41,7 @@ class Normalizer:
     persist: dict | None = None
     #: per row chunk of X, the sum of its pass-2 values divided by ``total`` (float64
     #: (n_chunks,)), known from pass 1 alone (:func:`nldist.scores.block.part_mass`); set by
-    #: :func:`nldist.graph.pass1` with ``masses=True`` for the fused sampling pass
+    #: :func:`nldist.graph.passes.pass1` with ``masses=True`` for the fused sampling pass
     masses: np.ndarray | None = None
 
     @property

@@ -2,7 +2,7 @@
 
 Draws are defined by s uniforms that depend on the seed alone; each uniform is mapped to a
 row through the cumulative probabilities. The same mapping runs on one array or block by
-block (:func:`nldist.graph.sample_blocks`), so the sample does not depend on the chunking
+block (:func:`nldist.graph.draws.sample_blocks`), so the sample does not depend on the chunking
 (up to floating-point rounding of partial sums at a block boundary).
 """
 

@@ -1,7 +1,7 @@
 """Reads of X counted where they happen: a Zarr store wrapper that counts chunk reads.
 
 Every ``get`` of a key under ``X/c/`` (one chunk file or object of X) adds one to a
-per-process counter named by a token; :func:`nldist.graph.store_reads` adds up the counters
+per-process counter named by a token; :func:`nldist.graph.inputs.store_reads` adds up the counters
 of the driver and of every worker. The cost a run reports is therefore the chunks its tasks
 actually read from the store — duplicated reads included — not a ledger of intended passes.
 """

@@ -246,7 +246,7 @@ class ChunkedScores:
 
     def sink(self) -> tuple | None:
         """``(func, args, blocks)`` for a pass that writes the missing chunks as it goes
-        (:func:`nldist.graph.sample_pass`): ``func(block, i, start, *args)`` is
+        (:func:`nldist.graph.draws.sample_pass`): ``func(block, i, start, *args)`` is
         :func:`write_chunk`; None when the chunks are irregular (no chunk-wise writes)."""
         if not self.aligned:
             return None
