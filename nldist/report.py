@@ -716,7 +716,7 @@ def load_draws(out: Path) -> list[Draws]:
     """Every stored sample of a run (``samples/*.npz``), in the canonical kind order."""
     found = {}
     for path in sorted((as_path(out) / "samples").glob("*.npz")):
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:  # local or URL
             if "indices" not in z.files or "weights" not in z.files:
                 continue
             kind = str(z["kind"]) if "kind" in z.files else path.stem
