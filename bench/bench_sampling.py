@@ -276,6 +276,15 @@ class Bench:
 
     def exact_R(self, theta: np.ndarray) -> np.ndarray:
         rows = DualRows(self.m, theta, use_y=True, loss=self.t.loss)
+        if self.p > 300:  # flights-3m: the normal equations accumulated chunk by chunk
+            G = None
+            for a, b in chunks(self.t.n, self.chunk):
+                D = rows.matrix(self.t.rows(slice(a, b)), self.t.y[a:b])
+                G = D.T @ D if G is None else G + D.T @ D
+            lam, V = np.linalg.eigh(G)  # R with RᵀR = G (rank-revealing: zero levels ok)
+            lam = np.maximum(lam, 0.0)
+            _, R = np.linalg.qr(np.sqrt(lam)[:, None] * V.T)
+            return R
         Rs = []
         for a, b in chunks(self.t.n, self.chunk):
             D = rows.matrix(self.t.rows(slice(a, b)), self.t.y[a:b])
@@ -475,7 +484,12 @@ class Bench:
             line = "  ".join(f"{nm} {v['median']:.4g}(p{v['predicted']:.3g})"
                              for nm, v in out.items())
             print(f"[{t.name}] s={s} ({s / p:.0f}p) auto->{chosen}: {line}", flush=True)
-            self.partial = {"results": res}
+            if self.partial_path is not None:
+                self.partial_path.write_text(json.dumps(
+                    {"partial": True, "n": n, "p": p, "s": s_list, "draws": draws,
+                     "star": star, "auto": {str(k): v for k, v in auto_choice.items()},
+                     "kernel_check": check, "results": res, "timings_s": self.timings},
+                    indent=1, default=float) + "\n")
 
         # uniform at equal wall time
         eq = self.equal_time(cli, mid, fit_times, s_list, draws, us)
@@ -529,10 +543,29 @@ class Bench:
         errs, ft = [], []
         n_eq = draws if s_u <= 200_000 else min(draws, 5)
         info["draws"] = n_eq
+        if s_u >= n:
+            n_eq = 0
+            info["draws"] = 0
+            info["note"] = ("uniform can afford the whole table in that time: its fit is the "
+                            "full-data fit (relative error 0)")
+            errs, ft = [0.0], [float("nan")]
         for seed in range(n_eq):
             sel, w = self.draw("1read", "uniform", s_u, us[seed], seed)
             t0 = time.perf_counter()
-            th = self.fit(t.rows(sel), t.y[sel], w, self.theta0)
+            if t.ols and s_u > 200_000:  # the weighted normal equations, chunk by chunk
+                G, g = np.zeros((p, p)), np.zeros(p)
+                for a, b in chunks(sel.size, self.chunk):
+                    D = DualRows(self.m, self.theta0, use_y=True).matrix(
+                        t.rows(sel[a:b]), t.y[sel[a:b]])
+                    A, r0 = D[:, :-1], D[:, :-1] @ self.theta0 + D[:, -1]
+                    Aw = A * w[a:b, None]
+                    G += Aw.T @ A
+                    g -= Aw.T @ r0
+                lam, V = np.linalg.eigh(G)
+                ok = lam > 1e-12 * lam[-1]
+                th = self.theta0 + V[:, ok] @ ((V[:, ok].T @ g) / lam[ok])
+            else:
+                th = self.fit(t.rows(sel), t.y[sel], w, self.theta0)
             ft.append(time.perf_counter() - t0)
             errs.append(self.rel_error(th))
         info["uniform"] = {**q3(errs), "fit_s_median": float(np.median(ft)), "per_draw": errs}
@@ -619,6 +652,18 @@ def summary() -> str:
         out.append("| uniform / auto (median) | " + " | ".join(
             f"{d['results'][str(s)]['uniform']['median'] / d['results'][str(s)]['auto@1read']['median']:.2g}"
             if d['results'][str(s)]['auto@1read']['median'] > 0 else "–" for s in ss) + " |")
+        out.append("")
+        out.append("| predicted / measured median: kernel (π capped at 1) | "
+                   + " | ".join(f"{s / p:.0f}p" for s in ss) + " |")
+        out.append("|---|" + "---|" * len(ss))
+        for dist in DISTS[:-1]:
+            cells = []
+            for s in ss:
+                r = d["results"][str(s)][dist]
+                med = r["median"]
+                cells.append(f"{r['predicted'] / med:.2g} ({r['predicted_capped'] / med:.2g})"
+                             + ("" if r["trusted"] else " u") if med > 0 else "–")
+            out.append(f"| {dist} | " + " | ".join(cells) + " |")
         eq = d["equal_time"]
         u = eq["uniform"]
         out.append("")
@@ -647,6 +692,7 @@ def main() -> None:
     t = load_table(a.table)
     b = Bench(t, a.chunk)
     b.check_factors = a.check
+    b.partial_path = Path("/tmp") / f"bench_sampling_{a.table}.partial.json"
     b.timings["load"] = round(time.perf_counter() - t0, 3)
     res = b.run(a.draws, a.s_mult, a.cli)
     res = {"command": "python bench/bench_sampling.py " + " ".join(sys.argv[1:]),
