@@ -58,8 +58,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import pandas as pd
+import scipy.linalg
 
 import nldist
 from nldist.datasets import VEGA_TGZ, _read_from_tarball, cache_dir
@@ -300,22 +300,24 @@ class Bench:
         return (self.full_loss(theta) - self.L_star) / self.L_star
 
     # -- per-row values of one factor ----------------------------------------------------
-    def values(self, fac: oneread.RowFactor) -> tuple[np.ndarray, dict]:
+    def values(self, fac: oneread.RowFactor, k: str, rows=None, theta=None
+               ) -> tuple[np.ndarray, dict]:
+        rows = self.rows if rows is None else rows
+        theta = self.theta0 if theta is None else theta
         n = self.t.n
         Q = np.empty((len(oneread.CANDIDATES), n))
         gam = np.empty(n)
         tot = None
         for a, b in chunks(n, self.chunk):
-            D = self.rows.matrix(self.t.rows(slice(a, b)), self.t.y[a:b])
-            v = oneread._row_values(np.ascontiguousarray(D, dtype=np.float64), self.theta0,
-                                    fac, 1)
+            D = rows.matrix(self.t.rows(slice(a, b)), self.t.y[a:b])
+            v = oneread._row_values(np.ascontiguousarray(D, dtype=np.float64), theta, fac, 1)
             q = oneread._candidates(v, fac.z_hat)
             Q[:, a:b] = q
             gam[a:b] = v.gamma
             part = oneread._sums(v, q)
             tot = part if tot is None else oneread.totals([tot, part])
-        self.gamma[fac.generalised] = gam
-        self.nonfinite["exact" if not fac.generalised else "1read"] = {
+        self.gamma[k] = gam
+        self.nonfinite[k] = {
             "q": int(np.sum(~np.isfinite(Q))), "gamma": int(np.sum(~np.isfinite(gam)))}
         return Q, tot
 
@@ -333,9 +335,9 @@ class Bench:
             else:
                 hi = tau
         pi = np.minimum(1.0, qj / hi)
-        g = self.gamma[self.facs[k].generalised]
+        g = self.gamma[k]
         with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(pi < 1, g * (1 / pi - 1), 0.0)
+            term = np.where((pi < 1) & (g > 0), g * (1 / pi - 1), 0.0)
         return float(np.sum(term) / self.TOT[k]["L"])
 
     def kernel_pass(self, fac, rates, seed):
@@ -400,8 +402,19 @@ class Bench:
         Q, TOT = {}, {}
         for k, fac in facs.items():
             t0 = time.perf_counter()
-            Q[k], TOT[k] = self.values(fac)
+            Q[k], TOT[k] = self.values(fac, k)
             self.tic(f"values_{k}", t0)
+        if self.at_star:  # reference: the exact factor and residuals at theta* (not at theta0)
+            t0 = time.perf_counter()
+            rows_s = DualRows(self.m, self.theta_star, use_y=True, loss=t.loss)
+            Rs = R0 if t.ols else self.exact_R(self.theta_star)
+            facs_ = oneread.factor_from_r(Rs, n)
+            Dps = rows_s.matrix(t.rows(pilot), t.y[pilot])
+            facs["star"] = dataclasses.replace(
+                facs_, z_hat=oneread.estimate_totals(Dps, self.theta_star, facs_))
+            Q["star"], TOT["star"] = self.values(facs["star"], "star", rows_s,
+                                                 self.theta_star)
+            self.tic("values_star", t0)
         cand = oneread.CANDIDATES
         self.facs, self.Q, self.TOT = facs, Q, TOT
 
@@ -455,6 +468,9 @@ class Bench:
             for k in ("exact", "1read"):
                 for c in cand[1:]:
                     dists.append((f"{c}@{k}", k, c))
+            if "star" in facs:
+                for c in cand[1:]:
+                    dists.append((f"{c}@star", "star", c))
             errs = {name: [] for name, _, _ in dists}
             sizes = {name: [] for name, _, _ in dists}
             ft = {name: [] for name, _, _ in dists}
@@ -638,7 +654,8 @@ def summary() -> str:
         out.append("| distribution | " + " | ".join(f"s = {s:,} ({s / p:.0f}p)" for s in ss)
                    + " |")
         out.append("|---|" + "---|" * len(ss))
-        for dist in DISTS:
+        dists = DISTS + tuple(k for k in d["results"][str(ss[0])] if k.endswith("@star"))
+        for dist in dists:
             cells = []
             for s in ss:
                 r = d["results"][str(s)][dist]
@@ -684,6 +701,10 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=100_000)
     ap.add_argument("--s-mult", type=int, nargs="+", default=[5, 20, 100])
     ap.add_argument("--cli", action="store_true", help="time `nldist select` (kind auto)")
+    ap.add_argument("--out", default=None, help="default bench/sampling_<table>.json")
+    ap.add_argument("--at-star", action="store_true",
+                    help="also the candidates at theta* (exact factor and residuals at the "
+                    "optimum: the reference 'best at theta*' of issue 26's targets)")
     ap.add_argument("--check", nargs="+", default=["1read", "exact"],
                     help="factors whose draws are checked against the kernel's own pass")
     a = ap.parse_args()
@@ -692,6 +713,7 @@ def main() -> None:
     t = load_table(a.table)
     b = Bench(t, a.chunk)
     b.check_factors = a.check
+    b.at_star = a.at_star
     b.partial_path = Path("/tmp") / f"bench_sampling_{a.table}.partial.json"
     b.timings["load"] = round(time.perf_counter() - t0, 3)
     res = b.run(a.draws, a.s_mult, a.cli)
@@ -699,7 +721,7 @@ def main() -> None:
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "note": "2 cores shared with other agents' work: timings noisy"},
            "table": a.table, "kernel": kernel, **res, "wall_s": round(time.perf_counter() - t0, 1)}
-    out = HERE / f"sampling_{a.table}.json"
+    out = Path(a.out) if a.out else HERE / f"sampling_{a.table}.json"
     out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(f"wrote {out}")
 
