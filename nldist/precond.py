@@ -34,7 +34,8 @@ the KKT norm is 0; ``max_iter`` caps the passes. With H_S within a factor (1 +- 
 H, ||theta - theta*|| <= ||d_N|| / (1 - eps) near theta*.
 
 The choice (:func:`choose`): a full Gauss-Newton pass forms J^T J (n p^2 per row), a
-gradient pass n p; both are timed on one chunk (:func:`chunk_costs`), the passes each needs
+gradient pass n p; a gradient pass is timed, the extra per-row cost of J^T J on one chunk
+(:func:`chunk_costs`), the passes each needs
 estimated by running both methods on the sample (:func:`sample_passes`), and the cheaper
 estimate wins.
 
@@ -301,7 +302,8 @@ def _bfgs(B: np.ndarray, pairs: Any) -> np.ndarray:
 def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarray], np.ndarray],
                 theta0: np.ndarray, radius: float, xtol: float = XTOL, max_iter: int = 100,
                 secant: bool = True, memory: int = 10,
-                on_iter: Callable[[dict], None] | None = None) -> PrecondResult:
+                on_iter: Callable[[dict], None] | None = None,
+                start: dict | None = None) -> PrecondResult:
     """Minimize the full-data loss over ``||theta|| <= radius`` with exact gradients and the
     sample's Gauss-Newton matrix (module docstring).
 
@@ -325,6 +327,9 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
         Curvature pairs kept.
     on_iter : callable, optional
         Called with each history record as it is made.
+    start : dict, optional
+        ``full(theta0)`` when already computed (counted as the first pass; theta0 must be
+        inside the ball).
 
     Returns
     -------
@@ -332,9 +337,9 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
     """
     if not (np.isfinite(radius) and radius > 0):
         raise NldistError(f"ball radius must be a positive number, got {radius!r}")
-    start = time.perf_counter()
+    t_start = time.perf_counter()
     theta = project_ball(np.asarray(theta0, dtype=np.float64).copy(), radius)
-    cur = full(theta)
+    cur = full(theta) if start is None else start
     passes = 1
     L, g = float(cur["loss"]), np.asarray(cur["grad"], dtype=np.float64)
     if not np.isfinite(L) or not np.all(np.isfinite(g)):
@@ -382,7 +387,7 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
             history.append({"iteration": iterations, "loss": L, "grad_norm": kkt,
                             "newton_step": newton, "mu": mu, "passes": passes,
                             "rejected": rejected,
-                            "seconds": round(time.perf_counter() - start, 6)})
+                            "seconds": round(time.perf_counter() - t_start, 6)})
             if on_iter is not None:
                 on_iter(history[-1])
             rejected = 0
@@ -501,21 +506,23 @@ def chunk_costs(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
     return out
 
 
-def choose(n_rows: int, read_s_per_row: float, costs: dict, passes: dict,
+def choose(grad_pass_s: float, n_rows: int, costs: dict, passes: dict,
            parallel: int = 1) -> dict:
     """Pick ``gn`` or ``precond`` by estimated wall time.
 
-    A pass costs ``n_rows / parallel x (read + compute per row)``; the preconditioned method
-    adds ``passes["driver_s_per_iteration"]`` (H_S and its eigendecomposition) per pass on
-    the driver.
+    A gradient pass costs ``grad_pass_s`` (one measured: the preconditioned method's first
+    pass); a Gauss-Newton pass that plus ``n_rows / parallel`` x the extra compute per row of
+    forming J^T J (``costs``: both blocks timed on one chunk). The preconditioned method adds
+    ``passes["driver_s_per_iteration"]`` (H_S and its eigendecomposition) per pass on the
+    driver.
 
     Returns
     -------
     dict: ``method``, ``reason``, ``estimate`` (seconds and passes of each)
     """
-    rows = n_rows / max(1, parallel)
-    gn_pass = rows * (read_s_per_row + costs["gn_s_per_row"])
-    pc_pass = rows * (read_s_per_row + costs["grad_s_per_row"])
+    pc_pass = float(grad_pass_s)
+    gn_pass = pc_pass + n_rows / max(1, parallel) * max(
+        0.0, costs["gn_s_per_row"] - costs["grad_s_per_row"])
     gn_s = passes["gn_passes"] * gn_pass
     driver_s = passes["driver_s_per_iteration"]
     est = {"gn": {"passes": passes["gn_passes"], "seconds": gn_s, "seconds_per_pass": gn_pass},
