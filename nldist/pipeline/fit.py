@@ -8,15 +8,18 @@ each iteration one distributed pass for the exact full-data loss and gradient
 Gauss-Newton model, refreshed at each accepted theta from the same rows on the driver
 (:func:`nldist.precond.fit_precond`). Or full Gauss-Newton from theta_0 (one pass forming
 J^T J per iteration, :func:`nldist.graph.oracles.gn_pass`) when that is estimated cheaper: the
-choice (:func:`nldist.precond.choose`) times a gradient block and a Gauss-Newton block on
-one chunk and runs both methods on the sample to count the passes each needs; ``method``
-forces one. Writes ``theta_fit.npy`` and ``metrics.json`` (``"mode": "fit"``: the choice
-and its reason, and per iteration the full loss, gradient norm, time and passes).
+choice (:func:`nldist.precond.choose`) times the first gradient pass (kept: it is the
+preconditioned method's first) and a gradient block and a Gauss-Newton block on one chunk
+(the extra per-row cost of J^T J), and runs both methods on the sample to count the passes
+each needs; ``method`` forces one. Writes ``theta_fit.npy`` and ``metrics.json``
+(``"mode": "fit"``: the choice and its reason, and per iteration the full loss, gradient
+norm, time and passes).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -56,32 +59,50 @@ def sample_rows(ctx: RunContext, kind: str, theta0: np.ndarray
     and one read for pass 2 + sample + gather); one function so that a one-read sampler can
     replace it."""
     s = max(stages.sample_size(ctx, kind), ROWS_PER_PARAM * stages.model(ctx).n_params)
-    _, _, got, _ = stages.scores_and_sample(ctx, kind, theta0, [(s, stages.rng(ctx))])
+    _, _, got, _ = stages.scores_and_sample(ctx, kind, theta0,
+                                                    [(s, stages.rng(ctx))])
     return got[0]
 
 
 def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol: float
             ) -> dict:
-    """The method to run and why: forced, or the cheaper estimate (module docstring)."""
+    """The method to run and why: forced, or the cheaper estimate (module docstring). With
+    ``auto`` the preconditioned method's first pass (the gradient at theta_0) is run and
+    timed here (returned as ``start``, reused by the fit)."""
     job = ctx.job
     m = stages.model(ctx)
     X, y = stages.xy(ctx)
     n = int(X.shape[0])
     with ctx.timed("choose"):
-        t0 = time.perf_counter()
         Xb, yb = graph.draws.read_blocks(X, y, [0])
-        read_s = time.perf_counter() - t0
         ctx.read("cost probe (one chunk)", Xb.shape[0] / n)
         costs = precond.chunk_costs(m, theta0, Xb, yb, job.loss)
-        costs["read_s_per_row"] = read_s / max(1, Xb.shape[0])
         if method != "auto":
             return {"method": method, "forced": True, "costs": costs,
                     "reason": f"forced (method {method})"}
         _, w, Xs, ys = rows
         passes = precond.sample_passes(m, Xs, ys, w, theta0, job.radius, loss=job.loss,
                                        tol=job.tol, xtol=xtol, max_iter=job.max_iter)
-        got = precond.choose(n, costs["read_s_per_row"], costs, passes, graph.oracles.parallelism())
-    return {**got, "forced": False, "costs": costs, "sample_estimate": passes}
+        t0 = time.perf_counter()
+        start = _grad_oracle(ctx)(precond.project_ball(theta0, job.radius))
+        costs["grad_pass_s"] = time.perf_counter() - t0
+        got = precond.choose(costs["grad_pass_s"], n, costs, passes,
+                             graph.oracles.parallelism())
+    return {**got, "forced": False, "costs": costs, "sample_estimate": passes,
+            "start": start}
+
+
+def _grad_oracle(ctx: RunContext) -> Any:
+    """theta -> the full-data loss and gradient, one counted pass per call."""
+    job = ctx.job
+    m = stages.model(ctx)
+    X, y = stages.xy(ctx)
+
+    def full(theta: np.ndarray) -> dict:
+        ctx.read("gradient pass")
+        return graph.oracles.grad_pass(X, y, m, theta, job.split_every, loss=job.loss)
+
+    return full
 
 
 def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
@@ -123,8 +144,9 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
     history: list[dict] = []
     t_fit = time.perf_counter()
     with ctx.timed("fit", kind=choice["method"]):
+        start = choice.pop("start", None)
         if choice["method"] == "precond":
-            result = _precond(ctx, theta0, rows, xtol, history)
+            result = _precond(ctx, theta0, rows, xtol, history, start)
         else:
             result = _gauss_newton(ctx, theta0, history)
     result["seconds"] = round(time.perf_counter() - t_fit, 4)
@@ -154,23 +176,20 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
 
 
 def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
-             history: list[dict]) -> dict:
-    """The preconditioned method: one gradient pass per trial step."""
+             history: list[dict], start: dict | None = None) -> dict:
+    """The preconditioned method: one gradient pass per trial step (``start``: the first,
+    when the choice ran it)."""
     job = ctx.job
     m = stages.model(ctx)
-    X, y = stages.xy(ctx)
     _, w, Xs, ys = rows
-
-    def full(theta: np.ndarray) -> dict:
-        ctx.read("gradient pass")
-        return graph.oracles.grad_pass(X, y, m, theta, job.split_every, loss=job.loss)
 
     def step(rec: dict) -> None:
         history.append(rec)
         ctx.emit("fit", "advance", kind="precond")
 
-    res = precond.fit_precond(full, precond.sample_gn(m, Xs, ys, w, job.loss), theta0,
-                              job.radius, xtol=xtol, max_iter=job.max_iter, on_iter=step)
+    res = precond.fit_precond(_grad_oracle(ctx), precond.sample_gn(m, Xs, ys, w, job.loss),
+                              theta0, job.radius, xtol=xtol, max_iter=job.max_iter,
+                              on_iter=step, start=start)
     return {"theta": res.theta, "loss": res.loss, "grad_norm": res.grad_norm,
             "iterations": res.iterations, "passes": res.passes,
             "converged": bool(res.converged), "reason": res.reason,
