@@ -414,23 +414,31 @@ def read_once() -> Iterator[None]:
     pass, for the ``*-once`` variants.
 
     nldist's ``graph.tables.write_table`` (the ingest's write pass) and
-    ``graph.inputs.row_blocks`` (the blocks of every pass over X) take ``X.to_delayed()`` and ``y.to_delayed()`` separately,
-    and the default ``optimize_graph=True`` fuses read -> encode -> getter into a separate
-    task per array (different keys): every partition is read and encoded once for X and
-    once for y (at nldist 209d5f6 a third time for the ingest's reservoir rows, which use
-    the unfused encoding). Here both helpers run with ``optimize_graph=False``, so X, y (and
-    the reservoir rows) share one read and encoding per partition. A bench-only
-    monkeypatch of ``nldist.graph.write_table`` and ``nldist.graph._blocks`` (restored on
-    exit; nldist itself is not changed), independent of their signatures.
+    ``graph.inputs.row_blocks`` (the blocks of every pass over X) take ``X.to_delayed()``
+    and ``y.to_delayed()`` separately, and the default ``optimize_graph=True`` fuses read ->
+    encode -> getter into a separate task per array (different keys): every partition is
+    read and encoded once for X and once for y (at nldist 209d5f6 a third time for the
+    ingest's reservoir rows, which use the unfused encoding). Here both helpers run with
+    ``optimize_graph=False``, so X, y (and the reservoir rows) share one read and encoding
+    per partition. A bench-only monkeypatch of ``write_table`` and of ``row_blocks`` in
+    every graph module that calls it (restored on exit; nldist itself is not changed),
+    independent of their signatures.
     """
     from nldist import graph
 
-    saved = graph.tables.write_table, graph.inputs.row_blocks
-    graph.tables.write_table, graph.inputs.row_blocks = _once(saved[0]), _once(saved[1])
+    mods = [m for m in (graph.inputs, graph.passes, graph.draws, graph.oracles)
+            if hasattr(m, "row_blocks")]
+    saved_write = graph.tables.write_table
+    saved = [m.row_blocks for m in mods]
+    graph.tables.write_table = _once(saved_write)
+    for m, f in zip(mods, saved, strict=True):
+        m.row_blocks = _once(f)
     try:
         yield
     finally:
-        graph.tables.write_table, graph.inputs.row_blocks = saved
+        graph.tables.write_table = saved_write
+        for m, f in zip(mods, saved, strict=True):
+            m.row_blocks = f
 
 
 def run_ours_once(src: Path, out: Path) -> dict:

@@ -187,7 +187,7 @@ def run_select(store, model, kind, s, seed, pilot_from, pilot_s, radius, loss="s
     theta = np.load(out / "theta.npy")
     from nldist.pipeline import stages
 
-    theta0 = stages.pilot(ctx)
+    theta0 = stages.theta.pilot(ctx)
     shutil.rmtree(out, ignore_errors=True)
     c = met["cost"]
     return {"kind": kind, "s": int(s), "seed": int(seed), "pilot_from": pilot_from,
@@ -466,10 +466,10 @@ def part_sweep(args, X, y, d, client) -> dict:
     ctx = RunContext(job, out)
     ctx.adjoint_accuracy = "sampling"
     t0 = time.perf_counter()
-    stages.ingest(ctx)
-    theta0, _ = stages.select_theta(ctx)
-    _, _, got, _ = stages.scores_and_sample(ctx, job.kind, theta0,
-                                            [(job.s, stages.rng(ctx))])
+    stages.data.ingest(ctx)
+    theta0, _ = stages.theta.select_theta(ctx)
+    _, _, got, _ = stages.scoring.scores_and_sample(ctx, job.kind, theta0,
+                                            [(job.s, stages.fitting.rng(ctx))])
     t_sample = time.perf_counter() - t0
     idx, w, Xs, ys = got[0]
     fits, t_train = [], []
@@ -479,7 +479,7 @@ def part_sweep(args, X, y, d, client) -> dict:
         t_train.append(time.perf_counter() - t1)
         fits.append(f.theta)
     samp_total = t_sample + sum(t_train)
-    cost = ctx.cost(stages.x_bytes(ctx))
+    cost = ctx.cost(stages.data.x_bytes(ctx))
     shutil.rmtree(out, ignore_errors=True)
     log(f"[sweep] one sample: {t_sample:.1f} s + {sum(t_train):.2f} s training x{len(radii)}")
     full = []

@@ -190,7 +190,7 @@ def test_cache_x_reads_once_same_results(data, reference, tmp_path, monkeypatch)
             ctx = RunContext(job, out)
             pipeline.run(ctx)
             assert ctx.cached_x is cached
-            X, _ = stages.xy(ctx)
+            X, _ = stages.data.xy(ctx)
             tasks = dict(X.__dask_graph__()).values()  # persisted: futures on the workers
             assert all(isinstance(t, Future) for t in tasks) is cached
             assert client.status == "running"

@@ -385,7 +385,7 @@ def test_runner_device_field(tmp_path, diabetes, sync_scheduler, calls):
         pipeline.run(ctx, stop_after="score")
         assert pipeline.plan(ctx)["device"] == device
         assert (calls["reduce"] > 0) == (device == "cpu")  # 2 kinds x 3 chunks
-        probs[device] = {k: stages.scores(ctx, k, stages.theta(ctx))[0].compute()
+        probs[device] = {k: stages.scoring.scores(ctx, k, stages.theta.theta(ctx))[0].compute()
                          for k in ("nonlinear-leverage", "linear-leverage")}
     for k, ref in probs["numpy"].items():
         assert_same_scores(probs["cpu"][k], ref)

@@ -145,7 +145,7 @@ def test_reaches_theta_star_of_a_glm_to_1e_8(data, tmp_path, threads):
     """On a Zarr store with the threaded scheduler: the preconditioned fit from the pilot
     reaches theta* of glm:swish (squared loss) to 1e-8 relative (the reference: MINPACK's
     Levenberg-Marquardt on all rows at full precision) and agrees with the full Gauss-Newton
-    fit (stages.optimum) to that fit's own tolerance."""
+    fit (stages.theta.optimum) to that fit's own tolerance."""
     X, y = data
     m = nldist.get_model("glm:swish", n_features=X.shape[1])
     ref = optimize.least_squares(lambda t: m.predict(t, X) - y, np.zeros(m.n_params),
@@ -165,7 +165,7 @@ def test_reaches_theta_star_of_a_glm_to_1e_8(data, tmp_path, threads):
     assert [h["passes"] for h in hist] == sorted({h["passes"] for h in hist})
     losses = [h["loss"] for h in hist]
     assert _monotone(losses)
-    gn_theta, info = stages.optimum(ctx)
+    gn_theta, info = stages.theta.optimum(ctx)
     assert np.linalg.norm(gn_theta - star) <= 1e-5 * np.linalg.norm(star)
     assert got["result"]["loss"] <= info["loss"] * (1 + 1e-12)
 

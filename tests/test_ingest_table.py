@@ -109,12 +109,12 @@ def test_a_job_with_a_parquet_directory_ingests_it_out_of_core(diamonds, tmp_pat
                         "dataset": {"source": str(d / "pq"), "target": target,
                                     "standardize": True, "chunk_rows": 8000}})
     ctx = RunContext(job, tmp_path / "o")
-    path = stages.ingest(ctx)
+    path = stages.data.ingest(ctx)
     ref = ingest(d / "all.csv", tmp_path / "ref.zarr", target=target, standardize=True,
                  chunk_rows=8000)
     _same_dataset(ref, path)
     ctx2 = RunContext(job, tmp_path / "o")  # the same job again: reused, said so
-    stages.ingest(ctx2)
+    stages.data.ingest(ctx2)
     assert ("ingest", "reused", None) in ctx2.reuse
 
 
@@ -312,10 +312,11 @@ def test_parquet_scored_in_place_equals_ingest_then_score(diamonds, tmp_path, lo
     sa = np.load(tmp_path / "ref" / "samples" / "nonlinear-leverage.npz")
     sb = np.load(tmp_path / "inplace" / "samples" / "nonlinear-leverage.npz")
     np.testing.assert_array_equal(sb["indices"], sa["indices"])
-    assert stages.open_xy(ctx)[0].shape == stages.open_xy(ref_ctx)[0].shape == (53_940, 23)
+    shapes = stages.data.open_xy(ctx)[0].shape, stages.data.open_xy(ref_ctx)[0].shape
+    assert shapes[0] == shapes[1] == (53_940, 23)
     # the same job again: the statistics are reused; a rewritten file redoes them
     again = RunContext(_pq_job(str(d / "pq"), target, "parquet"), tmp_path / "inplace")
-    stages.ingest(again)
+    stages.data.ingest(again)
     assert ("ingest", "reused", None) in again.reuse
 
 
@@ -332,17 +333,17 @@ def test_in_place_statistics_follow_the_files(tmp_path, sync_scheduler):
                         "dataset": {"source": str(src), "target": "y", "format": "parquet",
                                     "columns": ["a", "b"]}})
     ctx = RunContext(job, tmp_path / "o")
-    stages.ingest(ctx)
-    X, y = stages.open_xy(ctx)
+    stages.data.ingest(ctx)
+    X, y = stages.data.open_xy(ctx)
     assert X.shape == (1500, 2)
     first = ctx.dataset_fp
     pd.DataFrame({"a": np.ones(400), "b": np.zeros(400), "y": np.ones(400)}).to_parquet(
         src / "p1.parquet")
     ctx2 = RunContext(job, tmp_path / "o")
-    stages.ingest(ctx2)
+    stages.data.ingest(ctx2)
     assert ("ingest", "recomputed", "source or settings changed") in ctx2.reuse
     assert ctx2.dataset_fp != first
-    X2, y2 = stages.open_xy(ctx2)
+    X2, y2 = stages.data.open_xy(ctx2)
     assert X2.shape == (1400, 2) and float(y2[500:900].sum().compute()) == 400.0
     with pytest.raises(NldistError, match="is not Parquet: drop `format`"):
         validate_job({"name": "t", "model": "linear",
@@ -350,7 +351,7 @@ def test_in_place_statistics_follow_the_files(tmp_path, sync_scheduler):
     (tmp_path / "c").mkdir()  # a directory of CSV files: found out by the statistics pass
     pd.DataFrame({"a": [1.0, 2.0], "y": [0.0, 1.0]}).to_csv(tmp_path / "c" / "p.csv")
     with pytest.raises(NldistError, match="is csv; drop `format`"):
-        stages.ingest(RunContext(validate_job({
+        stages.data.ingest(RunContext(validate_job({
             "name": "t", "model": "linear", "cluster": {"address": "synchronous"},
             "dataset": {"source": str(tmp_path / "c"), "target": "y",
                         "format": "parquet"}}), tmp_path / "o3"))

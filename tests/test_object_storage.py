@@ -152,7 +152,7 @@ def test_cli_ingest_to_a_bucket_then_a_job_on_the_store_with_outputs_in_the_buck
                                    "s3://bucket/cli/theta0.npy", "dataset": {
                                        "source": "s3://bucket/cli/d.zarr", "target": target}}),
                      tmp_path / "t")
-    np.testing.assert_array_equal(stages.theta(ctx), theta)
+    np.testing.assert_array_equal(stages.theta.theta(ctx), theta)
     src = (tmp_path.parent / "nets_src.py")
     src.write_text("import torch\n\ndef net(d):\n    return torch.nn.Sequential("
                    "torch.nn.Linear(d, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1), "

@@ -341,7 +341,7 @@ def test_runner_scores_identical_and_scratch_removed(npz, tmp_path, sync_schedul
     for mode in MODES:
         ctx = RunContext(_job(npz, persist=mode), tmp_path / mode)
         pipeline.run(ctx, stop_after="score")
-        p, attrs = stages.scores(ctx, "nonlinear-leverage", stages.theta(ctx))
+        p, attrs = stages.scoring.scores(ctx, "nonlinear-leverage", stages.theta.theta(ctx))
         probs[mode] = p.compute()
         st = attrs["persist"]
         assert st["mode"] == mode and st["pass2_s"] >= 0
@@ -352,7 +352,7 @@ def test_runner_scores_identical_and_scratch_removed(npz, tmp_path, sync_schedul
         if mode == "always":
             assert st["persisted"] == 3 and st["bytes"] > 0
         assert not (tmp_path / mode / "dual.zarr.partial").exists()
-        lin = stages.scores(ctx, "linear-leverage", stages.theta(ctx))[1]
+        lin = stages.scoring.scores(ctx, "linear-leverage", stages.theta.theta(ctx))[1]
         assert "persist" not in lin
     for mode in MODES:
         np.testing.assert_array_equal(probs[mode], probs["never"])
@@ -363,20 +363,20 @@ def test_runner_reuses_blocks_of_a_killed_run(npz, tmp_path, monkeypatch, sync_s
     job = _job(npz, persist="always")
     ctx = RunContext(job, tmp_path / "r")
     pipeline.ingest(ctx)
-    theta = stages.theta(ctx)
+    theta = stages.theta.theta(ctx)
 
     def crash(*a, **k):
         raise RuntimeError("killed")
 
     monkeypatch.setattr(graph.passes, "pass2", crash)
     with pytest.raises(RuntimeError):
-        stages.scores(ctx, "nonlinear-leverage", theta)
+        stages.scoring.scores(ctx, "nonlinear-leverage", theta)
     scratch = tmp_path / "r" / "dual.zarr.partial" / "nonlinear-leverage"
     assert len(list((scratch / "done").glob("*.json"))) == 3
     monkeypatch.undo()
     count = _Count(monkeypatch)
     ctx2 = RunContext(job, tmp_path / "r")
-    _, attrs = stages.scores(ctx2, "nonlinear-leverage", theta)
+    _, attrs = stages.scoring.scores(ctx2, "nonlinear-leverage", theta)
     assert count.calls == 0  # pass 1 reused from its record, pass 2 from the blocks
     assert attrs["persist"]["pass1"] == "reused"
     assert not (tmp_path / "r" / "dual.zarr.partial").exists()

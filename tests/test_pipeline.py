@@ -148,7 +148,7 @@ def test_every_listener_gets_every_event_in_order(tmp_path, sync_scheduler):
     passes = [e.done for e in a if e.stage == "score" and e.status == "chunks"]
     assert passes == [0, 1, 2, 3, 4, 5] * 2  # pass 1, then pass 2 + sample + gather
     assert [w for w, _, _ in ctx.reads if w != "theta*"] == ["pass 1", "pass 2 + sample + gather"]
-    assert stages.sample_size(ctx, KINDS[0]) == 60
+    assert stages.theta.sample_size(ctx, KINDS[0]) == 60
 
 
 def test_cli_progress_shows_each_training_with_its_kind(recorded):

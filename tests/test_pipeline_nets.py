@@ -55,12 +55,12 @@ def test_bce_relu2_with_pilot_and_checkpoint(npz, tmp_path, sync_scheduler):
     # error is then the truth: here nonlinear-leverage reached about -0.4)
     assert all(np.isfinite(r["rel_error"]) and r["rel_error"] > -1 for r in m["kinds"].values())
     assert m["rank"] is not None and m["rank"] <= 2 * 7 + 1
-    theta0 = stages.pilot(ctx)
+    theta0 = stages.theta.pilot(ctx)
     # a torch checkpoint (weights_only) as the score point
     torch.save(torch.as_tensor(theta0), tmp_path / "theta0.pt")
     ctx2 = RunContext(_job(npz, theta=str(tmp_path / "theta0.pt")), tmp_path / "ck")
     pipeline.ingest(ctx2)
-    np.testing.assert_array_equal(stages.theta(ctx2), theta0)
+    np.testing.assert_array_equal(stages.theta.theta(ctx2), theta0)
     m2 = pipeline.run(ctx2, stop_after="score")
     assert m2["kinds"]["nonlinear-leverage"]["rank"] == m["rank"]
 
@@ -75,9 +75,9 @@ def test_torch_model_job_with_state_dict_checkpoint(npz, tmp_path, sync_schedule
     ctx = RunContext(job, tmp_path / "torch")
     m = pipeline.run(ctx)
     assert m["n_params"] == (6 * 3 + 3) + (3 * 3 + 3) + (3 + 1) and m["loss"] == "bce"
-    assert stages.model(ctx).quad_options.q == 4
+    assert stages.data.model(ctx).quad_options.q == 4
     plan = pipeline.plan(ctx)
-    assert plan["memory_per_task_bytes"] > 16 * stages.model(ctx).quad_options.max_elems
+    assert plan["memory_per_task_bytes"] > 16 * stages.data.model(ctx).quad_options.max_elems
 
 
 def test_swish_bound_scales_s(npz, tmp_path, sync_scheduler):

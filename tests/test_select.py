@@ -212,8 +212,8 @@ def test_select_exact_factor_reads_twice(npz, tmp_path, sync_scheduler):
 @pytest.mark.parametrize("source", ["chunks", "gather"])
 def test_pilot_sources_and_their_cost(npz, tmp_path, source, sync_scheduler):
     ctx = RunContext(_job(npz, pilot_from=source, cache_x="never"), tmp_path / source)
-    stages.ingest(ctx)
-    Xs, ys, idx, prov = stages.pilot_rows(ctx)
+    stages.data.ingest(ctx)
+    Xs, ys, idx, prov = stages.theta.pilot_rows(ctx)
     X, y = np.load(npz)["X"], np.load(npz)["y"]
     np.testing.assert_array_equal(Xs, X[idx])
     np.testing.assert_array_equal(ys, y[idx])
@@ -231,12 +231,12 @@ def test_a_reservoir_pilot_needs_a_reservoir(tmp_path, sync_scheduler, data):
     X, y = data
     store = write_dataset(tmp_path / "bare.zarr", X, y, {}, chunk_rows=500, reservoir=0)
     ctx = RunContext(_job(store, pilot_from="reservoir"), tmp_path / "o")
-    stages.ingest(ctx)
+    stages.data.ingest(ctx)
     with pytest.raises(NldistError, match="pilot_from: chunks"):
-        stages.pilot(ctx)
+        stages.theta.pilot(ctx)
     ctx = RunContext(_job(store), tmp_path / "o2")  # auto: whole chunks instead
-    stages.ingest(ctx)
-    stages.pilot(ctx)
+    stages.data.ingest(ctx)
+    stages.theta.pilot(ctx)
     assert ctx.pilot_info["from"] == "chunks"
 
 

@@ -14,7 +14,7 @@ from nldist.pipeline.fit import fit
 from nldist.pipeline.plan import dry_run, plan
 from nldist.pipeline.run import run
 from nldist.pipeline.select import select
-from nldist.pipeline.stages import ingest
+from nldist.pipeline.stages.data import ingest
 
 __all__ = ["Event", "RunContext", "diagnose", "dry_run", "experiment", "fit", "ingest", "log_line",
            "plan", "run", "select"]

@@ -155,7 +155,7 @@ class RunContext:
         #: reads of X by this run: (what, fraction of X's rows, from the store?) — passes
         #: over X in the cost summary (:meth:`cost`)
         self.reads: list[tuple[str, float, bool]] = []
-        #: where the pilot's rows came from (:func:`nldist.pipeline.stages.pilot_rows`)
+        #: where the pilot's rows came from (:func:`nldist.pipeline.stages.theta.pilot_rows`)
         self.pilot_info: dict | None = None
         #: seconds of the last pass 1 this run computed (the per-pass cost it measured)
         self.pass1_s: float | None = None

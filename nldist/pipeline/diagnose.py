@@ -101,7 +101,7 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     listener : callable, optional
         Subscribed to the progress events of both contexts (clean and noisy data).
     force : bool
-        Replace the outputs of another job in ``out`` (:func:`stages.claim`).
+        Replace the outputs of another job in ``out`` (:func:`stages.outputs.claim`).
 
     Returns
     -------
@@ -112,13 +112,13 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     if listener is not None:
         clean.subscribe(listener)
     out = clean.out
-    stages.claim(clean, "diagnose", force)
-    if stages.in_place(clean):
+    stages.outputs.claim(clean, "diagnose", force)
+    if stages.data.in_place(clean):
         raise NldistError("diagnose writes a label-flipped copy of the dataset, which needs "
                           "an ingested Zarr store; drop dataset.format: parquet")
-    src = stages.ingest(clean)
+    src = stages.data.ingest(clean)
     noisy_path = out / "noisy.zarr"
-    C = int(stages.model(clean).n_outputs)
+    C = int(stages.data.model(clean).n_outputs)
     with clean.timed("flip"):
         facts = write_noisy_dataset(src, noisy_path, fraction, seed, max(2, C))
     noisy_job = job.model_copy(update={"dataset": job.dataset.model_copy(
@@ -126,9 +126,9 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
     ctx = RunContext(noisy_job, out)
     if listener is not None:
         ctx.subscribe(listener)
-    stages.ingest(ctx)  # the noisy store in place: its fingerprint keys theta* and scores
-    X, y = stages.xy(ctx)
-    theta, star = stages.optimum(ctx)
+    stages.data.ingest(ctx)  # the noisy store in place: its fingerprint keys theta* and scores
+    X, y = stages.data.xy(ctx)
+    theta, star = stages.theta.optimum(ctx)
     flipped = graph.memory.open_array(noisy_path, "flipped", X.chunks[0])
     n = int(X.shape[0])
     ks = sorted({int(k) for k in (ks or [*DEFAULT_KS, facts["n_flipped"]]) if 0 < int(k) <= n})
@@ -136,8 +136,8 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
         raise NldistError(f"no cut-off k in 1..{n}; pass --k values up to the number of rows")
     rankings: dict[str, Any] = {}
     for kind in (CLASS_KINDS if C > 1 else BINARY_KINDS):
-        rankings[kind], _ = stages.scores(ctx, kind, theta)
-    m = stages.model(ctx)
+        rankings[kind], _ = stages.scoring.scores(ctx, kind, theta)
+    m = stages.data.model(ctx)
     if C == 1:
         with ctx.timed("score", kind="linear-leverage+y", key="score:linear-leverage+y"):
             spec = make_spec("linear-leverage", m, None, X.shape[1], True, True)
@@ -165,6 +165,6 @@ def diagnose(job: Any, out: str | Path, fraction: float = 0.1, seed: int = 0,
         "nldist_version": __version__,
     }
     write_json(out / "diagnostics.json", result)
-    stages.complete(clean)
+    stages.outputs.complete(clean)
     log.info("diagnostics written to %s", out / "diagnostics.json")
     return result

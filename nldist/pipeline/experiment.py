@@ -25,29 +25,31 @@ log = logging.getLogger("nldist")
 def experiment(ctx: RunContext, force: bool = False) -> dict:
     """Median relative error over repeated draws, per s and score kind (experiment.json).
 
-    ``force`` replaces the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
+    ``force`` replaces the outputs of another job in ``ctx.out`` (:func:`stages.outputs.claim`).
     """
     job = ctx.job
     exp = job.experiment
     if exp is None:
         raise NldistError("the job has no 'experiment:' section; add s: [..] and repeats")
     t0 = time.perf_counter()
-    stages.claim(ctx, "experiment", force)
-    stages.ingest(ctx)
-    X, _ = stages.xy(ctx)
-    at = stages.theta(ctx)
-    theta_star, star_info = stages.optimum(ctx)
+    stages.outputs.claim(ctx, "experiment", force)
+    stages.data.ingest(ctx)
+    X, _ = stages.data.xy(ctx)
+    at = stages.theta.theta(ctx)
+    theta_star, star_info = stages.theta.optimum(ctx)
     rel: dict[str, list[list[float]]] = {}
     ranks: dict[str, object] = {}
     ctx.emit("train", "start", total=len(exp.s) * exp.repeats * len(exp.kinds))
     for kind in exp.kinds:
-        probs, attrs = stages.scores(ctx, kind, at)
+        probs, attrs = stages.scoring.scores(ctx, kind, at)
         ranks[kind] = attrs.get("rank")
         keys = [(s, r) for s in exp.s for r in range(exp.repeats)]
-        got = stages.draw(ctx, probs, [(s, stages.rng(ctx, s, r)) for s, r in keys], kind)
+        got = stages.fitting.draw(ctx, probs,
+                                  [(s, stages.fitting.rng(ctx, s, r)) for s, r in keys], kind)
         draws = dict(zip(keys, got, strict=True))
-        fits = stages.fit_draws(ctx, draws, dict.fromkeys(keys, kind))
-        losses = stages.evaluate(ctx, np.vstack([theta_star, *(fits[k].theta for k in keys)]))
+        fits = stages.fitting.fit_draws(ctx, draws, dict.fromkeys(keys, kind))
+        losses = stages.fitting.evaluate(
+            ctx, np.vstack([theta_star, *(fits[k].theta for k in keys)]))
         errs = (losses[1:] - losses[0]) / losses[0]
         rel[kind] = errs.reshape(len(exp.s), exp.repeats).tolist()
         log.info("experiment %s done", kind)
@@ -60,8 +62,8 @@ def experiment(ctx: RunContext, force: bool = False) -> dict:
         for kind, rows in rel.items()
     }
     result = {
-        "name": job.name, "dataset": stages.dataset_name(ctx), "model": job.model,
-        "n_rows": int(X.shape[0]), "n_params": stages.model(ctx).n_params, "s": exp.s,
+        "name": job.name, "dataset": stages.data.dataset_name(ctx), "model": job.model,
+        "n_rows": int(X.shape[0]), "n_params": stages.data.model(ctx).n_params, "s": exp.s,
         "repeats": exp.repeats, "seed": job.seed, "radius": job.radius,
         "theta_source": job.theta, "loss_opt": star_info["loss"],
         "theta_star": star_info, "ranks": ranks, "summary": summary, "rel_error": rel,
@@ -69,5 +71,5 @@ def experiment(ctx: RunContext, force: bool = False) -> dict:
         "nldist_version": __version__,
     }
     write_json(ctx.path("experiment.json"), result)
-    stages.complete(ctx)
+    stages.outputs.complete(ctx)
     return result

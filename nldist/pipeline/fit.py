@@ -46,7 +46,7 @@ def sample_kind(ctx: RunContext) -> str:
     """The kind the preconditioning sample is drawn by: the job's kind when it gives a
     subspace embedding (:data:`EMBEDDING`), else nonlinear-leverage (block-leverage for
     C-output models)."""
-    allowed = EMBEDDING[2 if stages.model(ctx).n_outputs > 1 else 1]
+    allowed = EMBEDDING[2 if stages.data.model(ctx).n_outputs > 1 else 1]
     base = ctx.job.kind.split(":")[0]
     return ctx.job.kind if base in allowed and not get_kind(ctx.job.kind).response_aware \
         else allowed[0]
@@ -58,9 +58,9 @@ def sample_rows(ctx: RunContext, kind: str, theta0: np.ndarray
     s = max(job's s, :data:`ROWS_PER_PARAM` x p). Today the select path's fused pass (pass 1
     and one read for pass 2 + sample + gather); one function so that a one-read sampler can
     replace it."""
-    s = max(stages.sample_size(ctx, kind), ROWS_PER_PARAM * stages.model(ctx).n_params)
-    _, _, got, _ = stages.scores_and_sample(ctx, kind, theta0,
-                                                    [(s, stages.rng(ctx))])
+    s = max(stages.theta.sample_size(ctx, kind), ROWS_PER_PARAM * stages.data.model(ctx).n_params)
+    _, _, got, _ = stages.scoring.scores_and_sample(ctx, kind, theta0,
+                                                    [(s, stages.fitting.rng(ctx))])
     return got[0]
 
 
@@ -70,8 +70,8 @@ def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol:
     ``auto`` the preconditioned method's first pass (the gradient at theta_0) is run and
     timed here (returned as ``start``, reused by the fit)."""
     job = ctx.job
-    m = stages.model(ctx)
-    X, y = stages.xy(ctx)
+    m = stages.data.model(ctx)
+    X, y = stages.data.xy(ctx)
     n = int(X.shape[0])
     with ctx.timed("choose"):
         Xb, yb = graph.draws.read_blocks(X, y, [0])
@@ -95,8 +95,8 @@ def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol:
 def _grad_oracle(ctx: RunContext) -> Any:
     """theta -> the full-data loss and gradient, one counted pass per call."""
     job = ctx.job
-    m = stages.model(ctx)
-    X, y = stages.xy(ctx)
+    m = stages.data.model(ctx)
+    X, y = stages.data.xy(ctx)
 
     def full(theta: np.ndarray) -> dict:
         ctx.read("gradient pass")
@@ -119,7 +119,7 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
         Relative tolerance of the preconditioned method (:func:`nldist.precond.fit_precond`;
         Gauss-Newton stops by the job's ``tol``).
     force : bool
-        Replace the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
+        Replace the outputs of another job in ``ctx.out`` (:func:`stages.outputs.claim`).
 
     Returns
     -------
@@ -131,13 +131,13 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
     t_start = time.perf_counter()
     ctx.adjoint_accuracy = "sampling"
     ctx.model_cache = None
-    stages.claim(ctx, "fit", force)
-    stages.ingest(ctx)
+    stages.outputs.claim(ctx, "fit", force)
+    stages.data.ingest(ctx)
     t_ingested = time.perf_counter()
-    X, y = stages.xy(ctx)
+    X, y = stages.data.xy(ctx)
     n = int(X.shape[0])
-    m = stages.model(ctx)
-    theta0, source = stages.select_theta(ctx)
+    m = stages.data.model(ctx)
+    theta0, source = stages.theta.select_theta(ctx)
     kind = sample_kind(ctx)
     rows = sample_rows(ctx, kind, theta0)
     choice = _choose(ctx, method, theta0, rows, xtol)
@@ -153,11 +153,11 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
     save_npy(ctx.path("theta_fit.npy"), result.pop("theta"))
     idx, w = rows[0], rows[1]
     now = time.perf_counter()
-    cost = {**ctx.cost(stages.x_bytes(ctx)), "wall_s": round(now - t_ingested, 4),
+    cost = {**ctx.cost(stages.data.x_bytes(ctx)), "wall_s": round(now - t_ingested, 4),
             "ingest_s": round(t_ingested - t_start, 4),
             "note": "after ingest: pilot, scores, sample, the choice and the fit"}
     metrics = {
-        "mode": "fit", "name": job.name, "dataset": stages.dataset_name(ctx), "n_rows": n,
+        "mode": "fit", "name": job.name, "dataset": stages.data.dataset_name(ctx), "n_rows": n,
         "n_features": int(X.shape[1]), "n_params": m.n_params, "model": job.model,
         "loss": job.loss, "radius": job.radius, "seed": job.seed, "theta_source": source,
         "pilot": ctx.pilot_info,
@@ -171,7 +171,7 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
     metrics["timings"] = {k: round(v, 4) for k, v in ctx.timings.items()}
     metrics["nldist_version"] = __version__
     write_json(ctx.path("metrics.json"), metrics)
-    stages.complete(ctx)
+    stages.outputs.complete(ctx)
     return metrics
 
 
@@ -180,7 +180,7 @@ def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
     """The preconditioned method: one gradient pass per trial step (``start``: the first,
     when the choice ran it)."""
     job = ctx.job
-    m = stages.model(ctx)
+    m = stages.data.model(ctx)
     _, w, Xs, ys = rows
 
     def step(rec: dict) -> None:
@@ -198,11 +198,11 @@ def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
 
 
 def _gauss_newton(ctx: RunContext, theta0: np.ndarray, history: list[dict]) -> dict:
-    """Full Gauss-Newton from theta_0 (the machinery of :func:`stages.optimum`): one pass
+    """Full Gauss-Newton from theta_0 (the machinery of :func:`stages.theta.optimum`): one pass
     forming J^T J per oracle call; every call recorded."""
     job = ctx.job
-    m = stages.model(ctx)
-    X, y = stages.xy(ctx)
+    m = stages.data.model(ctx)
+    X, y = stages.data.xy(ctx)
     t0 = time.perf_counter()
 
     def gn(theta: np.ndarray) -> dict:

@@ -32,11 +32,11 @@ def _factor(ctx: RunContext, rows: object, theta0: np.ndarray, exact: bool, n: i
             ) -> tuple[oneread.RowFactor, np.ndarray, dict]:
     """The factor, the pilot's dual rows (for the totals' estimates) and its provenance."""
     job = ctx.job
-    res = None if stages.in_place(ctx) else read_reservoir(stages.dataset_path(ctx))
+    res = None if stages.data.in_place(ctx) else read_reservoir(stages.data.dataset_path(ctx))
     size = job.pilot_factor_s
     if res is not None and job.pilot_from in ("auto", "reservoir"):
         size = min(size, int(res[2].size))
-    Xp, yp, _, prov = stages.pilot_rows(ctx, size)
+    Xp, yp, _, prov = stages.theta.pilot_rows(ctx, size)
     if yp is None:
         raise NldistError("select samples by the residual and needs a target; set "
                           "dataset.target")
@@ -44,8 +44,8 @@ def _factor(ctx: RunContext, rows: object, theta0: np.ndarray, exact: bool, n: i
     if not exact:
         fac = oneread.factor(Dp, n, m=int(Xp.shape[0]))
         return fac, Dp, {**prov, "factor": "pilot", "rank": fac.rank}
-    X, y = stages.xy(ctx)
-    spec = make_spec("nonlinear-leverage", stages.model(ctx), theta0, X.shape[1], True,
+    X, y = stages.data.xy(ctx)
+    spec = make_spec("nonlinear-leverage", stages.data.model(ctx), theta0, X.shape[1], True,
                      loss=job.loss, device=job.device, y_cols=target_columns(y))
     with ctx.timed("pass 1"):
         norm = graph.passes.pass1(X, y, spec, ridge=0.0, split_every=job.split_every)
@@ -78,11 +78,11 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     totals, factor).
     """
     job = ctx.job
-    X, y = stages.xy(ctx)
+    X, y = stages.data.xy(ctx)
     if y is None:
         raise NldistError("select needs a target column; set dataset.target")
     n = int(X.shape[0])
-    m = stages.model(ctx)
+    m = stages.data.model(ctx)
     spec = make_spec("nonlinear-leverage", m, theta0, X.shape[1], True, loss=job.loss,
                      device=job.device, y_cols=target_columns(y))
     rows = spec.rows

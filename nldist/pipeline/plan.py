@@ -38,12 +38,12 @@ def plan(ctx: RunContext, verb: str = "run") -> dict:
 
     ``verb`` ``"select"`` plans the practical path (the job's kind only, no theta*)."""
     job = ctx.job
-    X, y = stages.open_xy(ctx)
+    X, y = stages.data.open_xy(ctx)
     n, d = X.shape
     if verb == "select":
         ctx.adjoint_accuracy = "sampling"
         ctx.model_cache = None
-    m = stages.model(ctx)
+    m = stages.data.model(ctx)
     chunk = int(max(X.chunks[0]))
     itemsize = X.dtype.itemsize
     kinds = [job.kind] if verb == "select" else job.kinds()
@@ -89,9 +89,9 @@ def plan(ctx: RunContext, verb: str = "run") -> dict:
 def dry_run(ctx: RunContext, verb: str = "run") -> dict:
     """:func:`plan` without writing anything into ``ctx.out``: the job's dataset as it is when
     it exists, else ingested into a temporary directory that is removed afterwards."""
-    if stages.dataset_path(ctx).exists():
+    if stages.data.dataset_path(ctx).exists():
         return plan(ctx, verb)
     with tempfile.TemporaryDirectory(prefix="nldist-plan-") as tmp:
         tctx = RunContext(ctx.job, Path(tmp))
-        stages.ingest(tctx)
+        stages.data.ingest(tctx)
         return plan(tctx, verb)

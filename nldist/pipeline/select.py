@@ -3,7 +3,7 @@
 Never fits on all rows. theta_0 comes from a pilot that costs no pass over X (the ingest
 reservoir, or a few whole chunks: ``job.pilot_from``); pass 1 of the job's kind at theta_0;
 then one fused read of X computes pass 2, draws the sample, returns its rows and a seeded
-uniform evaluation sample (:func:`nldist.pipeline.stages.scores_and_sample`); the model is
+uniform evaluation sample (:func:`nldist.pipeline.stages.scoring.scores_and_sample`); the model is
 trained on the sample from theta_0, and its full-data loss is estimated, without bias and
 with a 95% interval, from the evaluation sample (:func:`nldist.train.estimate_losses`).
 About two passes over X after ingest. Its cost (wall time, passes over X, bytes read)
@@ -43,7 +43,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
         theta_S, theta_0 and theta* exactly in one pass: the relative error and what the
         full-data fit cost. Not part of the path's own cost.
     force : bool
-        Replace the outputs of another job in ``ctx.out`` (:func:`stages.claim`).
+        Replace the outputs of another job in ``ctx.out`` (:func:`stages.outputs.claim`).
 
     Returns
     -------
@@ -53,17 +53,17 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     t0 = time.perf_counter()
     ctx.adjoint_accuracy = "sampling"
     ctx.model_cache = None
-    stages.claim(ctx, "select", force)
-    stages.ingest(ctx)
+    stages.outputs.claim(ctx, "select", force)
+    stages.data.ingest(ctx)
     t_ingested = time.perf_counter()
-    X0, _ = stages.open_xy(ctx)
+    X0, _ = stages.data.open_xy(ctx)
     n = int(X0.shape[0])
-    theta0, source = stages.select_theta(ctx)
+    theta0, source = stages.theta.select_theta(ctx)
     kind = job.kind
     rate = min(1.0, eval_rows(job.eval_s, int(X0.shape[1])) / n)
     sampling = None
     if kind in ONE_READ_KINDS and not job.sketch:
-        s = None if job.target_error is not None else stages.sample_size(ctx, kind)
+        s = None if job.target_error is not None else stages.theta.sample_size(ctx, kind)
         got1 = oneread_stage.sample(ctx, kind, theta0, s, rate, exact=not job.one_read)
         sampling = got1["info"]
         idx, w, Xs, ys, ev = (got1["indices"], got1["weights"], got1["X"], got1["y"],
@@ -71,9 +71,9 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
         attrs = {"rank": sampling["factor"]["rank"], "theta_sha": array_digest(theta0)}
         kind_out, s = sampling["kind"], int(idx.size)
     else:
-        s = stages.sample_size(ctx, kind)
-        _, attrs, got, ev = stages.scores_and_sample(ctx, kind, theta0,
-                                                     [(s, stages.rng(ctx))], eval_rate=rate)
+        s = stages.theta.sample_size(ctx, kind)
+        _, attrs, got, ev = stages.scoring.scores_and_sample(ctx, kind, theta0,
+                                                     [(s, stages.fitting.rng(ctx))], eval_rate=rate)
         idx, w, Xs, ys = got[0]
         kind_out = kind
     extra = {} if sampling is None else {
@@ -83,28 +83,28 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
              seed=job.seed,
              kind=kind_out, s=s, alpha=job.alpha, n=n, model=job.model,
              theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
-    stages.hand_over(ctx, kind, (idx, w, Xs, ys))
+    stages.fitting.hand_over(ctx, kind, (idx, w, Xs, ys))
     ctx.emit("train", "start", total=1)
-    fit = stages.train(ctx, Xs, ys, w, kind_out, theta0=theta0)
+    fit = stages.fitting.train(ctx, Xs, ys, w, kind_out, theta0=theta0)
     ctx.emit("train", "end")
     save_npy(ctx.path("theta.npy"), fit.theta)
-    m = stages.model(ctx)
+    m = stages.data.model(ctx)
     with ctx.timed("estimate"):
         est, se = estimate_losses(m, np.vstack([fit.theta, theta0]), ev[1], ev[2], rate,
                                   job.loss)
     now = time.perf_counter()
-    counted = stages.store_reads(ctx)
-    cost = {**ctx.cost(stages.x_bytes(ctx)), "store_reads_counted": counted,
+    counted = stages.data.store_reads(ctx)
+    cost = {**ctx.cost(stages.data.x_bytes(ctx)), "store_reads_counted": counted,
             "wall_s": round(now - t_ingested, 4),
             "ingest_s": round(t_ingested - t0, 4),
             "note": "after ingest: pilot, scores, sample, train and the estimate"}
     main = {"rank": attrs.get("rank"), "s": int(idx.size), "unique_rows": int(np.unique(idx).size),
-            "max_weight": float(w.max()), "fit": stages.fit_info(fit),
+            "max_weight": float(w.max()), "fit": stages.theta.fit_info(fit),
             "loss_estimate": float(est[0]), "loss_ci95": _ci(est[0], se[0]),
             "loss_estimate_theta0": float(est[1]), "loss_ci95_theta0": _ci(est[1], se[1])}
-    full = stages.full_fit_estimate(ctx, fit.iterations)
+    full = stages.theta.full_fit_estimate(ctx, fit.iterations)
     metrics = {
-        "mode": "select", "name": job.name, "dataset": stages.dataset_name(ctx),
+        "mode": "select", "name": job.name, "dataset": stages.data.dataset_name(ctx),
         "n_rows": n, "n_features": int(X0.shape[1]), "n_params": m.n_params,
         "model": job.model, "loss": job.loss, "kind": kind, "rank": main["rank"], "s": s,
         "seed": job.seed, "alpha": job.alpha, "radius": job.radius, "theta_source": source,
@@ -119,8 +119,8 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     }
     if compare_full:
         reads = len(ctx.reads)
-        theta_star, star_info = stages.optimum(ctx)
-        losses = stages.evaluate(ctx, np.vstack([theta_star, fit.theta, theta0]))
+        theta_star, star_info = stages.theta.optimum(ctx)
+        losses = stages.fitting.evaluate(ctx, np.vstack([theta_star, fit.theta, theta0]))
         opt = float(losses[0])
         rel = [(float(v) - opt) / opt if opt > 0 else None for v in losses[1:]]
         main.update(loss_full=float(losses[1]), rel_error=rel[0],
@@ -136,7 +136,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     metrics["timings"] = {k: round(v, 4) for k, v in ctx.timings.items()}
     metrics["nldist_version"] = __version__
     write_json(ctx.path("metrics.json"), metrics)
-    stages.complete(ctx)
+    stages.outputs.complete(ctx)
     return metrics
 
 
