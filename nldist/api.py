@@ -403,10 +403,10 @@ def select_sample(
         n, size=min(int(pilot_rows), n), replace=False))
     Xp, yp = graph.draws.gather_rows(dX, dy, pick)
     fac = oneread.factor(rows.matrix(Xp, yp, 0), n, m=pick.size)
-    fac, rates, _ = oneread.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
-                                 target_error)
+    fac, rates, _, heavy = oneread.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
+                                        target_error)
     got = graph.passes.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
-                              seed=int(random_state))
+                                     seed=int(random_state), heavy=heavy)
     keep, w, info = oneread.conclude(got, kind, s, target_error, rates, int(random_state),
                                      int(th.size), n)
     return got["idx"][keep], w, info

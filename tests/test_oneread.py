@@ -188,6 +188,39 @@ def test_the_predictor_is_the_dense_first_order_formula():
     assert np.isclose(oneread.predict(tot, s_eps, m.n_params)["influence"]["predicted"], 0.01)
 
 
+def test_the_prediction_caps_the_rows_a_sample_takes_with_certainty():
+    """With few rows of high leverage and large residuals, a sample of moderate size takes
+    them with certainty (pi = 1): their terms vanish, and the prediction is the dense capped
+    formula, never clipped at zero by the uncapped one."""
+    X, y, m, th = _problem(n=3000)
+    X[:30, 0] *= 40.0  # a few very high leverage rows
+    y[:30] += 30.0  # with large residuals
+    n = X.shape[0]
+    rows = DualRows(m, th, use_y=True)
+    D = rows.matrix(X, y)
+    fac = oneread.factor_from_r(np.linalg.qr(D, mode="r"), n)
+    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "influence": 5.0})
+    parts = [oneread.chunk(X[a:a + 500], y[a:a + 500], rows=rows, theta=th, fac=fac,
+                           rates=np.zeros(4), seed=0, offset=a, heavy=np.zeros(4))
+             for a in range(0, n, 500)]
+    tot = oneread.totals(parts)
+    A, c = D[:, :-1], D[:, -1]
+    r = A @ th + c
+    tau, lev = _hat(A), _hat(D)
+    infl = np.abs(r) * np.sqrt(tau)
+    L = np.sum(r**2)
+    for s in (60, 300, 1500):
+        pred = oneread.predict(tot, s, m.n_params)
+        for name, qq in {"nonlinear-leverage": lev, "influence": infl}.items():
+            pi = np.minimum(1.0, s * qq / qq.sum())
+            dense = np.sum(r**2 * tau * (1 / pi - 1)) / L
+            assert np.isclose(pred[name]["predicted"], dense, rtol=1e-8), (name, s)
+            assert dense > 0
+        s_eps = oneread.size_for(tot, "influence", 0.01)
+        assert np.isclose(oneread.predict(tot, s_eps, m.n_params)["influence"]["predicted"],
+                          0.01, rtol=1e-4)
+
+
 def test_auto_keeps_the_mixture_unless_a_trusted_candidate_is_clearly_better():
     base = {"predicted": 0.01, "d_n": 1.0, "trusted": True, "total": 1.0}
     pred = {c: dict(base) for c in oneread.CANDIDATES}

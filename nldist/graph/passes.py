@@ -186,6 +186,7 @@ def leverage_dask(A: da.Array, ridge: float = 0.0, rtol: float | None = None) ->
 def one_read_pass(
     X: da.Array, y: da.Array | None, *, rows: Any, theta: np.ndarray, fac: Any,
     rates: np.ndarray, seed: int, eval_rate: float = 0.0, eval_seed: int = 0,
+    heavy: np.ndarray | None = None,
 ) -> dict:
     """The one-read sampler (:func:`nldist.scores.oneread.chunk` on every row chunk): each
     task reads its chunk once, scores its rows against the fixed factor, draws its Poisson
@@ -199,7 +200,7 @@ def one_read_pass(
     """
     tasks = [dask.delayed(oneread.chunk, pure=True)(
         xb, yb, rows=rows, theta=theta, fac=fac, rates=np.asarray(rates, dtype=np.float64),
-        seed=int(seed), offset=off, eval_rate=eval_rate, eval_seed=eval_seed)
+        seed=int(seed), offset=off, eval_rate=eval_rate, eval_seed=eval_seed, heavy=heavy)
         for xb, yb, off in row_blocks(X, y)]
     got = compute_blocks(tasks)
     d = int(X.shape[1])

@@ -89,13 +89,13 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     eps = job.target_error if s is None else None
     with ctx.timed("factor"):
         fac, Dp, fprov = _factor(ctx, rows, theta0, exact, n)
-        fac, rates, s_plan = oneread.plan(Dp, theta0, fac, rows.group, kind, s, eps)
+        fac, rates, s_plan, heavy = oneread.plan(Dp, theta0, fac, rows.group, kind, s, eps)
     seed = int(job.seed)
     t0 = time.perf_counter()
     with ctx.timed("one read", kind=kind, key=f"score:{kind}"):
         got = graph.passes.one_read_pass(X, y, rows=rows, theta=theta0, fac=fac, rates=rates,
                                   seed=seed, eval_rate=eval_rate,
-                                  eval_seed=int(job.seed) + EVAL_SALT)
+                                  eval_seed=int(job.seed) + EVAL_SALT, heavy=heavy)
     ctx.read("one read: scores + sample + evaluation rows")
     ctx.pass1_s = time.perf_counter() - t0  # a measured pass: what a full-data pass costs
     keep, w, info = oneread.conclude(got, kind, s, eps, rates, seed, int(m.n_params), n)

@@ -278,6 +278,7 @@ def pilot_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 
 def chunk(
     X: np.ndarray, y: np.ndarray | None, *, rows: Any, theta: np.ndarray, fac: RowFactor,
     rates: np.ndarray, seed: int, offset: int, eval_rate: float = 0.0, eval_seed: int = 0,
+    heavy: np.ndarray | None = None,
 ) -> dict:
     """One read of a row block: candidate values, Poisson draws, evaluation rows, sums.
 
@@ -299,6 +300,10 @@ def chunk(
         Global index of the block's first row.
     eval_rate, eval_seed : float, int
         The Bernoulli evaluation sample (none when 0).
+    heavy : ndarray of shape (4,), optional
+        Per candidate, the value q above which a row's (q, γ) pair is returned (``heavy``):
+        the rows a sample may take with certainty, whose terms the predicted error caps
+        (:func:`predict`). None: none returned.
 
     Returns
     -------
@@ -316,6 +321,7 @@ def chunk(
     sums = {"n": n_b, "L": 0.0, "B": 0.0, "H": 0.0,
             **{k: np.zeros(len(CANDIDATES)) for k in SUM_KEYS}}
     picked, qs, rs = [], [], []
+    hv: list[list[np.ndarray]] = [[] for _ in CANDIDATES]
     for sl in row_slices(n_b, step):
         if sl.stop <= sl.start:
             continue
@@ -327,6 +333,11 @@ def chunk(
         part = _sums(v, q)
         for k in ("L", "B", "H", *SUM_KEYS):
             sums[k] = sums[k] + part[k]
+        if heavy is not None:
+            for j in range(len(CANDIDATES)):
+                big = q[j] >= heavy[j]
+                if big.any():
+                    hv[j].append(np.stack([q[j][big], v.gamma[big]]))
         if np.any(rates > 0):
             u = hash_uniform(np.arange(offset + sl.start, offset + sl.stop), seed + DRAW_SALT)
             keep = np.any(u[None, :] < np.minimum(1.0, rates[:, None] * q), axis=0)
@@ -336,6 +347,7 @@ def chunk(
             rs.append(np.sqrt(v.r2[loc]))
     idx = np.concatenate(picked) if picked else np.empty(0, np.int64)
     out = {**sums, "idx": idx + offset,
+           "heavy": [np.concatenate(h, axis=1) if h else np.empty((2, 0)) for h in hv],
            "q": np.concatenate(qs, axis=1) if qs else np.empty((len(CANDIDATES), 0)),
            "r": np.concatenate(rs) if rs else np.empty(0),
            "X": X[idx], "y": None if y is None else np.asarray(y)[idx]}
@@ -355,7 +367,27 @@ def totals(parts: list[dict]) -> dict:
     for p in parts:
         for k in out:
             out[k] = out[k] + p[k]
+    if all("heavy" in p for p in parts):
+        out["heavy"] = [np.concatenate([p["heavy"][j] for p in parts], axis=1)
+                        for j in range(len(CANDIDATES))]
     return out
+
+
+def _error(tot: dict, j: int, s: float) -> float:
+    """Candidate j's predicted relative error at s: Σ_i γ_i (1/π_i − 1) / L with Poisson
+    inclusion π_i = min(1, s q_i/Z). Rows with π_i = 1 add nothing; their terms are taken out
+    of the sums using the heavy rows (every row with q above the pass's threshold), so a
+    sample that takes the highest rows with certainty is not predicted below zero."""
+    Z, A, B = float(tot["Z"][j]), float(tot["A"][j]), float(tot["B"])
+    if not np.isfinite(A):
+        return np.inf
+    if "heavy" in tot and tot["heavy"][j].size:
+        q, g = tot["heavy"][j]
+        cap = s * q >= Z
+        with np.errstate(divide="ignore", invalid="ignore"):
+            A -= float(np.sum(np.where(q[cap] > 0, g[cap] / q[cap], 0.0)))
+        B -= float(np.sum(g[cap]))
+    return max(0.0, (Z * A / float(s) - B) / max(float(tot["L"]), 1e-300))
 
 
 def predict(tot: dict, s: float | np.ndarray, p: int) -> dict[str, dict]:
@@ -367,10 +399,9 @@ def predict(tot: dict, s: float | np.ndarray, p: int) -> dict[str, dict]:
     ``total``: Z}
     """
     out = {}
-    L = max(float(tot["L"]), 1e-300)
     for j, name in enumerate(CANDIDATES):
-        Z, A, D = (float(tot[k][j]) for k in SUM_KEYS)
-        pred = max(0.0, (Z * A / float(s) - float(tot["B"])) / L) if np.isfinite(A) else np.inf
+        Z, D = float(tot["Z"][j]), float(tot["D"][j])
+        pred = _error(tot, j, float(s))
         d_n = Z * D / max(p, 1) ** 2 if np.isfinite(D) else np.inf
         out[name] = {"predicted": pred, "d_n": d_n, "trusted": bool(s >= GUARD * p * d_n),
                      "total": Z}
@@ -383,7 +414,21 @@ def size_for(tot: dict, name: str, eps: float) -> float:
     Z, A = float(tot["Z"][j]), float(tot["A"][j])
     if not np.isfinite(A):
         return np.inf
-    return Z * A / (eps * max(float(tot["L"]), 1e-300) + float(tot["B"]))
+    guess = Z * A / (eps * max(float(tot["L"]), 1e-300) + float(tot["B"]))  # uncapped
+    if "heavy" not in tot or not tot["heavy"][j].size:
+        return guess
+    lo, hi = 1.0, max(2.0, float(tot["n"]))  # the capped error decreases in s: bisect
+    if _error(tot, j, hi) > eps:
+        return np.inf
+    for _ in range(100):
+        mid = np.sqrt(lo * hi)
+        if _error(tot, j, mid) > eps:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-6 * hi:
+            break
+    return hi
 
 
 def choose(pred: dict[str, dict]) -> tuple[str, str]:
@@ -502,6 +547,10 @@ def mix_columns(vals: Any, name: str) -> Any:
                       "influence-mix")
 
 
+#: rows whose value is within this factor of certainty at the planned size come back with
+#: their terms (at most HEAVY x s per candidate): the predicted error is capped exactly for
+#: sizes up to about HEAVY x the planned one
+HEAVY = 8.0
 #: drawn rows per expected sample row: covers the pilot's error in estimating the totals
 #: (rows the final sample wants beyond it are kept with their draw probability: still
 #: unbiased, the sample a little smaller)
@@ -509,7 +558,8 @@ OVERSAMPLE = 1.5
 
 
 def plan(Dp: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int, kind: str,
-         s: int | None, eps: float | None) -> tuple[RowFactor, np.ndarray, float]:
+         s: int | None, eps: float | None
+         ) -> tuple[RowFactor, np.ndarray, float, np.ndarray]:
     """Before the pass: the pilot's totals, and each candidate's draw rate.
 
     Parameters
@@ -529,6 +579,8 @@ def plan(Dp: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int, kind: st
     fac : RowFactor with ``z_hat`` set
     rates : ndarray of shape (4,) (0 for a candidate not drawn)
     s_plan : float, the size the draw is planned for
+    heavy : ndarray of shape (4,), the value above which a row's terms come back for the
+        capped prediction (:data:`HEAVY` times below the certainty threshold at s_plan)
     """
     if kind not in ONE_READ_KINDS:
         raise NldistError(f"kind {kind!r} is not sampled in one read; use one of "
@@ -555,7 +607,8 @@ def plan(Dp: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int, kind: st
     drawn = CANDIDATES if kind == "auto" else (kind,)
     rates = np.array([OVERSAMPLE * s_plan / z_hat[c] if c in drawn else 0.0
                       for c in CANDIDATES])
-    return fac, rates, s_plan
+    heavy = np.array([z_hat[c] / (HEAVY * s_plan) for c in CANDIDATES])
+    return fac, rates, s_plan, heavy
 
 
 def conclude(got: dict, kind: str, s: int | None, eps: float | None, rates: np.ndarray,
