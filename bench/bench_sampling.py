@@ -493,6 +493,9 @@ class Bench:
                              "mean_size": float(np.mean(sizes[name])),
                              "fit_s_median": float(np.median(ft[name])),
                              "per_draw": errs[name]}
+            out["uniform"]["predicted_exact_factor"] = pred["exact"]["uniform"]["predicted"]
+            out["uniform"]["predicted_capped_exact_factor"] = self.capped_prediction(
+                "exact", 0, s)
             out["auto@1read"] = {**out[f"{chosen}@1read" if chosen != "uniform" else "uniform"],
                                  "chosen": chosen}
             res[str(s)] = out
@@ -639,9 +642,34 @@ def _g(x: float) -> str:
     return f"{x:.2g}" if x < 0.01 else f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
+def compact() -> str:
+    """One row per table and s (20p and 100p): medians, auto's choice, uniform / auto."""
+    head = ("| table (p, draws) | s | uniform | NL-lev exact | NL-lev 1-read | influence exact | "
+            "influence 1-read | mix exact | mix 1-read | auto (choice) | uniform ÷ auto | "
+            "uniform at equal time (s) |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name in ORDER:
+        f = HERE / f"sampling_{name}.json"
+        if not f.exists():
+            continue
+        d = json.loads(f.read_text())
+        p, eq = d["p"], d["equal_time"]
+        for s in d["s"]:
+            r = d["results"][str(s)]
+            cell = lambda k: f"{_g(r[k]['median'])} [{_g(r[k]['q25'])}–{_g(r[k]['q75'])}]"  # noqa: E731
+            a = r["auto@1read"]
+            ratio = r["uniform"]["median"] / a["median"] if a["median"] > 0 else float("nan")
+            et = (f"{_g(eq['uniform']['median'])} ({eq['s_uniform']:,})"
+                  if s == eq["s_one_read"] else "")
+            out.append(f"| {name} ({p}, {d['draws']}) | {s:,} ({s / p:.0f}p) | "
+                       + " | ".join(cell(k) for k in DISTS[:-1])
+                       + f" | {cell('auto@1read')} ({a['chosen']}) | {ratio:.2g} | {et} |")
+    return "\n".join(out)
+
+
 def summary() -> str:
     """Markdown tables from bench/sampling_*.json."""
-    out = []
+    out = [compact(), ""]
     for name in ORDER:
         f = HERE / f"sampling_{name}.json"
         if not f.exists():
