@@ -2,7 +2,7 @@
 "The sample as a preconditioner").
 
 From the pilot theta_0 (no pass over X) and a leverage sample drawn at theta_0 (the select
-path's fused read: :func:`sample_rows`), iterate to the full-data optimum over the ball:
+path's one-read sampler: :func:`sample_rows`), iterate to the full-data optimum over the ball:
 each iteration one distributed pass for the exact full-data loss and gradient
 (:func:`nldist.graph.oracles.grad_pass`: n p work per row) and a step from the sample's
 Gauss-Newton model, refreshed at each accepted theta from the same rows on the driver
@@ -26,9 +26,11 @@ import numpy as np
 from nldist import graph, precond
 from nldist._version import __version__
 from nldist.errors import NldistError
+from nldist.pipeline import oneread as oneread_stage
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
+from nldist.scores.oneread import ONE_READ_KINDS
 from nldist.store.records import save_npy, write_json
 from nldist.train import fit_ball, fit_cross_entropy
 
@@ -54,14 +56,19 @@ def sample_kind(ctx: RunContext) -> str:
 
 def sample_rows(ctx: RunContext, kind: str, theta0: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The preconditioning sample: (indices (s,), weights 1/(s pi) (s,), X rows, y rows),
-    s = max(job's s, :data:`ROWS_PER_PARAM` x p). Today the select path's fused pass (pass 1
-    and one read for pass 2 + sample + gather); one function so that a one-read sampler can
-    replace it."""
+    """The preconditioning sample: (indices (s,), Horvitz-Thompson weights (s,), X rows,
+    y rows), s = max(job's s, :data:`ROWS_PER_PARAM` x p). ``nonlinear-leverage`` and
+    ``uniform`` are drawn in ONE read by the select path's sampler (generalised leverage
+    against the pilot's factor, which never underestimates the exact leverage: still a
+    subspace embedding); other kinds (linear, ridge, block) by the exact two-pass scores
+    (pass 1, then one read for pass 2 + sample + gather)."""
     s = max(stages.theta.sample_size(ctx, kind), ROWS_PER_PARAM * stages.data.model(ctx).n_params)
-    _, _, got, _ = stages.scoring.scores_and_sample(ctx, kind, theta0,
-                                                    [(s, stages.fitting.rng(ctx))])
-    return got[0]
+    if kind in ONE_READ_KINDS and ctx.job.sketch is None:
+        got = oneread_stage.sample(ctx, kind, theta0, s, 0.0)
+        return got["indices"], got["weights"], got["X"], got["y"]
+    _, _, draws, _ = stages.scoring.scores_and_sample(ctx, kind, theta0,
+                                                      [(s, stages.fitting.rng(ctx))])
+    return draws[0]
 
 
 def _choose(ctx: RunContext, method: str, theta0: np.ndarray, rows: tuple, xtol: float
