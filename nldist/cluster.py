@@ -247,7 +247,10 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
 
 #: the loggers of the dashboard's web server, which runs in this process with a local
 #: cluster's scheduler
-DASHBOARD_LOGGERS = ("tornado", "bokeh")
+#: the loggers whose records are moved; distributed's logging config gives several of them
+#: their own console handler with ``propagate = False``, so each is redirected itself
+DASHBOARD_LOGGERS = ("tornado", "tornado.application", "tornado.access", "tornado.general",
+                     "bokeh")
 dashboard_log = logging.getLogger("nldist.dashboard")
 
 
@@ -265,8 +268,8 @@ def dashboard_to_log(log_file: str | None = None) -> Iterator[None]:
     saved = []
     for name in DASHBOARD_LOGGERS:
         logger = logging.getLogger(name)
-        saved.append((logger, logger.propagate))
-        logger.addHandler(handler)
+        saved.append((logger, logger.propagate, list(logger.handlers)))
+        logger.handlers = [handler]  # not distributed's console handler
         logger.propagate = False
     aio = logging.getLogger("asyncio")
     aio.addFilter(moved)
@@ -274,8 +277,8 @@ def dashboard_to_log(log_file: str | None = None) -> Iterator[None]:
         yield
     finally:
         aio.removeFilter(moved)
-        for logger, propagate in saved:
-            logger.removeHandler(handler)
+        for logger, propagate, handlers in saved:
+            logger.handlers = handlers
             logger.propagate = propagate
 
 
