@@ -236,7 +236,9 @@ class JobConfig(_Strict):
         "(positive outputs, y >= 0) | cross_entropy (C-output models: softmax:<C>, "
         "mlp:<h>:<C>; integer labels 0..C-1); residuals sign(f-y) sqrt(loss) (MATH.md §6). "
         "A C-output model with squared: multi-output regression, y of shape (n, C)")
-    pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot")
+    pilot_s: int = Field(1000, gt=0, description="uniform pilot sample size for theta: pilot "
+                         "(run, experiment, diagnose; select and fit fit theta_0 on the "
+                         "one-read factor's pilot_factor_s rows)")
     pilot_from: Literal["auto", "reservoir", "chunks", "gather"] = Field(
         "auto", description="where the pilot's rows come from: reservoir (the uniform sample "
         "ingest writes beside the store: no read of X) | chunks (uniform within a seeded set "

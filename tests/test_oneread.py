@@ -165,14 +165,16 @@ def test_the_predictor_is_the_dense_first_order_formula():
     rows = DualRows(m, th, use_y=True)
     D = rows.matrix(X, y)
     fac = oneread.factor_from_r(np.linalg.qr(D, mode="r"), n)
-    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "influence": 5.0})
+    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "raw-influence": 5.0,
+                              "uniform": float(n)})
     tot = oneread.totals(_draw(X, y, rows, th, fac, np.zeros(4), 0, 1000))
     A, c = D[:, :-1], D[:, -1]
     r = A @ th + c
     tau = _hat(A)
     lev = _hat(D)
     infl = np.abs(r) * np.sqrt(tau)
-    q = {"uniform": np.ones(n), "nonlinear-leverage": lev, "influence": infl,
+    q = {"uniform": np.ones(n), "nonlinear-leverage": lev,
+         "influence": 0.9 * infl / 5.0 + 0.1 / n,
          "influence-mix": 0.5 * infl / 5.0 + 0.5 * lev / 3.0}
     s = 400
     pred = oneread.predict(tot, s, m.n_params)
@@ -199,7 +201,8 @@ def test_the_prediction_caps_the_rows_a_sample_takes_with_certainty():
     rows = DualRows(m, th, use_y=True)
     D = rows.matrix(X, y)
     fac = oneread.factor_from_r(np.linalg.qr(D, mode="r"), n)
-    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "influence": 5.0})
+    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "raw-influence": 5.0,
+                              "uniform": float(n)})
     parts = [oneread.chunk(X[a:a + 500], y[a:a + 500], rows=rows, theta=th, fac=fac,
                            rates=np.zeros(4), seed=0, offset=a, heavy=np.zeros(4))
              for a in range(0, n, 500)]
@@ -211,7 +214,8 @@ def test_the_prediction_caps_the_rows_a_sample_takes_with_certainty():
     L = np.sum(r**2)
     for s in (60, 300, 1500):
         pred = oneread.predict(tot, s, m.n_params)
-        for name, qq in {"nonlinear-leverage": lev, "influence": infl}.items():
+        for name, qq in {"nonlinear-leverage": lev,
+                         "influence": 0.9 * infl / 5.0 + 0.1 / n}.items():
             pi = np.minimum(1.0, s * qq / qq.sum())
             dense = np.sum(r**2 * tau * (1 / pi - 1)) / L
             assert np.isclose(pred[name]["predicted"], dense, rtol=1e-8), (name, s)
@@ -246,7 +250,8 @@ def npz(tmp_path):
 
 def _job(src, **kw):
     data = {"name": "one", "dataset": {"source": str(src), "chunk_rows": 700},
-            "model": "glm:swish", "s": 300, "pilot_s": 300, "eval_s": 1000,
+            "model": "glm:swish", "s": 300, "pilot_s": 300, "pilot_factor_s": 1000,
+            "eval_s": 1000,
             "cache_x": "never", "cluster": {"address": "synchronous"}, **kw}
     return validate_job(data)
 

@@ -152,6 +152,7 @@ def test_horvitz_thompson_estimate_is_unbiased(data):
 def _job(src: Path, **kw):
     data = {"name": "sel", "dataset": {"source": str(src), "chunk_rows": 400},
             "model": "glm:sigmoid", "s": 300, "radius": 10.0, "pilot_s": 300,
+            "pilot_factor_s": 600,
             "eval_s": 1000, "cluster": {"address": "synchronous"}, **kw}
     return validate_job(data)
 
@@ -259,7 +260,8 @@ def test_sampling_accuracy_is_chunking_free_and_close_to_exact(data, sync_schedu
 def test_select_on_the_command_line(npz, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"name: cli\ndataset: {{source: {npz}, chunk_rows: 500}}\n"
-                   "model: glm:sigmoid\ns: 200\npilot_s: 200\neval_s: 500\n"
+                   "model: glm:sigmoid\ns: 200\npilot_s: 200\npilot_factor_s: 600\n"
+                   "eval_s: 500\n"
                    "cluster: {address: synchronous}\n")
     r = subprocess.run([sys.executable, "-m", "nldist", "select", str(job), "--out",
                         str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True,

@@ -22,28 +22,24 @@ from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
 from nldist.scores import oneread
 from nldist.scores.spec import make_spec
-from nldist.store.dataset import read_reservoir
 
 #: seed offset of the evaluation sample (as the two-pass fused pass)
 EVAL_SALT = 0x3E7A1
 
 
 def _factor(ctx: RunContext, rows: object, theta0: np.ndarray, exact: bool, n: int
-            ) -> tuple[oneread.RowFactor, np.ndarray, dict]:
-    """The factor, the pilot's dual rows (for the totals' estimates) and its provenance."""
+            ) -> tuple[oneread.RowFactor, np.ndarray, dict, tuple]:
+    """The factor, the pilot's dual rows (for the totals' estimates), its provenance and
+    the pilot's rows (X, y)."""
     job = ctx.job
-    res = None if stages.data.in_place(ctx) else read_reservoir(stages.data.dataset_path(ctx))
-    size = job.pilot_factor_s
-    if res is not None and job.pilot_from in ("auto", "reservoir"):
-        size = min(size, int(res[2].size))
-    Xp, yp, _, prov = stages.theta.pilot_rows(ctx, size)
+    Xp, yp, _, prov = stages.theta.pilot_rows(ctx, stages.theta.factor_rows(ctx))
     if yp is None:
         raise NldistError("select samples by the residual and needs a target; set "
                           "dataset.target")
     Dp = np.asarray(rows.matrix(Xp, yp, 0), dtype=np.float64)  # type: ignore[attr-defined]
     if not exact:
         fac = oneread.factor(Dp, n, m=int(Xp.shape[0]))
-        return fac, Dp, {**prov, "factor": "pilot", "rank": fac.rank}
+        return fac, Dp, {**prov, "factor": "pilot", "rank": fac.rank}, (Xp, yp)
     X, y = stages.data.xy(ctx)
     spec = make_spec("nonlinear-leverage", stages.data.model(ctx), theta0, X.shape[1], True,
                      loss=job.loss, device=job.device, y_cols=target_columns(y))
@@ -51,7 +47,7 @@ def _factor(ctx: RunContext, rows: object, theta0: np.ndarray, exact: bool, n: i
         norm = graph.passes.pass1(X, y, spec, ridge=0.0, split_every=job.split_every)
     ctx.read("pass 1 (exact factor)")
     fac = oneread.factor_from_r(norm.factor.R, n)
-    return fac, Dp, {**prov, "factor": "exact (pass 1)", "rank": fac.rank}
+    return fac, Dp, {**prov, "factor": "exact (pass 1)", "rank": fac.rank}, (Xp, yp)
 
 
 def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_rate: float,
@@ -72,7 +68,8 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
 
     Returns
     -------
-    dict with ``indices`` (s',), ``weights`` (s',), ``X`` (s', d), ``y``, ``q`` (4, s') the
+    dict with ``indices`` (s',), ``weights`` (s',), ``X`` (s', d), ``y``, ``pilot`` (X, y) the
+    pilot's rows (uniform, m), ``q`` (4, s') the
     sampled rows' candidate values, ``residual`` (s',) their residual norms at theta_0,
     ``eval`` (indices, X, y), ``info`` (the JSON summary: choice, predictions, sizes,
     totals, factor).
@@ -88,7 +85,7 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     rows = spec.rows
     eps = job.target_error if s is None else None
     with ctx.timed("factor"):
-        fac, Dp, fprov = _factor(ctx, rows, theta0, exact, n)
+        fac, Dp, fprov, pilot_xy = _factor(ctx, rows, theta0, exact, n)
         fac, rates, s_plan, heavy = oneread.plan(Dp, theta0, fac, rows.group, kind, s, eps)
     seed = int(job.seed)
     t0 = time.perf_counter()
@@ -99,9 +96,15 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     ctx.read("one read: scores + sample + evaluation rows")
     ctx.pass1_s = time.perf_counter() - t0  # a measured pass: what a full-data pass costs
     keep, w, info = oneread.conclude(got, kind, s, eps, rates, seed, int(m.n_params), n)
+    pred = info["predicted"][info["kind"]]["predicted"]
+    m_pilot = int(pilot_xy[0].shape[0])
+    pil = oneread.pilot_error(got["totals"], m_pilot)
+    info["pooling"] = {"pilot_rows": m_pilot, "pilot_predicted": pil,
+                       "lambda": oneread.pooling_weight(np.inf if pred is None else pred, pil)}
     info.update(exact_factor=exact, planned_size=s_plan, factor=fprov,
                 totals_pilot_estimate=fac.z_hat)
     return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
+            "pilot": pilot_xy,
             "q": got["q"][:, keep], "residual": got["r"][keep],
             "y": None if got["y"] is None else got["y"][keep], "eval": got["eval"],
             "info": info}

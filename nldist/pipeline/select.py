@@ -85,7 +85,14 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
              theta_sha=str(attrs.get("theta_sha")), nldist_version=__version__)
     stages.fitting.hand_over(ctx, kind, (idx, w, Xs, ys))
     ctx.emit("train", "start", total=1)
-    fit = stages.fitting.train(ctx, Xs, ys, w, kind_out, theta0=theta0)
+    Xt, yt, wt = Xs, ys, w
+    if sampling is not None and sampling["pooling"]["lambda"] < 1.0:
+        # the pilot used twice: its uniform rows pooled into the fit (docs/MATH.md §9)
+        lam = sampling["pooling"]["lambda"]
+        Xp, yp = got1["pilot"]
+        Xt, yt = np.concatenate([Xs, Xp]), np.concatenate([ys, yp])
+        wt = np.concatenate([lam * w, np.full(len(Xp), (1.0 - lam) * n / len(Xp))])
+    fit = stages.fitting.train(ctx, Xt, yt, wt, kind_out, theta0=theta0)
     ctx.emit("train", "end")
     save_npy(ctx.path("theta.npy"), fit.theta)
     m = stages.data.model(ctx)

@@ -22,7 +22,9 @@ the pass, so nothing is normalised by a guess):
 ``nonlinear-leverage``   leverage of the augmented rows ``[a_i, c_i]`` (the paper's score)
 ``influence``            ``|r_i|·√τ̃(a_i)``: the optimal-subsampling distribution
                          ∝ √(g_iᵀH⁻¹g_i) (Wang, Zhu & Ma 2018), with the adjoint for the
-                         Jacobian; C rows per example: ``√(‖Σ_c r_ic W a_ic‖²·τ̃/u)``
+                         Jacobian; C rows per example: ``√(‖Σ_c r_ic W a_ic‖²·τ̃/u)``; in
+                         the sampler with a uniform floor (:data:`INFLUENCE_FLOOR`: 0.9 of
+                         it normalised + 0.1/n; ``nldist.scores`` gives it pure)
 ``influence-mix``        ½ influence / Ẑ_infl + ½ nonlinear-leverage / Ẑ_lev (Ẑ from the
                          pilot, fixed before the pass): robust where influence alone puts a
                          few huge weights (s ≈ 5p)
@@ -53,6 +55,11 @@ from nldist._budget import slices as row_slices
 from nldist.errors import NldistError
 from nldist.scores.sampling import hash_uniform
 
+#: the uniform share of the one-read ``influence`` candidate: a row the pilot's theta_0 fits
+#: (nearly) exactly is never (nearly) impossible — without it, on the logistic tables, rows
+#: with near-zero residual at a poor theta_0 got probabilities of 1e-9 and the fits a flat
+#: error of 1.25 at every s (bench/RESULTS.md, issue 26)
+INFLUENCE_FLOOR = 0.1
 #: the candidate distributions, in the order of every per-candidate array
 CANDIDATES: tuple[str, ...] = ("uniform", "nonlinear-leverage", "influence", "influence-mix")
 #: the kind strings of the one-read path: a candidate or ``auto``
@@ -202,7 +209,9 @@ def _row_values(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int,
         uaug = np.where(uaug < 1, uaug / np.maximum(1 - uaug, 1e-300), np.inf)
 
     def tau(u: np.ndarray, out: np.ndarray) -> np.ndarray:
-        t = np.where(np.isinf(u), 1.0, u / (1 + u)) if fac.generalised else np.minimum(u, 1.0)
+        with np.errstate(invalid="ignore"):  # inf / inf where u is inf: replaced by 1
+            t = (np.where(np.isinf(u), 1.0, u / (1 + u)) if fac.generalised
+                 else np.minimum(u, 1.0))
         return np.where(out, 1.0, t)
 
     tA, taug = tau(uA, out_a), tau(uaug, out_aug)
@@ -229,10 +238,14 @@ def _row_values(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int,
 
 
 def _candidates(v: _RowValues, z_hat: dict) -> np.ndarray:
-    """(4, n_b) unnormalised values q of :data:`CANDIDATES`."""
-    zi, zl = z_hat.get("influence", 1.0), z_hat.get("nonlinear-leverage", 1.0)
+    """(4, n_b) unnormalised values q of :data:`CANDIDATES`. ``z_hat`` holds the pilot's
+    totals of the raw influence (``raw-influence``) and of the leverage, which normalise
+    the mixtures, and n (``uniform``)."""
+    zi, zl = z_hat.get("raw-influence", 1.0), z_hat.get("nonlinear-leverage", 1.0)
+    n = z_hat.get("uniform", float(v.lev.size))
+    infl = (1 - INFLUENCE_FLOOR) * v.infl / zi + INFLUENCE_FLOOR / n
     mix = 0.5 * v.infl / zi + 0.5 * v.lev / zl
-    return np.stack([np.ones_like(v.lev), v.lev, v.infl, mix])
+    return np.stack([np.ones_like(v.lev), v.lev, infl, mix])
 
 
 def estimate_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 1
@@ -243,11 +256,12 @@ def estimate_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int
                     fac, group, loo=fac.generalised)
     scale = fac.n / max(1, v.lev.size)
     z = {"uniform": float(fac.n), "nonlinear-leverage": float(np.sum(v.lev) * scale),
-         "influence": float(np.sum(v.infl) * scale)}
-    for k in ("nonlinear-leverage", "influence"):
+         "raw-influence": float(np.sum(v.infl) * scale)}
+    for k in ("nonlinear-leverage", "raw-influence"):
         if not np.isfinite(z[k]) or z[k] <= 0:
             z[k] = 1.0
     q = _candidates(v, z)
+    z["influence"] = float(np.sum(q[2]) * scale)
     z["influence-mix"] = float(np.sum(q[3]) * scale)
     return z
 
@@ -652,6 +666,7 @@ def conclude(got: dict, kind: str, s: int | None, eps: float | None, rates: np.n
 
     info = {
         "kind": chosen, "requested": kind, "why": why, "requested_size": s_final,
+        "totals_n": int(tot["n"]),
         "size": int(keep.size), "target_error": eps, "drawn_rows": int(got["idx"].size),
         "oversample": OVERSAMPLE,
         "totals": {c: float(tot["Z"][i]) for i, c in enumerate(CANDIDATES)},
@@ -668,3 +683,25 @@ def conclude(got: dict, kind: str, s: int | None, eps: float | None, rates: np.n
                          "Poisson weights, still unbiased; raise pilot_factor_s for the full "
                          "size")
     return keep, w, info
+
+
+def pooling_weight(tot_pred: float, pilot_pred: float) -> float:
+    """λ of the pooled fit λ·(sample) + (1 − λ)·(uniform pilot): inverse-variance weights of
+    the two unbiased estimates of the full-data loss, from their predicted errors (the
+    sample's at s, uniform's at the pilot's m); 1 when the pilot's prediction is unknown,
+    0 when the pilot holds every row (its error is 0)."""
+    if not np.isfinite(pilot_pred) or pilot_pred < 0:
+        return 1.0
+    if not np.isfinite(tot_pred) or tot_pred < 0:
+        return 0.0
+    if tot_pred + pilot_pred <= 0:
+        return 1.0
+    return float(pilot_pred / (tot_pred + pilot_pred))
+
+
+def pilot_error(tot: dict, m: int) -> float:
+    """Predicted relative error of a fit on a uniform sample of m rows (the pilot): uniform's
+    prediction at s = m (0 when m covers every row)."""
+    if m >= int(tot["n"]):
+        return 0.0
+    return _error(tot, CANDIDATES.index("uniform"), float(m))

@@ -70,14 +70,15 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     ctx.memo[key] = fit.theta, info
     return fit.theta, info
 
-def pilot(ctx: RunContext) -> np.ndarray:
-    """theta_0 of the pilot scheme (MATH.md §5): train on a uniform pilot sample of pilot_s rows.
+def pilot(ctx: RunContext, size: int | None = None) -> np.ndarray:
+    """theta_0 of the pilot scheme (MATH.md §5): train on a uniform pilot sample of pilot_s rows
+    (``size``: that many rows instead — select's factor pilot, :func:`factor_rows`).
 
     Where the rows come from is ``job.pilot_from`` (:func:`pilot_rows`); weights n / s,
     trained like the final sample (same loss, ball and tolerance). Cached in
     OUT/theta_pilot.npz with its provenance (``info["pilot"]``).
     """
-    key = data_key(ctx, *KEYS["pilot"])
+    key = data_key(ctx, *KEYS["pilot"]) + ("" if size is None else f":rows={int(size)}")
     npz = ctx.path("theta_pilot.npz")
     got = cached(ctx, "pilot theta_0", npz, key,
                   lambda z: (z["theta"], z.get("info", {}).get("pilot")))
@@ -86,7 +87,7 @@ def pilot(ctx: RunContext) -> np.ndarray:
         return got[0]
     job = ctx.job
     with ctx.timed("pilot"):
-        Xs, ys, idx, prov = pilot_rows(ctx)
+        Xs, ys, idx, prov = pilot_rows(ctx, size)
         w = np.full(idx.size, prov["n"] / idx.size)
         fit = train_on_sample(model(ctx), Xs, ys, w, job.radius, tol=job.tol,
                               max_iter=job.max_iter, loss=job.loss)
@@ -205,12 +206,27 @@ def theta(ctx: RunContext) -> np.ndarray:
         raise NldistError(f"cannot read theta from {src}: {exc}") from None
     return m.check_theta(np.asarray(t).reshape(-1))
 
+def factor_rows(ctx: RunContext) -> int:
+    """Rows of select's pilot: ``pilot_factor_s``, at most the ingest reservoir's rows when
+    the pilot comes from it (no read of X)."""
+    job = ctx.job
+    size = int(job.pilot_factor_s)
+    if job.pilot_from in ("auto", "reservoir") and not in_place(ctx):
+        res = read_reservoir(dataset_path(ctx))
+        if res is not None:
+            size = min(size, int(res[2].size))
+    return size
+
+
 def select_theta(ctx: RunContext) -> tuple[np.ndarray, str]:
     """theta_0 of the practical path and its source: the pilot, unless the job gives a
-    theta (a file, ``zeros`` or ``init``); ``optimum`` is never fitted here."""
+    theta (a file, ``zeros`` or ``init``); ``optimum`` is never fitted here. The pilot is the
+    one-read factor's (:func:`factor_rows` rows, used twice: theta_0 and the factor): on
+    flights-3m a theta_0 from 10,000 rows instead of 1,000 took the sample from 2.4x to 3.1x
+    better than uniform (bench/RESULTS.md, issue 26)."""
     src = ctx.job.theta
     if src in ("optimum", "pilot"):
-        return pilot(ctx), "pilot"
+        return pilot(ctx, factor_rows(ctx)), "pilot"
     return theta(ctx), src
 
 def full_fit_estimate(ctx: RunContext, iterations: int | None) -> dict:
