@@ -26,7 +26,7 @@ from nldist.options import (
     make,
     params_model,
 )
-from nldist.scores import block, oneread, sampling
+from nldist.scores import block, oneread, oneread_plan, sampling
 from nldist.scores import sketch as sketch_mod
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import get_kind
@@ -403,11 +403,11 @@ def select_sample(
         n, size=min(int(pilot_rows), n), replace=False))
     Xp, yp = graph.draws.gather_rows(dX, dy, pick)
     fac = oneread.factor(rows.matrix(Xp, yp, 0), n, m=pick.size)
-    fac, rates, _, heavy = oneread.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
+    fac, rates, _, heavy = oneread_plan.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
                                         target_error)
     got = graph.passes.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
                                      seed=int(random_state), heavy=heavy)
-    keep, w, info = oneread.conclude(got, kind, s, target_error, rates, int(random_state),
+    keep, w, info = oneread_plan.conclude(got, kind, s, target_error, rates, int(random_state),
                                      int(th.size), n)
     return got["idx"][keep], w, info
 

@@ -20,7 +20,7 @@ from nldist.errors import NldistError
 from nldist.models.losses import target_columns
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
-from nldist.scores import oneread
+from nldist.scores import oneread, oneread_plan
 from nldist.scores.spec import make_spec
 
 #: seed offset of the evaluation sample (as the two-pass fused pass)
@@ -86,7 +86,7 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     eps = job.target_error if s is None else None
     with ctx.timed("factor"):
         fac, Dp, fprov, pilot_xy = _factor(ctx, rows, theta0, exact, n)
-        fac, rates, s_plan, heavy = oneread.plan(Dp, theta0, fac, rows.group, kind, s, eps)
+        fac, rates, s_plan, heavy = oneread_plan.plan(Dp, theta0, fac, rows.group, kind, s, eps)
     seed = int(job.seed)
     t0 = time.perf_counter()
     with ctx.timed("one read", kind=kind, key=f"score:{kind}"):
@@ -95,12 +95,12 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
                                   eval_seed=int(job.seed) + EVAL_SALT, heavy=heavy)
     ctx.read("one read: scores + sample + evaluation rows")
     ctx.pass1_s = time.perf_counter() - t0  # a measured pass: what a full-data pass costs
-    keep, w, info = oneread.conclude(got, kind, s, eps, rates, seed, int(m.n_params), n)
+    keep, w, info = oneread_plan.conclude(got, kind, s, eps, rates, seed, int(m.n_params), n)
     pred = info["predicted"][info["kind"]]["predicted"]
     m_pilot = int(pilot_xy[0].shape[0])
-    pil = oneread.pilot_error(got["totals"], m_pilot)
+    pil = oneread_plan.pilot_error(got["totals"], m_pilot)
     info["pooling"] = {"pilot_rows": m_pilot, "pilot_predicted": pil,
-                       "lambda": oneread.pooling_weight(np.inf if pred is None else pred, pil)}
+                       "lambda": oneread_plan.pooling_weight(np.inf if pred is None else pred, pil)}
     info.update(exact_factor=exact, planned_size=s_plan, factor=fprov,
                 totals_pilot_estimate=fac.z_hat)
     return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
