@@ -1067,7 +1067,13 @@ def _select_section(doc: Doc, m: dict) -> None:
         doc.para(f"{theta0}; `{m['kind']}` scores at θ₀; one weighted sample of s = {m['s']} "
                  f"rows (seed {m['seed']}) drawn in the same read of X as pass 2 "
                  f"({math_ref(4)}, {math_ref(5)}). Reads of X: {_reads_text(c)}.")
-    doc.para(f"The sample was trained on alone over ‖θ‖ ≤ {m['radius']} from θ₀"
+    pool = (m.get("sampling") or {}).get("pooling") or {}
+    lam = pool.get("lambda")
+    trained = ("The sample was trained on alone" if lam is None or lam >= 1 else
+               f"The sample was trained on pooled with the pilot's {pool['pilot_rows']:,} "
+               f"uniform rows (weights λ·w and (1 − λ)·n/m, λ = {lam:.3g} from the two "
+               "predicted errors: the pilot used twice)")
+    doc.para(f"{trained} over ‖θ‖ ≤ {m['radius']} from θ₀"
              + (f" ({fit['iterations']} iterations)" if fit.get("iterations") else "") + ". "
              + (f"Its full-data loss is **exact**: the evaluation covers every row "
                 f"({ev['rows']:,} of {m['n_rows']:,}, rate 1), so no interval is shown."
