@@ -197,6 +197,15 @@ def connect(cfg: Any, name: str = "nldist", log_file: str | None = None) -> Iter
         with dask.config.set(scheduler="synchronous"):
             yield None
         return
+    # a Client sets dask's global scheduler to 'dask.distributed'; one that fails to start
+    # (or is torn down by an error) could leave it so, and every later computation in this
+    # process would raise "Requested dask.distributed scheduler but no Client active"
+    with dask.config.set(scheduler=dask.config.get("scheduler", None)):
+        yield from _connect(cfg, address, name, log_file)
+
+
+def _connect(cfg: Any, address: str, name: str, log_file: str | None) -> Iterator[Any]:
+    """The body of :func:`connect` for a distributed cluster (a generator it delegates to)."""
     import distributed  # noqa: F401  (configures logging before quiet_distributed)
 
     quiet_distributed()

@@ -33,6 +33,17 @@ def _restore_root_logging():
     root.handlers[:] = handlers
 
 
+@pytest.fixture(autouse=True)
+def _restore_dask_scheduler():
+    """A test whose in-process cluster fails mid-start must not leave dask's global scheduler
+    at 'dask.distributed' for the next test (seen under load: 'Requested dask.distributed
+    scheduler but no Client active' in unrelated later tests)."""
+    before = dask.config.get("scheduler", None)
+    yield
+    if dask.config.get("scheduler", None) != before:
+        dask.config.set(scheduler=before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
