@@ -402,9 +402,10 @@ def select_sample(
     pick = np.sort(np.random.default_rng([int(random_state), 0x9170]).choice(
         n, size=min(int(pilot_rows), n), replace=False))
     Xp, yp = graph.draws.gather_rows(dX, dy, pick)
-    fac = oneread.factor(rows.matrix(Xp, yp, 0), n, m=pick.size)
-    fac, rates, _, heavy = oneread_plan.plan(rows.matrix(Xp, yp, 0), th, fac, rows.group, kind, s,
-                                        target_error)
+    Dp = rows.matrix(Xp, yp, 0)  # the pilot's dual rows, built once (a quadrature for torch)
+    fac = oneread.factor(Dp, n, m=pick.size)
+    fac, rates, _, heavy = oneread_plan.plan(Dp, th, fac, rows.group, kind, s,
+                                             target_error)
     got = graph.passes.one_read_pass(dX, dy, rows=rows, theta=th, fac=fac, rates=rates,
                                      seed=int(random_state), heavy=heavy)
     keep, w, info = oneread_plan.conclude(got, kind, s, target_error, rates, int(random_state),
