@@ -306,13 +306,7 @@ class _DashboardToFile(logging.Handler):
             text = str(record.msg)
         dashboard_log.debug("%s (%s): %s", record.name, record.levelname,
                             record.getMessage())
-        if self.path:
-            try:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} DEBUG dashboard "
-                            f"{record.name} ({record.levelname}): {text}\n")
-            except OSError:
-                pass
+        _append_line(self.path, f"DEBUG dashboard {record.name} ({record.levelname}): {text}")
 
 
 class _DashboardRecords(logging.Filter):
@@ -366,14 +360,20 @@ class _TaskErrorsToFile(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.getMessage().startswith("Compute Failed"):
             return True
-        if self.path:
-            try:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: "
-                            f"{record.getMessage()}\n")
-            except OSError:
-                pass
+        _append_line(self.path, f"worker {os.getpid()}: {record.getMessage()}")
         return False
+
+
+def _append_line(path: str | None, text: str) -> None:
+    """Append ``text`` to the run's log file with a timestamp (nothing when there is none or
+    it cannot be written: a moved log line never fails a run)."""
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    except OSError:
+        pass
 
 
 class _DropClosedPeer(logging.Filter):
