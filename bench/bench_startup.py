@@ -1,4 +1,5 @@
-"""Start-up time of ``import nldist`` and ``nldist --version`` (issue 28, item 4).
+"""Start-up time of ``import nldist``, ``nldist --version``, ``nldist --help`` and
+``nldist select --help`` (issue 28, items 4 and 5).
 
 Each command runs ``--runs`` times in a fresh process (after one untimed warm-up run that
 fills the OS file cache and the ``__pycache__``); the figures are the median, min and max
@@ -12,7 +13,7 @@ leaves in ``sys.modules`` and the ten slowest imports by cumulative time of one
 
 ``--tree DIR`` puts DIR first on PYTHONPATH, so that ``DIR/nldist`` is imported instead of
 the checkout's (e.g. ``git archive 15079ae nldist pyproject.toml | tar -x -C /tmp/before``);
-``nldist --version`` is then run as ``python -c`` code calling the entry point of
+each ``nldist ...`` command is then run as ``python -c`` code calling the entry point of
 ``DIR/pyproject.toml`` (what the console script runs), so that it imports the same tree.
 """
 
@@ -35,12 +36,16 @@ HEAVY = ("dask", "distributed", "pandas", "zarr", "torch", "matplotlib", "pyarro
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def entry_code(tree: Path) -> str:
+#: the command lines timed besides ``import nldist``
+COMMANDS = (["--version"], ["--help"], ["select", "--help"])
+
+
+def entry_code(tree: Path, argv: list[str]) -> str:
     """What the ``nldist`` console script runs, from ``[project.scripts]`` of the tree's
-    pyproject.toml, as ``python -c`` code with ``sys.argv = ['nldist', '--version']``."""
+    pyproject.toml, as ``python -c`` code with ``sys.argv = ['nldist', *argv]``."""
     text = (tree / "pyproject.toml").read_text(encoding="utf-8")
     module, attr = re.search(r'^nldist\s*=\s*"([\w.]+):(\w+)"', text, re.M).groups()
-    return (f"import sys\nsys.argv = ['nldist', '--version']\nfrom {module} import {attr}\n"
+    return (f"import sys\nsys.argv = {['nldist', *argv]!r}\nfrom {module} import {attr}\n"
             f"try:\n    {attr}()\nexcept SystemExit:\n    pass")
 
 
@@ -92,11 +97,13 @@ def main() -> None:
     env = dict(os.environ)
     if args.tree:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.tree, env.get("PYTHONPATH")]))
-    codes = {"import nldist": "import nldist",
-             "nldist --version": entry_code(Path(args.tree) if args.tree else ROOT)}
+    tree = Path(args.tree) if args.tree else ROOT
+    codes = {"import nldist": "import nldist"}
+    codes.update({"nldist " + " ".join(argv): entry_code(tree, argv) for argv in COMMANDS})
     cmds = {name: [py, "-c", code] for name, code in codes.items()}
     if Path(script).exists() and not args.tree:
-        cmds["nldist --version"] = [script, "--version"]  # the console script itself
+        for argv in COMMANDS:  # the console script itself
+            cmds["nldist " + " ".join(argv)] = [script, *argv]
     result = {"label": args.label or (args.tree or "checkout"), "runs": args.runs,
               "python": platform.python_version(), "cpus": os.cpu_count(),
               "load_avg_before": os.getloadavg(), "commands": {}}
@@ -110,7 +117,7 @@ def main() -> None:
             "slowest_imports_s": importtime(py, codes[name], env),
         }
         r = result["commands"][name]
-        print(f"{name:18s} median {r['median']:.3f} s (min {r['min']:.3f}, max {r['max']:.3f}; "
+        print(f"{name:22s} median {r['median']:.3f} s (min {r['min']:.3f}, max {r['max']:.3f}; "
               f"{args.runs} runs)  loads: {' '.join(r['heavy_modules_loaded']) or '-'}")
         print("    slowest imports: " + ", ".join(f"{m} {t:.2f}" for m, t in
                                                     r["slowest_imports_s"][:6]))

@@ -6,6 +6,7 @@ Every user error is printed as one line ``error: ...`` on stderr with exit statu
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 import sys
@@ -15,25 +16,53 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from nldist import __version__, datasets, pipeline
-from nldist.cluster import INTERRUPT_REPORTED, INTERRUPTED, connect
+from nldist import __version__
 from nldist.errors import NldistError, numeric_breakdown, storage_problem
-from nldist.ingest import RESERVOIR_ROWS, dataset_attrs, ingest_table, table_format
-from nldist.ingest import ingest as ingest_source
-from nldist.jobs import (
-    ClusterConfig,
-    check_source,
-    example_names,
-    example_summary,
-    example_text,
-    load_job,
-)
-from nldist.report import experiment_table, write_report
+
+
+class _Deferred:
+    """A front-door module imported on its first attribute access (``pipeline.select``).
+
+    These modules import Dask, pandas, zarr and pydantic (2-4 s on a small machine): the
+    command line binds them deferred so that ``nldist --help`` and ``nldist CMD --help``
+    import none of them, and a command imports those it uses when it runs. The same
+    modules are imported under ``TYPE_CHECKING`` below, for type checkers and for the
+    import graph of tests/test_layers.py (which sees them as cli's top-level imports).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<deferred module {self._name!r}>"
+
+
+if TYPE_CHECKING:
+    from nldist import cluster as cluster_mod
+    from nldist import datasets, jobs, pipeline
+    from nldist import ingest as ingest_mod
+    from nldist import report as report_mod
+else:
+    # (``*_mod``: the commands ``ingest`` and ``report`` and the option ``cluster`` use
+    # the plain names)
+    cluster_mod = _Deferred("nldist.cluster")
+    datasets = _Deferred("nldist.datasets")
+    ingest_mod = _Deferred("nldist.ingest")
+    jobs = _Deferred("nldist.jobs")
+    pipeline = _Deferred("nldist.pipeline")
+    report_mod = _Deferred("nldist.report")
+
+#: rows of the ingest's reservoir by default (``nldist.ingest.RESERVOIR_ROWS``, which the
+#: help shows without importing nldist.ingest; tests/test_cli.py checks they agree)
+RESERVOIR_ROWS = 10_000
 
 #: value types in --help in the usual notation, for typer's <str>, <list[str]>, <bool>, ...
 _TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH",
@@ -161,8 +190,8 @@ def _one_line_errors(fn: Callable) -> Callable:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
-                if not INTERRUPT_REPORTED.is_set():  # else printed already
-                    typer.echo(INTERRUPTED, err=True)
+                if not cluster_mod.INTERRUPT_REPORTED.is_set():  # else printed already
+                    typer.echo(cluster_mod.INTERRUPTED, err=True)
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort):
                 raise
@@ -232,7 +261,7 @@ def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
     items = list(overrides or [])
     if cluster:
         items.append(f"cluster.address={cluster}")
-    job = load_job(job_file, items)
+    job = jobs.load_job(job_file, items)
     _uses(job.dataset.source)
     return job
 
@@ -275,10 +304,10 @@ def _report(out: Path, quiet: bool, top_k: int | None = None) -> None:
     """Write the report of a finished run in ``out`` (a bar over its steps) and say where
     it is."""
     if quiet:
-        write_report(out, top_k=top_k)
+        report_mod.write_report(out, top_k=top_k)
         return
     with _bar("report", quiet) as bar:
-        path = write_report(out, top_k=top_k, listener=lambda step, done, total: bar(
+        path = report_mod.write_report(out, top_k=top_k, listener=lambda step, done, total: bar(
             done, total, f"report: {step or 'done'}"))
     typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
@@ -422,13 +451,13 @@ def ingest(
             "reservoir": reservoir, "seed": seed,
             "features": [f.strip() for f in features.split(",")] if features else None}
     _uses(source, out)
-    if table_format(source) is not None:
-        with connect(ClusterConfig(address=cluster or "local"), name="ingest"), \
+    if ingest_mod.table_format(source) is not None:
+        with cluster_mod.connect(jobs.ClusterConfig(address=cluster or "local"), name="ingest"), \
                 _bar("ingest (tasks of each pass)", quiet) as bar:
-            path = ingest_table(source, out, progress=bar, **opts)
+            path = ingest_mod.ingest_table(source, out, progress=bar, **opts)
     else:
-        path = ingest_source(source, out, **opts)
-    a = dataset_attrs(path)
+        path = ingest_mod.ingest(source, out, **opts)
+    a = ingest_mod.dataset_attrs(path)
     if not quiet:
         typer.echo(f"wrote {path}: {a['n_rows']} rows x {a['n_features']} features, "
                    f"{a['chunk_rows']} rows per chunk")
@@ -461,7 +490,7 @@ def validate(
     """Check a job file against the schema, and that its dataset source exists (a local
     path; a URL's syntax only). Nothing runs."""
     job = _load(job_file, overrides, None)
-    where = check_source(job.dataset.source)
+    where = jobs.check_source(job.dataset.source)
     typer.echo(f"{job_file}: ok ({job.name}: {job.model}, kind {job.kind}, s={job.s}; "
                f"source: {where})")
 
@@ -478,12 +507,12 @@ def example(
     """Write an example job file shipped with nldist; it runs as is, e.g.
     `nldist example california job.yaml && nldist select job.yaml`."""
     if list_ or name is None:
-        names = example_names()
+        names = jobs.example_names()
         width = max(map(len, names))
         for n in names:
-            typer.echo(f"{n:<{width}}  {example_summary(n)}")
+            typer.echo(f"{n:<{width}}  {jobs.example_summary(n)}")
         return
-    text = example_text(name)
+    text = jobs.example_text(name)
     if dest is None:
         typer.echo(text, nl=False)
         return
@@ -613,13 +642,13 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
     job = _load(job_file, overrides, cluster)
     ctx = pipeline.RunContext(job, _out(job, out))
     if dry_run:
-        with connect(job.cluster.model_copy(update={"address": "synchronous"})):
+        with cluster_mod.connect(job.cluster.model_copy(update={"address": "synchronous"})):
             plan = pipeline.dry_run(ctx, "select" if stage == "select" else "run")
             typer.echo(json.dumps(plan, indent=2))
             if not quiet:
                 typer.echo(_plan_summary(job, plan, ctx.out, stage), err=True)
         return None
-    with connect(job.cluster, name=job.name, log_file=_log_file(ctx.out)) as client:
+    with cluster_mod.connect(job.cluster, name=job.name, log_file=_log_file(ctx.out)) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with _Progress(job.name, quiet, ctx.out / "run.log") as progress:
@@ -637,9 +666,9 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
         elif stage == "select":
             _print_select(result)
         elif stage == "experiment":
-            _print_md(experiment_table(result))
+            _print_md(report_mod.experiment_table(result))
         if exp is not None:
-            _print_md(experiment_table(exp))
+            _print_md(report_mod.experiment_table(exp))
         if ctx.reuse:
             typer.echo(ctx.reuse_summary())
         typer.echo(f"outputs in {ctx.out}")
@@ -736,7 +765,7 @@ def fit(
     _logging(verbose, quiet)
     job = _load(job_file, overrides, cluster)
     ctx = pipeline.RunContext(job, _out(job, out))
-    with connect(job.cluster, name=job.name) as client:
+    with cluster_mod.connect(job.cluster, name=job.name) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with _Progress(job.name, quiet, ctx.out / "run.log") as progress:
@@ -797,7 +826,7 @@ def diagnose(
     _logging(verbose, quiet)
     job = _load(job_file, overrides, cluster)
     dest = str(out or Path("runs") / f"{job.name}-diagnose")
-    with connect(job.cluster, name=job.name, log_file=_log_file(dest)) as client:
+    with cluster_mod.connect(job.cluster, name=job.name, log_file=_log_file(dest)) as client:
         if client is not None and not quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with _Progress(job.name, quiet, f"{dest}/run.log") as progress:

@@ -80,3 +80,62 @@ def test_scores_stays_the_function_after_the_subpackage_loads():
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         nldist.nope  # noqa: B018
+
+
+HELP_HEAVY = ("dask", "distributed", "pandas", "zarr", "torch", "matplotlib", "pyarrow",
+              "scipy")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["select", "--help"], ["ingest", "--help"]])
+def test_help_loads_no_heavy_package(argv):
+    """``nldist --help`` and ``nldist CMD --help`` import the command line (typer, rich) and
+    none of the front-door modules' Dask, pandas or zarr (3.7 s -> 0.3 s, RESULTS.md)."""
+    probe = (f"import sys\nsys.argv = {['nldist', *argv]!r}\n"
+             "from nldist.__main__ import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             f"print('LOADED', *(m for m in {HELP_HEAVY!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120, env={**__import__("os").environ, "COLUMNS": "100"})
+    assert r.returncode == 0, r.stderr
+    assert "Usage: nldist" in r.stdout
+    assert r.stdout.splitlines()[-1].split() == ["LOADED"]
+
+
+def _cli_deferred_bindings() -> tuple[dict[str, str], dict[str, str]]:
+    """(name -> module) of cli's ``if TYPE_CHECKING:`` imports and of its ``else:``
+    ``_Deferred("...")`` bindings."""
+    import nldist.cli as cli
+
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If)
+                 and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    imported = {a.asname or a.name: f"{n.module}.{a.name}" for n in block.body
+                if isinstance(n, ast.ImportFrom) for a in n.names}
+    deferred = {t.id: n.value.args[0].value for n in block.orelse if isinstance(n, ast.Assign)
+                for t in n.targets}
+    return imported, deferred
+
+
+def test_cli_deferred_modules_match_the_type_checking_imports():
+    """What the command line defers is what the import graph (tests/test_layers.py) sees:
+    the ``TYPE_CHECKING`` imports and the ``_Deferred`` bindings name the same modules, and
+    each deferred name resolves to that module's objects when a command runs."""
+    import nldist.cli as cli
+
+    imported, deferred = _cli_deferred_bindings()
+    assert imported == deferred and len(deferred) == 6
+    for name, module in deferred.items():
+        real = importlib.import_module(module)
+        proxy = getattr(cli, name)
+        assert module in repr(proxy)
+        public = [a for a in vars(real) if not a.startswith("_")]
+        assert public and all(getattr(proxy, a) is getattr(real, a) for a in public)
+    with pytest.raises(AttributeError):
+        cli.pipeline.no_such_name  # noqa: B018
+
+
+def test_cli_reservoir_default_is_the_ingest_default():
+    """The help shows the reservoir default without importing nldist.ingest: the two agree."""
+    import nldist.cli as cli
+    import nldist.ingest
+
+    assert cli.RESERVOIR_ROWS == nldist.ingest.RESERVOIR_ROWS
