@@ -9,6 +9,7 @@ import errno
 import importlib
 import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -333,12 +334,73 @@ def _bar(label: str, quiet: bool) -> Iterator[Any]:
         yield update
 
 
-def _print_md(text: str) -> None:
-    """A Markdown table (or text) rendered by rich: aligned columns, not raw pipes."""
+def _md_table(text: str) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of a Markdown pipe table, or None if ``text`` is not one."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if (len(lines) < 2 or not all(line.startswith("|") and line.endswith("|") for line in lines)
+            or not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[1])):
+        return None
+    cells = [[c.strip() for c in line[1:-1].split("|")] for line in lines]
+    return cells[0], cells[2:]
+
+
+def _is_code(cell: str) -> bool:
+    return len(cell) > 1 and cell.startswith("`") and cell.endswith("`")
+
+
+def _print_md(text: str, console: Any = None) -> None:
+    """A Markdown table (or text) rendered by rich: aligned columns, not raw pipes.
+
+    Nothing is cut at any width (rich's Markdown tables end cut words with "…", e.g. a
+    header "nonlinear-leve…" or a fetch command at 80 columns): a table wider than the
+    terminal wraps its cells, breaking headers after hyphens and folding long words. A
+    table of commands to copy (`code` cells after the first column, like ``fetch --list``)
+    keeps each command on one line and wraps the prose beside it; where even that does not
+    fit, it is printed as one block per row.
+    """
+    from rich import box
     from rich.console import Console
     from rich.markdown import Markdown
+    from rich.table import Table
+    from rich.text import Text
 
-    Console().print(Markdown(text))
+    con = console or Console()
+    parsed = _md_table(text)
+    if parsed is None:
+        con.print(Markdown(text))
+        return
+    header, rows = parsed
+
+    def cell(c: str) -> Text:
+        return Text(c[1:-1], style="cyan") if _is_code(c) else Text(c)
+
+    code = [any(_is_code(r[j]) for r in rows if j < len(r)) for j in range(len(header))]
+
+    def table(heads: list[str]) -> Table:
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        for h, whole in zip(heads, code, strict=True):
+            t.add_column(h, overflow="fold", no_wrap=whole)  # a command stays on one line
+        for r in rows:
+            t.add_row(*map(cell, r))
+        return t
+
+    wide = table(header)
+    need = con.measure(wide, options=con.options.update_width(10**6))
+    if need.maximum <= con.width or (any(code[1:]) and need.minimum <= con.width):
+        con.print(wide)  # fits; or its prose wraps while the commands stay whole
+        return
+    if any(code[1:]):
+        key = max(map(len, header[1:]), default=0)
+        for r in rows:
+            con.print(cell(r[0]), style="bold")
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(no_wrap=True, min_width=key + 2)
+            grid.add_column(overflow="fold")
+            for h, c in zip(header[1:], r[1:], strict=False):
+                grid.add_row(f"  {h}", cell(c))
+            con.print(grid)
+        return
+    con.print(table([h.replace("-", "-\n") for h in header]))
 
 
 def _num(v: float | None, fmt: str = ".6g") -> str:
