@@ -262,7 +262,14 @@ def _load(job_file: Path, overrides: list[str] | None, cluster: str | None):
     items = list(overrides or [])
     if cluster:
         items.append(f"cluster.address={cluster}")
-    job = jobs.load_job(job_file, items)
+    if str(job_file) == "-":  # `nldist example california | nldist select -`
+        text = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+        if not text.strip():
+            raise NldistError("'-' reads the job from standard input, and none was piped in; "
+                              "e.g. `nldist example california | nldist select -`")
+        job = jobs.parse_job(text, "<stdin>", items)
+    else:
+        job = jobs.load_job(job_file, items)
     _uses(job.dataset.source)
     return job
 
@@ -546,7 +553,7 @@ def fetch(
 @app.command()
 @_one_line_errors
 def validate(
-    job_file: Annotated[Path, typer.Argument(help="job YAML")],
+    job_file: Annotated[Path, typer.Argument(help="job YAML (- reads it from standard input)")],
     overrides: Overrides = None,
 ) -> None:
     """Check a job file against the schema, and that its dataset source exists (a local
@@ -740,7 +747,8 @@ def _run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, ver
 @app.command()
 @_one_line_errors
 def run(
-    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/california.yaml")],
+    job_file: Annotated[Path, typer.Argument(
+        help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")],
     cluster: ClusterOpt = None,
     out: OutOpt = None,
     overrides: Overrides = None,
@@ -762,7 +770,8 @@ def run(
 @app.command()
 @_one_line_errors
 def select(
-    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/california.yaml")],
+    job_file: Annotated[Path, typer.Argument(
+        help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")],
     cluster: ClusterOpt = None,
     out: OutOpt = None,
     overrides: Overrides = None,
@@ -808,7 +817,8 @@ def _print_fit(m: dict) -> None:
 @app.command()
 @_one_line_errors
 def fit(
-    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/california.yaml")],
+    job_file: Annotated[Path, typer.Argument(
+        help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")],
     cluster: ClusterOpt = None,
     out: OutOpt = None,
     overrides: Overrides = None,
@@ -841,7 +851,7 @@ def fit(
 def _stage_command(stage: str, doc: str) -> None:
     @_one_line_errors
     def command(
-        job_file: Annotated[Path, typer.Argument(help="job YAML")],
+        job_file: Annotated[Path, typer.Argument(help="job YAML (- reads it from standard input)")],
         cluster: ClusterOpt = None,
         out: OutOpt = None,
         overrides: Overrides = None,

@@ -427,19 +427,25 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     if path.is_dir():
         raise NldistError(f"{str(path)!r} is a directory; give a job YAML file, e.g. "
                           "jobs/california.yaml")
+    return parse_job(path.read_text(), str(path), overrides)
+
+
+def parse_job(text: str, where: str = "job", overrides: list[str] | None = None) -> JobConfig:
+    """Validate the YAML text of a job (``where`` names it in errors: a path, ``<stdin>``)
+    with optional overrides."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise NldistError(f"{path}: bad YAML{at}: {problem}; fix the file") from None
+        raise NldistError(f"{where}: bad YAML{at}: {problem}; fix the file") from None
     if not isinstance(data, dict):
-        raise NldistError(f"{path}: a job file must be a YAML mapping (key: value), got "
+        raise NldistError(f"{where}: a job file must be a YAML mapping (key: value), got "
                           f"{type(data).__name__}")
     for key, value in parse_overrides(overrides):
         set_path(data, key, value)
-    return validate_job(data, str(path))
+    return validate_job(data, where)
 
 
 def validate_job(data: dict, where: str = "job") -> JobConfig:

@@ -1,10 +1,13 @@
-"""The command line's console output at a narrow terminal (issue 28 item 5): tables wrap
-instead of cutting at 80 columns, and commands to copy stay whole."""
+"""The command line's console (issue 28 items 5 and 6): tables wrap instead of cutting at
+80 columns, commands to copy stay whole; a job is read from standard input with ``-``."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -91,3 +94,46 @@ def test_fetch_list_is_a_table_where_it_fits():
     r = CliRunner().invoke(cli.app, ["fetch", "--list"], env={"COLUMNS": "250"})
     assert r.exit_code == 0
     assert r.output.split()[:6] == ["name", "task", "rows", "x", "cols", "source"]
+
+
+NLDIST = [sys.executable, "-m", "nldist"]
+
+
+def test_example_pipes_into_validate():
+    """``nldist example california | nldist validate -`` through a real OS pipe."""
+    ex = subprocess.Popen([*NLDIST, "example", "california"], stdout=subprocess.PIPE)
+    r = subprocess.run([*NLDIST, "validate", "-"], stdin=ex.stdout, capture_output=True,
+                       text=True, timeout=120)
+    ex.stdout.close()
+    assert ex.wait(timeout=60) == 0
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("-: ok (california: glm:swish"), r.stdout
+
+
+def test_select_reads_the_job_from_stdin(tmp_path):
+    """``nldist example california | nldist select -`` (on the small diabetes table, one
+    process): the piped job runs, with overrides applied on top of it."""
+    from nldist.jobs import example_text
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli.app, [
+        "select", "-", "--set", "dataset.source=diabetes", "--set", "s=100",
+        "--set", "name=piped", "--cluster", "synchronous", "--out", str(out), "-q"],
+        input=example_text("california"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["name"], m["n_rows"], m["s"]) == ("piped", 442, 100)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "none was piped in"),
+    ("   \n", "none was piped in"),
+    ("name: [\n", "<stdin>: bad YAML at line 2"),
+    ("- a\n- b\n", "<stdin>: a job file must be a YAML mapping"),
+    ("name: x\n", "<stdin>: "),
+])
+def test_bad_job_on_stdin_is_one_line(text, match):
+    r = CliRunner().invoke(cli.app, ["validate", "-"], input=text)
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ") and match in r.output
+    assert len(r.output.strip().splitlines()) == 1
