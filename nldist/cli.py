@@ -62,7 +62,7 @@ else:
     report_mod = _Deferred("nldist.report")
 
 #: rows of the ingest's reservoir by default (``nldist.ingest.RESERVOIR_ROWS``, which the
-#: help shows without importing nldist.ingest; tests/test_cli.py checks they agree)
+#: help shows without importing nldist.ingest; tests/test_startup.py checks they agree)
 RESERVOIR_ROWS = 10_000
 
 #: value types in --help in the usual notation, for typer's <str>, <list[str]>, <bool>, ...
@@ -428,7 +428,6 @@ def _print_select(m: dict) -> None:
     table.add_column("sampling path")
     table.add_column("full-data fit (θ*)")
     full = m.get("full_fit") or {}
-    est = full.get("estimated") or {}
     meas = full.get("measured")
     ev = m["evaluation"]
     table.add_row("full-data loss", f"{r['loss_estimate']:.6g} (95% CI {lo:.6g} … {hi:.6g}; "
@@ -438,16 +437,14 @@ def _print_select(m: dict) -> None:
     if r.get("rel_error") is not None:
         table.add_row("relative error", f"{r['rel_error']:.3e} (θ₀: {r['rel_error_theta0']:.3e})",
                       "0")
-    table.add_row("wall time (after ingest)", f"{c['wall_s']:.1f} s",
-                  f"{meas['seconds']:.1f} s (measured)" if meas else
-                  (f"≈ {est['seconds']:.1f} s (estimated)" if est else "–"))
+    full_seconds, full_passes, full_note = report_mod.full_fit_text(full)
+    table.add_row("wall time (after ingest)", f"{c['wall_s']:.1f} s", full_seconds)
     counted = c.get("store_reads_counted") or {}
     unit = "partitions" if "Parquet" in counted.get("note", "") else "chunks"
     reads = (f"{counted['passes']:.2f} ({counted['chunk_reads']} reads of {counted['x_chunks']} "
              f"{unit}, counted where read)" if counted.get("chunk_reads") is not None
              else f"{c['passes_over_x']:.2f}")
-    table.add_row("reads of X", reads, f"{meas['passes_over_x']:.0f}" if meas else
-                  (f"≈ {est['passes_over_x']}" if est else "–"))
+    table.add_row("reads of X", reads, full_passes)
     table.add_row("bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of {c['x_bytes'] / 2**20:,.1f}"
                   " MiB", "–")
     con = Console()
@@ -455,8 +452,8 @@ def _print_select(m: dict) -> None:
     smp = m.get("sampling")
     if smp:
         _print_sampling(con, smp)
-    if not meas and est:
-        con.print(f"full-data fit estimated: {full['note']}")
+    if full_note:
+        con.print(full_note)
     con.print("passes: " + ", ".join(f"{k} {v:g}" for k, v in c["by"].items()))
 
 
@@ -499,6 +496,8 @@ def ingest(
         min=0, help="rows of the seeded uniform sample written beside X (the pilot's rows)")
     ] = RESERVOIR_ROWS,
     seed: Annotated[int, typer.Option(min=0, help="seed of the reservoir")] = 0,
+    onehot_max_levels: Annotated[int, typer.Option(
+        min=1, help="a text column with more levels is stored as integer codes")] = 32,
     features: Annotated[str | None, typer.Option(
         help="feature columns, comma-separated (default: all but the target)")] = None,
     cluster: ClusterOpt = None,
@@ -517,7 +516,7 @@ def ingest(
     opts = {"target": target, "standardize": standardize,
             "standardize_target": standardize_target, "dropna": dropna,
             "chunk_rows": chunk_rows, "classes": cls, "dtype": dtype, "overwrite": overwrite,
-            "reservoir": reservoir, "seed": seed,
+            "reservoir": reservoir, "seed": seed, "onehot_max_levels": onehot_max_levels,
             "features": [f.strip() for f in features.split(",")] if features else None}
     _uses(source, out)
     if ingest_mod.table_format(source) is not None:

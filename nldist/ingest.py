@@ -41,8 +41,11 @@ from nldist.store.dataset import (
 from nldist.store.records import digest, file_fingerprint, tree_fingerprint
 from nldist.store.remote import as_path, filesystem, open_group, rmtree
 from nldist.tablestats import (
+    ONEHOT_MAX_LEVELS,
     check_categorical,
     class_index,
+    code_column,
+    coded_columns,
     encode_partition,
     make_plan,
     merge_stats,
@@ -192,10 +195,14 @@ def prepare(
     standardize: bool = False,
     standardize_target: bool = False,
     dtype: str = "float64",
+    onehot_max_levels: int = ONEHOT_MAX_LEVELS,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Turn a table into numeric X (n, d), y (n,) and provenance attrs.
 
-    One-hot encodes categorical columns (categories recorded), counts missing values (error
+    One-hot encodes categorical columns (categories recorded) — a column with more than
+    ``onehot_max_levels`` levels becomes one column of integer codes after the others
+    (sorted levels in ``attrs["codes"]``, as :func:`nldist.tablestats.make_plan`) — counts
+    missing values (error
     unless ``dropna``), optionally keeps two classes of the target (mapped to 0/1) and
     standardizes features / target (means and scales recorded).
     """
@@ -239,21 +246,32 @@ def prepare(
                    or pd.api.types.is_bool_dtype(Xdf[c])]
     for c in categorical:
         check_categorical(Xdf[c], len(Xdf), str(c))
+    coded = coded_columns({c: int(Xdf[c].astype(str).nunique()) for c in categorical},
+                          onehot_max_levels)
+    categorical = [c for c in categorical if c not in coded]
+    codes = {str(c): sorted(pd.unique(Xdf[c].astype(str))) for c in coded}
+    code_cols = [code_column(Xdf[c], codes[str(c)], str(c)) for c in coded]
+    Xdf = Xdf.drop(columns=coded)
     if categorical:
         attrs["categories"] = {str(c): [str(v) for v in pd.unique(Xdf[c].astype(str))]
                                for c in categorical}
         Xdf = pd.get_dummies(Xdf.astype({c: str for c in categorical}), columns=categorical,
                              drop_first=True, dtype=np.float64)
-    if Xdf.shape[1] == 0:
+    if Xdf.shape[1] == 0 and not coded:
         raise NldistError("no feature columns left; the table needs at least one besides target")
     X = Xdf.to_numpy(np.float64)
+    if coded:
+        X = np.column_stack([X, *code_cols])
+        attrs["codes"] = codes
     if not np.all(np.isfinite(X)) or not np.all(np.isfinite(y)):
         raise NldistError("the table contains inf values; drop or clip them before ingest")
-    attrs["features"] = [str(c) for c in Xdf.columns]
+    attrs["features"] = [str(c) for c in Xdf.columns] + [str(c) for c in coded]
     if standardize:
         with np.errstate(over="ignore", invalid="ignore"):
             mu, sd = X.mean(axis=0), X.std(axis=0)
             sd[sd == 0] = 1.0
+            if coded:  # codes are labels, not numbers
+                mu[-len(coded):], sd[-len(coded):] = 0.0, 1.0
             X = (X - mu) / sd
         bad = ~np.isfinite(X).all(axis=0) | ~np.isfinite(mu) | ~np.isfinite(sd)
         if bad.any():
@@ -297,6 +315,7 @@ def ingest(
     overwrite: bool = False,
     reservoir: int = RESERVOIR_ROWS,
     seed: int = 0,
+    onehot_max_levels: int = ONEHOT_MAX_LEVELS,
 ) -> Path:
     """Ingest a packaged dataset or a CSV/Parquet/NPZ/NPY file into a Zarr dataset.
 
@@ -311,6 +330,8 @@ def ingest(
     reservoir, seed : int
         Rows (and seed) of the uniform sample written beside X for the pilot
         (:func:`nldist.store.dataset.write_dataset`; 0: none).
+    onehot_max_levels : int
+        A text column with more levels is stored as integer codes, not one-hot columns.
 
     Returns
     -------
@@ -320,7 +341,7 @@ def ingest(
     df, meta = read_source(source, target)
     X, y, attrs = prepare(df, meta["target"], features=features, classes=classes, dropna=dropna,
                           standardize=standardize, standardize_target=standardize_target,
-                          dtype=dtype)
+                          dtype=dtype, onehot_max_levels=onehot_max_levels)
     attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
     return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite,
                          reservoir=reservoir, seed=seed)
@@ -463,7 +484,9 @@ def _check_schemas(fs: Any, files: list[str], fmt: str, target: str,
 
 def _table_statistics(source: str, target: str | None, features: list[str] | None,
                       classes: list[Any] | None, dropna: bool, standardize: bool,
-                      standardize_target: bool, dtype: str) -> tuple[str, str, list, dict, dict]:
+                      standardize_target: bool, dtype: str,
+                      onehot_max_levels: int = ONEHOT_MAX_LEVELS
+                      ) -> tuple[str, str, list, dict, dict]:
     """Pass 1 of a table on the cluster: (format, pattern, delayed partitions, merged
     per-partition statistics, encoding plan)."""
     fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
@@ -480,14 +503,16 @@ def _table_statistics(source: str, target: str | None, features: list[str] | Non
              else [f"partition {i} of {pattern}" for i in range(len(parts))])
     stats = merge_stats(graph.writes.map_tasks(partial(partition_stats, **opts),
                                         list(zip(parts, names, strict=True)), where=names))
-    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype)
+    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype,
+                     onehot_max_levels)
     return fmt, pattern, parts, stats, plan
 
 
 def table_view(source: str, *, target: str | None, features: list[str] | None = None,
                classes: list[Any] | None = None, dropna: bool = False,
                standardize: bool = False, standardize_target: bool = False,
-               chunk_rows: int | None = None, dtype: str = "float64") -> dict:
+               chunk_rows: int | None = None, dtype: str = "float64",
+               onehot_max_levels: int = ONEHOT_MAX_LEVELS) -> dict:
     """A Parquet table scored in place, without ingest: its statistics pass only.
 
     The same pass 1 as :func:`ingest_table` (missing values, categories, standardization
@@ -501,7 +526,8 @@ def table_view(source: str, *, target: str | None, features: list[str] | None = 
     (what an ingested store would record) and ``source_fingerprint``.
     """
     fmt, pattern, parts, stats, plan = _table_statistics(
-        source, target, features, classes, dropna, standardize, standardize_target, dtype)
+        source, target, features, classes, dropna, standardize, standardize_target, dtype,
+        onehot_max_levels)
     if fmt != "parquet":
         raise NldistError(f"dataset.format parquet reads Parquet in place, but {source!r} is "
                           f"{fmt}; drop `format` to ingest it into Zarr")
@@ -560,6 +586,7 @@ def _ingest_table(
     reservoir: int = RESERVOIR_ROWS,
     seed: int = 0,
     extra_attrs: dict | None = None,
+    onehot_max_levels: int = ONEHOT_MAX_LEVELS,
 ) -> Path:
     """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
     on the current Dask cluster (:mod:`nldist.tablestats` for the two passes).
@@ -575,6 +602,7 @@ def _ingest_table(
     opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
     rkey = digest({"source": source_fingerprint(source), "options": opts, "dtype": dtype,
                    "standardize": [standardize, standardize_target], "chunk_rows": chunk_rows,
+                   "onehot_max_levels": onehot_max_levels,
                    "reservoir": [reservoir, seed], "version": __version__}, 32)
     tmp = partial_path(out)
     old = resumable(out, rkey)
@@ -589,7 +617,8 @@ def _ingest_table(
             log.info("resuming the ingest into %s (its statistics and finished chunks)", tmp)
     if old is None:
         fmt, _, parts, stats, plan = _table_statistics(
-            source, target, features, classes, dropna, standardize, standardize_target, dtype)
+            source, target, features, classes, dropna, standardize, standardize_target, dtype,
+            onehot_max_levels)
         sizes = np.asarray(stats["sizes"], dtype=np.int64)
     n, d = plan["n_rows"], len(plan["features"])
     cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))

@@ -72,6 +72,9 @@ class DatasetConfig(_Strict):
     dropna: bool = False
     chunk_rows: int | None = Field(None, gt=0, description="rows per Zarr chunk (~32 MiB)")
     dtype: Literal["float32", "float64"] = "float64"
+    onehot_max_levels: int = Field(
+        32, ge=1, description="a text column with more levels (airports, product ids) is "
+        "stored as one column of integer codes, not one-hot columns")
 
     @model_validator(mode="after")
     def _in_place(self) -> DatasetConfig:

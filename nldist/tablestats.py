@@ -30,6 +30,9 @@ from nldist.errors import NldistError
 #: :data:`ID_MIN_DISTINCT`) is an identifier, not a category
 ID_MAX_SHARE = 0.5
 ID_MIN_DISTINCT = 50
+#: a text column with more levels than this is stored as one column of integer codes
+#: (:mod:`nldist.models.coded`), not as one-hot columns
+ONEHOT_MAX_LEVELS = 32
 #: a number as text: digits with optional thousands separators, decimals, exponent
 NUMBER_RE = r"^[+-]?(\d{1,3}([,_ ]\d{3})+|\d+)([.]\d+)?([eE][+-]?\d+)?$|^[+-]?[.]\d+$"
 
@@ -179,11 +182,33 @@ def class_index(col: pd.Series, classes: list[Any]) -> np.ndarray:
     return col.map(lookup).to_numpy(np.float64)
 
 
+def code_column(values: pd.Series, levels: list[str], name: str) -> np.ndarray:
+    """A categorical column as integer codes, its index in the sorted ``levels`` (n,)
+    float64; one-line error for a value that is not a level."""
+    codes = pd.Categorical(values.astype(str), categories=levels).codes
+    if (codes < 0).any():
+        bad = values.astype(str).to_numpy()[codes < 0][0]
+        raise NldistError(f"column {name!r} holds {bad!r}, not one of the {len(levels)} levels "
+                          "seen when the table's statistics were taken; re-run the ingest")
+    return codes.astype(np.float64)
+
+
+def coded_columns(levels: dict[str, int], onehot_max_levels: int) -> list[str]:
+    """The text columns stored as integer codes: more than ``onehot_max_levels`` levels."""
+    if isinstance(onehot_max_levels, bool) or int(onehot_max_levels) < 1:
+        raise NldistError(f"onehot_max_levels must be an integer >= 1, got "
+                          f"{onehot_max_levels!r}")
+    return [c for c, k in levels.items() if k > int(onehot_max_levels)]
+
+
 def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
-              standardize: bool, standardize_target: bool, dtype: str) -> dict:
+              standardize: bool, standardize_target: bool, dtype: str,
+              onehot_max_levels: int = ONEHOT_MAX_LEVELS) -> dict:
     """The encoding of every partition from the merged statistics, with one-line errors
     (missing or infinite values with their counts per column, identifiers, numbers as
-    text, a non-numeric target with other than two values)."""
+    text, a non-numeric target with other than two values). A text column with more than
+    ``onehot_max_levels`` levels is one column of integer codes (after the others; its
+    sorted levels in ``attrs["codes"]``, never standardized), not one-hot columns."""
     if stats["nan"] and not dropna:
         cols = ", ".join(f"{c} ({v:,})" for c, v in sorted(stats["nan"].items(),
                                                            key=lambda kv: -kv[1])[:8])
@@ -202,12 +227,22 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
     columns = [c for c in stats["columns"] if c != target]
     # pandas' get_dummies layout (the in-memory ingest's): numeric columns in order, then
     # each text column's one-hot columns
+    coded = coded_columns({c: len(stats["text"][c]) for c in columns if c in stats["text"]},
+                          onehot_max_levels)
     columns = [c for c in columns if c not in stats["text"]] + \
-        [c for c in columns if c in stats["text"]]
+        [c for c in columns if c in stats["text"] and c not in coded] + coded
     feats, means, scales, cats = [], [], [], {}
+    codes: dict[str, list[str]] = {}
     overflow: list[str] = []
     for c in columns:
-        if c in stats["text"]:
+        if c in coded:
+            counts = stats["text"][c]
+            check_categorical(pd.Series(list(counts)), n, c, distinct=len(counts))
+            codes[c] = sorted(counts)
+            feats.append(c)
+            means.append(0.0)
+            scales.append(1.0)
+        elif c in stats["text"]:
             counts = stats["text"][c]
             check_categorical(pd.Series(list(counts)), n, c, distinct=len(counts))
             values = sorted(counts)
@@ -231,10 +266,13 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
     if not feats:
         raise NldistError("no feature columns left; the table needs at least one besides target")
     plan: dict[str, Any] = {"columns": columns, "categories": cats, "features": feats,
-                            "target": target, "dtype": dtype, "n_rows": n, "target_map": None}
+                            "target": target, "dtype": dtype, "n_rows": n, "target_map": None,
+                            "codes": codes}
     attrs: dict[str, Any] = {"target": target, "features": feats}
     if cats:
         attrs["categories"] = cats
+    if codes:
+        attrs["codes"] = codes
     if classes is not None:
         plan["target_map"] = [str(c) for c in classes]
         attrs["classes"] = [str(c) for c in classes]
@@ -286,7 +324,10 @@ def encode_partition(df: pd.DataFrame, plan: dict, features: list[str] | None,
     X = np.empty((n, len(plan["features"])), dtype=np.float64)
     j = 0
     for c in plan["columns"]:
-        if c in plan["categories"]:
+        if c in plan.get("codes", {}):
+            X[:, j] = code_column(df[c], plan["codes"][c], c)
+            j += 1
+        elif c in plan["categories"]:
             col = df[c].astype(str).to_numpy()
             for v in plan["categories"][c][1:]:
                 X[:, j] = col == v

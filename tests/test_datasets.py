@@ -137,7 +137,9 @@ def test_flights_3m_derived_features(cache):
     with tarfile.open(cache / datasets.VEGA_TGZ, "w:gz") as tar:
         _add(tar, "package/data/flights-3m.parquet", buf.getvalue())
     df, info = datasets.load("flights_3m")
-    assert list(df.columns) == ["distance", "dep_hour", "weekday", "day_of_year", "delay"]
+    assert list(df.columns) == ["distance", "dep_hour", "weekday", "day_of_year", "origin",
+                                "destination", "delay"]
+    assert list(df["origin"]) == ["LAS", "ATL", "MCI"]
     np.testing.assert_allclose(df["dep_hour"], [1 / 60, 13.5, 23.75])
     np.testing.assert_array_equal(df["weekday"], [0, 3, 5])  # Mon, Thu, Sat
     np.testing.assert_array_equal(df["day_of_year"], [1, 74, 181])

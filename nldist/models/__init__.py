@@ -28,6 +28,7 @@ import numpy as np
 from nldist.errors import NldistError
 from nldist.models import glm, relu2, softmax
 from nldist.models.base import Model
+from nldist.models.coded import Codes, coded
 from nldist.models.glm import SPEC_HELP
 from nldist.models.torchspec import mlp_torch_spec, parse_torch_spec
 
@@ -81,7 +82,7 @@ def check_model(model: Any) -> Model:
                       f"from nldist.get_model or a torch.nn.Module, got a {what}")
 
 
-def get_model(spec: Any, n_features: int) -> Model:
+def get_model(spec: Any, n_features: int, codes: Codes | None = None) -> Model:
     """Build a model from a spec string, or from a live ``torch.nn.Module``.
 
     Parameters
@@ -92,6 +93,10 @@ def get_model(spec: Any, n_features: int) -> Model:
         workers; theta defaults to its parameters, ``model.initial_theta()``).
     n_features : int
         Number of input columns d.
+    codes : Codes, optional
+        The last ``codes.k`` columns of X hold integer codes of categorical columns (a
+        dataset's ``Codes.from_attrs(attrs)``): the model is built on their one-hot design
+        and takes the raw columns (:mod:`nldist.models.coded`).
 
     Returns
     -------
@@ -118,7 +123,10 @@ def get_model(spec: Any, n_features: int) -> Model:
             known = SPEC_HELP + "".join(f", {p}:..." for p in FACTORIES
                                         if p not in ("linear", "glm", "live"))
             raise NldistError(f"unknown model spec {spec!r}; use one of {known}")
-    return _factory(prefix)(spec, int(n_features))
+    if codes is None:
+        return _factory(prefix)(spec, int(n_features))
+    design = int(n_features) - codes.k + codes.width
+    return coded(_factory(prefix)(spec, design), int(n_features), codes)
 
 
 def check_spec(spec: str) -> str:

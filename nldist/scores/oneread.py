@@ -49,10 +49,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from nldist._budget import DUAL_BLOCK_BYTES
 from nldist._budget import slices as row_slices
 from nldist.errors import NldistError
+from nldist.scores.rows import DualRows
 from nldist.scores.sampling import hash_uniform
 
 #: the uniform share of the one-read ``influence`` candidate: a row the pilot's theta_0 fits
@@ -168,7 +170,9 @@ def factor_from_r(R: np.ndarray, n: int) -> RowFactor:
     return _svd_factor(R[:, :-1], R[:, -1], int(n), int(n), False)
 
 
-def _check_finite(D: np.ndarray, what: str) -> None:
+def _check_finite(D: Any, what: str) -> None:
+    if isinstance(D, tuple):  # sparse rows (coded categoricals) and their augmented column
+        D = np.concatenate([D[0].data, D[1]])
     if not np.all(np.isfinite(D)):
         raise NldistError(f"{what} are not finite at theta_0 (overflow); standardize the "
                           "features (dataset.standardize: true) or check the pilot's theta")
@@ -185,17 +189,31 @@ class _RowValues:
     r2: np.ndarray      # squared residual (summed over the example's rows)
 
 
-def _row_values(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int,
+def _dual_rows(rows: Any, X: np.ndarray, y: np.ndarray | None, offset: int) -> Any:
+    """The dual rows of a slice: dense (n·g, p+1), or for coded categoricals the pair
+    (CSR adjoint rows (n, p), augmented column (n,)) — no dense one-hot block."""
+    if isinstance(rows, DualRows) and rows.structured and y is not None:
+        A, c = rows.sparse_parts(X, y)
+        D: Any = (A, c)
+    else:
+        D = np.ascontiguousarray(rows.matrix(X, y, offset), dtype=np.float64)
+    _check_finite(D, f"the dual rows of rows {offset}..{offset + X.shape[0] - 1}")
+    return D
+
+
+def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
                 loo: bool = False) -> _RowValues:
-    """The per-example values of dual rows D (N·g, p+1) against ``fac``.
+    """The per-example values of dual rows D (N·g, p+1) — or the sparse pair of
+    :func:`_dual_rows` — against ``fac``.
 
     ``loo``: D are the pilot's own rows; each row's u is taken leave-one-out
     (``h/(1-h)`` from its in-sample h), so the pilot's values estimate the other rows'."""
-    A, c = D[:, :-1], D[:, -1]
+    A, c = D if isinstance(D, tuple) else (D[:, :-1], D[:, -1])
     r = A @ theta + c
     Q = A @ fac.V if fac.V.size else np.zeros((A.shape[0], 0))
     uA = np.sum((Q / fac.s) ** 2, axis=1) if fac.s.size else np.zeros(A.shape[0])
-    a2 = np.einsum("ij,ij->i", A, A)
+    a2 = (np.asarray(A.multiply(A).sum(axis=1)).ravel() if sp.issparse(A)
+          else np.einsum("ij,ij->i", A, A))
     out_a = (a2 - np.sum(Q * Q, axis=1)) > SPAN_TOL * np.maximum(a2, fac.scale**2 * 1e-300)
     e = c - A @ fac.beta
     if fac.rho > 0:
@@ -340,9 +358,7 @@ def chunk(
         if sl.stop <= sl.start:
             continue
         Xs, ys = X[sl], None if y is None else np.asarray(y)[sl]
-        D = np.ascontiguousarray(rows.matrix(Xs, ys, offset + sl.start), dtype=np.float64)
-        _check_finite(D, f"the dual rows of rows {offset + sl.start}..{offset + sl.stop - 1}")
-        v = _row_values(D, theta, fac, g)
+        v = _row_values(_dual_rows(rows, Xs, ys, offset + sl.start), theta, fac, g)
         q = _candidates(v, fac.z_hat)
         part = _sums(v, q)
         for k in ("L", "B", "H", *SUM_KEYS):
@@ -538,10 +554,8 @@ def row_scores(X: np.ndarray, y: np.ndarray | None, *, rows: Any, theta: np.ndar
     for sl in row_slices(int(X.shape[0]), step):
         if sl.stop <= sl.start:
             continue
-        D = np.ascontiguousarray(rows.matrix(X[sl], None if y is None else np.asarray(y)[sl],
-                                             offset + sl.start), dtype=np.float64)
-        _check_finite(D, f"the dual rows of rows {offset + sl.start}..{offset + sl.stop - 1}")
-        v = _row_values(D, theta, fac, g)
+        v = _row_values(_dual_rows(rows, X[sl], None if y is None else np.asarray(y)[sl],
+                                   offset + sl.start), theta, fac, g)
         out[sl, 0], out[sl, 1] = v.lev, v.infl
     return out
 

@@ -40,9 +40,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from nldist.models.base import Model
-from nldist.models.losses import MARGIN, fisher_weights, get_loss, softmax, targets
+from nldist.models.coded import CodedModel
+from nldist.models.losses import (
+    MARGIN,
+    fisher_weights,
+    get_loss,
+    psi_divdiff,
+    softmax,
+    targets,
+)
 from nldist.scores import sketch
 from nldist.scores.linalg import kron_gram
 from nldist.scores.sampling import hash_uniform
@@ -194,12 +203,27 @@ class DualRows(Rows):
     loss: str = "squared"
 
     cheap = False
-    persistable = True
+    #: the structured (coded) Gram takes X in any float dtype
+    gram_any_dtype = True
 
     @property
     def group(self) -> int:
         """C dual rows per example for multi-output regression, else 1."""
         return self.model.n_outputs if self.loss == "squared" else 1
+
+    @property
+    def structured(self) -> bool:
+        """A single-index model over coded categorical columns: the rows are a sparse matrix
+        (:meth:`sparse_parts`), never a dense one-hot block."""
+        return isinstance(self.model, CodedModel) and self.model.sparse_rows
+
+    @property
+    def gram_direct(self) -> bool:
+        return self.structured
+
+    @property
+    def persistable(self) -> bool:
+        return not self.structured
 
     @property
     def needs_y(self) -> bool:
@@ -214,6 +238,43 @@ class DualRows(Rows):
 
     def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
         return dual_block(self.model, self.theta, X, y if self.use_y else None, self.loss)
+
+    # -- coded categorical columns: the passes without the dense one-hot block -------------
+    def sparse_parts(self, X: np.ndarray, y: np.ndarray | None
+                     ) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """The adjoint rows ``a_i`` as CSR (n_b, p) and the augmented column ``c_i`` (n_b,)
+        (None without y) of a ``structured`` model: the same numbers as :meth:`matrix`."""
+        m: CodedModel = self.model  # type: ignore[assignment]
+        theta, X = m.check_theta(self.theta), m.check_X(X)
+        act = m.inner.activation  # type: ignore[attr-defined]
+        z = m.linear_index(theta, X)
+        phi0 = float(act.phi0)
+        if not self.use_y or y is None:
+            return m.sparse_design(X, act.divdiff(z)), None
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if self.loss == "squared":
+            return m.sparse_design(X, act.divdiff(z)), phi0 - y
+        lo = get_loss(self.loss)
+        lo.check(act.phi(z), y)
+        return (m.sparse_design(X, psi_divdiff(lo, act, z, y)),
+                lo.residual(np.full(y.shape, phi0), y))
+
+    def _augmented(self, X: np.ndarray, y: np.ndarray | None) -> sp.csr_matrix:
+        A, c = self.sparse_parts(X, y if self.use_y else None)
+        return A if c is None else sp.hstack([A, c[:, None]], format="csr")
+
+    def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
+                 offset: int = 0) -> None:
+        """G += [A, c]ᵀ[A, c] by sparse products (a one-hot column's Gram is a
+        scatter-add): about (d0 + k + 2)² flops per row instead of p²."""
+        A = self._augmented(X, y)
+        G += (A.T @ A).toarray()
+
+    def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
+                   ) -> np.ndarray:
+        """Per row ``[a, c]ᵀ P [a, c]`` (n_b,), P from ``leverage_form``."""
+        A = self._augmented(X, y)
+        return np.asarray(A.multiply(A @ P).sum(axis=1)).ravel()
 
 
 @dataclass(frozen=True)

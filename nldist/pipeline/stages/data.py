@@ -20,6 +20,7 @@ from nldist._budget import cache_budget
 from nldist.errors import NldistError
 from nldist.models import get_model
 from nldist.models.base import Model
+from nldist.models.coded import Codes
 from nldist.models.losses import check_labels, target_columns
 from nldist.pipeline.context import RunContext
 from nldist.store import stage_cache
@@ -129,6 +130,7 @@ def _ingest_in_place(ctx: RunContext) -> Path:
                 ds.source, target=ds.target, features=ds.features, classes=ds.classes,
                 dropna=ds.dropna, standardize=ds.standardize,
                 standardize_target=ds.standardize_target, chunk_rows=ds.chunk_rows,
+                onehot_max_levels=ds.onehot_max_levels,
                 dtype=ds.dtype)
             ctx.read("table statistics", 1.0, store=True)
         view["key"] = key
@@ -171,6 +173,7 @@ def ingest(ctx: RunContext) -> Path:
                 ds.source, path, target=ds.target, features=ds.features, classes=ds.classes,
                 dropna=ds.dropna, standardize=ds.standardize,
                 standardize_target=ds.standardize_target, chunk_rows=ds.chunk_rows,
+                onehot_max_levels=ds.onehot_max_levels,
                 dtype=ds.dtype, overwrite=True, reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s),
                 extra_attrs={"ingest_key": key})
         ctx.dataset_fp = dataset_fingerprint(path)
@@ -180,7 +183,7 @@ def ingest(ctx: RunContext) -> Path:
         X, y, attrs = ingest_mod.prepare(
             df, meta["target"], features=ds.features, classes=ds.classes, dropna=ds.dropna,
             standardize=ds.standardize, standardize_target=ds.standardize_target,
-            dtype=ds.dtype,
+            dtype=ds.dtype, onehot_max_levels=ds.onehot_max_levels,
         )
         attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
         attrs["ingest_key"] = key
@@ -265,7 +268,7 @@ def model(ctx: RunContext) -> Model:
     job does not set it: the verb's, ``ctx.adjoint_accuracy``)."""
     if ctx.model_cache is None:
         X, _ = ctx.xy_cache or open_xy(ctx)
-        m = get_model(ctx.job.model, X.shape[1])
+        m = get_model(ctx.job.model, X.shape[1], Codes.from_attrs(dataset_attrs(ctx)))
         adj = ctx.job.adjoint
         opts = {} if adj is None else adj.model_dump()
         if adj is None or "accuracy" not in adj.model_fields_set:
