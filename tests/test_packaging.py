@@ -9,12 +9,13 @@ project's ``.venv`` site-packages to the fresh environment's path; a ``.pth`` li
 plain path entry, so the project's editable-install hook there is not run and ``nldist``
 is imported from the installed wheel (checked). Then, in an empty directory outside the
 repository: ``nldist --version``, ``nldist example --list``, ``nldist example california
-job.yaml``, ``nldist validate job.yaml`` and ``nldist select job.yaml``.
+job.yaml``, ``nldist validate job.yaml`` and ``nldist example california | nldist select -``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,38 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     done = _run([script, "validate", "job.yaml"], work, env)
     assert "job.yaml: ok (california: glm:swish" in done.stdout
     assert "packaged dataset 'california'" in done.stdout
-    # and the job runs as is (the practical path; California is in the cache: .ci/setup)
-    _run([script, "select", "job.yaml", "--out", "out", "--quiet"], work, env, timeout=600)
+    meta = _run([py, "-c", "from importlib.metadata import metadata; m = metadata('nldist'); "
+                 "print(*m.get_all('Classifier'), *m.get_all('Project-URL'), sep='\\n')"],
+                work, env).stdout.splitlines()
+    assert "Paper, https://arxiv.org/abs/2505.12353" in meta
+    assert "Programming Language :: Python :: 3 :: Only" in meta
+    # and the job runs as is, piped in: `nldist example california | nldist select -` (the
+    # practical path; California is in the cache: .ci/setup)
+    example = subprocess.Popen([script, "example", "california"], stdout=subprocess.PIPE,
+                               cwd=work, env=env)
+    r = subprocess.run([script, "select", "-", "--out", "out", "--quiet"], stdin=example.stdout,
+                       cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    example.stdout.close()
+    assert example.wait(timeout=60) == 0 and r.returncode == 0, r.stdout + r.stderr
     assert (work / "out" / "metrics.json").exists() and (work / "out" / "sample.parquet").exists()
+
+
+def test_project_metadata_has_classifiers_and_urls():
+    """pyproject's classifiers agree with requires-python and the license, and its project
+    URLs are https (the wheel test reads the same fields back from the installed wheel)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    classifiers = project["classifiers"]
+    assert len(set(classifiers)) == len(classifiers)
+    low = tuple(map(int, re.fullmatch(r">=(\d+)\.(\d+)", project["requires-python"]).groups()))
+    versions = [tuple(map(int, c.rsplit(" ", 1)[1].split(".")))
+                for c in classifiers if re.fullmatch(r"Programming Language :: Python :: 3\.\d+",
+                                                     c)]
+    assert versions and min(versions) == low, (versions, low)
+    assert "Programming Language :: Python :: 3 :: Only" in classifiers
+    # PEP 639: the license is the SPDX expression; a License :: classifier beside it is an
+    # error for setuptools >= 77
+    assert project["license"] == "BSD-3-Clause"
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    assert project["urls"] and all(u.startswith("https://") for u in project["urls"].values())
