@@ -1,8 +1,10 @@
 """The score kinds: one registry, the only place a kind string means anything.
 
-A kind is *which rows* (:mod:`nldist.scores.rows`: the model's dual matrix, the data matrix,
-none) times *which reduction* (:mod:`nldist.scores.reductions`). Adding a kind is one row of
-:data:`KINDS`; the job schema, the API, the passes and the report take it from here.
+A kind is *which rows* — a rows factory of this module (:data:`dual_rows`,
+:data:`data_rows`, :data:`block_rows`, :data:`margin_rows`, or None for no matrix) that
+checks its inputs and builds a :mod:`nldist.scores.rows` object — times *which reduction*
+(:mod:`nldist.scores.reductions`). Adding a kind is one row of :data:`KINDS`; the job schema,
+the API, the passes, the report and ``tests/test_kinds.py`` take it from here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,129 @@ from nldist.scores.reductions import (
     SquaredNorm,
     Uniform,
 )
-from nldist.scores.rows import BlockRows, DataRows, DualRows, MarginRows
+from nldist.scores.rows import BlockRows, DataRows, DualRows, MarginRows, Rows
+
+
+@dataclass(frozen=True)
+class RowsFactory:
+    """Which matrix a kind is computed on: called with the kind and its checked inputs, it
+    raises the family's one-line errors and returns the :class:`nldist.scores.rows.Rows`.
+
+    Attributes
+    ----------
+    family : str
+        Its name (``"dual"``, ``"data"``, ``"block"``, ``"margin"``).
+    nonlinear : bool
+        Built on the model's adjoints: needs a model and theta.
+    multi_output : bool
+        Only for C-output models.
+    """
+
+    family: str
+    nonlinear: bool = False
+    multi_output: bool = False
+
+    def __call__(self, kind: Kind, model: Model | None, theta: np.ndarray | None, *,
+                 has_y: bool, loss: str, linear_augment_y: bool = False, seed: int = 0,
+                 y_cols: int = 1) -> Rows:
+        raise NotImplementedError
+
+    def group(self, kind: Kind, model: Any) -> int:
+        """Matrix rows per example a run plans for (C or k of the block kinds, else 1)."""
+        return 1
+
+
+def _one_target(kind: Kind, has_y: bool, y_cols: int) -> None:
+    if has_y and y_cols > 1:
+        raise NldistError(f"y has {y_cols} columns; kind {kind.name!r} takes one target "
+                          "(multi-output regression: nonlinear-leverage or block-leverage "
+                          "with a C-output model and loss='squared')")
+
+
+def _model_targets(model: Model, has_y: bool, loss: str, y_cols: int) -> None:
+    """The columns of y fit the model and the loss (nonlinear kinds)."""
+    if not has_y:
+        return
+    want = model.n_outputs if model.n_outputs > 1 and loss == "squared" else 1
+    if y_cols != want:
+        raise NldistError(
+            f"y has {y_cols} column(s) but model {model.spec!r} with loss {loss!r} takes "
+            + (f"{want} (one per output)" if want > 1 else "one target per row")
+            + ("; pass loss='squared' for multi-output regression"
+               if y_cols > 1 and model.n_outputs == y_cols else "")
+            + ("; for class labels use loss: cross_entropy" if want > 1 and y_cols == 1
+               else ""))
+
+
+def _c_outputs(kind: Kind, model: Model | None) -> None:
+    if model is None or model.n_outputs < 2:
+        raise NldistError(f"kind {kind.name!r} is for models with C >= 2 outputs "
+                          f"(softmax:<C>, mlp:<h>:<C>); {getattr(model, 'spec', None)!r} has "
+                          "one — use nonlinear-leverage")
+
+
+@dataclass(frozen=True)
+class _Dual(RowsFactory):
+    def __call__(self, kind, model, theta, *, has_y, loss, linear_augment_y=False, seed=0,
+                 y_cols=1):
+        _model_targets(model, has_y, loss, y_cols)
+        model.check_outputs(loss if has_y else None)
+        if model.n_outputs > 1 and not has_y and loss != "squared":
+            raise NldistError(f"nonlinear kinds of a {model.n_outputs}-output model score the "
+                              "cross-entropy residual and need labels y; pass y, or use "
+                              "block-leverage (label-free)")
+        return DualRows(model, theta, use_y=has_y, loss=loss)
+
+
+@dataclass(frozen=True)
+class _Data(RowsFactory):
+    def __call__(self, kind, model, theta, *, has_y, loss, linear_augment_y=False, seed=0,
+                 y_cols=1):
+        if linear_augment_y:
+            _one_target(kind, has_y, y_cols)
+        bias = model.has_bias if isinstance(model, Model) else True
+        return DataRows(bias=bias, use_y=has_y and linear_augment_y)
+
+
+@dataclass(frozen=True)
+class _Block(RowsFactory):
+    def __call__(self, kind, model, theta, *, has_y, loss, linear_augment_y=False, seed=0,
+                 y_cols=1):
+        _model_targets(model, has_y, loss, y_cols)
+        _c_outputs(kind, model)
+        return BlockRows(model, theta, k=kind.k, seed=seed,
+                         loss="squared" if loss == "squared" else "cross_entropy")
+
+    def group(self, kind: Kind, model: Any) -> int:
+        return int(kind.k or model.n_outputs)
+
+
+@dataclass(frozen=True)
+class _Margin(RowsFactory):
+    def __call__(self, kind, model, theta, *, has_y, loss, linear_augment_y=False, seed=0,
+                 y_cols=1):
+        _one_target(kind, has_y, y_cols)
+        _model_targets(model, has_y, loss, y_cols)
+        _c_outputs(kind, model)
+        if loss == "squared":
+            raise NldistError(f"kind {kind.name!r} scores a classifier's margin; with "
+                              "loss: squared (multi-output regression) use "
+                              "nonlinear-leverage or block-leverage")
+        if not has_y:
+            raise NldistError(f"kind {kind.name!r} needs labels y (the margin of the true "
+                              "class); pass y or use block-leverage (label-free)")
+        return MarginRows(model, theta)
+
+
+#: the model's (augmented) dual matrix [F*(theta), f(0) - y] (:class:`DualRows`)
+dual_rows: RowsFactory = _Dual("dual", nonlinear=True)
+#: the data matrix [X, 1(, y)] (:class:`DataRows`)
+data_rows: RowsFactory = _Data("data")
+#: per example the C rows of a C-output model's Fisher-weighted adjoint block, or k seeded
+#: combinations of them (:class:`BlockRows`)
+block_rows: RowsFactory = _Block("block", nonlinear=True, multi_output=True)
+#: the adjoint of a C-output model's margin log(p_y / (1 - p_y)) (:class:`MarginRows`)
+margin_rows: RowsFactory = _Margin("margin", nonlinear=True, multi_output=True)
 
 
 @dataclass(frozen=True)
@@ -33,17 +157,16 @@ class Kind:
     ----------
     name : str
         The kind string of jobs, the API and the outputs.
-    rows : {"dual", "block", "margin", "data", None}
-        The model's (augmented) dual matrix, the C rows per example of a C-output model's
-        Fisher-weighted adjoint block, the adjoint of its margin, the data matrix
-        [X, 1(, y)], or no matrix.
-    reduction : Leverage, RidgeLeverage, SquaredNorm or Uniform
+    rows : RowsFactory or None
+        Which matrix: :data:`dual_rows`, :data:`block_rows`, :data:`margin_rows`,
+        :data:`data_rows`, or None (no matrix).
+    reduction : Leverage, RidgeLeverage, SquaredNorm, Uniform or ResponseAware
     summary : str
         One line for help texts and reports.
     """
 
     name: str
-    rows: str | None
+    rows: RowsFactory | None
     reduction: Any
     summary: str
     #: k of ``block-sketch:k`` (combinations per example)
@@ -52,12 +175,12 @@ class Kind:
     @property
     def nonlinear(self) -> bool:
         """Computed on the model's adjoints: needs a model and theta."""
-        return self.rows in ("dual", "block", "margin")
+        return self.rows is not None and self.rows.nonlinear
 
     @property
     def multi_output(self) -> bool:
         """Only for C-output models (block and margin kinds)."""
-        return self.rows in ("block", "margin")
+        return self.rows is not None and self.rows.multi_output
 
     @property
     def leverage(self) -> bool:
@@ -71,7 +194,7 @@ class Kind:
     @property
     def seeded(self) -> bool:
         """The scores depend on the job's random state (the signs of ``block-sketch:k``)."""
-        return self.rows == "block" and self.k is not None
+        return self.rows is block_rows and self.k is not None
 
     @property
     def response_aware(self) -> bool:
@@ -83,53 +206,31 @@ class Kind:
     def ridge(self) -> bool:
         return bool(self.reduction.uses_ridge)
 
-    def make_rows(self, model: Model | None, theta: np.ndarray | None, has_y: bool,
-                  loss: str = "squared", linear_augment_y: bool = False, seed: int = 0) -> Any:
-        """The :mod:`nldist.scores.rows` object of this kind for the given inputs."""
-        if self.multi_output and (model is None or model.n_outputs < 2):
-            raise NldistError(f"kind {self.name!r} is for models with C >= 2 outputs "
-                              f"(softmax:<C>, mlp:<h>:<C>); {getattr(model, 'spec', None)!r} has "
-                              "one — use nonlinear-leverage")
-        if self.rows == "block":
-            return BlockRows(model, theta, k=self.k, seed=seed,
-                             loss="squared" if loss == "squared" else "cross_entropy")
-        if self.rows == "margin":
-            if loss == "squared":
-                raise NldistError(f"kind {self.name!r} scores a classifier's margin; with "
-                                  "loss: squared (multi-output regression) use "
-                                  "nonlinear-leverage or block-leverage")
-            if not has_y:
-                raise NldistError(f"kind {self.name!r} needs labels y (the margin of the true "
-                                  "class); pass y or use block-leverage (label-free)")
-            return MarginRows(model, theta)
-        if self.rows == "dual":
-            return DualRows(model, theta, use_y=has_y, loss=loss)
-        if self.rows == "data":
-            bias = model.has_bias if isinstance(model, Model) else True
-            return DataRows(bias=bias, use_y=has_y and linear_augment_y)
-        return None
+    def group(self, model: Any) -> int:
+        """Matrix rows per example a run plans for (C or k of the block kinds, else 1)."""
+        return 1 if self.rows is None else self.rows.group(self, model)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("nonlinear-leverage", "dual", Leverage(),
+    Kind("nonlinear-leverage", dual_rows, Leverage(),
          "leverage of the nonlinear dual matrix [F*(theta), f(0) - y]"),
-    Kind("nonlinear-norm", "dual", SquaredNorm(), "squared row norm of the same dual matrix"),
-    Kind("linear-leverage", "data", Leverage(), "leverage of the data matrix [X, 1]"),
-    Kind("linear-norm", "data", SquaredNorm(), "squared row norm of [X, 1]"),
+    Kind("nonlinear-norm", dual_rows, SquaredNorm(), "squared row norm of the same dual matrix"),
+    Kind("linear-leverage", data_rows, Leverage(), "leverage of the data matrix [X, 1]"),
+    Kind("linear-norm", data_rows, SquaredNorm(), "squared row norm of [X, 1]"),
     Kind("uniform", None, Uniform(), "1/n for every row"),
-    Kind("ridge-leverage", "dual", RidgeLeverage(),
+    Kind("ridge-leverage", dual_rows, RidgeLeverage(),
          "ridge leverage a_i^T (A^T A + lambda I)^-1 a_i of the dual matrix"),
-    Kind("block-leverage", "block", Leverage(),
+    Kind("block-leverage", block_rows, Leverage(),
          "C outputs: sum of the leverages of an example's C Fisher-weighted adjoint rows"),
-    Kind("block-sketch", "block", Leverage(),
+    Kind("block-sketch", block_rows, Leverage(),
          "C outputs: block-leverage from k seeded sign combinations (block-sketch:k)", k=8),
-    Kind("margin-leverage", "margin", Leverage(),
+    Kind("margin-leverage", margin_rows, Leverage(),
          "C outputs: leverage of the adjoint of the margin log(p_y / (1 - p_y))"),
-    Kind("influence", "dual", ResponseAware("influence"),
+    Kind("influence", dual_rows, ResponseAware("influence"),
          "|residual| x sqrt(leverage of the adjoint rows): optimal subsampling (needs y)"),
-    Kind("influence-mix", "dual", ResponseAware("influence-mix"),
+    Kind("influence-mix", dual_rows, ResponseAware("influence-mix"),
          "half influence, half nonlinear-leverage: robust where influence alone is not"),
-    Kind("auto", "dual", ResponseAware("auto"),
+    Kind("auto", dual_rows, ResponseAware("auto"),
          "select: the distribution with the lowest predicted error (guarded), in one read"),
 )}
 #: the kind strings, in registry order

@@ -147,28 +147,9 @@ def make_spec(
         theta = model.check_theta(np.zeros(model.n_params) if theta is None else theta)
     if loss is None:
         loss = "cross_entropy" if model is not None and model.n_outputs > 1 else "squared"
-    if has_y and y_cols > 1 and (k.rows == "margin" or (k.rows == "data" and linear_augment_y)):
-        raise NldistError(f"y has {y_cols} columns; kind {k.name!r} takes one target "
-                          "(multi-output regression: nonlinear-leverage or block-leverage "
-                          "with a C-output model and loss='squared')")
-    if has_y and k.nonlinear and model is not None:
-        want = model.n_outputs if model.n_outputs > 1 and loss == "squared" else 1
-        if y_cols != want:
-            raise NldistError(
-                f"y has {y_cols} column(s) but model {model.spec!r} with loss {loss!r} takes "
-                + (f"{want} (one per output)" if want > 1 else "one target per row")
-                + ("; pass loss='squared' for multi-output regression"
-                   if y_cols > 1 and model.n_outputs == y_cols else "")
-                + ("; for class labels use loss: cross_entropy" if want > 1 and y_cols == 1
-                   else ""))
-    if k.rows == "dual" and model is not None:
-        model.check_outputs(loss if has_y else None)
-        if model.n_outputs > 1 and not has_y and loss != "squared":
-            raise NldistError(f"nonlinear kinds of a {model.n_outputs}-output model score the "
-                              "cross-entropy residual and need labels y; pass y, or use "
-                              "block-leverage (label-free)")
-    rows = k.make_rows(model, theta, has_y, loss=loss, linear_augment_y=linear_augment_y,
-                       seed=seed)
+    rows = None if k.rows is None else k.rows(
+        k, model, theta, has_y=has_y, loss=loss, linear_augment_y=linear_augment_y, seed=seed,
+        y_cols=y_cols)
     if rows is not None and rows.group > 1 and sketch is not None and sketch.rows:
         raise NldistError(f"kind {k.name!r} has several rows per example; a row sketch "
                           "(sketch.rows) does not apply — use block-sketch:<k> or drop it")
