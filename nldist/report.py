@@ -999,6 +999,32 @@ def _reads_text(c: dict) -> str:
             f"{_count(counted['x_chunks'], unit[:-1])} of X, counted by the store)")
 
 
+def full_fit_text(full: dict | None) -> tuple[str, str, str]:
+    """The full-data fit's cost in words, labelled measured, reused or estimated: (wall
+    time, passes over X, a sentence on where the figures come from) — '–' and '' where
+    select recorded none. Shared by the report and ``nldist select``'s table."""
+    full = full or {}
+    est, meas = full.get("estimated") or {}, full.get("measured")
+    model = (f"the model's estimate: {full['note']}" if est and full.get("note") else "")
+    if meas and meas.get("reused"):
+        sec = meas.get("seconds")
+        seconds = (f"{sec:.3g} s (measured when θ* was computed; reused, 0 s now)"
+                   if sec is not None else "θ* reused (its cost was not recorded)")
+        passes = (f"{meas['passes_over_x']:g} (when computed; reused: 0 now)"
+                  if meas.get("passes_over_x") is not None else "0 now (reused)")
+        return seconds, passes, f"Full-data fit: θ* of an earlier run, reused; {model}"
+    if meas:
+        why = full.get("why") or "measured"
+        return (f"{meas['seconds']:.3g} s (measured)", f"{meas['passes_over_x']:g} (measured)",
+                f"Full-data fit measured ({why}); {model}" if model else
+                f"Full-data fit measured ({why})")
+    if est:
+        return (f"≈ {est['seconds']:.3g} s (estimated)",
+                f"≈ {est['passes_over_x']} (estimated)", f"Full-data fit estimated: "
+                f"{full['note']}; run with --compare-full to measure it")
+    return "–", "–", ""
+
+
 def _count(k: int, noun: str) -> str:
     """``1 chunk``, ``3 chunks``."""
     return f"{k:,} {noun}{'' if k == 1 else 's'}"
@@ -1081,7 +1107,8 @@ def _select_section(doc: Doc, m: dict) -> None:
                 f"Its full-data loss is estimated from {ev['rows']:,} evaluation rows "
                 f"(rate {ev['rate']:.3g}; {ev['method']})."))
     full = m.get("full_fit") or {}
-    est, meas = full.get("estimated") or {}, full.get("measured")
+    meas = full.get("measured")
+    full_seconds, full_passes, full_note = full_fit_text(full)
     lo, hi = r["loss_ci95"]
     if exact_eval:
         loss_s = f"{r['loss_estimate']:.6g} (exact: every row evaluated)"
@@ -1099,12 +1126,8 @@ def _select_section(doc: Doc, m: dict) -> None:
              (f"{rel:.3e} (θ₀: {_num(r.get('rel_error_theta0'), '.3e')})" if rel is not None
               else "– (needs L*: run with --compare-full)"),
              "0 (the reference)" if rel is not None else "–"],
-            ["wall time (after ingest)", f"{c['wall_s']:.1f} s",
-             f"{meas['seconds']:.1f} s (measured)" if meas else
-             (f"≈ {est['seconds']:.1f} s (estimated)" if est else "–")],
-            ["reads of X", _reads_text(c),
-             f"{meas['passes_over_x']:.0f} (measured)" if meas else
-             (f"≈ {est['passes_over_x']} (estimated)" if est else "–")],
+            ["wall time (after ingest)", f"{c['wall_s']:.1f} s", full_seconds],
+            ["reads of X", _reads_text(c), full_passes],
             ["bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of "
              f"{c['x_bytes'] / 2**20:,.1f} MiB" if c.get("bytes_read") is not None else "–",
              "–"]]
@@ -1117,8 +1140,8 @@ def _select_section(doc: Doc, m: dict) -> None:
                  + (f"; s = {smp['size']:,} is below the guard of the distribution used, "
                     "so its predicted error is not to be trusted either" if untrusted else "")
                  + ": raise s, or keep θ₀.")
-    if not meas and est and full.get("note"):
-        doc.para(f"Full-data fit estimated: {full['note']}.")
+    if full_note:
+        doc.para(full_note + ".")
 
 
 def _metrics_section(doc: Doc, m: dict) -> None:

@@ -1,15 +1,17 @@
 """The practical path (``nldist select``): pilot -> scores -> sample -> train -> estimate.
 
-Never fits on all rows. theta_0 comes from a pilot that costs no pass over X (the ingest
-reservoir, or a few whole chunks: ``job.pilot_from``); pass 1 of the job's kind at theta_0;
+The path itself never fits on all rows. theta_0 comes from a pilot that costs no pass over
+X (the ingest reservoir, or a few whole chunks: ``job.pilot_from``); pass 1 of the job's
+kind at theta_0;
 then one fused read of X computes pass 2, draws the sample, returns its rows and a seeded
 uniform evaluation sample (:func:`nldist.pipeline.stages.scoring.scores_and_sample`); the model is
 trained on the sample from theta_0, and its full-data loss is estimated, without bias and
 with a 95% interval, from the evaluation sample (:func:`nldist.train.estimate_losses`).
 About two passes over X after ingest. Its cost (wall time, passes over X, bytes read)
-is written next to an estimate of what the full-data Gauss-Newton fit would cost on the
-same cluster (one measured pass times the iterations the sample's fit took), or — with
-``compare_full`` — next to that fit itself, measured, and the exact relative error.
+is written next to what the full-data Gauss-Newton fit costs on the same cluster: measured
+(with ``compare_full``, or when its estimate is at most ``CHEAP_FRACTION`` of the path's
+time: the fit is then run, with the exact relative error), else estimated by the model of
+:func:`stages.theta.full_fit_estimate` (the pilot fit's iterations x a timed pass).
 Writes ``metrics.json`` (``"mode": "select"``), ``samples/<kind>.npz``, ``sample.parquet``
 (the sample for the user's own training) and ``theta.npy``.
 """
@@ -22,8 +24,8 @@ import numpy as np
 
 from nldist._budget import eval_rows
 from nldist._version import __version__
+from nldist.pipeline import budget, stages
 from nldist.pipeline import oneread as oneread_stage
-from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
 from nldist.scores.oneread import CANDIDATES as ONE_READ_CANDIDATES
 from nldist.scores.oneread import ONE_READ_KINDS
@@ -41,7 +43,8 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     compare_full : bool
         Also fit theta* on all rows (distributed Gauss-Newton, measured) and evaluate
         theta_S, theta_0 and theta* exactly in one pass: the relative error and what the
-        full-data fit cost. Not part of the path's own cost.
+        full-data fit cost. Not part of the path's own cost. Done without asking when the
+        fit is estimated to be cheap (``stages.theta.CHEAP_FRACTION``).
     force : bool
         Replace the outputs of another job in ``ctx.out`` (:func:`stages.outputs.claim`).
 
@@ -55,6 +58,7 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
     ctx.model_cache = None
     stages.outputs.claim(ctx, "select", force)
     stages.data.ingest(ctx)
+    budget.check_memory(ctx, [job.kind])
     t_ingested = time.perf_counter()
     X0, _ = stages.data.open_xy(ctx)
     n = int(X0.shape[0])
@@ -109,7 +113,10 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
             "max_weight": float(w.max()), "fit": stages.theta.fit_info(fit),
             "loss_estimate": float(est[0]), "loss_ci95": _ci(est[0], se[0]),
             "loss_estimate_theta0": float(est[1]), "loss_ci95_theta0": _ci(est[1], se[1])}
-    full = stages.theta.full_fit_estimate(ctx, fit.iterations)
+    full = stages.theta.full_fit_estimate(ctx, fit.iterations, theta0)
+    predicted = (full.get("estimated") or {}).get("seconds")
+    cheap = (predicted is not None
+             and predicted <= stages.theta.CHEAP_FRACTION * cost["wall_s"])
     metrics = {
         "mode": "select", "name": job.name, "dataset": stages.data.dataset_name(ctx),
         "n_rows": n, "n_features": int(X0.shape[1]), "n_params": m.n_params,
@@ -124,9 +131,10 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
         "cost": cost, "full_fit": full, "kinds": {kind: main}, "sampling": sampling,
         "resume": ctx.resume_stats, "cached_x": ctx.cached_x,
     }
-    if compare_full:
+    if compare_full or cheap:
         reads = len(ctx.reads)
         theta_star, star_info = stages.theta.optimum(ctx)
+        counted_star = sum(f for what, f, _ in ctx.reads[reads:] if what == "theta*")
         losses = stages.fitting.evaluate(ctx, np.vstack([theta_star, fit.theta, theta0]))
         opt = float(losses[0])
         rel = [(float(v) - opt) / opt if opt > 0 else None for v in losses[1:]]
@@ -134,11 +142,17 @@ def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> 
                     loss_full_theta0=float(losses[2]), rel_error_theta0=rel[1])
         metrics.update(loss_full=main["loss_full"], loss_opt=opt, rel_error=rel[0],
                        theta_star=star_info)
+        reused = counted_star == 0  # theta* of an earlier run (OUT/theta_star.npz)
         metrics["full_fit"] = {**full, "measured": {
-            "seconds": round(ctx.timings.get("optimum", 0.0), 4),
-            "passes_over_x": round(sum(f for what, f, _ in ctx.reads[reads:]
-                                       if what == "theta*"), 4),
-            "iterations": star_info.get("iterations")}}
+            # what computing theta* cost when it was computed (None: an older cache)
+            "seconds": star_info.get("seconds") if reused
+            else round(ctx.timings.get("optimum", 0.0), 4),
+            "passes_over_x": star_info.get("passes_over_x") if reused
+            else round(counted_star, 4),
+            "iterations": star_info.get("iterations"), "reused": reused},
+            "why": "--compare-full" if compare_full else
+            (f"cheap: estimated {predicted:.3g} s <= {stages.theta.CHEAP_FRACTION:g} x the "
+             f"path's {cost['wall_s']:.3g} s, so run and timed")}
     ctx.timings["total"] = time.perf_counter() - t0
     metrics["timings"] = {k: round(v, 4) for k, v in ctx.timings.items()}
     metrics["nldist_version"] = __version__

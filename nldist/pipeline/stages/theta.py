@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from nldist.pipeline.stages.data import (
     in_place,
     model,
     open_xy,
+    x_bytes,
     xy,
 )
 from nldist.store import stage_cache
@@ -55,6 +57,7 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
         ctx.read("theta*")
         return graph.oracles.gn_pass(X, y, m, t, job.split_every, loss=job.loss)
 
+    reads, t0 = len(ctx.reads), time.perf_counter()
     with ctx.timed("optimum"):
         if job.loss == "cross_entropy" or m.n_outputs > 1:  # softmax: exact Hessian (CE)
             # or Gauss-Newton (multi-output squared); networks: gradients only
@@ -63,7 +66,10 @@ def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
         else:
             fit = fit_ball(gn, m.initial_theta(), job.radius, tol=job.tol,
                            max_iter=job.max_iter)
-    info = fit_info(fit)
+    # what it cost, kept with theta* so that a later run reusing it can say so
+    info = {**fit_info(fit), "seconds": round(time.perf_counter() - t0, 4),
+            "passes_over_x": round(sum(f for what, f, _ in ctx.reads[reads:]
+                                       if what == "theta*"), 4)}
     if not fit.converged:
         log.warning("theta* did not converge in %d iterations", fit.iterations)
     stage_cache.save(npz, key, info=info, theta=fit.theta)
@@ -91,6 +97,8 @@ def pilot(ctx: RunContext, size: int | None = None) -> np.ndarray:
         w = np.full(idx.size, prov["n"] / idx.size)
         fit = train_on_sample(model(ctx), Xs, ys, w, job.radius, tol=job.tol,
                               max_iter=job.max_iter, loss=job.loss)
+    # its iterations: the full-data fit's predicted passes (full_fit_estimate)
+    prov = {**prov, "iterations": int(fit.iterations)}
     ctx.pilot_info = prov
     stage_cache.save(npz, key, info={**fit_info(fit), "pilot": prov}, theta=fit.theta,
                      indices=idx)
@@ -229,20 +237,61 @@ def select_theta(ctx: RunContext) -> tuple[np.ndarray, str]:
         return pilot(ctx, factor_rows(ctx)), "pilot"
     return theta(ctx), src
 
-def full_fit_estimate(ctx: RunContext, iterations: int | None) -> dict:
-    """What fitting theta* on all rows would cost on this cluster, estimated: one measured
-    pass (pass 1 of the scores: a read of X, a Jacobian-sized block and a Gram per chunk,
-    like a Gauss-Newton pass) times ``iterations`` (the sample fit's: the same problem on
-    fewer rows — a rough guide; measured on 20M rows, 29 sample iterations vs 18 full-data
-    passes to converge, 6 to the sample's quality)."""
-    pass_s = ctx.pass1_s
-    if pass_s is None or not iterations:
-        return {"estimated": None, "note": "no measured pass or fit to estimate from"}
-    return {"estimated": {"passes_over_x": int(iterations),
-                          "seconds": round(pass_s * iterations, 3),
+#: X (and y) of at most this many bytes: select times one Gauss-Newton pass for its estimate
+#: of the full-data fit (a pass over so little costs well under a second)
+SMALL_X_BYTES = 64 * 2**20
+#: select runs the full-data fit and reports it measured when the estimate says it costs at
+#: most this fraction of the path's own wall time (small tables: the truth is cheap)
+CHEAP_FRACTION = 0.25
+
+
+def full_fit_estimate(ctx: RunContext, iterations: int | None,
+                      theta0: np.ndarray | None = None) -> dict:
+    """What fitting theta* on all rows (:func:`optimum`: distributed Gauss-Newton from the
+    model's start) would cost on this cluster, by a stated model::
+
+        seconds = passes x seconds_per_pass
+
+    * ``passes``: the iterations of the pilot's fit — the same solver from the same start
+      with the same tolerance, on uniform rows of the same table (Gauss-Newton's iteration
+      count follows the problem's curvature and the start, not n); without a pilot (a
+      given theta), the sample fit's iterations (from theta_0: fewer, so low).
+    * ``seconds_per_pass``: one Gauss-Newton pass at theta_0, timed, where X is in worker
+      memory or at most :data:`SMALL_X_BYTES`; else the path's own read of X (``pass1_s``:
+      a Gauss-Newton pass reads the same bytes, its compute per row differs).
+
+    ``model`` says which of each was used; tests/test_select.py checks the model against
+    the measured fit."""
+    pilot_fit = (ctx.pilot_info or {}).get("iterations")
+    if pilot_fit:
+        passes = int(pilot_fit)
+        rows = (ctx.pilot_info or {}).get("rows")
+        passes_from = ("the pilot fit's iterations (the same Gauss-Newton solver and start, "
+                       f"on {f'{int(rows):,} ' if rows else ''}uniform rows)")
+    elif iterations:
+        passes = int(iterations)
+        passes_from = "the sample fit's iterations (it starts at theta_0: likely low)"
+    else:
+        return {"estimated": None, "note": "no pilot or sample fit to estimate from"}
+    pass_s, pass_from = None, None
+    if theta0 is not None and (ctx.cached_x or x_bytes(ctx) <= SMALL_X_BYTES):
+        X, y = xy(ctx)
+        job = ctx.job
+        ctx.read("full-fit estimate (one Gauss-Newton pass)")
+        t0 = time.perf_counter()
+        graph.oracles.gn_pass(X, y, model(ctx), theta0, job.split_every, loss=job.loss)
+        pass_s = time.perf_counter() - t0
+        pass_from = "one Gauss-Newton pass at theta_0, timed"
+    elif ctx.pass1_s is not None:
+        pass_s = ctx.pass1_s
+        pass_from = "this run's read of X (a Gauss-Newton pass reads the same bytes)"
+    if pass_s is None:
+        return {"estimated": None, "note": "no measured pass to estimate from"}
+    return {"estimated": {"passes_over_x": passes, "seconds": round(pass_s * passes, 3),
                           "seconds_per_pass": round(pass_s, 4)},
-            "note": "rough: one measured pass (pass 1) x the sample fit's Gauss-Newton "
-                    "iterations; run with --compare-full to measure it"}
+            "model": {"passes": passes_from, "seconds_per_pass": pass_from},
+            "note": f"{passes} passes ({passes_from}) x {pass_s:.3g} s per pass ({pass_from})"}
+
 
 def start_theta(ctx: RunContext) -> np.ndarray:
     """Where training on a sample starts: the pilot theta_0 (pilot scheme) or the default."""
