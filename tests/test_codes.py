@@ -20,6 +20,7 @@ from nldist.models.losses import get_loss
 from nldist.pipeline import RunContext, select
 from nldist.scores.rows import DualRows
 from nldist.store.dataset import open_dataset, read_attrs
+from nldist.store.sample_table import read_sample_table
 
 LEVELS = (40, 57)
 
@@ -186,3 +187,10 @@ def test_one_read_sample_of_a_coded_store_equals_the_one_hot_stores(tmp_path, sy
         np.testing.assert_array_equal(i2, ic)
         np.testing.assert_allclose(w2, wc, rtol=1e-8)
     assert runs["onehot"][0]["n_features"] == 2 + 39 + 56
+    # the handed-over sample names each coded row's level beside its code
+    tab, meta = read_sample_table(tmp_path / "codes" / "sample.parquet")
+    rows = tab["row"].to_numpy()
+    assert list(tab["origin__orig"].astype(str)) == list(df["origin"].to_numpy()[rows])
+    assert list(tab["dest__orig"].astype(str)) == list(df["dest"].to_numpy()[rows])
+    levels = sorted(set(df["dest"]))
+    assert [levels[int(c)] for c in tab["dest"]] == list(tab["dest__orig"].astype(str))

@@ -9,7 +9,8 @@ One row per distinct sampled row of the dataset, columns:
   (scikit-learn's ``sample_weight``; the sampled loss Σ_j w_j ℓ_j over draws equals
   Σ_rows sample_weight · ℓ);
 * one column per feature *as trained* (the dataset's encoding: standardized, one-hot),
-  named as in the dataset's attrs, and ``y`` (the target as trained; a multi-output
+  named as in the dataset's attrs (a categorical stored as integer codes: the code, and
+  ``<name>__orig`` its level), and ``y`` (the target as trained; a multi-output
   regression's C targets as ``y0 .. y<C-1>``, or the names in the dataset's ``targets``
   attribute);
 * where ingest standardized, the same in original units: ``<feature>__orig`` and ``y__orig``.
@@ -98,6 +99,10 @@ def write_sample_table(path: Path, indices: np.ndarray, weights: np.ndarray, X: 
         mu, sd = np.asarray(st["mean"]), np.asarray(st["scale"])
         for j, name in enumerate(names):
             cols[f"{name}__orig"] = Xu[:, j] * sd[j] + mu[j]
+    for name, levels in (attrs.get("codes") or {}).items():  # coded categoricals: the level
+        if name in names:
+            cols[f"{name}__orig"] = pd.Categorical.from_codes(
+                Xu[:, names.index(name)].astype(np.int64), categories=list(levels))
     sty = attrs.get("standardize_target")
     if sty and isinstance(col["y"], str):
         cols[f"{col['y']}__orig"] = yu * sty["scale"] + sty["mean"]
