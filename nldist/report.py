@@ -46,6 +46,7 @@ import numpy as np
 from nldist import graph
 from nldist.errors import NldistError
 from nldist.models import get_model
+from nldist.models.coded import Codes
 from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
 from nldist.store.records import atomic_write
 from nldist.store.remote import as_path, write_bytes_atomic
@@ -819,7 +820,7 @@ def _score_of(d: Draws, m: dict, out: Path) -> tuple[np.ndarray | None, str]:
     return None, ""
 
 
-def _residuals(m: dict, out: Path, X: np.ndarray, y: np.ndarray | None
+def _residuals(m: dict, out: Path, X: np.ndarray, y: np.ndarray | None, attrs: dict
                ) -> tuple[np.ndarray | None, str]:
     """|y − f(x; θ*)| of the sampled rows of a ``run`` (squared loss, θ* stored)."""
     star = out / "theta_star.npz"
@@ -828,7 +829,8 @@ def _residuals(m: dict, out: Path, X: np.ndarray, y: np.ndarray | None
     try:
         with np.load(star, allow_pickle=False) as z:
             theta = np.asarray(z["theta"], dtype=np.float64)
-        f = np.asarray(get_model(m["model"], X.shape[1]).predict(theta, X), dtype=np.float64)
+        f = np.asarray(get_model(m["model"], X.shape[1], Codes.from_attrs(attrs)).predict(
+            theta, X), dtype=np.float64)
     except Exception:  # noqa: BLE001 - a model without predict: no panel, not a failed report
         return None, ""
     r = f.reshape(len(X), -1) - np.asarray(y, dtype=np.float64).reshape(len(X), -1)
@@ -950,7 +952,8 @@ def _sample_section(doc: Doc, out: Path, m: dict, attrs: dict, draws: list[Draws
         pos = {r: i for i, r in enumerate(frame[col["row"]].to_numpy(np.int64).tolist())}
         at = np.array([pos[int(i)] for i in d.indices])
         X = frame[feats].to_numpy(np.float64)[at]
-        resid, rname = _residuals(m, out, X, frame[col["y"]].to_numpy(np.float64)[at])
+        resid, rname = _residuals(m, out, X, frame[col["y"]].to_numpy(np.float64)[at],
+                                  attrs)
     if score is None or resid is None:
         return
     x, xlabel = score, score_name + "   (1 = uniform)"
