@@ -132,21 +132,21 @@ def _pass1_block(
     n = int(X.shape[0])
     out: dict[str, Any] = {"R": None, "fro2": 0.0, "n": n, "methods": {}, "persist": None}
     q = spec.n_cols(X.shape[1])
-    if spec.kind.uniform or q == 0:
+    red = spec.reduction
+    if not red.matrix or q == 0:
         check_finite_block(X, yy, offset)
         return out
     g = spec.group
-    leverage = spec.kind.leverage
     be = backend(spec.device)
-    acc = be.reducer(q, gram=leverage)
-    keep = leverage and not spec.cheap_to_rebuild
+    acc = be.reducer(q, gram=red.gram)
+    keep = red.gram and not spec.cheap_to_rebuild
     mode = store.mode if store is not None and spec.persistable and n else "never"
     full = np.empty((n * g, q), dtype=np.float64) if keep or mode == "always" else None
     early = mode == "auto" and full is None  # auto without a kept block: decide on slice 1
     persist = mode == "always"
     io_est = None
     build_s = 0.0
-    host_gram = be.host_gram and leverage and spec.rows.gram_direct
+    host_gram = be.host_gram and red.gram and spec.rows.gram_direct
     any_dtype = spec.rows.gram_any_dtype
     for s in _slices(n, q, g):
         Xs = X[s]
@@ -168,33 +168,14 @@ def _pass1_block(
             if full is not None:
                 full[_grow(s, g)] = A
             acc.add(A)
-    G = acc.value() if leverage else None
-    fro2 = 0.0 if leverage else acc.value()
-    finite = bool(np.isfinite(G).all() if leverage else np.isfinite(fro2))
+    value = acc.value()  # the Gram (red.gram) or ‖A_b‖_F²
+    finite = bool(np.isfinite(value).all())
     if not finite:
         check_finite_block(X, yy, offset)  # raises for NaN/inf in X or y
-    if not leverage:
-        if not np.isfinite(fro2):
-            raise NldistError(
-                f"the matrix for {spec.name} overflows in rows {offset}..{offset + n - 1}; "
-                "rescale the data or check theta"
-            )
-        out["fro2"] = fro2
-    else:
-        R = (linalg.cholqr_r(G) if finite and spec.qr_method == "auto" and n * g >= 4 * q
-             else None)
-        method = "cholqr"
-        if R is None:
-            A = full if keep else spec.matrix(X, yy, offset)  # (not the persisted copy: same bits)
-            if not np.isfinite(A).all():
-                raise NldistError(
-                    f"the matrix for {spec.name} has NaN/inf entries in rows {offset}.."
-                    f"{offset + n - 1} although the data are finite (overflow in the model at "
-                    "this theta?); rescale the data or check theta"
-                )
-            R, method = be.block_r(A, spec.qr_method, G=G if finite else None)
-        out["R"] = R
-        out["methods"] = {method: 1}
+    out.update(red.close_block(
+        value, finite, spec=spec, rows=n * g, offset=offset, n=n, be=be,
+        # (not the persisted copy: same bits)
+        block=lambda: full if keep else spec.matrix(X, yy, offset)))
     if mode != "never":
         if mode == "auto" and keep:  # the whole block's build time is known now
             persist, io_est = store.decide(n * g, q, build_s)
@@ -280,8 +261,8 @@ def _pass2_block(
 ) -> np.ndarray:
     X = np.asarray(X)
     n = int(X.shape[0])
-    if spec.kind.uniform:
-        return np.full(n, 1.0 / norm.total)
+    if not spec.reduction.matrix:
+        return spec.reduction.constant_rows(n, norm)
     yy = y if spec.needs_y else None
     q = spec.n_cols(X.shape[1])
     slices = _slices(n, q, spec.group)
@@ -323,7 +304,7 @@ def _pass2_rebuild(
     out = np.empty(n, dtype=np.float64)
     # one slice buffer for the whole block: dask workers run with MALLOC_TRIM_THRESHOLD_
     # set, so a fresh (slice, q) array per slice costs page faults (about doubles pass 2)
-    if (spec.rows.structured and spec.kind.leverage and be.host_gram
+    if (spec.rows.structured and spec.reduction.gram and be.host_gram
             and not linalg.zero_leverage(n, norm.factor)):  # softmax blocks: no rows formed
         P = linalg.leverage_form(norm.factor)
         for s in slices:
@@ -372,15 +353,7 @@ def part_mass(part: dict, spec: ScoreSpec, norm: Normalizer) -> float:
     -------
     float
     """
-    if spec.kind.uniform:
-        return float(part["n"])
-    if not spec.kind.leverage:
-        return float(part["fro2"])
-    R = part["R"]
-    if R is None or part["n"] == 0:
-        return 0.0
-    R = np.ascontiguousarray(R, dtype=np.float64)
-    return float(np.sum(spec.reduction.rows(R, norm, backend(spec.device), True)))
+    return spec.reduction.mass(part, norm, lambda: backend(spec.device))
 
 
 def sample_block(

@@ -11,10 +11,19 @@ reduction           pass 1 (per block, then a tree)  global                     
 ==================  ===============================  ==========================  =========
 
 Row values divided by the global total sum to 1 over all rows.
+
+Each reduction owns its three steps, so the block engine (:mod:`nldist.scores.block`) never
+asks which kind it runs: :meth:`Reduction.close_block` turns a block's accumulated value (the
+Gram, or ``‖A_b‖_F²``) into its pass-1 statistics, :meth:`Reduction.finalize` the reduced
+statistics into the :class:`Normalizer`, and :meth:`Reduction.rows` / :meth:`Reduction.mass`
+give the pass-2 row values and a chunk's mass from pass 1 alone. The engine plans around two
+declared capabilities: ``gram`` (pass 1 accumulates the Gram; a block's R may need the whole
+block) and ``matrix`` (False: the values follow from the row count, X is never read).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +58,81 @@ class Normalizer:
         return None if self.factor is None else self.factor.rank
 
 
+class Reduction:
+    """The declared contract of every reduction, with its defaults.
+
+    Attributes
+    ----------
+    gram : bool
+        Pass 1 accumulates each block's Gram ``A_bᵀA_b`` (and its R); else ``‖A_b‖_F²``.
+    uses_ridge : bool
+        The normalizer takes the job's ridge.
+    matrix : bool
+        Row values come from a matrix; False: from the row count alone (no pass over X).
+    """
+
+    gram: bool = False
+    uses_ridge: bool = False
+    matrix: bool = True
+
+    def close_block(self, value: Any, finite: bool, *, spec: Any, rows: int, offset: int,
+                    n: int, block: Callable[[], np.ndarray], be: Any) -> dict:
+        """Pass-1 statistics of one block from its accumulated ``value`` (the Gram with
+        ``gram``, else ``‖A_b‖_F²``; ``finite`` says whether it is, the data being finite):
+        ``{"fro2": ...}`` or ``{"R": ..., "methods": ...}``. ``rows`` is the block's matrix
+        rows, ``offset .. offset + n - 1`` its examples (messages), ``block()`` the whole
+        block when the value does not suffice."""
+        if not finite:
+            raise NldistError(
+                f"the matrix for {spec.name} overflows in rows {offset}..{offset + n - 1}; "
+                "rescale the data or check theta"
+            )
+        return {"fro2": value}
+
+    def finalize(self, kind: str, stats: dict, ridge: float, rtol: float | None) -> Normalizer:
+        """The global normalizer from the tree-reduced pass-1 statistics."""
+        raise NotImplementedError
+
+    def rows(self, A: np.ndarray, norm: Normalizer, backend: Any, fresh: bool) -> np.ndarray:
+        """Pass-2 values (before dividing by ``norm.total``) of the rows of ``A``."""
+        raise NotImplementedError
+
+    def constant_rows(self, n: int, norm: Normalizer) -> np.ndarray:
+        """Pass-2 probabilities of ``n`` rows without a matrix (``matrix`` False only)."""
+        raise NotImplementedError
+
+    def mass(self, part: dict, norm: Normalizer, backend: Callable[[], Any]) -> float:
+        """The sum of one block's pass-2 values (before dividing by ``norm.total``) from its
+        pass-1 result ``part`` alone (:func:`nldist.scores.block.part_mass`); ``backend()``
+        gives the block's backend."""
+        return float(part["fro2"])
+
+
 @dataclass(frozen=True)
-class Leverage:
+class Leverage(Reduction):
     """Exact leverage ``‖U_i‖²`` from an R-only TSQR (sums to rank)."""
 
     gram = True
     uses_ridge = False
+
+    def close_block(self, value: Any, finite: bool, *, spec: Any, rows: int, offset: int,
+                    n: int, block: Callable[[], np.ndarray], be: Any) -> dict:
+        """The block's R: from the Cholesky factor of the Gram in the common
+        well-conditioned case, else from the whole block by the backend's ``block_r``."""
+        G = value
+        R = (linalg.cholqr_r(G) if finite and spec.qr_method == "auto"
+             and rows >= 4 * G.shape[0] else None)
+        method = "cholqr"
+        if R is None:
+            A = block()
+            if not np.isfinite(A).all():
+                raise NldistError(
+                    f"the matrix for {spec.name} has NaN/inf entries in rows {offset}.."
+                    f"{offset + n - 1} although the data are finite (overflow in the model at "
+                    "this theta?); rescale the data or check theta"
+                )
+            R, method = be.block_r(A, spec.qr_method, G=G if finite else None)
+        return {"R": R, "methods": {method: 1}}
 
     def finalize(self, kind: str, stats: dict, ridge: float, rtol: float | None) -> Normalizer:
         fac = linalg.finalize_r(stats["R"], stats["n"], ridge=ridge if self.uses_ridge else 0,
@@ -70,6 +148,14 @@ class Leverage:
     def rows(self, A: np.ndarray, norm: Normalizer, backend: Any, fresh: bool) -> np.ndarray:
         return backend.row_leverage(A, norm.factor, fresh)
 
+    def mass(self, part: dict, norm: Normalizer, backend: Callable[[], Any]) -> float:
+        """The row values of the block's (q, q) R summed: ``‖A_b M‖_F² = ‖R_b M‖_F²``."""
+        R = part["R"]
+        if R is None or part["n"] == 0:
+            return 0.0
+        R = np.ascontiguousarray(R, dtype=np.float64)
+        return float(np.sum(self.rows(R, norm, backend(), True)))
+
 
 @dataclass(frozen=True)
 class RidgeLeverage(Leverage):
@@ -79,7 +165,7 @@ class RidgeLeverage(Leverage):
 
 
 @dataclass(frozen=True)
-class SquaredNorm:
+class SquaredNorm(Reduction):
     """Squared row norms ``‖a_i‖²`` (sums to ``‖A‖_F²``)."""
 
     gram = False
@@ -95,25 +181,33 @@ class SquaredNorm:
 
 
 @dataclass(frozen=True)
-class Uniform:
+class Uniform(Reduction):
     """Every row 1/n: no matrix, no pass over X."""
 
     gram = False
     uses_ridge = False
+    matrix = False
 
     def finalize(self, kind: str, stats: dict, ridge: float, rtol: float | None) -> Normalizer:
         return Normalizer(kind, stats["n"], float(stats["n"]))
 
+    def constant_rows(self, n: int, norm: Normalizer) -> np.ndarray:
+        return np.full(n, 1.0 / norm.total)
+
+    def mass(self, part: dict, norm: Normalizer, backend: Callable[[], Any]) -> float:
+        return float(part["n"])
+
 
 @dataclass(frozen=True)
-class ResponseAware:
+class ResponseAware(Reduction):
     """A response-aware distribution of :mod:`nldist.scores.oneread` (``influence``,
     ``influence-mix``, ``auto``): row values from a factor of the dual rows and the residual,
     normalised by a total only known after the pass — never reduced by the two-pass block
-    engine (its :meth:`finalize` refuses with the verbs that sample by it)."""
+    engine (its pass 1 is the cheap squared norm, and its :meth:`finalize` refuses with the
+    verbs that sample by it)."""
 
     candidate: str
-    gram = True
+    gram = False
     uses_ridge = False
 
     def finalize(self, kind: str, stats: dict, ridge: float, rtol: float | None) -> Normalizer:
