@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from nldist import graph, precond
-from nldist._checks import check_finite_block
+from nldist._checks import check_finite_block, check_xy
 from nldist.errors import NldistError
 from nldist.models import as_model
 from nldist.models.base import Model
@@ -266,20 +266,9 @@ def scores(
         oneread.mix_columns(np.ones((1, 2)), k.name)  # auto: the one-line error
     if not (isinstance(X, str) or _is_dask(X) or _is_dask(y)):
         Xa = np.asarray(X)
-        if Xa.ndim != 2:
-            raise NldistError(f"X must be 2-D (n, d), got shape {Xa.shape}")
-        if Xa.shape[0] == 0:
-            raise NldistError("X has no rows; check the dataset path and any row filter")
-        ya, y_cols = None, target_columns(y)
-        if y is not None and y_cols > 1:
-            ya = targets(y, Xa.shape[0], y_cols)
-        elif y is not None:
-            ya = np.asarray(y, dtype=np.float64).reshape(-1)
-            if ya.shape[0] != Xa.shape[0]:
-                raise NldistError(f"y has {ya.shape[0]} entries but X has {Xa.shape[0]} rows; "
-                                  f"pass y of shape ({Xa.shape[0]},)")
-        if not np.issubdtype(Xa.dtype, np.number):
-            raise NldistError(f"X has dtype {Xa.dtype}; convert it to float32/float64")
+        y_cols = check_xy(Xa, y, None)
+        ya = None if y is None else targets(y, Xa.shape[0], y_cols) if y_cols > 1 \
+            else np.asarray(y, dtype=np.float64).reshape(-1)
         spec = make_spec(k, model, theta, Xa.shape[1], ya is not None, linear_augment_y,
                          loss=loss, sketch=sk, device=device, seed=random_state, y_cols=y_cols)
         if k.response_aware:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -116,7 +117,7 @@ def test_bad_inputs(diabetes):
         nldist.scores(Xn, y, model="linear", kind="linear-leverage")
     with pytest.raises(NldistError, match="unknown score kind"):
         nldist.scores(X, y, model="linear", kind="leverage")
-    with pytest.raises(NldistError, match="y has 5 entries"):
+    with pytest.raises(NldistError, match=r"y has shape \(5,\) but X has \d+ rows"):
         nldist.scores(X, y[:5], model="linear")
     with pytest.raises(NldistError, match="no rows"):
         nldist.scores(X[:0], y[:0], model="linear")
@@ -155,3 +156,21 @@ def test_a_live_torch_module_is_a_model_everywhere(local_client):
     assert next(net.parameters()).dtype == torch.float32
     with pytest.raises(NldistError, match="theta has shape"):
         nldist.scores(X, y, model=net, theta=np.zeros(3))
+
+
+@pytest.mark.parametrize("bad", ["y short", "X 1-D", "X str", "X no rows", "X no cols",
+                                 "y str", "y 2 cols"])
+def test_numpy_and_dask_input_share_one_front_door(bad):
+    """nldist.scores validates X and y in one place (nldist._checks.check_xy): NumPy and
+    dask input fail with the same one-line message, before anything is read."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
+    X, y = {"y short": (X, y[:5]), "X 1-D": (X[:, 0], y), "X str": (X.astype(str), y),
+            "X no rows": (X[:0], y[:0]), "X no cols": (X[:, :0], y),
+            "y str": (X, y.astype(str)), "y 2 cols": (X, np.stack([y, y, y], 1)[:7])}[bad]
+    msgs = []
+    for wrap in (np.asarray, da.from_array):
+        with pytest.raises(NldistError) as err:
+            nldist.scores(wrap(X), wrap(y), model="linear", kind="linear-leverage")
+        msgs.append(str(err.value))
+    assert msgs[0] == msgs[1] and "\n" not in msgs[0]

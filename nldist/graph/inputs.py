@@ -19,9 +19,9 @@ import numpy as np
 from dask.base import get_scheduler
 from dask.callbacks import Callback
 
+from nldist._checks import check_xy
 from nldist._runtime import chunk_listener
 from nldist.errors import NldistError
-from nldist.models.losses import target_columns
 from nldist.store import counting
 from nldist.store.dataset import open_dataset
 
@@ -66,44 +66,29 @@ def as_dask_xy(
             y = y_store
     if not isinstance(X, da.Array):
         X = np.asarray(X)
-        X = da.from_array(X, chunks=(chunk_rows or max(1, X.shape[0]) if X.ndim else 1, -1)) \
-            if X.ndim == 2 else da.from_array(X)
-    if X.ndim != 2:
-        raise NldistError(f"X must be 2-D (n, d), got shape {X.shape}; reshape it")
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise NldistError(f"X has dtype {X.dtype}; convert it to float32/float64 (one-hot encode "
-                          "categorical columns, e.g. with `nldist ingest`)")
-    if X.shape[1] == 0:
-        raise NldistError("X has no columns; check the dataset's feature columns")
-    if any(math.isnan(c) for c in X.chunks[0]):
+    if y is not None and not isinstance(y, da.Array):
+        y = np.asarray(y)
+    y_cols = check_xy(X, y, y_cols)  # from the metadata, before anything is read
+    if not isinstance(X, da.Array):
+        X = da.from_array(X, chunks=(chunk_rows or max(1, X.shape[0]), -1))
+    unknown = any(math.isnan(c) for c in X.chunks[0])
+    if unknown:
         log.info("X has unknown chunk sizes; computing them (one extra read of X)")
         X = X.compute_chunk_sizes()
+    if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):
+        unknown = True
+        y = y.compute_chunk_sizes()
+    if unknown:  # the row counts are known now
+        check_xy(X, y, y_cols)
     if len(X.chunks[1]) > 1:
         log.warning("X has %d column chunks; rechunking to one column chunk per row block",
                     len(X.chunks[1]))
         X = X.rechunk({1: -1})
     if chunk_rows:
         X = X.rechunk({0: chunk_rows})
-    n = X.shape[0]
-    if n == 0:
-        raise NldistError("X has no rows; check the dataset path and any row filter")
     if y is not None:
-        if not isinstance(y, da.Array):
-            y = np.asarray(y)
-        if y_cols is None:  # infer: one target, or the columns of a 2-D y
-            y_cols = target_columns(y)
         if y.ndim == 2 and y.shape[1] == 1 and y_cols == 1:
             y = y[:, 0]
-        if isinstance(y, da.Array) and any(math.isnan(c) for c in y.chunks[0]):
-            y = y.compute_chunk_sizes()
-        want = (n,) if y_cols == 1 else (n, y_cols)
-        if tuple(y.shape) != want:
-            raise NldistError(
-                f"y has shape {tuple(y.shape)} but X has {n} rows; pass y of shape {want}"
-                + ("" if y_cols == 1 else f" (one column per output of the {y_cols}-output "
-                                          "model)"))
-        if not np.issubdtype(y.dtype, np.number):
-            raise NldistError(f"y has dtype {y.dtype}; convert the target to numbers")
         rows = (X.chunks[0],) if y_cols == 1 else (X.chunks[0], (y_cols,))
         y = da.from_array(y, chunks=rows) if not isinstance(y, da.Array) else y
         if y.chunks != rows:
