@@ -784,7 +784,9 @@ def select(
     quiet: Quiet = False,
 ) -> None:
     """The practical path: pilot, scores, sample, train on the sample, estimated full-data
-    loss — never fitting on all rows; prints its cost next to the full-data fit's."""
+    loss — never fitting on all rows itself; prints its cost next to the full-data fit's
+    (measured where that fit is cheap or with --compare-full, else estimated by a stated
+    model)."""
     ctx = _run_stage("select", job_file, overrides, cluster, out, dry_run, verbose, quiet,
                      force=force, compare_full=compare_full)
     if ctx is not None:
