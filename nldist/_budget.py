@@ -33,6 +33,11 @@ CACHE_FRACTION = 0.25
 ROW_OVERHEAD_BYTES = 2 * 8
 #: (q, q) float64 matrices a scores task holds at once (Gram, R, R^-1, QR work)
 SMALL_MATRICES = 4
+#: the smallest ``cluster.memory_limit`` of a local worker: a worker process holds ~110 MiB
+#: once Python, NumPy, Dask and nldist are imported, ~220 MiB after a pass of a tiny job
+#: (measured), and its nanny restarts it at 95 % of its limit — below this floor workers
+#: are restarted over and over before any task ends, and a run never finishes
+WORKER_MEMORY_FLOOR = 512 * 2**20
 #: driver bytes of the evaluation sample of the practical path (its rows, float64)
 EVAL_SAMPLE_BYTES = 128 * 2**20
 
@@ -79,26 +84,39 @@ def cache_budget(limits: list[int]) -> int | None:
 
 
 def memory_per_task(model, chunk_rows: int, n_features: int, itemsize: int,
-                    group: int = 1) -> int:
+                    group: int = 1, *, q: int | None = None,
+                    row_bytes: int | None = None) -> int:
     """Peak bytes of one scores task on a chunk of X: independent of n.
 
-    ``chunk_rows * (d * itemsize + 8 d + group * model.memory_per_row() + 16)`` (the X chunk,
-    its float64 copy, the model's dual rows — ``group`` of them per example for the block
-    kinds of a C-output model: C, or k for ``block-sketch:k`` — per-row results)
-    ``+ 4 (p+1)^2 * 8`` (the small matrices) ``+ model.workspace_bytes()`` (the quadrature
-    engine's batch, 0 for closed forms). A dual block wider than
-    :data:`DUAL_BLOCK_BYTES` is split into more tasks (``chunk_rows`` is then the split
-    chunk's rows).
+    ``chunk_rows * (d * itemsize + 8 d + group * row_bytes + 16)`` (the X chunk, its float64
+    copy, the matrix rows — ``row_bytes`` per row, by default the model's dual rows
+    ``model.memory_per_row()``; ``group`` of them per example for the block kinds of a
+    C-output model: C, or k for ``block-sketch:k`` — per-row results)
+    ``+ 4 q^2 * 8`` (the small (q, q) matrices of a leverage: q = p + 1 by default, k + 1 of
+    a column sketch, d + 1 for the data rows, 0 for a norm) ``+ model.workspace_bytes()``
+    (the quadrature engine's batch, 0 for closed forms; only with the model's dual rows). A
+    dual block wider than :data:`DUAL_BLOCK_BYTES` is split into more tasks (``chunk_rows``
+    is then the split chunk's rows).
     """
-    q = model.n_params + 1
-    per_row = n_features * itemsize + 8 * n_features + group * model.memory_per_row() \
-        + ROW_OVERHEAD_BYTES
-    return int(chunk_rows * per_row + SMALL_MATRICES * q * q * 8 + model.workspace_bytes())
+    q = model.n_params + 1 if q is None else q
+    dual = row_bytes is None
+    row_bytes = model.memory_per_row() if dual else row_bytes
+    per_row = n_features * itemsize + 8 * n_features + group * row_bytes + ROW_OVERHEAD_BYTES
+    return int(chunk_rows * per_row + matrices_bytes(q)
+               + (model.workspace_bytes() if dual else 0))
 
 
-MEMORY_FORMULA = ("threads * chunk_rows * (d*itemsize + 8d + 24(p+1) g + 16) + 32(p+1)^2 bytes "
-                  "(g = rows per example: C or k for block kinds, else 1; + 16*max_elems for "
-                  "quadrature models), independent of n")
+def matrices_bytes(q: int) -> int:
+    """Bytes of the small (q, q) float64 matrices one leverage task holds at once (R, its
+    inverse, the Gram, the QR work): what no choice of chunk rows makes smaller."""
+    return SMALL_MATRICES * q * q * 8
+
+
+MEMORY_FORMULA = ("threads * chunk_rows * (d*itemsize + 8d + 24(p+1) g + 16) + 32 q^2 bytes "
+                  "(g = rows per example: C or k for block kinds, else 1; q = p+1 for a "
+                  "leverage of the dual rows, k+1 with sketch.cols, d+1 for the linear kinds "
+                  "(rows of 24(d+1) bytes), 0 for a norm; + 16*max_elems for quadrature "
+                  "models), the largest over the job's kinds, independent of n")
 
 
 def task_rows(chunk_rows: int, q: int, group: int = 1) -> int:

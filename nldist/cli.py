@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from nldist import __version__
-from nldist.errors import NldistError, numeric_breakdown, storage_problem
+from nldist.errors import NldistError, numeric_breakdown, out_of_memory, storage_problem
 
 
 class _Deferred:
@@ -228,6 +228,8 @@ def _error_line(exc: Exception) -> str | None:
                 "features or the target likely hold unstandardized or huge values; standardize "
                 "them (dataset.standardize: true and standardize_target: true, or `nldist "
                 "ingest --standardize --standardize-target`) or rescale the columns")
+    if (memory := out_of_memory(exc)) is not None:
+        return memory
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {exc.filename or exc}; check the path"
     if isinstance(exc, OSError):

@@ -7,6 +7,8 @@ message that says what is wrong and how to fix it. The CLI prints it as
 
 from __future__ import annotations
 
+import re
+
 
 class NldistError(ValueError):
     """A user-facing error with a one-line message naming the fix."""
@@ -54,3 +56,24 @@ def numeric_breakdown(exc: BaseException) -> bool:
     name = type(exc).__name__
     return name in ("LinAlgError", "FloatingPointError") or (
         isinstance(exc, ValueError) and "infs or NaNs" in str(exc))
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """One line for a task that ran out of memory (None: ``exc`` is not that): a MemoryError
+    raised in a task, or distributed's KilledWorker — every worker that ran the task died
+    (its nanny restarts a worker over its memory limit, or the process crashed) until the
+    scheduler gave up. Recognized by class name, so that distributed is not imported."""
+    name = type(exc).__name__
+    fix = ("raise cluster.memory_limit, lower dataset.chunk_rows, or choose a smaller model or "
+           "a sketch (sketch: {cols: 512}); `--dry-run` prints the memory bound per task")
+    if name == "KilledWorker":
+        task = getattr(exc, "task", None) or (exc.args[0] if exc.args else "?")
+        task = str(task).strip("'\"()").split("'")[0]  # ('name-token', 0) -> name-token
+        task = re.sub(r"-([0-9a-f]{32}|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})$", "",
+                      task)[:80]
+        return (f"the workers died running task {task} (each one that ran it: over its memory "
+                f"limit, or a crash), and dask gave up; {fix}")
+    if isinstance(exc, MemoryError):
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "no detail"
+        return f"out of memory ({detail}); {fix}"
+    return None

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from nldist._budget import WORKER_MEMORY_FLOOR
 from nldist.datasets import DATASETS
 from nldist.errors import NldistError
 from nldist.models import check_spec
@@ -190,7 +191,14 @@ class ClusterConfig(_Strict):
     @field_validator("memory_limit")
     @classmethod
     def _memory(cls, v: str) -> str:
-        return _check_bytes(v)
+        v = _check_bytes(v)
+        if v != "auto" and 0 < parse_bytes(v) < WORKER_MEMORY_FLOOR:
+            raise ValueError(
+                f"{v} is below the {WORKER_MEMORY_FLOOR // 2**20} MiB a worker needs (a worker "
+                "process holds ~220 MiB after its first task, and it is restarted at 95 % of "
+                f"its limit, over and over); use at least {WORKER_MEMORY_FLOOR // 2**20}MiB, "
+                "or auto")
+        return v
 
     @field_validator("address")
     @classmethod

@@ -243,6 +243,10 @@ CASES = {
     "2-column y, single-output model": (_two_column_y,
                                         r"y has 2 column\(s\) but model 'glm:sigmoid' .* takes "
                                         r"one target per row; use a 2-output model"),
+    "memory_limit below the worker floor": (lambda t: ["run", _job(t, _csv(t / "d.csv")),
+                                                    "--set", "cluster.memory_limit=64MiB"],
+                                            r"cluster.memory_limit: 64MiB is below the 512 MiB a "
+                                            r"worker needs.*use at least 512MiB"),
     "huge unstandardized features": (_unstandardized,
                                      r"(numeric breakdown|not finite).*unstandardized or huge "
                                      r"values.*standardize"),
@@ -271,7 +275,9 @@ def _fails_in_one_line(case: str, args: list, message: str, tmp_path: Path,
         args += ["--out", str(out)]
     before = _tree(tmp_path)
     done = CliRunner().invoke(app, args)
-    err = done.stderr.strip().splitlines()
+    # (a local cluster's first line says where its dashboard is: not an error line)
+    err = [ln for ln in done.stderr.strip().splitlines()
+           if ln.strip() and not ln.startswith("dask dashboard: ")]
     assert done.exit_code == 2, (case, done.output)
     assert len(err) == 1 and err[0].startswith("error: "), (case, done.stderr)
     assert re.search(message, err[0]), (case, err[0])
@@ -497,3 +503,78 @@ def test_a_damaged_sample_table_is_one_line(tmp_path, damage):
     with pytest.raises(NldistError, match=r"is a damaged nldist sample .*run "
                                           r"the job again"):
         load_sample(tmp_path)
+
+
+# -- issue 29: resources, on real LocalCluster worker processes ------------------------------
+#: the dry-run's memory bound, enforced before any pass: one line naming the bytes, the
+#: chunk_rows and the memory_limit, instead of minutes of worker restarts and a KilledWorker
+#: traceback (relu2:100000 on 2 features: p = 300,000, an R of 300,001^2 float64)
+TOO_BIG = r"model 'relu2:100000' \(p = 300,000\) does not fit the workers: one " \
+    r"nonlinear-leverage scores task needs 2.62 TiB \(its \(300,001, 300,001\) matrices " \
+    r"alone take 2.62 TiB, whatever the chunk_rows \(60\)\), over the workers' memory_limit " \
+    r"of 1.00 GiB; sketch the dual rows"
+
+
+@pytest.mark.parametrize("verb", ["run", "select"])
+def test_a_task_over_the_memory_limit_is_one_line_before_any_pass(verb, tmp_path):
+    import time
+
+    job = _job(tmp_path, _csv(tmp_path / "d.csv"), model="relu2:100000")
+    t0 = time.perf_counter()
+    _fails_in_one_line(verb, [verb, job, "--cluster", "local", "--set", "cluster.n_workers=1",
+                              "--out", tmp_path / "out"], TOO_BIG, tmp_path)
+    assert time.perf_counter() - t0 < 60  # (no pass ran: ~5 s on an idle machine)
+    assert not (tmp_path / "out" / "scores").exists()
+
+
+def test_the_dry_run_prints_the_bound_that_is_enforced(tmp_path):
+    """--dry-run reports the bound the run refuses by, and a column sketch bounds the
+    factored matrices by k (a relu2:1350 on 74 features runs on 1 GiB workers sketched)."""
+    from types import SimpleNamespace
+
+    from nldist.models import get_model
+    from nldist.pipeline.budget import kind_task
+
+    job = _job(tmp_path, _csv(tmp_path / "d.csv"), model="relu2:100000")
+    done = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--out",
+                                    str(tmp_path / "out"), "--quiet"])
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    assert plan["memory_per_task_bytes"] == 32 * 300_001**2 + 20 * (2 * 8 + 2 * 8
+                                                                     + 24 * 300_001 + 16)
+    m = get_model("relu2:1350", 74)
+    sketched = SimpleNamespace(kind="nonlinear-leverage", sketch=SimpleNamespace(cols=512))
+    exact = SimpleNamespace(kind="nonlinear-leverage", sketch=None)
+    task = kind_task(sketched, m, "nonlinear-leverage", 20_000, 74, 8)
+    assert task["q"] == 513 and task["bytes"] < 2**30 / 2  # the sketched job fits 1 GiB
+    assert kind_task(exact, m, "nonlinear-leverage", 20_000, 74, 8)["bytes"] > 300e9
+    assert kind_task(exact, m, "nonlinear-norm", 20_000, 74, 8)["q"] == 0
+    assert kind_task(exact, m, "linear-leverage", 20_000, 74, 8)["q"] == 75
+
+
+def _exit_worker() -> None:
+    os._exit(1)  # what the nanny's kill of a worker over its memory limit looks like
+
+
+def test_a_task_that_kills_its_workers_is_one_line(tmp_path):
+    """A task every worker dies running (a worker over its memory limit is killed by its
+    nanny) ends in distributed's KilledWorker after 2 tries here: one line naming
+    memory_limit and chunk_rows, bounded by the allowed failures, not a traceback."""
+    import dask
+    from distributed import KilledWorker
+
+    from nldist.cluster import connect
+    from nldist.errors import out_of_memory
+    from nldist.jobs import ClusterConfig
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            connect(ClusterConfig(address="local", n_workers=1),
+                    log_file=str(tmp_path / "run.log")) as client:
+        with pytest.raises(KilledWorker) as got:
+            client.submit(_exit_worker, pure=False).result(timeout=60)
+    line = out_of_memory(got.value)
+    assert line is not None and "\n" not in line, line
+    assert re.match(r"the workers died running task _exit_worker \(each .*raise "
+                    r"cluster.memory_limit, lower dataset.chunk_rows", line), line
+    assert out_of_memory(MemoryError("Unable to allocate 2.62 TiB")).startswith(
+        "out of memory (Unable to allocate 2.62 TiB); raise cluster.memory_limit")

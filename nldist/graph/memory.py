@@ -24,6 +24,14 @@ def worker_memory_limits(c: Any) -> list[int]:
         return []
     return [w.get("memory_limit") or 0 for w in c.scheduler_info().get("workers", {}).values()]
 
+
+def worker_threads(c: Any) -> list[int]:
+    """Threads of each worker of client ``c`` (tasks it runs at once); [] without one."""
+    if c is None:
+        return []
+    return [int(w.get("nthreads") or 1)
+            for w in c.scheduler_info().get("workers", {}).values()]
+
 def persist_xy(X: da.Array, y: da.Array, client: Any = None) -> tuple[da.Array, da.Array]:
     """X, y computed once into worker memory (on ``client``, else the current scheduler)."""
     if client is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from nldist._version import __version__
 from nldist.errors import NldistError
-from nldist.pipeline import stages
+from nldist.pipeline import budget, stages
 from nldist.pipeline.context import RunContext
 from nldist.store.records import write_json
 
@@ -34,6 +34,7 @@ def experiment(ctx: RunContext, force: bool = False) -> dict:
     t0 = time.perf_counter()
     stages.outputs.claim(ctx, "experiment", force)
     stages.data.ingest(ctx)
+    budget.check_memory(ctx, list(exp.kinds))
     X, _ = stages.data.xy(ctx)
     at = stages.theta.theta(ctx)
     theta_star, star_info = stages.theta.optimum(ctx)

@@ -26,8 +26,8 @@ import numpy as np
 from nldist import graph, precond
 from nldist._version import __version__
 from nldist.errors import NldistError
+from nldist.pipeline import budget, stages
 from nldist.pipeline import oneread as oneread_stage
-from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
 from nldist.scores.oneread import ONE_READ_KINDS
@@ -140,6 +140,7 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
     ctx.model_cache = None
     stages.outputs.claim(ctx, "fit", force)
     stages.data.ingest(ctx)
+    budget.check_memory(ctx, [sample_kind(ctx)])
     t_ingested = time.perf_counter()
     X, y = stages.data.xy(ctx)
     n = int(X.shape[0])

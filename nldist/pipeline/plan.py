@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import dask
 
-from nldist._budget import MEMORY_FORMULA, cache_budget, memory_per_task, task_rows
+from nldist._budget import MEMORY_FORMULA, cache_budget
 from nldist.pipeline import stages
+from nldist.pipeline.budget import kind_task
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
-
-
-def _group(kind: Any, model: Any) -> int:
-    """Dual rows per example of a kind (C or k for the block kinds, else 1)."""
-    if kind.rows != "block":
-        return 1
-    return int(kind.k or model.n_outputs)
 
 
 def _bytes(size: str) -> int | None:
@@ -67,10 +60,10 @@ def plan(ctx: RunContext, verb: str = "run") -> dict:
                     else "streamed from the store every pass"))
     else:
         cache = f"{job.cache_x}: decided at run time from the workers' memory limits"
-    # the widest kind decides the task: g matrix rows per example (C, or k of block-sketch)
-    group = max(_group(get_kind(k), m) for k in kinds)
-    rows = task_rows(chunk, m.n_params + 1, group)
-    per_task = memory_per_task(m, rows, d, itemsize, group)
+    # the largest kind decides the task (:func:`nldist.pipeline.budget.kind_task`)
+    task = max((kind_task(job, m, k, chunk, d, itemsize) for k in kinds),
+               key=lambda t: t["bytes"])
+    rows, group, per_task = task["rows"], task["group"], task["bytes"]
     return {
         "n_rows": n, "n_features": d, "n_params": m.n_params, "chunks": len(X.chunks[0]),
         "chunk_rows": chunk, "kinds": kinds,

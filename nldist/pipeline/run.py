@@ -13,7 +13,7 @@ import numpy as np
 
 from nldist._version import __version__
 from nldist.errors import NldistError
-from nldist.pipeline import stages
+from nldist.pipeline import budget, stages
 from nldist.pipeline.context import RunContext
 from nldist.store.records import save_npy, save_npz, write_json
 from nldist.store.scores import path_name
@@ -42,6 +42,7 @@ def run(ctx: RunContext, stop_after: str = "evaluate", force: bool = False) -> d
     t0 = time.perf_counter()
     stages.outputs.claim(ctx, "run", force)
     stages.data.ingest(ctx)
+    budget.check_memory(ctx, job.kinds())
     X, _ = stages.data.xy(ctx)
     at = stages.theta.theta(ctx)
     results: dict[str, dict] = {}
