@@ -5,7 +5,9 @@ Every ``*.py`` file under ``nldist/`` is parsed and its import graph built from 
 imports inside functions, methods, classes and ``if TYPE_CHECKING:`` blocks count, relative
 imports are resolved, ``from nldist.scores import linalg`` is an edge to ``nldist.scores.linalg``
 when that is a module (else to ``nldist.scores``), and ``importlib.import_module("nldist.x")``
-with a literal name counts as an import. Edges to third-party modules are kept for the nevers.
+with a literal name counts as an import, as does a ``"nldist.x:name"`` registry string (a
+factory loaded by name on first use: ``nldist.models.FACTORIES``). Edges to third-party modules
+are kept for the nevers, and ``.compute()`` / ``.persist()`` method calls for the graph never.
 The implicit import of parent packages (``import nldist.a.b`` first runs ``nldist/__init__``)
 is not an edge: it would put every module in one cycle with the public ``nldist``.
 
@@ -14,8 +16,9 @@ Rules (one test each; every failure lists each offence as ``file:line: import``)
 * every module has a ring in ``RINGS`` and imports only its own ring or lower rings;
 * no import cycle among nldist modules;
 * the nevers of ARCHITECTURE.md (compute never does I/O or Dask, store never computes, only
-  ``graph`` builds Dask graphs, no function-local nldist import, no ``_private`` name of another
-  module, ``cli`` goes through the front doors only);
+  ``graph`` builds Dask graphs or calls ``.compute()`` / ``.persist()``, only ``store`` and the
+  ingest import zarr, fsspec or pyarrow, no function-local nldist import, no ``_private`` name
+  of another module, ``cli`` goes through the front doors only);
 * the README's ``## Layout`` section lists every module, and only files that exist.
 """
 
@@ -162,13 +165,32 @@ def module_files(pkg: Path = PKG) -> dict[str, Path]:
     return out
 
 
+#: a registry string naming a module and a name in it, loaded on first use
+REGISTRY_RE = re.compile(r"^(nldist(?:\.[A-Za-z_][A-Za-z_0-9]*)+):([A-Za-z_][A-Za-z_0-9]*)$")
+#: method calls that run a Dask graph (on any object: an array, a bag, a client)
+RUN_METHODS = ("compute", "persist")
+
+
+@dataclass(frozen=True)
+class MethodCall:
+    """A call ``<expr>.<name>(...)`` of one of :data:`RUN_METHODS`."""
+
+    module: str
+    path: str
+    line: int
+    text: str  # the call as written (its first line)
+
+
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, module: str, is_pkg: bool, path: str, modules: set[str]):
+    def __init__(self, module: str, is_pkg: bool, path: str, modules: set[str],
+                 source: str = ""):
         self.module, self.is_pkg, self.path, self.modules = module, is_pkg, path, modules
+        self.source = source
         self.depth = 0
         self.imports: list[Import] = []
         self.aliases: dict[str, str] = {}
         self.attributes: list[tuple[int, ast.Attribute]] = []
+        self.runs: list[MethodCall] = []
 
     # scopes -------------------------------------------------------------------------------
     def _scoped(self, node):
@@ -231,7 +253,18 @@ class _Scanner(ast.NodeVisitor):
                 and under(node.args[0].value, "nldist")):
             target = node.args[0].value
             self._add(node, target, (), f"{name}({target!r})", target in self.modules)
+        if isinstance(func, ast.Attribute) and func.attr in RUN_METHODS:
+            text = (ast.get_source_segment(self.source, node) or f".{func.attr}(...)")
+            self.runs.append(MethodCall(self.module, self.path, node.lineno,
+                                        text.splitlines()[0]))
         self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant):
+        # "nldist.models.torchmodel:torch_spec": an import the statements never show
+        if isinstance(node.value, str) and (match := REGISTRY_RE.match(node.value)):
+            target, name = match[1], match[2]
+            self._add(node, target, (name,), f"{node.value!r}  [registry string]",
+                      target in self.modules)
 
     def visit_Attribute(self, node: ast.Attribute):
         self.attributes.append((node.lineno, node))
@@ -312,9 +345,14 @@ def bound_names(source: str) -> set[str] | None:
 
 def scan_source(source: str, module: str, is_pkg: bool, path: str,
                 modules: set[str]) -> tuple[list[Import], list[Use]]:
-    scanner = _Scanner(module, is_pkg, path, modules)
+    return scan_all(source, module, is_pkg, path, modules)[:2]
+
+
+def scan_all(source: str, module: str, is_pkg: bool, path: str, modules: set[str]
+             ) -> tuple[list[Import], list[Use], list[MethodCall]]:
+    scanner = _Scanner(module, is_pkg, path, modules, source)
     scanner.visit(ast.parse(source, filename=path))
-    return scanner.imports, scanner.uses()
+    return scanner.imports, scanner.uses(), scanner.runs
 
 
 @dataclass(frozen=True)
@@ -323,6 +361,7 @@ class Tree:
     imports: tuple[Import, ...]
     uses: tuple[Use, ...]
     bound: dict[str, set[str] | None]  # module -> names it binds (None: any)
+    runs: tuple[MethodCall, ...] = ()  # .compute() / .persist() calls
 
     def missing_names(self, imp: Import) -> list[str]:
         """Names of ``from <nldist module> import a, b`` that the module does not bind."""
@@ -352,15 +391,16 @@ class Tree:
 def tree() -> Tree:
     files = module_files()
     modules = set(files)
-    imports, uses, bound = [], [], {}
+    imports, uses, runs, bound = [], [], [], {}
     for module, path in files.items():
         rel = path.relative_to(ROOT).as_posix()
         source = path.read_text(encoding="utf-8")
-        i, u = scan_source(source, module, path.name == "__init__.py", rel, modules)
+        i, u, r = scan_all(source, module, path.name == "__init__.py", rel, modules)
         imports += i
         uses += u
+        runs += r
         bound[module] = bound_names(source)
-    return Tree(files, tuple(imports), tuple(uses), bound)
+    return Tree(files, tuple(imports), tuple(uses), bound, tuple(runs))
 
 
 def _natural(line: str):
@@ -470,12 +510,19 @@ def test_scanner_sees_every_kind_of_import():
         "            import importlib\n"
         "            return importlib.import_module('nldist.pipeline')\n"
         "    return dask.delayed(f), linalg._helper, E._x, mb.Model\n"
+        "REGISTRY = {'t': 'nldist.models.torchmodel:torch_spec', 'x': 'not nldist.a:b'}\n"
+        "def h(arr, client):\n"
+        "    return arr.sum().compute(), client.persist(arr), compute(arr)\n"
     )
     modules = {"nldist", "nldist.errors", "nldist.scores", "nldist.scores.linalg",
                "nldist.models", "nldist.models.base", "nldist.store.records", "nldist.graph",
-               "nldist.pipeline", "nldist.scores.block"}
-    imports, uses = scan_source(src, "nldist.scores.block", False, "x.py", modules)
+               "nldist.pipeline", "nldist.scores.block", "nldist.models.torchmodel"}
+    imports, uses, runs = scan_all(src, "nldist.scores.block", False, "x.py", modules)
     got = {(i.target, i.names, i.local) for i in imports}
+    # a registry string is an import of its module's name; other strings are not
+    assert ("nldist.models.torchmodel", ("torch_spec",), False) in got
+    assert not any(i.target == "nldist.a" for i in imports)
+    assert [r.text for r in runs] == ["arr.sum().compute()", "client.persist(arr)"]
     assert ("dask", (), False) in got
     assert ("nldist.errors", (), False) in got
     assert ("nldist.scores.linalg", ("linalg",), False) in got
@@ -648,6 +695,47 @@ def test_only_graph_builds_dask_graphs():
                 seen.add(key)
                 bad.append(f"{use.path}:{use.line}: uses {'.'.join(parts[:2])}")
     fail_if("Dask graphs built outside nldist.graph", bad)
+
+
+IO_LIBS = ("zarr", "fsspec", "pyarrow")
+#: modules that read and write files: the store, and the ingest of source tables
+IO_MODULES = ("nldist.store", "nldist.ingest")
+#: the exceptions, each with its reason
+IO_EXCEPTIONS = {
+    # a torch: model's .py file by path or URL (s3://...), read on the driver and on every
+    # worker when the model is built: the models ring cannot reach the store
+    ("nldist.models.torchspec", "fsspec"): "torch: specs load a module file by URL",
+}
+
+
+def test_only_store_and_ingest_import_io_libraries():
+    """zarr, fsspec and pyarrow are imported only under nldist.store and by the ingest
+    (plus the listed exceptions): everything else reads and writes through them."""
+    bad = [imp.where() for imp in tree().imports
+           if under_any(imp.target, IO_LIBS) and not under_any(imp.module, IO_MODULES)
+           and (imp.module, imp.target.split(".")[0]) not in IO_EXCEPTIONS]
+    fail_if("zarr/fsspec/pyarrow imported outside store/ and the ingest (go through "
+            "nldist.store)", bad)
+
+
+def test_only_graph_runs_dask_graphs():
+    """``.compute()`` and ``.persist()`` are called only in nldist.graph: a pass elsewhere
+    would run outside its chunk progress, counting and cluster handling."""
+    bad = [f"{r.path}:{r.line}: {r.text}" for r in tree().runs
+           if not under_any(r.module, GRAPH)]
+    fail_if(".compute()/.persist() outside nldist.graph (add a function there)", bad)
+
+
+def test_registry_strings_resolve():
+    """Every ``"nldist.x:name"`` registry string names a module that exists and a name it
+    binds (they are imports: the ring and cycle rules above count them too)."""
+    t = tree()
+    regs = [i for i in t.imports if i.text.endswith("[registry string]")]
+    assert regs, "no registry strings found: nldist.models.FACTORIES names its torch factories"
+    bad = [f"{i.where()}  -> " + (f"no module {i.target}" if i.target not in t.files
+                                  else f"{i.target} binds no {i.names[0]}")
+           for i in regs if i.target not in t.files or t.missing_names(i)]
+    fail_if("registry strings that do not resolve", bad)
 
 
 def test_no_function_local_nldist_imports():
