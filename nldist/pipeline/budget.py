@@ -22,13 +22,6 @@ from nldist.scores.kinds import get_kind
 from nldist.scores.reductions import SquaredNorm
 
 
-def _group(kind: Any, model: Any) -> int:
-    """Matrix rows per example of a kind: C (or k of ``block-sketch:k``) for the block
-    kinds of a C-output model, else 1."""
-    family = getattr(kind.rows, "family", kind.rows)  # a rows factory, or its name
-    return int(kind.k or model.n_outputs) if family == "block" else 1
-
-
 def kind_task(job: Any, m: Any, kind: str, chunk: int, d: int, itemsize: int) -> dict:
     """One scores task of ``kind`` on a chunk of ``chunk`` rows: ``bytes`` (its peak,
     :func:`nldist._budget.memory_per_task`), ``rows`` (examples per task), ``group`` (matrix
@@ -40,7 +33,7 @@ def kind_task(job: Any, m: Any, kind: str, chunk: int, d: int, itemsize: int) ->
     k = get_kind(kind)
     if k.uniform:
         return {"kind": kind, "bytes": 0, "rows": chunk, "group": 1, "q": 0}
-    group = _group(k, m)
+    group = k.group(m)  # C or k rows per example for the block kinds, else 1
     row_bytes: int | None
     if k.nonlinear:
         width, row_bytes = m.n_params + 1, None  # the model's dual rows
