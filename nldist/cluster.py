@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -239,19 +240,48 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
 
     sec = security(cfg)
     kw: dict[str, Any] = {"security": sec, "protocol": "tls://"} if sec else {}
-    with LocalCluster(
-        n_workers=cfg.n_workers,
-        threads_per_worker=cfg.threads_per_worker,
-        processes=True,
-        memory_limit=cfg.memory_limit,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        **kw,
-    ) as cluster, Client(cluster, security=sec) as client:
+    with contextlib.ExitStack() as stack:
+        # the workers are born with Ctrl-C blocked; one held back is one line here
+        with quiet_interrupt(), sigint_deferred():
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=cfg.n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                processes=True,
+                memory_limit=cfg.memory_limit,
+                host="127.0.0.1",
+                dashboard_address=":0",
+                **kw,
+            ))
+            client = stack.enter_context(Client(cluster, security=sec))
+            client.run(ignore_sigint)  # Ctrl-C reaches the whole process group: the driver acts
+            client.run(quiet_task_errors, log_file)  # the workers share this console
         log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
-        client.run(ignore_sigint)  # Ctrl-C reaches the whole process group: the driver acts
-        client.run(quiet_task_errors, log_file)  # the workers share this console
         yield client
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while a local cluster starts: SIGINT is blocked in this thread, and
+    so in the threads it starts and in the worker processes they spawn (a signal mask is
+    inherited across fork and exec). Ctrl-C goes to the terminal's whole process group: a
+    worker process hit while Python is still starting in it dies with "Fatal Python error:
+    init_import_site" and a traceback, and the half-started cluster's teardown adds an
+    AssertionError (135 lines on the console for one Ctrl-C). Held back, the Ctrl-C is
+    delivered to the driver when the block ends (a KeyboardInterrupt there: the started
+    cluster is closed, one line is printed), and never to the workers (they ignore it:
+    :func:`ignore_sigint`). multiprocessing's resource tracker is started first: starting
+    it from a spawn unblocks SIGINT in the spawning thread (it blocks and then unblocks
+    SIGINT and SIGTERM around its own launch)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 #: the loggers of the dashboard's web server, which runs in this process with a local

@@ -578,3 +578,41 @@ def test_a_task_that_kills_its_workers_is_one_line(tmp_path):
                     r"cluster.memory_limit, lower dataset.chunk_rows", line), line
     assert out_of_memory(MemoryError("Unable to allocate 2.62 TiB")).startswith(
         "out of memory (Unable to allocate 2.62 TiB); raise cluster.memory_limit")
+
+
+def test_ctrl_c_while_the_local_cluster_starts_is_one_line(tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground process group) the moment the first worker
+    process of the local cluster exists — Python still starting in it: exit 130 (as a shell
+    reports a process ended by SIGINT) and the one 'interrupted' line; not the workers'
+    "Fatal Python error: init_import_site" tracebacks nor the half-started cluster's
+    AssertionError (135 lines before)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    job = _job(tmp_path, _csv(tmp_path / "d.csv"), "cache_x: never\n")
+    # as from a terminal: SIGINT at its default (a background test session may ignore it)
+    proc = subprocess.Popen([sys.executable, "-m", "nldist", "run", str(job), "--cluster",
+                             "local", "--out", str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    driver, t0 = psutil.Process(proc.pid), time.monotonic()
+    while time.monotonic() - t0 < 120 and proc.poll() is None:
+        try:
+            spawned = [c for c in driver.children() if "spawn_main" in " ".join(c.cmdline())
+                       and "resource_tracker" not in " ".join(c.cmdline())]
+        except psutil.Error:
+            spawned = []
+        if spawned:
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)  # Python is starting in the worker: its SIGINT handler is installed
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["error: interrupted; re-run the same command to resume"], err[-3000:]
