@@ -197,20 +197,23 @@ def equilibrated_chol(G: np.ndarray) -> tuple[np.ndarray | None, float]:
 # --------------------------------------------------------------------------------------
 
 
-def cholqr_r(G: np.ndarray) -> np.ndarray | None:
+def cholqr_r(G: np.ndarray, kappa_max: float = KAPPA_CHOLQR) -> np.ndarray | None:
     """R straight from a block's Gram (CholeskyQR) when that is accurate enough, else None.
 
     Parameters
     ----------
     G : ndarray, shape (q, q)
         ``AᵀA`` of the block.
+    kappa_max : float
+        Largest accepted condition estimate (:data:`KAPPA_CHOLQR`; rows that are never
+        formed, whose only alternative is a dense block, accept :data:`KAPPA_CHOLQR2`).
 
     Returns
     -------
     R : ndarray (q, q) or None
         Upper triangular with ``RᵀR = G``, computed from the column-equilibrated Gram, when
         the condition estimate of the (nonzero columns of the) block is at most
-        :data:`KAPPA_CHOLQR`; None otherwise (then a method that reads the block is needed).
+        ``kappa_max``; None otherwise (then a method that reads the block is needed).
         Exactly zero columns give zero rows and columns of R.
     """
     q = G.shape[0]
@@ -222,7 +225,7 @@ def cholqr_r(G: np.ndarray) -> np.ndarray | None:
     if not nz.any():
         return np.zeros((q, q))
     R1, kappa = equilibrated_chol(G if nz.all() else G[np.ix_(nz, nz)])
-    if R1 is None or kappa > KAPPA_CHOLQR:
+    if R1 is None or kappa > kappa_max:
         return None
     return R1 if nz.all() else _embed(R1, nz)
 

@@ -120,8 +120,12 @@ class Leverage(Reduction):
         """The block's R: from the Cholesky factor of the Gram in the common
         well-conditioned case, else from the whole block by the backend's ``block_r``."""
         G = value
-        R = (linalg.cholqr_r(G) if finite and spec.qr_method == "auto"
-             and rows >= 4 * G.shape[0] else None)
+        if spec.rows.gram_only:  # never formed: the Gram's R unless it is ill-conditioned
+            R = (linalg.cholqr_r(G, linalg.KAPPA_CHOLQR2) if finite
+                 and spec.qr_method == "auto" else None)
+        else:
+            R = (linalg.cholqr_r(G) if finite and spec.qr_method == "auto"
+                 and rows >= 4 * G.shape[0] else None)
         method = "cholqr"
         if R is None:
             A = block()

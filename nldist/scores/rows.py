@@ -172,6 +172,10 @@ class Rows:
         ``row_values(X, y, offset, P)`` gives leverage rows without forming the block.
     fills_buffer : bool
         ``matrix(X, y, out=buf)`` writes into a caller's buffer.
+    gram_only : bool
+        The passes never form the block (sparse rows of coded categoricals): pass 1 takes
+        its R from the Gram up to ``linalg.KAPPA_CHOLQR2`` (the Gram's rounding then costs
+        at most about 1e-4 relative in a leverage) and forms the block only past that.
     """
 
     group: int = 1
@@ -183,6 +187,7 @@ class Rows:
     gram_any_dtype: bool = False
     structured: bool = False
     fills_buffer: bool = False
+    gram_only: bool = False
 
     def n_cols(self, d: int) -> int:
         """Columns q of the block for X with d columns."""
@@ -219,6 +224,10 @@ class DualRows(Rows):
 
     @property
     def gram_direct(self) -> bool:
+        return self.structured
+
+    @property
+    def gram_only(self) -> bool:
         return self.structured
 
     @property
@@ -420,6 +429,10 @@ class BlockRows(Rows):
 
     @property
     def gram_direct(self) -> bool:
+        return self.structured
+
+    @property
+    def gram_only(self) -> bool:
         return self.structured
 
     @property
