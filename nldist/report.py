@@ -413,7 +413,8 @@ def original_units(X: np.ndarray, y: np.ndarray | None, attrs: dict
 
 
 def decode_columns(X: np.ndarray, attrs: dict) -> tuple[list[str], list[list[str]]]:
-    """Feature columns for display: one-hot groups folded back into their categories.
+    """Feature columns for display: one-hot groups folded back into their categories, and
+    integer codes (``attrs["codes"]``) shown as their levels.
 
     Returns the column names and, per column, the formatted values of each row.
     """
@@ -441,6 +442,11 @@ def decode_columns(X: np.ndarray, attrs: dict) -> tuple[list[str], list[list[str
             used.update(where)
             continue
         if j in used or any(j in w for _, w in dummy_of.values()):
+            continue
+        levels = (attrs.get("codes") or {}).get(name)
+        if levels is not None:  # a categorical stored as integer codes: its level
+            cols.append((name, [str(levels[int(v)]) if 0 <= v < len(levels) else _fmt(v)
+                                for v in X[:, j]]))
             continue
         cols.append((name, [_fmt(v) for v in X[:, j]]))
     return [c[0] for c in cols], [c[1] for c in cols]

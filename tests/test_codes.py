@@ -194,3 +194,11 @@ def test_one_read_sample_of_a_coded_store_equals_the_one_hot_stores(tmp_path, sy
     assert list(tab["dest__orig"].astype(str)) == list(df["dest"].to_numpy()[rows])
     levels = sorted(set(df["dest"]))
     assert [levels[int(c)] for c in tab["dest"]] == list(tab["dest__orig"].astype(str))
+
+
+def test_the_report_shows_a_code_as_its_level():
+    from nldist import report
+
+    attrs = {"features": ["x", "origin"], "codes": {"origin": ["ATL", "LAS", "ORD"]}}
+    names, cols = report.decode_columns(np.array([[0.5, 2.0], [1.0, 0.0]]), attrs)
+    assert names == ["x", "origin"] and cols[1] == ["ORD", "ATL"]
