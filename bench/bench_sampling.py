@@ -116,9 +116,15 @@ class Table:
         return out
 
     def frame(self) -> pd.DataFrame:
-        """The dense table (for the CLI run) with the target as ``y``."""
-        X = self.rows(slice(None))
-        df = pd.DataFrame(X, columns=self.columns)
+        """The table for the CLI run, with the target as ``y``: the numeric columns and each
+        categorical as text labels ``L00000``.. in code order (so ingest one-hot encodes it
+        with the same reference level, or stores it as integer codes above
+        ``onehot_max_levels``: flights-3m's airports never become 458 dense columns)."""
+        k = self.num.shape[1]
+        df = pd.DataFrame(self.num, columns=self.columns[:k])
+        for j, c in enumerate(self.codes):
+            df[f"cat{j}"] = pd.Categorical.from_codes(
+                c, categories=[f"L{v:05d}" for v in range(self.levels[j])])
         df["y"] = self.y
         return df
 
