@@ -20,6 +20,7 @@ missing backend is a one-line :class:`~nldist.errors.NldistError` naming the ins
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -253,8 +254,9 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
                 **kw,
             ))
             client = stack.enter_context(Client(cluster, security=sec))
-            client.run(ignore_sigint)  # Ctrl-C reaches the whole process group: the driver acts
-            client.run(quiet_task_errors, log_file)  # the workers share this console
+            # on every worker, and on each one restarted later (a nanny restarts a worker
+            # over its memory limit): Ctrl-C is the driver's, failed tasks go to run.log
+            client.register_worker_callbacks(setup=functools.partial(setup_worker, log_file))
         log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
         yield client
 
@@ -352,6 +354,13 @@ class _DashboardRecords(logging.Filter):
             self.handler.handle(record)
             return False
         return True
+
+
+def setup_worker(log_file: str | None = None) -> None:
+    """Run on each local worker when it starts: :func:`ignore_sigint` and
+    :func:`quiet_task_errors` (the workers share the driver's console)."""
+    ignore_sigint()
+    quiet_task_errors(log_file)
 
 
 def ignore_sigint() -> None:

@@ -486,9 +486,13 @@ def test_worker_task_errors_go_to_run_log_not_the_console(tmp_path, capfd):
     with connect(cfg, log_file=str(log)) as client:
         with pytest.raises(ValueError, match="a task that fails"):
             client.submit(_fails, pure=False).result()
+        client.restart()  # as the nanny restarts a worker over its memory limit
+        with pytest.raises(ValueError, match="a task that fails"):
+            client.submit(_fails, pure=False).result()
     err = capfd.readouterr().err
     assert "Compute Failed" not in err and "Traceback" not in err, err[-2000:]
-    assert "Compute Failed" in log.read_text() and "a task that fails" in log.read_text()
+    assert log.read_text().count("Compute Failed") == 2, log.read_text()[-2000:]
+    assert "a task that fails" in log.read_text()
 
 
 @pytest.mark.parametrize("damage", ["metadata not JSON", "a column missing"])
