@@ -242,6 +242,7 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
     sec = security(cfg)
     kw: dict[str, Any] = {"security": sec, "protocol": "tls://"} if sec else {}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(memory_records_to_log(log_file))  # (closed last)
         # the workers are born with Ctrl-C blocked; one held back is one line here
         with quiet_interrupt(), sigint_deferred():
             cluster = stack.enter_context(LocalCluster(
@@ -357,10 +358,65 @@ class _DashboardRecords(logging.Filter):
 
 
 def setup_worker(log_file: str | None = None) -> None:
-    """Run on each local worker when it starts: :func:`ignore_sigint` and
-    :func:`quiet_task_errors` (the workers share the driver's console)."""
+    """Run on each local worker when it starts: :func:`ignore_sigint`,
+    :func:`quiet_task_errors` and the worker's memory records (paused, spilling, unmanaged
+    memory high) to ``log_file`` (the workers share the driver's console)."""
     ignore_sigint()
     quiet_task_errors(log_file)
+    if log_file:
+        _move_records(WORKER_MEMORY_LOGGERS, log_file)
+
+
+#: a local worker's loggers of its memory (pausing, spilling, unmanaged memory high)
+WORKER_MEMORY_LOGGERS = ("distributed.worker.memory", "distributed.spill")
+#: the loggers, in the driver, of a local cluster's nannies and scheduler: a worker over
+#: its memory limit restarted, the tasks its death lost, a task given up (KilledWorker)
+DRIVER_MEMORY_LOGGERS = ("distributed.nanny", "distributed.nanny.memory",
+                         "distributed.scheduler")
+
+
+@contextlib.contextmanager
+def memory_records_to_log(log_file: str | None) -> Iterator[None]:
+    """While a local cluster runs (its teardown included), what its nannies and scheduler
+    log about workers over their memory limit (restarts, lost tasks, a task given up) goes
+    to ``log_file`` (the run's run.log), not the console: the driver says what failed in
+    one line (a KilledWorker is one line naming cluster.memory_limit). Without a log file
+    the records stay on the console."""
+    if not log_file:
+        yield
+        return
+    moved = _move_records(DRIVER_MEMORY_LOGGERS, log_file)
+    try:
+        yield
+    finally:
+        for name, f in moved:
+            logging.getLogger(name).removeFilter(f)
+
+
+def _move_records(names: tuple[str, ...], path: str) -> list[tuple[str, logging.Filter]]:
+    """Filters on the loggers ``names`` appending every record to ``path`` instead of the
+    console; returns them (logger name, filter)."""
+    added = []
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RecordsToFile) for f in logger.filters):
+            f = _RecordsToFile(path)
+            logger.addFilter(f)
+            added.append((name, f))
+    return added
+
+
+class _RecordsToFile(logging.Filter):
+    """Moves every record of its logger to a file (appended, with the process id)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _append_line(self.path, f"{record.levelname} {record.name} ({os.getpid()}): "
+                                f"{record.getMessage()}")
+        return False
 
 
 def ignore_sigint() -> None:

@@ -72,7 +72,8 @@ def out_of_memory(exc: BaseException) -> str | None:
         task = re.sub(r"-([0-9a-f]{32}|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})$", "",
                       task)[:80]
         return (f"the workers died running task {task} (each one that ran it: over its memory "
-                f"limit, or a crash), and dask gave up; {fix}")
+                f"limit, or a crash; their reports are in the run's run.log), and dask gave up; "
+                f"{fix}")
     if isinstance(exc, MemoryError):
         detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "no detail"
         return f"out of memory ({detail}); {fix}"

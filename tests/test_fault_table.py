@@ -560,6 +560,41 @@ def _exit_worker() -> None:
     os._exit(1)  # what the nanny's kill of a worker over its memory limit looks like
 
 
+def _grow_memory() -> None:
+    import time
+
+    held = []
+    while True:  # until the nanny kills this worker at 95 % of its limit
+        held.append(np.ones(8 * 2**20 // 8))
+        time.sleep(0.01)
+
+
+def test_workers_over_their_memory_limit_are_one_line_and_run_log(tmp_path, capfd):
+    """A task that takes more memory than memory_limit: its worker is paused, killed and
+    restarted by its nanny, twice, and the scheduler gives the task up — what distributed
+    logs about it (in the workers and in the driver) goes to run.log; the console gets
+    only the one line of the KilledWorker."""
+    import dask
+    from distributed import KilledWorker
+
+    from nldist.cluster import connect
+    from nldist.errors import out_of_memory
+    from nldist.jobs import ClusterConfig
+
+    log = tmp_path / "run.log"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            connect(ClusterConfig(address="local", n_workers=1, memory_limit="512MiB"),
+                    log_file=str(log)) as client:
+        with pytest.raises(KilledWorker) as got:
+            client.submit(_grow_memory, pure=False).result(timeout=120)
+    assert out_of_memory(got.value).startswith("the workers died running task _grow_memory ")
+    err = capfd.readouterr().err
+    assert not [ln for ln in err.splitlines() if "memory" in ln or "Restarting" in ln
+                or "died" in ln], err[-3000:]
+    text = log.read_text()
+    assert "exceeded 95% memory budget" in text and "marked as failed" in text, text[-3000:]
+
+
 def test_a_task_that_kills_its_workers_is_one_line(tmp_path):
     """A task every worker dies running (a worker over its memory limit is killed by its
     nanny) ends in distributed's KilledWorker after 2 tries here: one line naming
