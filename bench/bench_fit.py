@@ -274,7 +274,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     oracle_of = {"gn0": gn, "gn_pilot": gn, "lbfgs": grad, "precond": grad,
                  "precond_uniform": grad}
     adam = "adam" in args.methods.split(",")
-    methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
+    methods = {k: methods[k] for k in args.methods.split(",") if k in methods}  # in order
     runs = {k: [] for k in methods}
     store_passes = {k: [] for k in methods}
     norms = []
