@@ -193,7 +193,7 @@ def sample_pass(
     n = int(X.shape[0])
     sums = _mixed_masses(norm.masses, rows, alpha, n)
     total, u, blk, local = _route(sums, sizes, requests)
-    if spec.kind.uniform:
+    if not spec.reduction.matrix:  # uniform: no matrix, no split
         parts_of = [[c] for c in rows]
         first = list(range(len(rows)))
     else:

@@ -76,7 +76,7 @@ def pass1(
         and seconds come back in ``Normalizer.persist``.
     """
     rows = X.chunks[0]
-    if spec.kind.uniform:  # 1/n needs n only: no pass over X
+    if not spec.reduction.matrix:  # uniform: 1/n needs n only, no pass over X
         norm = block.finalize_pass1(spec, {"n": int(X.shape[0])})
         if masses:
             norm = replace(norm, masses=np.asarray(rows, dtype=np.float64) / norm.total)
@@ -142,7 +142,7 @@ def pass2(
     each task also gets its chunk index and reads the block pass 1 persisted, if any.
     Wide blocks run on split row chunks (:func:`split_for_dual`), merged back at the end.
     """
-    if spec.kind.uniform:  # chunked like X's rows, without reading X
+    if not spec.reduction.matrix:  # uniform: chunked like X's rows, without reading X
         return da.full(X.shape[0], 1.0 / norm.total, chunks=(X.chunks[0],), dtype=np.float64)
     rows = X.chunks[0]
     X, y = split_for_dual(X, y if spec.needs_y else None, spec)
