@@ -4,15 +4,18 @@ and the sample handed over to the user's own training (load_sample, to_torch).""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from nldist import graph, precond
 from nldist._checks import check_finite_block, check_xy
 from nldist.errors import NldistError
-from nldist.models import as_model
+from nldist.models import as_model, get_model
 from nldist.models.base import Model
+from nldist.models.coded import CodedModel, Codes
 from nldist.models.losses import get_loss, target_columns, targets
 from nldist.options import (
     Alpha,
@@ -33,6 +36,7 @@ from nldist.scores.kinds import get_kind
 from nldist.scores.linalg import block_r
 from nldist.scores.rows import dual_block, output_dual_block
 from nldist.scores.spec import make_spec
+from nldist.store.dataset import read_attrs
 from nldist.store.dual_blocks import temporary
 from nldist.store.sample_table import BOOKKEEPING, read_sample_table
 
@@ -88,6 +92,26 @@ def adjoint(model: Model, theta: Any, X: Any, y: Any = None, *, loss: str | None
         return model.adjoint_block(theta, X) if model.n_outputs > 1 else model.adjoint(theta, X)
     lo.check(model.predict(theta, X), yy)
     return model.residual_adjoint(theta, X, yy, lo)
+
+
+def _dataset_model(model: Any, X: Any, n_features: int) -> Any:
+    """A spec string on a Zarr dataset path with coded categorical columns (attrs ``codes``):
+    the model over the raw columns (:mod:`nldist.models.coded`), as the pipeline builds it;
+    anything else as given. A plain Model of the raw width on such a dataset would read the
+    codes as numbers: a one-line error naming the fix."""
+    if not isinstance(X, (str, Path)):
+        return model
+    codes = Codes.from_attrs(read_attrs(X))
+    if codes is None:
+        return model
+    if isinstance(model, str):
+        return get_model(model, n_features, codes)
+    if isinstance(model, Model) and not isinstance(model, CodedModel):
+        raise NldistError(
+            f"{X} stores {', '.join(codes.names)} as integer codes but model {model.spec!r} "
+            "reads them as numbers; pass the spec string (the model is then built over the "
+            "codes)")
+    return model
 
 
 def _width(X: Any) -> int:
@@ -292,6 +316,7 @@ def scores(
             if store is not None:
                 store.owner.cleanup()
     dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
+    model = _dataset_model(model, X, int(dX.shape[1]))
     spec = make_spec(k, model, theta, dX.shape[1], dy is not None, linear_augment_y,
                      loss=loss, sketch=sk, device=device, seed=random_state,
                      y_cols=target_columns(dy))
@@ -385,6 +410,7 @@ def select_sample(
         raise NldistError(f"pilot_rows must be an int >= 1, got {pilot_rows!r}")
     dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
     n = int(dX.shape[0])
+    model = _dataset_model(model, X, int(dX.shape[1]))
     spec = make_spec("nonlinear-leverage", model, theta, dX.shape[1], True, loss=loss,
                      y_cols=target_columns(dy))
     rows, th = spec.rows, spec.rows.theta
@@ -423,6 +449,12 @@ class Sample:
     weight, multiplicity, row : ndarray (m,)
         Per-draw weight 1/(s pi), number of draws, dataset row index.
     features : list of str
+    codes : dict
+        Categorical columns stored as integer codes (more levels than the ingest's
+        ``onehot_max_levels``): name -> levels, level ``levels[c]`` for code c. Their column
+        of ``X`` holds the code, not a number to regress on: :meth:`onehot` gives the
+        design the model was fitted on; ``frame["<name>__orig"]`` the level (a pandas
+        Categorical, for scikit-learn's OneHotEncoder).
     meta : dict
         kind, s, seed, alpha, n, model, dataset.
     """
@@ -437,6 +469,22 @@ class Sample:
         self.weight = frame[col["weight"]].to_numpy(np.float64)
         self.multiplicity = frame[col["multiplicity"]].to_numpy(np.int64)
         self.sample_weight = frame[col["sample_weight"]].to_numpy(np.float64)
+        self.codes = {f: list(frame[f"{f}__orig"].cat.categories) for f in self.features
+                      if f"{f}__orig" in frame
+                      and isinstance(frame[f"{f}__orig"].dtype, pd.CategoricalDtype)}
+
+    def onehot(self) -> np.ndarray:
+        """X with each coded column as its one-hot columns, first level dropped (m, d0 +
+        sum(L - 1)): the design nldist's model was fitted on (theta without the bias, in the
+        same order), for scikit-learn's ``fit(S.onehot(), S.y, sample_weight=...)``. X
+        itself when nothing is coded."""
+        if not self.codes:
+            return self.X
+        if list(self.codes) != self.features[-len(self.codes):]:
+            raise NldistError(f"the coded columns {list(self.codes)} are not the last features "
+                              f"{self.features}; run the job again to rewrite the sample")
+        codes = Codes(tuple(len(v) for v in self.codes.values()), tuple(self.codes))
+        return get_model("linear", len(self.features), codes).expand(self.X)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -454,9 +502,12 @@ class Sample:
 
     @property
     def original(self) -> np.ndarray | None:
-        """Features in original units (m, d), when ingest standardized them."""
-        cols = [f"{f}__orig" for f in self.features]
-        return self.frame[cols].to_numpy(np.float64) if cols[0] in self.frame else None
+        """Features in original units (m, d), when ingest standardized them (a coded
+        column: its code, as in ``X``)."""
+        if not any(f"{f}__orig" in self.frame for f in self.features if f not in self.codes):
+            return None
+        cols = [f if f in self.codes else f"{f}__orig" for f in self.features]  # codes as X
+        return self.frame[cols].to_numpy(np.float64)
 
     def to_torch(self, dtype: Any = None) -> Any:
         """A ``torch.utils.data.TensorDataset`` of (x, y, sample_weight) per distinct row;
@@ -518,9 +569,8 @@ def fit(
     dict: ``theta``, ``loss``, ``grad_norm``, ``passes``, ``iterations``, ``converged``,
     ``reason``, ``history`` (per accepted step), ``indices`` and ``weights`` of the sample
     """
-    m = as_model(model, _width(X) if not isinstance(X, str) else
-                 int(graph.inputs.as_dask_xy(X, y, y_cols=None)[0].shape[1]))
     dX, dy = graph.inputs.as_dask_xy(X, y, y_cols=None)
+    m = as_model(_dataset_model(model, X, int(dX.shape[1])), int(dX.shape[1]))
     if dy is None:
         raise NldistError("fit needs y (the targets of the full-data loss)")
     if loss is None:

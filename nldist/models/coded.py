@@ -144,12 +144,17 @@ class CodedModel(Model):
         return isinstance(self.inner, GLM) and self.inner.n_outputs == 1
 
     def __getattr__(self, name: str) -> Any:
-        # optional capabilities of the inner model (kron_design of softmax:<C>), on raw X
+        # optional capabilities of the inner model, on raw X: kron_design and vjp of
+        # softmax:<C> (the cross-entropy oracles call them), torch_jacobian of relu2
         if name.startswith("__") or name in ("inner", "codes"):
             raise AttributeError(name)
         attr = getattr(self.inner, name)
         if name == "kron_design":
             return lambda X: attr(self.expand(X))
+        if name == "vjp":
+            return lambda theta, X, G: attr(theta, self.expand(X), G)
+        if name == "torch_jacobian":
+            return lambda theta, X: attr(theta, self.torch_expand(X))
         raise AttributeError(name)
 
     # -- the design -------------------------------------------------------------------
