@@ -101,6 +101,35 @@ def test_gradient_pass_is_the_gauss_newton_pass_gradient_for_every_model_class(d
         assert v @ H @ v == pytest.approx(want, rel=1e-9)
 
 
+@pytest.mark.parametrize("spec,loss", [("linear", "squared"), ("glm:swish", "squared"),
+                                       ("glm:sigmoid", "bce")])
+def test_gradient_block_of_a_glm_on_coded_columns_is_the_dense_designs(data, spec, loss):
+    """A GLM on categorical codes (airports: many levels, some rare) takes its gradient from
+    the sparse design: the same loss and gradient as the inner model on the dense one-hot
+    design, and as the Gauss-Newton block's."""
+    from nldist.models.coded import Codes
+    from nldist.train import gn_block
+
+    X, y = data
+    rng = np.random.default_rng(3)
+    n = 900
+    codes = Codes((40, 7), ("origin", "dest"))
+    C = np.column_stack([rng.integers(0, 40, n) ** 2 // 40, rng.integers(0, 7, n)])  # skewed
+    Xc = np.column_stack([X[:n, :4], C]).astype(float)
+    yc = y[:n] if loss == "squared" else (y[:n] > 0).astype(float)
+    m = nldist.get_model(spec, n_features=Xc.shape[1], codes=codes)
+    assert m.sparse_rows
+    theta = 0.2 * rng.normal(size=m.n_params)
+    got = precond.grad_block(m, theta, Xc, yc, 0, loss)
+    ref = precond.grad_block(m.inner, theta, m.expand(Xc), yc, 0, loss)
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-12)
+    np.testing.assert_allclose(got["grad"], ref["grad"], rtol=1e-10,
+                               atol=1e-12 * np.abs(ref["grad"]).max())
+    gn = gn_block(m, theta, Xc, yc, 0, loss)
+    np.testing.assert_allclose(got["grad"], gn["grad"], rtol=1e-9,
+                               atol=1e-12 * np.abs(gn["grad"]).max())
+
+
 def _monotone(losses):
     """Never an increase beyond rounding (precond.SLACK of the loss)."""
     L = np.asarray(losses)
