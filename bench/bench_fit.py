@@ -110,6 +110,7 @@ class Recorder:
         out = self.oracle(theta)
         self.calls.append((time.perf_counter() - self.t0, len(self.calls) + 1,
                            float(out["loss"])))
+        print("  call", *self.calls[-1], flush=True)  # a killed run's log keeps its calls
         return out
 
 
