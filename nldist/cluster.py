@@ -19,6 +19,8 @@ missing backend is a one-line :class:`~nldist.errors.NldistError` naming the ins
 
 from __future__ import annotations
 
+import _thread
+import atexit
 import contextlib
 import functools
 import importlib
@@ -244,7 +246,7 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(memory_records_to_log(log_file))  # (closed last)
         # the workers are born with Ctrl-C blocked; one held back is one line here
-        with quiet_interrupt(), sigint_deferred():
+        with quiet_interrupt(), sigint_deferred(), _workers_start(cfg):
             cluster = stack.enter_context(LocalCluster(
                 n_workers=cfg.n_workers,
                 threads_per_worker=cfg.threads_per_worker,
@@ -260,6 +262,77 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
             client.register_worker_callbacks(setup=functools.partial(setup_worker, log_file))
         log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def _workers_start(cfg: Any) -> Iterator[None]:
+    """One line when the local cluster's worker processes do not start: within
+    ``cfg.start_timeout`` seconds (a worker process that hangs while starting is waited for
+    forever by distributed), or when distributed gives up ("Nanny failed to start", 200
+    lines of traceback): the deepest cause, and what to check."""
+    timeout = float(getattr(cfg, "start_timeout", 120.0))
+    lock, late, done = threading.Lock(), threading.Event(), threading.Event()
+
+    def expire() -> None:
+        with lock:
+            if not done.is_set():
+                late.set()
+                _thread.interrupt_main()  # a KeyboardInterrupt in the waiting driver
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+        with lock:
+            done.set()
+    except KeyboardInterrupt:
+        if not late.is_set():
+            raise
+        _kill_spawned()  # the workers hanging in their start: distributed never ends them
+        atexit.register(_silence_stderr)  # after distributed's own atexit close (LIFO)
+        raise NldistError(
+            f"the local cluster's {cfg.n_workers} worker process(es) did not start within "
+            f"{timeout:g} s (cluster.start_timeout); check that this Python starts a worker "
+            "(`python -c 'import distributed, nldist'`) and the machine's load, raise "
+            "cluster.start_timeout, or use --cluster synchronous") from None
+    except NldistError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the start of the cluster raised
+        atexit.register(_silence_stderr)
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else ""
+        raise NldistError(
+            f"the local cluster's {cfg.n_workers} worker process(es) did not start "
+            f"({type(cause).__name__}{': ' + text if text else ''}); check that this Python "
+            "starts a worker (`python -c 'import distributed, nldist'`), the machine's free "
+            f"memory for cluster.n_workers x cluster.memory_limit ({cfg.n_workers} x "
+            f"{cfg.memory_limit}), or use --cluster synchronous") from None
+    finally:
+        timer.cancel()
+
+
+def _kill_spawned() -> None:
+    """Kill this process's spawned multiprocessing children: the local cluster's worker
+    processes that did not start (not the resource tracker, which ends with this process;
+    killed, it would be started again and complain about every semaphore)."""
+    import psutil  # (a dependency of distributed)
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "--multiprocessing-fork" in child.cmdline():
+                child.kill()
+
+
+def _silence_stderr() -> None:
+    """At exit after a failed start of a local cluster (its one line printed): distributed's
+    atexit close of the half-started cluster asserts on workers still starting, a
+    20-line traceback that says nothing more — stderr goes to /dev/null first."""
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 
 
 @contextlib.contextmanager

@@ -183,6 +183,8 @@ class ClusterConfig(_Strict):
     memory_limit: str = "1GiB"
     connect_timeout: float = Field(20.0, gt=0, description="seconds to wait for an existing "
                                    "scheduler (tcp://, tls://, scheduler file)")
+    start_timeout: float = Field(120.0, gt=0, description="seconds a local cluster's worker "
+                                 "processes may take to start (then one error line)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     k8s: K8sConfig = Field(default_factory=K8sConfig)
     tls: TLSConfig | None = Field(None, description="encrypt comms with TLS (local, tls://, "

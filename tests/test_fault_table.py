@@ -10,6 +10,7 @@ listing / schema / fingerprint rules, with real files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -655,3 +656,49 @@ def test_ctrl_c_while_the_local_cluster_starts_is_one_line(tmp_path):
     assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == ["error: interrupted; re-run the same command to resume"], err[-3000:]
+
+
+#: a sitecustomize that breaks the worker processes (multiprocessing's spawned children:
+#: ``python -c ... --multiprocessing-fork``) and nothing else: they exit at once, or hang
+#: while starting
+_BREAK = '''import os, sys, time
+if sys.argv[1:] == ["--multiprocessing-fork"] and "NLDIST_TEST_BREAK" in os.environ:
+    if os.environ["NLDIST_TEST_BREAK"] == "exit":
+        os._exit(3)
+    time.sleep(600)
+'''
+
+
+@pytest.mark.parametrize("how", ["exit", "hang"])
+def test_workers_that_cannot_start_are_one_line_in_a_stated_time(how, tmp_path):
+    """Local worker processes that die while starting (distributed: 'Nanny failed to
+    start', 240 lines) or hang while starting (distributed waits forever): one line within
+    cluster.start_timeout (+ the teardown), exit 2."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_BREAK)
+    env = {**os.environ, "NLDIST_TEST_BREAK": how, "PYTHONPATH": str(tmp_path / "site")}
+    job = _job(tmp_path, _csv(tmp_path / "d.csv"))
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "nldist", "run", str(job), "--cluster",
+                             "local", "--set", "cluster.start_timeout=4", "--out",
+                             str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker still hanging
+    took = time.monotonic() - t0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 2, err[-3000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    want = (r"within 4 s \(cluster.start_timeout\); check that this Python starts a worker"
+            if how == "hang" else r"did not start \(RuntimeError: Nanny failed to start")
+    assert re.match(r"error: the local cluster's 2 worker process\(es\) ", lines[0]), lines[0]
+    assert re.search(want, lines[0]), lines[0]
+    assert took < 90, took
