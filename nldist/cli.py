@@ -609,7 +609,9 @@ def _plan_summary(job: Any, plan: dict, out: Path, stage: str) -> str:
         f"R and leverage on device {job.device}",
         f"  read per pass: {_mib(plan['bytes_per_pass'])}; memory per task: "
         f"{_mib(plan['memory_per_task_bytes'])}, per worker: "
-        f"{_mib(plan['memory_per_worker_bytes'])} (limit {c.memory_limit}; independent of n)",
+        f"{_mib(plan['memory_per_worker_bytes'])} (limit {c.memory_limit}; independent of n)"
+        + ("; OVER THE LIMIT: the run will refuse it" if plan.get("fits_memory_limit") is False
+           else ""),
         f"  cache_x {plan['cache_x']}",
         f"  sample: s = {job.s} per kind, seed {job.seed}; ball radius {job.radius}",
     ]

@@ -542,9 +542,11 @@ def test_the_dry_run_prints_the_bound_that_is_enforced(tmp_path):
 
     job = _job(tmp_path, _csv(tmp_path / "d.csv"), model="relu2:100000")
     done = CliRunner().invoke(app, ["run", str(job), "--dry-run", "--out",
-                                    str(tmp_path / "out"), "--quiet"])
+                                    str(tmp_path / "out"), "--cluster", "local"])
     assert done.exit_code == 0, done.output
     plan = json.loads(done.stdout)
+    assert plan["fits_memory_limit"] is False
+    assert "OVER THE LIMIT: the run will refuse it" in done.stderr
     assert plan["memory_per_task_bytes"] == 32 * 300_001**2 + 20 * (2 * 8 + 2 * 8
                                                                      + 24 * 300_001 + 16)
     m = get_model("relu2:1350", 74)

@@ -73,6 +73,10 @@ def plan(ctx: RunContext, verb: str = "run") -> dict:
         "bytes_per_pass": int(n * d * itemsize),
         "memory_per_task_bytes": int(per_task),
         "memory_per_worker_bytes": int(per_task * job.cluster.threads_per_worker),
+        # a local cluster's limit is known now (None: decided by the workers at run time);
+        # a run refuses what does not fit (:func:`nldist.pipeline.budget.check_memory`)
+        "fits_memory_limit": (None if c.address != "local" or not _bytes(c.memory_limit)
+                              else per_task * c.threads_per_worker <= _bytes(c.memory_limit)),
         "device": job.device,
         "cache_x": cache,
         "memory_formula": MEMORY_FORMULA,
