@@ -19,7 +19,6 @@ missing backend is a one-line :class:`~nldist.errors.NldistError` naming the ins
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import contextlib
 import functools
@@ -272,12 +271,15 @@ def _workers_start(cfg: Any) -> Iterator[None]:
     lines of traceback): the deepest cause, and what to check."""
     timeout = float(getattr(cfg, "start_timeout", 120.0))
     lock, late, done = threading.Lock(), threading.Event(), threading.Event()
+    before = _spawned()
 
     def expire() -> None:
         with lock:
             if not done.is_set():
                 late.set()
-                _thread.interrupt_main()  # a KeyboardInterrupt in the waiting driver
+                # the workers hanging in their start: distributed never ends them; killed,
+                # their nannies fail the start (whatever the driver's SIGINT disposition)
+                _kill_spawned(before)
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -286,20 +288,16 @@ def _workers_start(cfg: Any) -> Iterator[None]:
         yield
         with lock:
             done.set()
-    except KeyboardInterrupt:
-        if not late.is_set():
-            raise
-        _kill_spawned()  # the workers hanging in their start: distributed never ends them
-        atexit.register(_silence_stderr)  # after distributed's own atexit close (LIFO)
-        raise NldistError(
-            f"the local cluster's {cfg.n_workers} worker process(es) did not start within "
-            f"{timeout:g} s (cluster.start_timeout); check that this Python starts a worker "
-            "(`python -c 'import distributed, nldist'`) and the machine's load, raise "
-            "cluster.start_timeout, or use --cluster synchronous") from None
-    except NldistError:
+    except (NldistError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the start of the cluster raised
-        atexit.register(_silence_stderr)
+        atexit.register(_silence_stderr)  # after distributed's own atexit close (LIFO)
+        if late.is_set():
+            raise NldistError(
+                f"the local cluster's {cfg.n_workers} worker process(es) did not start within "
+                f"{timeout:g} s (cluster.start_timeout); check that this Python starts a "
+                "worker (`python -c 'import distributed, nldist'`) and the machine's load, "
+                "raise cluster.start_timeout, or use --cluster synchronous") from None
         cause: BaseException = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
@@ -314,16 +312,25 @@ def _workers_start(cfg: Any) -> Iterator[None]:
         timer.cancel()
 
 
-def _kill_spawned() -> None:
-    """Kill this process's spawned multiprocessing children: the local cluster's worker
-    processes that did not start (not the resource tracker, which ends with this process;
-    killed, it would be started again and complain about every semaphore)."""
+def _spawned() -> set[int]:
+    """Process ids of this process's spawned multiprocessing children (worker processes;
+    not the resource tracker, which ends with this process — killed, it would be started
+    again and complain about every semaphore)."""
     import psutil  # (a dependency of distributed)
 
+    found = set()
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if "--multiprocessing-fork" in child.cmdline():
-                child.kill()
+                found.add(child.pid)
+    return found
+
+
+def _kill_spawned(keep: set[int]) -> None:
+    """Kill the spawned children of this process not in ``keep`` (:func:`_spawned`)."""
+    for pid in _spawned() - keep:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _silence_stderr() -> None:
