@@ -57,6 +57,8 @@ def _same(a: dict, b: dict) -> None:
         m = {k: v for k, v in m.items() if k not in drop}
         m["kinds"] = {k: {f: v for f, v in r.items() if f != "persist"}
                       for k, r in m["kinds"].items()}
+        if isinstance(m.get("theta_star"), dict):  # what theta* cost: its seconds vary
+            m["theta_star"] = {f: v for f, v in m["theta_star"].items() if f != "seconds"}
         return m
 
     assert clean(a) == clean(b)
@@ -381,3 +383,24 @@ def test_ctrl_c_during_a_many_chunk_pass_prints_one_line(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == ["error: interrupted; re-run the same command to resume"], err[-3000:]
+
+
+def test_every_reusable_output_has_a_declared_key():
+    """KEYS names job fields only; a kind's scores depend on declared fields and inputs
+    only; a stage key refuses an input its declaration does not name."""
+    from types import SimpleNamespace
+
+    from nldist.jobs import JobConfig
+    from nldist.pipeline.stages.data import KEYS, stage_key
+    from nldist.pipeline.stages.scoring import UNUSED_SCORE_FIELDS
+    from nldist.scores.kinds import KINDS
+
+    assert {"ingest", "optimum", "pilot", "scores", "dual_blocks"} <= set(KEYS)
+    for name, key in KEYS.items():
+        assert set(key.fields) <= set(JobConfig.model_fields), name
+    scores = set(KEYS["scores"].fields) | set(KEYS["scores"].inputs)
+    assert set(UNUSED_SCORE_FIELDS) <= scores
+    for kind in KINDS.values():
+        assert set(kind.depends_on) <= set(UNUSED_SCORE_FIELDS), kind.name
+    with pytest.raises(TypeError, match="ingest key takes"):
+        stage_key(SimpleNamespace(job=None), "ingest", rows=3)

@@ -206,6 +206,18 @@ class Kind:
     def ridge(self) -> bool:
         return bool(self.reduction.uses_ridge)
 
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """What of a job its scores depend on, besides the kind, the model, the data and the
+        row count: the ``"scores"`` entry of :data:`nldist.pipeline.stages.data.KEYS`
+        narrowed to this kind (theta, the loss and the adjoints' settings for nonlinear
+        kinds, ``linear_augment_y`` for the others, the ridge, the seed of seeded kinds,
+        the sketch of any kind with a matrix)."""
+        return tuple(name for name, on in (
+            ("theta", self.nonlinear), ("loss", self.nonlinear), ("ridge", self.ridge),
+            ("linear_augment_y", not self.nonlinear), ("sketch", not self.uniform),
+            ("seed", self.seeded), ("adjoint", self.nonlinear)) if on)
+
     def group(self, model: Any) -> int:
         """Matrix rows per example a run plans for (C or k of the block kinds, else 1)."""
         return 1 if self.rows is None else self.rows.group(self, model)

@@ -1,9 +1,11 @@
 """The stages of a job, one function each, over a :class:`~nldist.pipeline.context.RunContext`.
 
-Every stage that writes an output declares the job fields its output depends on in
-:data:`nldist.pipeline.stages.data.KEYS`; the output is reused by a later run only when the
-digest of those fields (and, for scores, the digest of theta and the chunking) matches what
-was recorded with it (:mod:`nldist.store`). Stages do no numerics themselves: they call
+Every reusable output declares what invalidates it in one place,
+:data:`nldist.pipeline.stages.data.KEYS`: the job fields it depends on and the inputs from
+outside the job its stage passes (the source's fingerprint, theta, the chunking, ...); the
+output is reused by a later run only when the digest of those (:func:`~.data.stage_key`;
+for scores, their provenance narrowed by the kind) matches what was recorded with it
+(:mod:`nldist.store`). Stages do no numerics themselves: they call
 :mod:`nldist.graph` (distributed passes), :mod:`nldist.train` (single-node training) and the
 stores.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,58 @@ from nldist.store.remote import as_path, rmtree
 log = logging.getLogger("nldist")
 
 
-#: job fields each cached stage output depends on (its cache key is their digest)
-KEYS: dict[str, tuple[str, ...]] = {
-    "ingest": ("dataset",),
-    "optimum": ("dataset", "model", "radius", "tol", "max_iter", "loss"),
-    "pilot": ("dataset", "model", "radius", "tol", "max_iter", "loss", "pilot_s", "pilot_from",
-              "seed"),
-    "dual_blocks": ("adjoint",),
+@dataclass(frozen=True)
+class Key:
+    """What invalidates one reusable output (a row of :data:`KEYS`).
+
+    Attributes
+    ----------
+    output : str
+        The file or store in OUT it keys.
+    fields : tuple of str
+        The job fields it depends on (the digest of their values,
+        :meth:`nldist.jobs.JobConfig.digest`; with ``"dataset"``, also the dataset's content
+        fingerprint, except for the ingest, which makes it).
+    inputs : tuple of str
+        What else it depends on, not a job setting: its stage passes these by name to
+        :func:`stage_key` (an input passed as None is left out of the key).
+    """
+
+    output: str
+    fields: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+
+
+#: every reusable output and what invalidates it: a later run reuses the output only when
+#: its key (:func:`stage_key`) is the one recorded with it
+KEYS: dict[str, Key] = {
+    "ingest": Key("dataset.zarr (or table.json)", ("dataset",),
+                  ("source",)),  # nldist.ingest.source_fingerprint
+    "optimum": Key("theta_star.npz", ("dataset", "model", "radius", "tol", "max_iter",
+                                      "loss")),
+    "pilot": Key("theta_pilot.npz", ("dataset", "model", "radius", "tol", "max_iter", "loss",
+                                     "pilot_s", "pilot_from", "seed"),
+                 ("rows",)),  # select's factor pilot: its own size
+    # narrowed per kind (Kind.depends_on; the rest recorded as UNUSED_SCORE_FIELDS), kept as
+    # the array's provenance attrs; the key is their digest with the chunking
+    # (nldist.store.scores.resume_key): stages.scoring.score_provenance
+    "scores": Key("scores.zarr/<kind>", ("dataset", "model", "loss", "ridge",
+                                         "linear_augment_y", "sketch", "seed", "adjoint"),
+                  ("kind", "theta", "n", "nldist_version", "chunks")),
+    "dual_blocks": Key("dual.zarr.partial/<kind>", ("adjoint",),
+                       ("scores",)),  # the scores' resume key
 }
+
+
+def stage_key(ctx: RunContext, stage: str, **inputs: Any) -> str:
+    """The cache key of a stage's output: the digest of the job fields :data:`KEYS` declares
+    for it (:func:`data_key`) and of the inputs it declares, passed here by name."""
+    decl = KEYS[stage]
+    if set(inputs) != set(decl.inputs):
+        raise TypeError(f"the {stage} key takes {decl.inputs}, not {tuple(inputs)}")
+    base = ctx.job.digest(*decl.fields) if stage == "ingest" else data_key(ctx, *decl.fields)
+    given = {k: v for k, v in inputs.items() if v is not None}
+    return digest({"settings": base, **given}, 16) if given else base
 
 def dataset_fingerprint(path: Path) -> str:
     """The content fingerprint of a dataset store (:func:`nldist.store.dataset.fingerprint`),
@@ -111,8 +156,7 @@ def _ingest_in_place(ctx: RunContext) -> Path:
     ingest (settings and the source files' fingerprint); no copy of the data."""
     ds = ctx.job.dataset
     path = ctx.out / TABLE_VIEW
-    key = digest({"settings": ctx.job.digest(*KEYS["ingest"]),
-                  "source": ingest_mod.source_fingerprint(ds.source)}, 16)
+    key = stage_key(ctx, "ingest", source=ingest_mod.source_fingerprint(ds.source))
     old = None
     if path.exists():
         ctx.memo.pop(TABLE_VIEW, None)
@@ -157,8 +201,7 @@ def ingest(ctx: RunContext) -> Path:
     if path != ctx.out / "dataset.zarr" or is_dataset(as_path(ds.source)):
         ctx.dataset_fp = dataset_fingerprint(path)  # a Zarr source, in place: never replaced
         return path
-    key = digest({"settings": ctx.job.digest(*KEYS["ingest"]),
-                  "source": ingest_mod.source_fingerprint(ds.source)}, 16)
+    key = stage_key(ctx, "ingest", source=ingest_mod.source_fingerprint(ds.source))
     if path.exists() and not is_partial(path):  # a killed ingest's partial store: resumed
         if read_attrs(path).get("ingest_key") == key:
             ctx.dataset_fp = dataset_fingerprint(path)

@@ -7,7 +7,6 @@ Part of :mod:`nldist.pipeline.stages`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from nldist import graph
 from nldist._version import __version__
 from nldist.models.losses import target_columns
 from nldist.pipeline.context import RunContext
-from nldist.pipeline.stages.data import KEYS, data_key, model, xy
+from nldist.pipeline.stages.data import KEYS, data_key, model, stage_key, xy
 from nldist.pipeline.stages.fitting import draw
 from nldist.pipeline.stages.theta import touched
 from nldist.scores.kinds import get_kind
@@ -37,6 +36,44 @@ log = logging.getLogger("nldist")
 #: the dataclasses a stored pass-1 result may hold (nothing else is ever constructed)
 PASS1_CLASSES = {"Normalizer": Normalizer, "RFactor": RFactor}
 
+#: not recorded in a kind's provenance
+OMIT = object()
+#: what a kind's scores record for a field or input of ``KEYS["scores"]`` they do not depend
+#: on (:attr:`nldist.scores.kinds.Kind.depends_on`), so that it never invalidates them
+UNUSED_SCORE_FIELDS: dict[str, Any] = {
+    "theta": None, "loss": None, "ridge": 0.0, "linear_augment_y": True, "sketch": OMIT,
+    "seed": OMIT, "adjoint": OMIT}
+#: the attrs names of those recorded under another name
+RECORDED_AS = {"dataset": "dataset_key", "theta": "theta_sha"}
+
+def score_provenance(ctx: RunContext, kind: str, at: np.ndarray, sk: Any) -> dict:
+    """The provenance of a kind's scores, recorded in their attrs and, with the chunking,
+    their resume key (:func:`nldist.store.scores.resume_key`): the fields and inputs of
+    ``KEYS["scores"]``, those the kind does not depend on recorded as
+    :data:`UNUSED_SCORE_FIELDS`.
+
+    ``sk`` is the sketch applied to this kind (the job's, for its own kind), or None."""
+    job, k, m = ctx.job, get_kind(kind), model(ctx)
+    X, _ = xy(ctx)
+    opts = getattr(m, "quad_options", None)  # quadrature settings (accuracy) make the scores
+    value = {  # of each, for a kind that depends on it
+        "kind": kind, "dataset": data_key(ctx, "dataset"), "model": job.model,
+        "theta": None if at is None else array_digest(at), "loss": job.loss,
+        "ridge": job.ridge, "linear_augment_y": job.linear_augment_y,
+        "sketch": OMIT if sk is None else sk.model_dump(), "seed": job.seed,
+        "adjoint": OMIT if m.closed_form else None if opts is None else opts.model_dump(),
+        "n": int(X.shape[0]), "nldist_version": __version__,
+        "chunks": OMIT,  # ChunkedScores adds them to the key
+    }
+    decl = KEYS["scores"]
+    prov = {}
+    for name in (*decl.fields, *decl.inputs):
+        got = (value[name] if name not in UNUSED_SCORE_FIELDS or name in k.depends_on
+               else UNUSED_SCORE_FIELDS[name])
+        if got is not OMIT:
+            prov[RECORDED_AS.get(name, name)] = got
+    return prov
+
 def _score_output(ctx: RunContext, kind: str, at: np.ndarray
                   ) -> tuple[ChunkedScores, ScoreSpec, dict, Any]:
     """The kind's score store (records checked), its spec, provenance and sketch options."""
@@ -49,23 +86,7 @@ def _score_output(ctx: RunContext, kind: str, at: np.ndarray
     spec = make_spec(k, model(ctx), at, X.shape[1], True, job.linear_augment_y,
                      loss=job.loss, sketch=sk, device=job.device, seed=job.seed,
                      y_cols=target_columns(y))
-    prov = {
-        "kind": kind, "model": job.model,
-        "theta_sha": array_digest(at) if k.nonlinear else None,
-        "loss": job.loss if k.nonlinear else None,
-        "ridge": job.ridge if k.ridge else 0.0,
-        "dataset_key": data_key(ctx, "dataset"),
-        "linear_augment_y": True if k.nonlinear else job.linear_augment_y,
-        "n": int(X.shape[0]), "nldist_version": __version__,
-    }
-    if sk is not None:
-        prov["sketch"] = sk.model_dump()
-    if k.seeded:  # block-sketch signs: the job's random state
-        prov["seed"] = job.seed
-    m = model(ctx)
-    if k.nonlinear and not m.closed_form:  # quadrature settings (accuracy) make the scores
-        opts = getattr(m, "quad_options", None)
-        prov["adjoint"] = None if opts is None else opts.model_dump()
+    prov = score_provenance(ctx, kind, at, sk)
     # per-chunk completion records (nldist.store.scores): a re-run verifies them and
     # computes only unfinished or damaged chunks; pass 1 is kept once done
     out = ChunkedScores(ctx.path("scores.zarr"), kind, prov, X.chunks[0], ctx.run_id)
@@ -223,6 +244,5 @@ def dual_store(ctx: RunContext, spec: ScoreSpec, key: str, scratch: Path) -> Any
         # on object storage, a round trip of every dual block costs more than rebuilding it
         dual_blocks.remove(scratch)
         return None
-    adj = ctx.key(*KEYS["dual_blocks"])
-    dkey = hashlib.sha256(f"{key}:{adj}".encode()).hexdigest()[:32]
-    return dual_blocks.prepare(scratch, dkey, ctx.job.persist)
+    return dual_blocks.prepare(scratch, stage_key(ctx, "dual_blocks", scores=key),
+                               ctx.job.persist)

@@ -18,13 +18,12 @@ from nldist.errors import NldistError
 from nldist.models.glm import swish_ratio
 from nldist.pipeline.context import RunContext
 from nldist.pipeline.stages.data import (
-    KEYS,
     cached,
-    data_key,
     dataset_path,
     in_place,
     model,
     open_xy,
+    stage_key,
     x_bytes,
     xy,
 )
@@ -45,7 +44,7 @@ def fit_info(fit: FitResult) -> dict:
 
 def optimum(ctx: RunContext) -> tuple[np.ndarray, dict]:
     """Full-data theta* over the ball (distributed Gauss-Newton passes), cached."""
-    key = data_key(ctx, *KEYS["optimum"])
+    key = stage_key(ctx, "optimum")
     npz = ctx.path("theta_star.npz")
     got = cached(ctx, "theta*", npz, key, lambda z: (z["theta"], z["info"]))
     if got is not None:
@@ -84,7 +83,7 @@ def pilot(ctx: RunContext, size: int | None = None) -> np.ndarray:
     trained like the final sample (same loss, ball and tolerance). Cached in
     OUT/theta_pilot.npz with its provenance (``info["pilot"]``).
     """
-    key = data_key(ctx, *KEYS["pilot"]) + ("" if size is None else f":rows={int(size)}")
+    key = stage_key(ctx, "pilot", rows=None if size is None else int(size))
     npz = ctx.path("theta_pilot.npz")
     got = cached(ctx, "pilot theta_0", npz, key,
                   lambda z: (z["theta"], z.get("info", {}).get("pilot")))
