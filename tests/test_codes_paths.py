@@ -110,6 +110,20 @@ def test_coded_softmax_oracles_are_the_one_hot_ones():
                                rd.torch_jacobian(t, torch.as_tensor(D)).numpy(), rtol=1e-12)
 
 
+def test_coded_torch_mlp_is_the_mlp_on_the_one_hot_design():
+    """A torch model (mlp:<h>:<C>) over codes: predictions and the adjoint block are the
+    dense model's on the expanded design (a full select with it is minutes here)."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.standard_normal(60), rng.integers(0, L, 60)]).astype(float)
+    m = get_model("mlp:4:3", 2, Codes((L,), ("cat",)))
+    D = m.expand(X)
+    dense = get_model("mlp:4:3", D.shape[1])
+    th = m.initial_theta()
+    np.testing.assert_array_equal(m.predict(th, X), dense.predict(th, D))
+    np.testing.assert_array_equal(m.adjoint_block(th, X), dense.adjoint_block(th, D))
+
+
 # -- run, fit, diagnose --------------------------------------------------------------------
 
 def test_run_exact_scores_on_codes_equal_the_one_hot_run(tmp_path, sync_scheduler):
