@@ -24,6 +24,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from nldist import __version__
 from nldist.errors import NldistError, numeric_breakdown, out_of_memory, storage_problem
+from nldist.events import Event, Listener, chunk_events
 
 
 class _Deferred:
@@ -317,8 +318,7 @@ def _report(out: Path, quiet: bool, top_k: int | None = None) -> None:
         report_mod.write_report(out, top_k=top_k)
         return
     with _bar("report", quiet) as bar:
-        path = report_mod.write_report(out, top_k=top_k, listener=lambda step, done, total: bar(
-            done, total, f"report: {step or 'done'}"))
+        path = report_mod.write_report(out, top_k=top_k, on_event=_bar_events(bar))
     typer.echo(f"report: {path.with_suffix('.html')} (and {path.name})")
 
 
@@ -341,6 +341,19 @@ def _bar(label: str, quiet: bool) -> Iterator[Any]:
                         **({} if description is None else {"description": description}))
 
         yield update
+
+
+def _bar_events(bar: Any) -> Listener | None:
+    """The events (:class:`nldist.events.Event`) of a stage on a :func:`_bar`: its chunk
+    tasks, or its steps (then named: ``report: summary``); None without a bar."""
+    if bar is None:
+        return None
+
+    def tell(event: Event) -> None:
+        bar(event.done, event.total, None if event.status != "steps"
+            else f"{event.label}: {event.detail or 'done'}")
+
+    return tell
 
 
 def _md_table(text: str) -> tuple[list[str], list[list[str]]] | None:
@@ -524,7 +537,10 @@ def ingest(
     if ingest_mod.table_format(source) is not None:
         with cluster_mod.connect(jobs.ClusterConfig(address=cluster or "local"), name="ingest"), \
                 _bar("ingest (tasks of each pass)", quiet) as bar:
-            path = ingest_mod.ingest_table(source, out, progress=bar, **opts)
+            tell = _bar_events(bar)
+            path = ingest_mod.ingest_table(
+                source, out, progress=None if tell is None else chunk_events(tell, "ingest"),
+                **opts)
     else:
         path = ingest_mod.ingest(source, out, **opts)
     a = ingest_mod.dataset_attrs(path)

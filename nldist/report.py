@@ -45,6 +45,7 @@ import numpy as np
 
 from nldist import graph
 from nldist.errors import NldistError
+from nldist.events import Event, Listener
 from nldist.models import get_model
 from nldist.models.coded import Codes
 from nldist.store.dataset import is_dataset, open_arrays, open_member, read_attrs
@@ -1186,7 +1187,8 @@ REPORT_STEPS = ("summary", "sample weights and rows", "experiment", "diagnostics
 
 
 def write_report(out_dir: str | Path, top_k: int | None = None,
-                 listener: Callable[[str | None, int, int], None] | None = None) -> Path:
+                 listener: Callable[[str | None, int, int], None] | None = None,
+                 on_event: Listener | None = None) -> Path:
     """Write OUT/report.md and OUT/report.html (with PNG plots) from a finished run.
 
     Parameters
@@ -1197,9 +1199,13 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
     top_k : int, optional
         Rows shown per kind among the highest/lowest scored (default 10 for tables, 50 for
         images, as in the paper's Fig. 2).
+    on_event : callable (Event), optional
+        Told each step of :data:`REPORT_STEPS` as it starts, as an
+        :class:`nldist.events.Event` ``("report", "steps", done=<steps finished>,
+        total=<steps>, detail=<step>)``, and with ``done == total`` and no step at the end:
+        a progress bar.
     listener : callable (step, done, total), optional
-        Told each step of :data:`REPORT_STEPS` as it starts (``done`` steps finished of
-        ``total``), and ``(None, total, total)`` at the end: a progress bar.
+        The same as ``listener(event.detail, event.done, event.total)`` (the older shape).
 
     Returns
     -------
@@ -1213,9 +1219,15 @@ def write_report(out_dir: str | Path, top_k: int | None = None,
         raise NldistError(f"{out} has no metrics.json or experiment.json; run `nldist run` first")
     total = len(REPORT_STEPS)
 
+    tell = [] if on_event is None else [on_event]
+    if listener is not None:  # the older shape
+        tell.append(lambda ev: listener(ev.detail, ev.done, ev.total))
+
     def step(i: int) -> None:
-        if listener is not None:
-            listener(REPORT_STEPS[i] if i < total else None, i, total)
+        event = Event("report", "steps", total=total, done=i,
+                      detail=REPORT_STEPS[i] if i < total else None)
+        for f in tell:
+            f(event)
 
     step(0)
     first = m or e or d or {}

@@ -232,11 +232,15 @@ def test_select_report_shows_an_interval_when_rows_are_sampled(select_run):
 
 def test_report_tells_its_listener_every_step_in_order(image_run):
     """The CLI's report bar: each step of REPORT_STEPS as it starts, then the end."""
-    told = []
+    told, events = [], []
     with dask.config.set(scheduler="synchronous"):
-        report.write_report(image_run, top_k=5, listener=lambda *a: told.append(a))
+        report.write_report(image_run, top_k=5, listener=lambda *a: told.append(a),
+                            on_event=events.append)
     n = len(report.REPORT_STEPS)
     assert told == [(st, i, n) for i, st in enumerate(report.REPORT_STEPS)] + [(None, n, n)]
+    # the same as the one event type (nldist.events.Event)
+    assert [(e.stage, e.status, e.detail, e.done, e.total) for e in events] == [
+        ("report", "steps", st, i, n) for st, i, _ in told]
 
 
 def test_top_bottom_is_a_distributed_topk_equal_to_a_full_sort(rng):

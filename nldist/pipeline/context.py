@@ -2,8 +2,9 @@
 and the progress events the stages emit.
 
 Stages (:mod:`nldist.pipeline.stages`) take a context and report what they do as
-:class:`Event` objects; a front end (the CLI's progress display) subscribes with
-:meth:`RunContext.subscribe`. Nothing here computes.
+:class:`~nldist.events.Event` objects (the one event type, :mod:`nldist.events`); a front
+end (the CLI's progress display) subscribes with :meth:`RunContext.subscribe`. Nothing here
+computes.
 """
 
 from __future__ import annotations
@@ -11,71 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nldist._runtime import chunk_progress
 from nldist.errors import NldistError
+from nldist.events import Event, chunk_events
 from nldist.store.records import append_text, digest
 from nldist.store.remote import as_path, is_remote
 from nldist.store.scores import new_run_id
-
-#: human labels of the stages (the keys of ``timings``)
-LABELS = {
-    "ingest": "ingest into Zarr",
-    "table": "statistics of the Parquet table (scored in place)",
-    "cache": "X, y into worker memory",
-    "optimum": "theta* (distributed Gauss-Newton passes)",
-    "pilot": "pilot theta_0 (uniform sample)",
-    "score": "scores",
-    "estimate": "full-data loss estimate (evaluation sample)",
-    "sample": "sample",
-    "gather": "gather the sampled rows",
-    "train": "training on the sample",
-    "evaluate": "full-data losses",
-    "experiment": "experiment",
-    "flip": "flip labels",
-    "rank": "rank rows",
-    "choose": "choose the full-data method (one chunk timed, both run on the sample)",
-    "fit": "full-data fit",
-}
-
-
-@dataclass(frozen=True)
-class Event:
-    """One progress event of a run.
-
-    Attributes
-    ----------
-    stage : str
-        A key of :data:`LABELS`.
-    status : {"start", "end", "advance", "chunks", "reused", "recomputed"}
-        ``advance``: one more unit of ``total`` done (a training); ``chunks``: ``done`` of
-        the ``total`` chunk tasks of the pass the stage runs now have finished; ``reused`` /
-        ``recomputed``: what a cached stage did (:meth:`RunContext.note`).
-    kind : str or None
-        The score kind the stage works for, when it has one.
-    total : int or None
-        Units the stage will do (``start`` of a counted stage), or the chunk tasks of the
-        current pass (``chunks``).
-    seconds : float or None
-        Duration (``end``).
-    done : int or None
-        Chunk tasks finished (``chunks``).
-    """
-
-    stage: str
-    status: str
-    kind: str | None = None
-    total: int | None = None
-    seconds: float | None = None
-    done: int | None = None
-
-    @property
-    def label(self) -> str:
-        text = LABELS.get(self.stage, self.stage)
-        return f"{text} ({self.kind})" if self.kind else text
 
 
 def safe_out_dir(out: str | Path) -> Path:
@@ -170,7 +115,9 @@ class RunContext:
         self._listeners.append(listener)
 
     def emit(self, stage: str, status: str, **info: Any) -> None:
-        event = Event(stage, status, **info)
+        self._tell(Event(stage, status, **info))
+
+    def _tell(self, event: Event) -> None:
         for listener in self._listeners:
             listener(event)
 
@@ -181,11 +128,9 @@ class RunContext:
         self.emit(stage, "start", kind=kind, total=total)
         t0 = time.perf_counter()
 
-        def chunks(done: int, n: int) -> None:
-            self.emit(stage, "chunks", kind=kind, total=n, done=done)
-
         try:
-            with chunk_progress(chunks if self._listeners else None):
+            with chunk_progress(chunk_events(self._tell, stage, kind) if self._listeners
+                                else None):
                 yield
         finally:
             dt = time.perf_counter() - t0
