@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +243,8 @@ def _local(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
     kw: dict[str, Any] = {"security": sec, "protocol": "tls://"} if sec else {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(memory_records_to_log(log_file))  # (closed last)
-        # the workers are born with Ctrl-C blocked; one held back is one line here
-        with quiet_interrupt(), sigint_deferred(), _workers_start(cfg):
+        # (a Ctrl-C during the start is one line from the driver)
+        with quiet_interrupt(), _workers_start(cfg):
             cluster = stack.enter_context(LocalCluster(
                 n_workers=cfg.n_workers,
                 threads_per_worker=cfg.threads_per_worker,
@@ -340,31 +339,6 @@ def _silence_stderr() -> None:
     with contextlib.suppress(OSError):
         sys.stderr.flush()
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-
-
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C back while a local cluster starts: SIGINT is blocked in this thread, and
-    so in the threads it starts and in the worker processes they spawn (a signal mask is
-    inherited across fork and exec). Ctrl-C goes to the terminal's whole process group: a
-    worker process hit while Python is still starting in it dies with "Fatal Python error:
-    init_import_site" and a traceback, and the half-started cluster's teardown adds an
-    AssertionError (135 lines on the console for one Ctrl-C). Held back, the Ctrl-C is
-    delivered to the driver when the block ends (a KeyboardInterrupt there: the started
-    cluster is closed, one line is printed), and never to the workers (they ignore it:
-    :func:`ignore_sigint`). multiprocessing's resource tracker is started first: starting
-    it from a spawn unblocks SIGINT in the spawning thread (it blocks and then unblocks
-    SIGINT and SIGTERM around its own launch)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    resource_tracker.ensure_running()
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 #: the loggers of the dashboard's web server, which runs in this process with a local
