@@ -70,13 +70,17 @@ def test_sparse_dual_rows_gram_and_leverage_equal_the_dense_ones(spec, loss):
     assert rows.structured and rows.gram_direct and not rows.persistable
     Dn = rows.matrix(X, y)  # dense (the expanded design)
     A, c = rows.sparse_parts(X, y)
-    assert A.nnz <= X.shape[0] * (2 + len(LEVELS) + 1)  # never a dense one-hot block
-    np.testing.assert_allclose(A.toarray(), Dn[:, :-1], rtol=1e-14, atol=1e-15)
+    assert A.vals.shape == (X.shape[0], 2 + len(LEVELS) + 1)  # never a dense one-hot block
+    np.testing.assert_allclose(A.dense(), Dn[:, :-1], rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(c, Dn[:, -1], rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(m.sparse_design(X, np.ones(X.shape[0])).toarray(),
+                               m.expand(X) if not m.has_bias else np.column_stack(
+                                   [m.expand(X), np.ones(X.shape[0])]), rtol=0, atol=0)
+    np.testing.assert_allclose(A.sq_norms(), np.sum(Dn[:, :-1] ** 2, axis=1), rtol=1e-12)
     # (ID): the dual rows reproduce the residual at theta
     f = m.predict(th, X)
     r = f - y if loss == "squared" else get_loss(loss).residual(f, y)
-    np.testing.assert_allclose(A @ th + c, r, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(A.dot(th) + c, r, rtol=1e-10, atol=1e-10)
     G = np.zeros((m.n_params + 1,) * 2)
     rows.add_gram(G, X, y)
     np.testing.assert_allclose(G, Dn.T @ Dn, rtol=1e-12, atol=1e-9)

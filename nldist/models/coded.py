@@ -177,24 +177,28 @@ class CodedModel(Model):
         out[np.arange(n)[:, None], d0 + pos] = 1.0
         return out[:, :-1]
 
-    def sparse_design(self, X: Any, scale: np.ndarray) -> sp.csr_matrix:
-        """``diag(scale) [x_numeric, onehot, 1]`` as CSR (n, p): d0 + (codes not at their
-        reference level) + bias nonzeros per row, never a dense one-hot block."""
+    def design_entries(self, X: Any, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nonzeros of ``diag(scale) [x_numeric, onehot, 1]``: column indices and values,
+        each (n, K) with K = d0 + k + bias (a reference level's entry is a 0 in column 0),
+        never a dense one-hot block."""
         X = self.check_X(X)
         n, d0, p = X.shape[0], self.d0, self.n_params
         pos = d0 + self.codes.positions(X[:, d0:])  # == d0 + width: the reference level
-        cols = [np.broadcast_to(np.arange(d0), (n, d0)), pos]
-        vals = [X[:, :d0] * scale[:, None], np.where(pos < d0 + self.codes.width,
-                                                     scale[:, None], 0.0)]
+        ref = pos >= d0 + self.codes.width
+        cols = [np.broadcast_to(np.arange(d0), (n, d0)), np.where(ref, 0, pos)]
+        vals = [X[:, :d0] * scale[:, None], np.where(ref, 0.0, scale[:, None])]
         if self.inner.has_bias:
             cols.append(np.full((n, 1), p - 1))
             vals.append(scale[:, None])
-        col = np.concatenate(cols, axis=1)
-        val = np.concatenate(vals, axis=1)
-        col = np.where(col >= p, 0, col)  # reference levels: a stored 0 in column 0
-        per = col.shape[1]
+        return (np.concatenate(cols, axis=1).astype(np.int64),
+                np.concatenate(vals, axis=1))
+
+    def sparse_design(self, X: Any, scale: np.ndarray) -> sp.csr_matrix:
+        """:meth:`design_entries` as a CSR matrix (n, p)."""
+        col, val = self.design_entries(X, scale)
+        n, per = col.shape
         A = sp.csr_matrix((val.ravel(), col.ravel(), np.arange(0, n * per + 1, per)),
-                          shape=(n, p))
+                          shape=(n, self.n_params))
         A.sum_duplicates()
         return A
 

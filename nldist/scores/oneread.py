@@ -46,16 +46,17 @@ the prediction is trusted for ``s ≥ GUARD·p·d_n``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from nldist._budget import DUAL_BLOCK_BYTES
 from nldist._budget import slices as row_slices
 from nldist.errors import NldistError
 from nldist.scores.rows import DualRows
 from nldist.scores.sampling import hash_uniform
+from nldist.scores.sparse import FixedRows
 
 #: the uniform share of the one-read ``influence`` candidate: a row the pilot's theta_0 fits
 #: (nearly) exactly is never (nearly) impossible — without it, on the logistic tables, rows
@@ -116,6 +117,17 @@ class RowFactor:
         """m / n: turns a pilot's u into an estimate of the exact leverage."""
         return self.m / self.n
 
+    @cached_property
+    def inverse_gram(self) -> np.ndarray:
+        """``V diag(s⁻²) Vᵀ`` (p, p): ``u = aᵀ(·)a`` for rows given by their nonzeros."""
+        W = self.V / self.s
+        return W @ W.T
+
+    @cached_property
+    def projector(self) -> np.ndarray:
+        """``V Vᵀ`` (p, p): the squared norm of a row's part inside the span."""
+        return self.V @ self.V.T
+
 
 def _svd_factor(A: np.ndarray, c: np.ndarray, m: int, n: int, generalised: bool,
                 rtol: float | None = None) -> RowFactor:
@@ -172,7 +184,7 @@ def factor_from_r(R: np.ndarray, n: int) -> RowFactor:
 
 def _check_finite(D: Any, what: str) -> None:
     if isinstance(D, tuple):  # sparse rows (coded categoricals) and their augmented column
-        D = np.concatenate([D[0].data, D[1]])
+        D = np.concatenate([D[0].vals.ravel(), D[1]])
     if not np.all(np.isfinite(D)):
         raise NldistError(f"{what} are not finite at theta_0 (overflow); standardize the "
                           "features (dataset.standardize: true) or check the pilot's theta")
@@ -191,7 +203,8 @@ class _RowValues:
 
 def _dual_rows(rows: Any, X: np.ndarray, y: np.ndarray | None, offset: int) -> Any:
     """The dual rows of a slice: dense (n·g, p+1), or for coded categoricals the pair
-    (CSR adjoint rows (n, p), augmented column (n,)) — no dense one-hot block."""
+    (:class:`FixedRows` adjoint rows (n, p), augmented column (n,)) — no dense one-hot
+    block."""
     if isinstance(rows, DualRows) and rows.structured and y is not None:
         A, c = rows.sparse_parts(X, y)
         D: Any = (A, c)
@@ -209,13 +222,22 @@ def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
     ``loo``: D are the pilot's own rows; each row's u is taken leave-one-out
     (``h/(1-h)`` from its in-sample h), so the pilot's values estimate the other rows'."""
     A, c = D if isinstance(D, tuple) else (D[:, :-1], D[:, -1])
-    r = A @ theta + c
-    Q = A @ fac.V if fac.V.size else np.zeros((A.shape[0], 0))
-    uA = np.sum((Q / fac.s) ** 2, axis=1) if fac.s.size else np.zeros(A.shape[0])
-    a2 = (np.asarray(A.multiply(A).sum(axis=1)).ravel() if sp.issparse(A)
-          else np.einsum("ij,ij->i", A, A))
-    out_a = (a2 - np.sum(Q * Q, axis=1)) > SPAN_TOL * np.maximum(a2, fac.scale**2 * 1e-300)
-    e = c - A @ fac.beta
+    if isinstance(A, FixedRows):  # coded categoricals: quadratic forms by gathers
+        r = A.dot(theta) + c
+        zero = np.zeros(A.shape[0])
+        uA = A.quad(fac.inverse_gram) if fac.s.size else zero
+        inside = A.quad(fac.projector) if fac.V.size else zero
+        a2 = A.sq_norms()
+        e = c - A.dot(fac.beta)
+        Q = None  # one row per example (structured rows)
+    else:
+        r = A @ theta + c
+        Q = A @ fac.V if fac.V.size else np.zeros((A.shape[0], 0))
+        uA = np.sum((Q / fac.s) ** 2, axis=1) if fac.s.size else np.zeros(A.shape[0])
+        a2 = np.einsum("ij,ij->i", A, A)
+        inside = np.sum(Q * Q, axis=1)
+        e = c - A @ fac.beta
+    out_a = (a2 - inside) > SPAN_TOL * np.maximum(a2, fac.scale**2 * 1e-300)
     if fac.rho > 0:
         uaug = uA + e * e / fac.rho
         out_aug = out_a

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from nldist.models.base import Model
 from nldist.models.coded import CodedModel
@@ -55,6 +54,7 @@ from nldist.models.losses import (
 from nldist.scores import sketch
 from nldist.scores.linalg import kron_gram
 from nldist.scores.sampling import hash_uniform
+from nldist.scores.sparse import FixedRows
 
 
 def dual_block(
@@ -250,40 +250,43 @@ class DualRows(Rows):
 
     # -- coded categorical columns: the passes without the dense one-hot block -------------
     def sparse_parts(self, X: np.ndarray, y: np.ndarray | None
-                     ) -> tuple[sp.csr_matrix, np.ndarray | None]:
-        """The adjoint rows ``a_i`` as CSR (n_b, p) and the augmented column ``c_i`` (n_b,)
-        (None without y) of a ``structured`` model: the same numbers as :meth:`matrix`."""
+                     ) -> tuple[FixedRows, np.ndarray | None]:
+        """The adjoint rows ``a_i`` as :class:`FixedRows` (n_b, p; d0 + k + bias entries per
+        row) and the augmented column ``c_i`` (n_b,) (None without y) of a ``structured``
+        model: the same numbers as :meth:`matrix`."""
         m: CodedModel = self.model  # type: ignore[assignment]
         theta, X = m.check_theta(self.theta), m.check_X(X)
         act = m.inner.activation  # type: ignore[attr-defined]
         z = m.linear_index(theta, X)
         phi0 = float(act.phi0)
+        c = None
         if not self.use_y or y is None:
-            return m.sparse_design(X, act.divdiff(z)), None
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
-        if self.loss == "squared":
-            return m.sparse_design(X, act.divdiff(z)), phi0 - y
-        lo = get_loss(self.loss)
-        lo.check(act.phi(z), y)
-        return (m.sparse_design(X, psi_divdiff(lo, act, z, y)),
-                lo.residual(np.full(y.shape, phi0), y))
+            scale = act.divdiff(z)
+        else:
+            y = np.asarray(y, dtype=np.float64).reshape(-1)
+            if self.loss == "squared":
+                scale, c = act.divdiff(z), phi0 - y
+            else:
+                lo = get_loss(self.loss)
+                lo.check(act.phi(z), y)
+                scale, c = psi_divdiff(lo, act, z, y), lo.residual(np.full(y.shape, phi0), y)
+        cols, vals = m.design_entries(X, scale)
+        return FixedRows(cols, vals, m.n_params), c
 
-    def _augmented(self, X: np.ndarray, y: np.ndarray | None) -> sp.csr_matrix:
+    def _augmented(self, X: np.ndarray, y: np.ndarray | None) -> FixedRows:
         A, c = self.sparse_parts(X, y if self.use_y else None)
-        return A if c is None else sp.hstack([A, c[:, None]], format="csr")
+        return A if c is None else A.augment(c)
 
     def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
                  offset: int = 0) -> None:
-        """G += [A, c]ᵀ[A, c] by sparse products (a one-hot column's Gram is a
-        scatter-add): about (d0 + k + 2)² flops per row instead of p²."""
-        A = self._augmented(X, y)
-        G += (A.T @ A).toarray()
+        """G += [A, c]ᵀ[A, c] by one scatter-add over each row's (d0 + k + 2)² entry pairs
+        (a one-hot column's Gram), instead of p² flops per row."""
+        G += self._augmented(X, y).gram()
 
     def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
                    ) -> np.ndarray:
-        """Per row ``[a, c]ᵀ P [a, c]`` (n_b,), P from ``leverage_form``."""
-        A = self._augmented(X, y)
-        return np.asarray(A.multiply(A @ P).sum(axis=1)).ravel()
+        """Per row ``[a, c]ᵀ P [a, c]`` (n_b,), P from ``leverage_form``: gathers."""
+        return self._augmented(X, y).quad(P)
 
 
 @dataclass(frozen=True)
