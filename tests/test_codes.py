@@ -206,3 +206,24 @@ def test_the_report_shows_a_code_as_its_level():
     attrs = {"features": ["x", "origin"], "codes": {"origin": ["ATL", "LAS", "ORD"]}}
     names, cols = report.decode_columns(np.array([[0.5, 2.0], [1.0, 0.0]]), attrs)
     assert names == ["x", "origin"] and cols[1] == ["ORD", "ATL"]
+
+
+@pytest.mark.parametrize("use_y", [False, True])
+def test_linear_kinds_take_the_one_hot_design_not_the_codes(use_y):
+    from nldist.scores.rows import CodedDataRows
+
+    X, y, codes = _raw(900)
+    m = get_model("glm:swish", X.shape[1], codes)
+    rows = CodedDataRows(m, bias=True, use_y=use_y)
+    D = rows.matrix(X, y)
+    assert D.shape[1] == rows.n_cols(X.shape[1]) == m.n_params + int(use_y)
+    np.testing.assert_array_equal(D[:, :-1 - int(use_y)], m.expand(X))
+    G = np.zeros((D.shape[1],) * 2)
+    rows.add_gram(G, X, y)
+    np.testing.assert_allclose(G, D.T @ D, rtol=1e-12, atol=1e-9)
+    P = np.linalg.pinv(D.T @ D)
+    np.testing.assert_allclose(rows.row_values(X, y, 0, P),
+                               np.einsum("ij,jk,ik->i", D, P, D), rtol=1e-9, atol=1e-12)
+    got = nldist.scores(X, y, model=m, kind="linear-leverage", linear_augment_y=use_y)
+    want = nldist.scores(m.expand(X), y, kind="linear-leverage", linear_augment_y=use_y)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-14)

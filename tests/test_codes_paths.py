@@ -140,14 +140,17 @@ def test_run_exact_scores_on_codes_equal_the_one_hot_run(tmp_path, sync_schedule
             assert c[key] == pytest.approx(o[key], rel=1e-6), (kind, key)
 
 
-@pytest.mark.xfail(strict=True, reason="linear kinds read the code column as a number: "
-                   "DataRows (nldist/scores/rows.py) builds [X, 1] from the raw columns, not "
-                   "the one-hot design (rank d0 + k + 1 instead of d0 + width + 1)")
 def test_linear_leverage_on_codes_is_the_one_hot_linear_leverage(tmp_path, sync_scheduler):
     src = _csv(tmp_path)
     got = _both(run, tmp_path, src, "linear", kind="linear-leverage", baselines=[])
     assert got["codes"]["kinds"]["linear-leverage"]["rank"] == \
-        got["onehot"]["kinds"]["linear-leverage"]["rank"]
+        got["onehot"]["kinds"]["linear-leverage"]["rank"] == 2 + L - 1 + 1
+    for name in ("codes", "onehot"):
+        assert (tmp_path / name / "samples" / "linear-leverage.npz").exists()
+    a = np.load(tmp_path / "codes" / "samples" / "linear-leverage.npz")
+    b = np.load(tmp_path / "onehot" / "samples" / "linear-leverage.npz")
+    np.testing.assert_array_equal(a["indices"], b["indices"])
+    np.testing.assert_allclose(a["weights"], b["weights"], rtol=1e-8)
 
 
 def test_fit_on_codes_reaches_the_one_hot_optimum(tmp_path, sync_scheduler):

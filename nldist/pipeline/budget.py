@@ -16,6 +16,7 @@ import dask
 from nldist import graph
 from nldist._budget import matrices_bytes, memory_per_task, task_rows
 from nldist.errors import NldistError
+from nldist.models.coded import CodedModel
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
 from nldist.scores.kinds import get_kind
@@ -39,8 +40,8 @@ def kind_task(job: Any, m: Any, kind: str, chunk: int, d: int, itemsize: int) ->
         width, row_bytes = m.n_params + 1, None  # the model's dual rows
         sk = job.sketch
         q = sk.cols + 1 if sk is not None and sk.cols and kind == job.kind else width
-    else:
-        width = q = d + 1
+    else:  # the data rows [X, 1]: over coded categoricals, the one-hot design's
+        width = q = (m.inner.n_features if isinstance(m, CodedModel) else d) + 1
         row_bytes = 3 * 8 * width
     if isinstance(k.reduction, SquaredNorm):
         q = 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from nldist.errors import NldistError
 from nldist.models.base import Model
+from nldist.models.coded import CodedModel
 from nldist.scores.reductions import (
     Leverage,
     ResponseAware,
@@ -24,7 +25,14 @@ from nldist.scores.reductions import (
     SquaredNorm,
     Uniform,
 )
-from nldist.scores.rows import BlockRows, DataRows, DualRows, MarginRows, Rows
+from nldist.scores.rows import (
+    BlockRows,
+    CodedDataRows,
+    DataRows,
+    DualRows,
+    MarginRows,
+    Rows,
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,8 @@ class _Data(RowsFactory):
         if linear_augment_y:
             _one_target(kind, has_y, y_cols)
         bias = model.has_bias if isinstance(model, Model) else True
+        if isinstance(model, CodedModel):  # the one-hot design, not the codes as numbers
+            return CodedDataRows(model, bias=bias, use_y=has_y and linear_augment_y)
         return DataRows(bias=bias, use_y=has_y and linear_augment_y)
 
 

@@ -17,6 +17,10 @@ class               block of A                                                 q
 :class:`MarginRows` the adjoint of the margin log(p_y / (1 - p_y))               p
 ==================  ========================================================  ============
 
+:class:`CodedDataRows` is ``[design, 1, y]`` of a dataset with coded categoricals (the
+one-hot design, never formed on the passes); coded GLMs' :class:`DualRows` are
+``structured`` the same way (:class:`nldist.scores.sparse.FixedRows`).
+
 A C-output model with squared loss (multi-output regression, y (n_b, C)) has C dual rows
 per example: :class:`DualRows` gives ``[A_i, f_i(0) - y_i]`` (C, p + 1), exact (ID) per
 output, and :class:`BlockRows` the label-free ``A_i``.
@@ -331,6 +335,59 @@ class DataRows(Rows):
         G[d:, :d] += XE
         G[:d, d:] += XE.T
         G[d:, d:] += E @ E.T
+
+
+@dataclass(frozen=True)
+class CodedDataRows(Rows):
+    """The data matrix ``[design, 1, y]`` of a dataset with coded categoricals: the model's
+    one-hot design (:mod:`nldist.models.coded`), as :class:`FixedRows` on the passes — the
+    linear kinds' rows without a dense one-hot block (the raw code columns are labels, not
+    numbers)."""
+
+    model: CodedModel
+    bias: bool = True
+    use_y: bool = False
+
+    cheap = True
+    persistable = False
+    cheap_to_rebuild = True
+    group = 1
+    gram_direct = True
+    gram_any_dtype = True
+    structured = True
+    gram_only = True
+
+    @property
+    def needs_y(self) -> bool:
+        return self.use_y
+
+    def n_cols(self, d: int) -> int:
+        return self.model.inner.n_features + int(self.bias) + int(self.use_y)
+
+    def matrix(self, X: np.ndarray, y: np.ndarray | None, offset: int = 0) -> np.ndarray:
+        return linear_block(self.model.expand(X), y if self.use_y else None, bias=self.bias)
+
+    def _fixed(self, X: np.ndarray, y: np.ndarray | None) -> FixedRows:
+        m = self.model
+        X = m.check_X(X)
+        cols, vals = m.design_entries(X, np.ones(X.shape[0]))
+        if not self.bias and m.has_bias:  # the design's bias entry is the last one
+            cols, vals = cols[:, :-1], vals[:, :-1]
+        elif self.bias and not m.has_bias:
+            cols = np.column_stack([cols, np.full(X.shape[0], m.inner.n_features)])
+            vals = np.column_stack([vals, np.ones(X.shape[0])])
+        A = FixedRows(cols, vals, m.inner.n_features + int(self.bias))
+        return A.augment(np.asarray(y, dtype=np.float64).reshape(-1)) if self.use_y else A
+
+    def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
+                 offset: int = 0) -> None:
+        """G += AᵀA by one scatter-add (:meth:`FixedRows.gram`)."""
+        G += self._fixed(X, y).gram()
+
+    def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
+                   ) -> np.ndarray:
+        """Per row ``aᵀ P a`` (n_b,) by gathers."""
+        return self._fixed(X, y).quad(P)
 
 
 @dataclass(frozen=True)
