@@ -64,8 +64,9 @@ def check_categorical(values: pd.Series, n_rows: int, name: str, distinct: int |
     distinct = int(text.nunique()) if distinct is None else distinct
     if distinct > ID_MIN_DISTINCT and distinct > ID_MAX_SHARE * n_rows:
         raise NldistError(f"column {name!r} has {distinct:,} distinct values in {n_rows:,} "
-                          "rows (an identifier?): one-hot encoding it would add a column per "
-                          "row; leave it out with features: [...] in the job")
+                          "rows (an identifier?): nearly every level would have a row or two "
+                          "and its own coefficient; leave it out with features: [...] in the "
+                          "job")
 
 
 def select_columns(df: pd.DataFrame, target: str, features: list[str] | None,

@@ -227,3 +227,12 @@ def test_linear_kinds_take_the_one_hot_design_not_the_codes(use_y):
     got = nldist.scores(X, y, model=m, kind="linear-leverage", linear_augment_y=use_y)
     want = nldist.scores(m.expand(X), y, kind="linear-leverage", linear_augment_y=use_y)
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-14)
+
+
+def test_the_swish_bound_reads_the_wrapped_glm():
+    from nldist.models.glm import swish_ratio
+
+    X, _, codes = _raw(200)
+    assert swish_ratio(get_model("glm:swish(c1=1,c2=3)", X.shape[1], codes)) == 3.0
+    with pytest.raises(NldistError, match="glm:swish"):
+        swish_ratio(get_model("glm:sigmoid", X.shape[1], codes))

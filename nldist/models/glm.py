@@ -112,7 +112,8 @@ def swish_ratio(model: Model) -> float:
     """
     spec = getattr(model, "spec", "")
     match = re.match(r"^glm:swish(?:\((?P<params>[^)]*)\))?(?::nobias)?$", spec)
-    if not isinstance(model, GLM) or not match:
+    glm = getattr(model, "inner", model)  # over coded categoricals: the wrapped GLM
+    if not isinstance(glm, GLM) or not match:
         raise NldistError(f"the swish bound needs a glm:swish model, got {spec!r}; set model: "
                           "glm:swish(c1=..,c2=..) or drop swish_bound")
     params = {"c1": 1.0, "c2": 2.0, **parse_params(match["params"], spec)}
