@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 from dask.base import get_scheduler
 
-from nldist import precond, train
+from nldist import objectives, precond
 from nldist.graph.inputs import SPLIT_EVERY, current_client, persist_blocks, row_blocks, tree_reduce
 from nldist.models.base import Model
 
@@ -26,11 +26,11 @@ def gn_pass(
 ) -> dict:
     """One distributed pass: full-data loss, gradient (p,) and Gauss-Newton matrix (p, p)."""
     parts = [
-        dask.delayed(train.gn_block, pure=True)(model, theta, xb, yb, off, loss)
+        dask.delayed(objectives.gn_block, pure=True)(model, theta, xb, yb, off, loss)
         for xb, yb, off in row_blocks(X, y)
     ]
     parts = persist_blocks(parts, part_bytes=8 * model.n_params ** 2)
-    (out,) = dask.compute(tree_reduce(parts, train.combine_sum, split_every))
+    (out,) = dask.compute(tree_reduce(parts, objectives.combine_sum, split_every))
     return out
 
 def losses_pass(
@@ -40,7 +40,7 @@ def losses_pass(
     """Full-data losses (m,) of m parameter vectors (m, p) in one distributed pass."""
     thetas = np.atleast_2d(np.asarray(thetas, dtype=np.float64))
     parts = [
-        dask.delayed(train.losses_block, pure=True)(model, thetas, xb, yb, loss)
+        dask.delayed(objectives.losses_block, pure=True)(model, thetas, xb, yb, loss)
         for xb, yb, _ in row_blocks(X, y)
     ]
     parts = persist_blocks(parts, part_bytes=8 * thetas.shape[0])
@@ -58,7 +58,7 @@ def grad_pass(
         for xb, yb, off in row_blocks(X, y)
     ]
     parts = persist_blocks(parts, part_bytes=8 * model.n_params)
-    (out,) = dask.compute(tree_reduce(parts, train.combine_sum, split_every))
+    (out,) = dask.compute(tree_reduce(parts, objectives.combine_sum, split_every))
     return out
 
 def parallelism() -> int:

@@ -13,7 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from nldist import train
+from nldist import objectives
 from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.scores import sampling
@@ -87,13 +87,14 @@ def take(arr: Any, indices: np.ndarray) -> np.ndarray:
 
 def row_losses(X: da.Array, y: da.Array, model: Model, theta: np.ndarray,
                loss: str = "squared") -> da.Array:
-    """Per-row loss r_i(θ)² (n,), lazy, chunked like X (:func:`nldist.train.row_losses_block`)."""
+    """Per-row loss r_i(θ)² (n,), lazy, chunked like X
+    (:func:`nldist.objectives.row_losses_block`)."""
     return da.blockwise(_row_losses_task, "i", X, "ij", y, "i", dtype=np.float64,
                         concatenate=True, model=model, theta=theta, loss=loss)
 
 def _row_losses_task(X: np.ndarray, y: np.ndarray, *, model: Model, theta: np.ndarray,
                      loss: str) -> np.ndarray:
-    return train.row_losses_block(model, theta, X, y, loss)
+    return objectives.row_losses_block(model, theta, X, y, loss)
 
 def precision_at_k(scores: da.Array, flipped: da.Array, ks: list[int]
                    ) -> tuple[list[float], list[float]]:

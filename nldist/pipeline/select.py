@@ -6,7 +6,7 @@ kind at theta_0;
 then one fused read of X computes pass 2, draws the sample, returns its rows and a seeded
 uniform evaluation sample (:func:`nldist.pipeline.stages.scoring.scores_and_sample`); the model is
 trained on the sample from theta_0, and its full-data loss is estimated, without bias and
-with a 95% interval, from the evaluation sample (:func:`nldist.train.estimate_losses`).
+with a 95% interval, from the evaluation sample (:func:`nldist.objectives.estimate_losses`).
 About two passes over X after ingest. Its cost (wall time, passes over X, bytes read)
 is written next to what the full-data Gauss-Newton fit costs on the same cluster: measured
 (with ``compare_full``, or when its estimate is at most ``CHEAP_FRACTION`` of the path's
@@ -24,6 +24,7 @@ import numpy as np
 
 from nldist._budget import eval_rows
 from nldist._version import __version__
+from nldist.objectives import estimate_losses
 from nldist.pipeline import budget, stages
 from nldist.pipeline import oneread as oneread_stage
 from nldist.pipeline.context import RunContext
@@ -31,7 +32,6 @@ from nldist.scores.oneread import CANDIDATES as ONE_READ_CANDIDATES
 from nldist.scores.oneread import ONE_READ_KINDS
 from nldist.store.records import array_digest, save_npy, save_npz, write_json
 from nldist.store.scores import path_name
-from nldist.train import estimate_losses
 
 
 def select(ctx: RunContext, compare_full: bool = False, force: bool = False) -> dict:
