@@ -18,6 +18,7 @@ import numpy as np
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models.base import Model
+from nldist.models.coded import CodedModel
 from nldist.models.losses import check_labels, get_loss, softmax, targets
 from nldist.scores.linalg import kron_gram
 
@@ -209,6 +210,8 @@ def gn_block(
         return ce_oracle(model, np.asarray(X, dtype=np.float64), y)(theta)
     if model.n_outputs > 1:
         return multi_squared_oracle(model, np.asarray(X, dtype=np.float64), y)(theta)
+    if isinstance(model, CodedModel) and model.sparse_rows:
+        return _coded_gn_block(model, theta, X, y, loss)
     if loss == "squared":
         r = model.predict(theta, X) - y
         J = model.jacobian(theta, X)
@@ -219,6 +222,24 @@ def gn_block(
         r = lo.residual(f, y)
         J = model.jacobian(theta, X) * lo.dresidual(f, y)[:, None]
     return {"loss": float(r @ r), "grad": 2.0 * (J.T @ r), "gn": 2.0 * (J.T @ J)}
+
+
+def _coded_gn_block(model: CodedModel, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                    loss: str) -> dict:
+    """:func:`gn_block` of a GLM over coded categoricals: J_r from the sparse design
+    (d0 + k + 1 nonzeros a row), never the dense one-hot Jacobian of the chunk."""
+    z = model.linear_index(theta, X)
+    act = model.inner.activation  # type: ignore[attr-defined]
+    f = act.phi(z)
+    if loss == "squared":
+        r, dr = f - y, 1.0
+    else:
+        lo = get_loss(loss)
+        lo.check(f, y)
+        r, dr = lo.residual(f, y), lo.dresidual(f, y)
+    J = model.sparse_design(X, act.dphi(z) * dr)
+    return {"loss": float(r @ r), "grad": 2.0 * np.asarray(J.T @ r).ravel(),
+            "gn": 2.0 * (J.T @ J).toarray()}
 
 
 def combine_sum(parts: list[dict]) -> dict:

@@ -251,19 +251,22 @@ def test_many_levels_scores_and_one_read_sample_never_expand_a_chunk(sync_schedu
     assert idx.size > 0 and np.all(w > 0)
 
 
-@pytest.mark.xfail(strict=True, reason="train.gn_block and precond.grad_block take "
-                   "model.jacobian(theta, X) of the whole chunk: CodedModel expands it to a "
-                   "dense (chunk rows, d0 + width) block (select's measured full fit, run's "
-                   "theta: optimum, nldist fit)")
 def test_many_levels_gradient_and_gauss_newton_passes_never_expand_a_chunk(sync_scheduler,
                                                                           monkeypatch):
     from nldist import graph
+    from nldist.objectives import gn_block
 
     X, y, m, th = _many_levels(levels=400, n=2000, chunk=1000)
+    Xa, ya = np.asarray(X), np.asarray(y)
+    want = gn_block(get_model(m.spec, m.inner.n_features), th, m.expand(Xa), ya)
     expanded = _spy_expand(monkeypatch)
-    graph.oracles.grad_pass(X, y, m, th)
-    graph.oracles.gn_pass(X, y, m, th)
+    g = graph.oracles.grad_pass(X, y, m, th)
+    gn = graph.oracles.gn_pass(X, y, m, th)
     assert expanded == [], expanded
+    for got in (g, gn):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
+        np.testing.assert_allclose(got["grad"], want["grad"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(gn["gn"], want["gn"], rtol=1e-9, atol=1e-9)
 
 
 # -- the sample handed over ----------------------------------------------------------------
