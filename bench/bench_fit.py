@@ -17,7 +17,11 @@ distributed pass over X and is recorded (wall time since the method started, pas
                ONE read of X, generalised leverage against the pilot factor of
                ``pilot_factor_s`` reservoir rows) or by the exact two-pass scores
                (``--sampler exact``: pass 1, then pass 2 + sample + gather);
-* ``precond_uniform`` the same with a uniform sample of the same s.
+* ``precond_uniform`` the same with a uniform sample of the same s;
+* ``gn_sparse_pilot`` (squared loss, a GLM on coded columns only: flights-3m) full GN from
+               theta_0 with J^T J formed from the sparse design (``CodedModel.sparse_design``:
+               d0 + k + 1 nonzeros a row) chunk by chunk in this process — what a GN pass
+               costs when it does not form the dense one-hot Jacobian as ``gn_pass`` does.
 
 L* = the lowest loss any method evaluated. A method's time to relative error e is the wall
 time of its first call whose best loss so far is <= L* (1 + e) — its own time only: the
@@ -245,6 +249,21 @@ def run_model(model: str, args, out_root: Path) -> dict:
     def grad(th):
         return graph.oracles.grad_pass(X, y, m, th, job.split_every, loss=job.loss)
 
+    def gn_sparse(th):  # J^T J of a GLM on coded columns from its sparse design, chunk by chunk
+        th = np.asarray(th, dtype=np.float64)
+        out = {"loss": 0.0, "grad": np.zeros(p), "gn": np.zeros((p, p))}
+        for c in range(len(X.chunks[0])):
+            Xb = np.asarray(X.blocks[c].compute(scheduler="synchronous"))
+            yb = np.asarray(y.blocks[c].compute(scheduler="synchronous"), dtype=np.float64)
+            z = m.linear_index(th, Xb)
+            act = m.inner.activation
+            r = act.phi(z) - yb
+            A = m.sparse_design(Xb, act.dphi(z))
+            out["loss"] += float(r @ r)
+            out["grad"] += 2.0 * (A.T @ r)
+            out["gn"] += 2.0 * (A.T @ A).toarray()
+        return out
+
     def lbfgs(rec):
         def f(th):
             o = rec(th)
@@ -266,6 +285,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     methods = {
         "gn0": lambda rec: gn_fit(rec, m.initial_theta()),
         "gn_pilot": lambda rec: gn_fit(rec, theta0),
+        "gn_sparse_pilot": lambda rec: gn_fit(rec, theta0),
         "lbfgs": lbfgs,
         "precond": lambda rec: precond.fit_precond(rec, lev_H, theta0, job.radius, xtol=1e-10,
                                                    max_iter=args.max_passes).theta,
@@ -273,7 +293,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
             rec, uni_H, theta0, job.radius, xtol=1e-10, max_iter=args.max_passes).theta,
     }
     oracle_of = {"gn0": gn, "gn_pilot": gn, "lbfgs": grad, "precond": grad,
-                 "precond_uniform": grad}
+                 "precond_uniform": grad, "gn_sparse_pilot": gn_sparse}
     adam = "adam" in args.methods.split(",")
     methods = {k: methods[k] for k in args.methods.split(",") if k in methods}  # in order
     runs = {k: [] for k in methods}
@@ -307,7 +327,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     if adam_out is not None:
         L_star = min(L_star, adam_out["best"]["loss"])
     summary = {}
-    setup_of = {"gn0": 0.0, "gn_pilot": pilot_s, "lbfgs": pilot_s,
+    setup_of = {"gn0": 0.0, "gn_pilot": pilot_s, "gn_sparse_pilot": pilot_s, "lbfgs": pilot_s,
                 "precond": pilot_s + sample_s, "precond_uniform": pilot_s}
     for name, reps in runs.items():
         hits = [reach(calls, L_star) for calls in reps]
