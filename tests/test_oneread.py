@@ -353,3 +353,22 @@ def test_select_sample_api_numpy_and_dask_agree_and_reach_the_target():
                      ({"s": 10, "pilot_rows": 0}, "pilot_rows")]:
         with pytest.raises(NldistError, match=msg):
             nldist.select_sample(X, y, m, th, **bad)
+
+
+def test_a_pilot_row_alone_in_its_direction_with_zero_residual_keeps_the_totals_finite():
+    """Leave-one-out u = inf and r = 0 (a level seen once in the pilot, theta_0 fitted on
+    it): gamma was 0·inf = NaN, and target_error then found no finite size."""
+    rng = np.random.default_rng(5)
+    m, p = 200, 4
+    A = np.zeros((m, p))
+    A[:, :3] = rng.standard_normal((m, 3))
+    A[0] = [0.0, 0.0, 0.0, 1.0]  # the only row with the 4th column
+    theta = rng.standard_normal(p)
+    r = rng.standard_normal(m)
+    r[0] = 0.0  # fitted exactly
+    D = np.column_stack([A, r - A @ theta])
+    fac = oneread.factor(D, 10 * m)
+    tot = oneread.pilot_totals(D, theta, fac)
+    for key in ("L", "B", "H", "Z", "A", "D"):
+        assert np.all(np.isfinite(tot[key])), key
+    assert all(np.isfinite(v) for v in oneread.estimate_totals(D, theta, fac).values())

@@ -47,6 +47,17 @@ def _slices(n: int, q: int, group: int = 1) -> list[slice]:
     return _row_slices(n, max(1, sub_rows(max(q, 1)) // max(group, 1)))
 
 
+#: the width a slice of never-formed rows is sized by: about their nonzeros squared
+#: (:class:`nldist.scores.sparse.FixedRows`: the work of a row is K² gathers, K ~ 8)
+STRUCTURED_SLICE_WIDTH = 64
+
+
+def _slice_width(spec: ScoreSpec, q: int) -> int:
+    """q for rows formed as a dense block; a fixed small width for rows that are never
+    formed (coded categoricals: a slice of q = 5,000 columns would be 256 rows)."""
+    return STRUCTURED_SLICE_WIDTH if spec.rows is not None and spec.rows.gram_only else q
+
+
 def _grow(s: slice, g: int) -> slice:
     """The matrix rows of the examples in ``s`` (``g`` rows each)."""
     return s if g == 1 else slice(s.start * g, s.stop * g)
@@ -148,7 +159,7 @@ def _pass1_block(
     build_s = 0.0
     host_gram = be.host_gram and red.gram and spec.rows.gram_direct
     any_dtype = spec.rows.gram_any_dtype
-    for s in _slices(n, q, g):
+    for s in _slices(n, _slice_width(spec, q), g):
         Xs = X[s]
         if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
             check_finite_block(X, yy, offset)
@@ -265,7 +276,7 @@ def _pass2_block(
         return spec.reduction.constant_rows(n, norm)
     yy = y if spec.needs_y else None
     q = spec.n_cols(X.shape[1])
-    slices = _slices(n, q, spec.group)
+    slices = _slices(n, _slice_width(spec, q), spec.group)
     out = None
     be = backend(spec.device)
     if store is not None and spec.persistable and n:

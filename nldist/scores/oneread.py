@@ -256,7 +256,8 @@ def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
 
     tA, taug = tau(uA, out_a), tau(uaug, out_aug)
     if group == 1:
-        gamma_u = r * r * uA
+        with np.errstate(invalid="ignore"):  # 0 · inf: replaced below
+            gamma_u = r * r * uA
         infl2 = r * r * tA
         r2 = r * r
     else:
@@ -272,8 +273,10 @@ def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
     infl2 = np.where(out_a, r2, infl2)
     h = np.where(out_a | np.isinf(uA), 1.0, np.minimum(uA * (fac.ratio if fac.generalised
                                                              else 1.0), 1.0))
-    gamma = np.where(out_a | np.isinf(gamma_u), r2, gamma_u * (fac.ratio if fac.generalised
-                                                               else 1.0))
+    # a row the factor cannot bound (u = inf: leave-one-out of a pilot row alone in its
+    # direction) counts its whole residual — also when that residual is 0 (0·inf: NaN)
+    gamma = np.where(out_a | np.isinf(uA) | np.isinf(gamma_u), r2,
+                     gamma_u * (fac.ratio if fac.generalised else 1.0))
     return _RowValues(taug, np.sqrt(np.maximum(infl2, 0.0)), gamma, h, r2)
 
 

@@ -285,7 +285,7 @@ class DualRows(Rows):
                  offset: int = 0) -> None:
         """G += [A, c]ᵀ[A, c] by one scatter-add over each row's (d0 + k + 2)² entry pairs
         (a one-hot column's Gram), instead of p² flops per row."""
-        G += self._augmented(X, y).gram()
+        self._augmented(X, y).add_gram_to(G)
 
     def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
                    ) -> np.ndarray:
@@ -382,7 +382,7 @@ class CodedDataRows(Rows):
     def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
                  offset: int = 0) -> None:
         """G += AᵀA by one scatter-add (:meth:`FixedRows.gram`)."""
-        G += self._fixed(X, y).gram()
+        self._fixed(X, y).add_gram_to(G)
 
     def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
                    ) -> np.ndarray:

@@ -10,8 +10,8 @@ a dense (n, p) block and never a general sparse-matrix product:
 * ``quad(M)``: ``a_iᵀ M a_i`` per row (n,), K² gathers per row (the leverage against a
   factor: M = R⁻¹R⁻ᵀ or V diag(s⁻²) Vᵀ);
 * ``sq_norms()``: ``‖a_i‖²``;
-* ``gram()``: ``AᵀA`` (q, q) by one ``bincount`` over the K² pairs of every row — the
-  scatter-add of a one-hot block's Gram.
+* ``gram()`` / ``add_gram_to(G)``: ``AᵀA`` by one sort and ``bincount`` over the K² pairs
+  of every row — the scatter-add of a one-hot block's Gram, with no (q, q) temporary.
 
 Duplicate column indices in a row are allowed (their values add, as in a sparse matrix):
 every formula above is bilinear in the entries.
@@ -74,10 +74,22 @@ class FixedRows:
 
     def gram(self) -> np.ndarray:
         """``AᵀA`` (q, q)."""
+        G = np.zeros((self.q, self.q))
+        self.add_gram_to(G)
+        return G
+
+    def add_gram_to(self, G: np.ndarray) -> None:
+        """``G += AᵀA`` in place, touching only the entries this block's rows reach: one
+        sort of its n K² pairs, no (q, q) temporary (q runs to thousands with one coded
+        column of thousands of levels)."""
         q = self.q
         idx = (self.cols[:, :, None] * q + self.cols[:, None, :]).ravel()
         w = (self.vals[:, :, None] * self.vals[:, None, :]).ravel()
-        return np.bincount(idx, weights=w, minlength=q * q).reshape(q, q)
+        at, inv = np.unique(idx, return_inverse=True)
+        flat = G.reshape(-1)  # a view of a C-contiguous G (checked: writes must land)
+        if not np.shares_memory(flat, G):
+            raise ValueError("add_gram_to needs a C-contiguous G")
+        flat[at] += np.bincount(inv.ravel(), weights=w, minlength=at.size)
 
     def dense(self) -> np.ndarray:
         """The dense (n, q) block (tests, small blocks)."""
