@@ -365,7 +365,7 @@ def test_a_killed_ingest_resumes_from_its_chunk_records(diamonds, tmp_path, monk
     checks each record against the stored chunk, writes only the rest, and gives the same
     store as an uninterrupted ingest bit for bit. A chunk damaged after its record is
     rewritten, never reused."""
-    import nldist.ingest as ingest_mod
+    import nldist.ingest.tables as ingest_mod
 
     d, target = diamonds
     opts = {"target": target, "standardize": True, "chunk_rows": 4000}
@@ -423,7 +423,7 @@ def test_each_partition_is_read_and_encoded_once_per_pass(diamonds, tmp_path, mo
     """X and y of a table share one read and encoding per partition (to_delayed unfused):
     the ingest's write pass encodes each of the 7 files once, and so does a pass over a
     Parquet table read in place (bench/RESULTS.md: fused per array, it was 3x and 2x)."""
-    import nldist.ingest as ingest_mod
+    import nldist.ingest.tables as ingest_mod
     from nldist import graph
     from nldist.ingest import open_table_view, table_view
     from nldist.scores.spec import make_spec

@@ -64,7 +64,8 @@ RINGS: dict[str, float] = {
     "nldist.train": 2,
     "nldist.objectives": 2,  # what train minimises: the oracles and the full-data blocks
     "nldist.precond": 2,
-    "nldist.tablestats": 2,
+    # the ingest plan's kernels (pure pandas/NumPy: statistics, plan, encoding of a partition)
+    "nldist.ingest.plan": 2,
     # ring 3: wiring + I/O (of results, and of sources: packaged datasets and files)
     "nldist.graph": 3,
     "nldist.store": 3,

@@ -182,7 +182,7 @@ def test_a_killed_ingest_into_a_bucket_resumes(diamonds_parts, tmp_path, s3, mon
     a re-run resumes it from its chunk records and ends with the uninterrupted result."""
     import dask
 
-    import nldist.ingest as ingest_mod
+    import nldist.ingest.tables as ingest_mod
     from nldist.ingest import ingest_table
 
     d, target = diamonds_parts

@@ -1,7 +1,8 @@
 """Kernels of the distributed ingest (pure pandas/NumPy, one partition in, small things out).
 
 A table too large for one machine is ingested in two passes over its partitions
-(:func:`nldist.ingest.ingest_table` maps these through :mod:`nldist.graph`):
+(:func:`nldist.ingest.tables.ingest_table` maps these through :mod:`nldist.graph`;
+:func:`nldist.ingest.frame.prepare` runs them on one in-memory partition):
 
 1. :func:`partition_stats` — per partition: rows (before and after dropping missing
    values), missing and infinite values per column, the values of every text column with
