@@ -235,6 +235,61 @@ def test_auto_keeps_the_mixture_unless_a_trusted_candidate_is_clearly_better():
     assert oneread.choose(pred)[0] == "influence"
 
 
+def test_the_effective_sample_size_is_the_dense_kish_formula_and_auto_falls_back_to_uniform():
+    """ESS = n² / Σ 1/π_i (π capped at 1) from the pass's sums, s exactly for uniform; on a
+    table whose few outlying rows draw the mixture's weights, ``auto`` samples uniformly while
+    the mixture's ESS is below p (and says so), and keeps the mixture once it is not."""
+    X, y, m, th = _problem(n=3000)
+    X[:30, 0] *= 40.0  # a few very high leverage rows
+    y[:30] += 30.0  # with large residuals: the influence half piles its mass on them
+    n, p = X.shape[0], m.n_params
+    rows = DualRows(m, th, use_y=True)
+    D = rows.matrix(X, y)
+    fac = oneread.factor_from_r(np.linalg.qr(D, mode="r"), n)
+    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "raw-influence": 5.0,
+                              "uniform": float(n)})
+    parts = [oneread.chunk(X[a:a + 700], y[a:a + 700], rows=rows, theta=th, fac=fac,
+                           rates=np.zeros(4), seed=0, offset=a, heavy=np.zeros(4))
+             for a in range(0, n, 700)]
+    tot = oneread.totals(parts)
+    A, c = D[:, :-1], D[:, -1]
+    r = A @ th + c
+    tau, lev = _hat(A), _hat(D)
+    infl = np.abs(r) * np.sqrt(tau)
+    mix = 0.5 * infl / 5.0 + 0.5 * lev / 3.0
+    fell_back = kept = 0
+    for s in (p, 2 * p, 3 * p, 10 * p, 20 * p, 600):
+        pred = oneread.predict(tot, s, p)
+        assert np.isclose(pred["uniform"]["ess"], s, rtol=1e-9)
+        pi = np.minimum(1.0, s * mix / mix.sum())
+        dense = n**2 / np.sum(1 / pi)
+        assert np.isclose(pred["influence-mix"]["ess"], dense, rtol=1e-8), s
+        assert dense <= s
+        name, why = oneread.choose(pred)
+        if dense < p:
+            assert name == "uniform", s
+            assert "effective sample size" in why and f"{dense:.3g}" in why, why
+            fell_back += 1
+        else:
+            assert name == "influence-mix", (s, why)
+            assert "effective" not in why
+            kept += 1
+    assert fell_back >= 2 and kept >= 2  # both sides of the floor were exercised
+    # without the pass's W (an older totals dict) the floor is not applied
+    old = {k: v for k, v in tot.items() if k != "W"}
+    assert oneread.choose(oneread.predict(old, p, p))[0] == "influence-mix"
+
+
+def test_auto_never_switches_to_a_candidate_below_the_ess_floor():
+    base = {"predicted": 0.01, "d_n": 1.0, "trusted": True, "total": 1.0, "ess": 50.0,
+            "ess_floor": 10.0, "ess_ok": True}
+    pred = {c: dict(base) for c in oneread.CANDIDATES}
+    pred["influence"] = {**base, "predicted": 0.001, "ess": 5.0, "ess_ok": False}
+    assert oneread.choose(pred)[0] == "influence-mix"  # better predicted, too few rows
+    pred["nonlinear-leverage"] = {**base, "predicted": 0.002}
+    assert oneread.choose(pred)[0] == "nonlinear-leverage"
+
+
 # ---------------------------------------------------------------------------------------
 # through the pipeline and the CLI
 # ---------------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ MATH.md (P)): ``E ≈ (Z·Σ_i γ_i/q_i / s − Σ_i γ_i) / L`` with ``γ_i = r
 ``‖Σ_c r_ic W a_ic‖²``), τ_i the exact leverage (estimated by ``(m/n)·u_i`` from a pilot) and
 ``L = Σ r_i²``. Its reliability guard: ``d_n = Z·Σ τ_i²/q_i / p²`` (= 1 for leverage sampling);
 the prediction is trusted for ``s ≥ GUARD·p·d_n``.
+
+Kish effective sample size of a candidate's Horvitz–Thompson weights at s:
+``ESS = n² / Σ_i 1/π_i`` (= s for uniform, less for any other distribution; ``(Σw)²/Σw²`` in
+expectation), from the pass's ``W = Σ_i 1/q_i``. ``auto`` never samples by a distribution whose
+ESS is below :data:`ESS_FLOOR`·p (see :func:`choose`).
 """
 
 from __future__ import annotations
@@ -73,6 +78,12 @@ GUARD = 10.0
 #: ``auto`` leaves the robust default (influence-mix) only for a candidate predicted at most
 #: this fraction of its error
 AUTO_MARGIN = 0.7
+#: ``auto`` samples by a weighted candidate only when the Kish effective sample size of its
+#: Horvitz–Thompson weights at s is at least this many times p: below it the weighted fit rests
+#: on fewer effective rows than parameters (a few rows carry the loss), the first-order picture
+#: behind every prediction is void, and uniform (ESS = s) is the safe sample (bio at s = 5p:
+#: the mixture's ESS is 0.89 p and it loses 2x to uniform; bench/RESULTS.md, issue 26)
+ESS_FLOOR = 1.0
 #: relative squared distance beyond which a row is outside the factor's row space
 SPAN_TOL = 1e-9
 #: seed offset of the inclusion uniforms (the evaluation sample uses another)
@@ -310,7 +321,7 @@ def estimate_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int
 
 
 #: the per-chunk sums of :func:`chunk`, per candidate (axis 0) where indexed so
-SUM_KEYS = ("Z", "A", "D")  # sum q, sum gamma/q, sum h^2/q
+SUM_KEYS = ("Z", "A", "D", "W")  # sum q, sum gamma/q, sum h^2/q, sum 1/q
 
 
 def _sums(v: _RowValues, q: np.ndarray) -> dict:
@@ -318,8 +329,9 @@ def _sums(v: _RowValues, q: np.ndarray) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         A = np.where(q > 0, v.gamma / q, np.where(v.gamma > 0, np.inf, 0.0)).sum(axis=1)
         D = np.where(q > 0, v.h**2 / q, np.where(v.h > 0, np.inf, 0.0)).sum(axis=1)
+        W = np.where(q > 0, 1.0 / q, 0.0).sum(axis=1)  # a row with q = 0 has no weight
     return {"n": int(v.lev.size), "L": float(np.sum(v.r2)), "B": float(np.sum(v.gamma)),
-            "H": float(np.sum(v.h)), "Z": q.sum(axis=1), "A": A, "D": D}
+            "H": float(np.sum(v.h)), "Z": q.sum(axis=1), "A": A, "D": D, "W": W}
 
 
 def pilot_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 1) -> dict:
@@ -364,10 +376,10 @@ def chunk(
 
     Returns
     -------
-    dict with ``n``, ``L`` (Σ r²), ``B`` (Σ γ), ``H`` (Σ h), per candidate ``Z``, ``A``, ``D``
-    (ndarrays of shape (4,)); the drawn rows ``idx`` (k,) global, ``q`` (4, k), ``r`` (k,)
-    their residual norms at theta, ``X`` (k, d), ``y``; the evaluation rows ``eval_idx``,
-    ``eval_X``, ``eval_y``.
+    dict with ``n``, ``L`` (Σ r²), ``B`` (Σ γ), ``H`` (Σ h), per candidate ``Z``, ``A``, ``D``,
+    ``W`` (Σ q, Σ γ/q, Σ h²/q, Σ 1/q: ndarrays of shape (4,)); the drawn rows ``idx`` (k,)
+    global, ``q`` (4, k), ``r`` (k,) their residual norms at theta, ``X`` (k, d), ``y``; the
+    evaluation rows ``eval_idx``, ``eval_X``, ``eval_y``.
     """
     X = np.asarray(X)
     n_b = int(X.shape[0])
@@ -416,7 +428,8 @@ def chunk(
 
 
 def totals(parts: list[dict]) -> dict:
-    """The per-chunk sums of :func:`chunk` added up (n, L, B, H, and Z, A, D per candidate)."""
+    """The per-chunk sums of :func:`chunk` added up (n, L, B, H, and Z, A, D, W per
+    candidate)."""
     out = {"n": 0, "L": 0.0, "B": 0.0, "H": 0.0,
            **{k: np.zeros(len(CANDIDATES)) for k in SUM_KEYS}}
     for p in parts:
@@ -445,21 +458,42 @@ def error_at(tot: dict, j: int, s: float) -> float:
     return max(0.0, (Z * A / float(s) - B) / max(float(tot["L"]), 1e-300))
 
 
+def ess_at(tot: dict, j: int, s: float) -> float:
+    """Kish effective sample size of candidate j's Horvitz–Thompson weights at s:
+    ``n² / Σ_i 1/π_i`` with π_i = min(1, s q_i/Z) (rows taken with certainty, known from the
+    heavy rows, count 1 each): s for uniform, ≤ s for any distribution (Cauchy–Schwarz)."""
+    n, Z = float(tot["n"]), float(tot["Z"][j])
+    if "W" not in tot or n <= 0 or not Z > 0:
+        return np.nan
+    W, certain = float(tot["W"][j]), 0
+    if "heavy" in tot and tot["heavy"][j].size:
+        q = tot["heavy"][j][0]
+        cap = (s * q >= Z) & (q > 0)
+        W -= float(np.sum(1.0 / q[cap]))
+        certain = int(np.sum(cap))
+    inv = Z / float(s) * max(W, 0.0) + certain
+    return n * n / inv if inv > 0 else float(s)
+
+
 def predict(tot: dict, s: float | np.ndarray, p: int) -> dict[str, dict]:
-    """Predicted relative error at s, and the guard, per candidate.
+    """Predicted relative error at s, the guard and the effective sample size, per candidate.
 
     Returns
     -------
     dict: candidate -> {``predicted``: relative error at s, ``d_n``, ``trusted``: bool,
-    ``total``: Z}
+    ``total``: Z, ``ess``: Kish effective sample size at s (:func:`ess_at`; NaN without the
+    pass's W), ``ess_floor``: :data:`ESS_FLOOR`·p, ``ess_ok``: ess ≥ ess_floor (True when
+    unknown)}
     """
     out = {}
     for j, name in enumerate(CANDIDATES):
         Z, D = float(tot["Z"][j]), float(tot["D"][j])
         pred = error_at(tot, j, float(s))
         d_n = Z * D / max(p, 1) ** 2 if np.isfinite(D) else np.inf
+        ess = ess_at(tot, j, float(s))
         out[name] = {"predicted": pred, "d_n": d_n, "trusted": bool(s >= GUARD * p * d_n),
-                     "total": Z}
+                     "total": Z, "ess": ess, "ess_floor": ESS_FLOOR * p,
+                     "ess_ok": bool(not np.isfinite(ess) or ess >= ESS_FLOOR * p)}
     return out
 
 
@@ -490,19 +524,33 @@ def choose(pred: dict[str, dict]) -> tuple[str, str]:
     """``auto``: the candidate to sample by, and why.
 
     The default is ``influence-mix`` (the robust choice on real tables, MATH.md §9); another
-    candidate replaces it only when its prediction is trusted (s ≥ GUARD·p·d_n) and at most
-    :data:`AUTO_MARGIN` of the mixture's."""
+    weighted candidate replaces it only when its prediction is trusted (s ≥ GUARD·p·d_n) and
+    at most :data:`AUTO_MARGIN` of the mixture's. Whatever is picked must keep a Kish effective
+    sample size of at least :data:`ESS_FLOOR`·p (``ess_ok``); when the pick does not, ``auto``
+    samples uniformly (ESS = s): a weighted fit resting on fewer effective rows than parameters
+    is not what any prediction describes, and it lost to uniform where it happened (bio at
+    s = 5p)."""
     base = "influence-mix"
     best, why = base, "default: the half-influence, half-leverage mixture"
     for name in CANDIDATES:
         if name == base:
             continue
         c, b = pred[name], pred[best]
-        if c["trusted"] and c["predicted"] < AUTO_MARGIN * b["predicted"]:
+        if (c["trusted"] and c.get("ess_ok", True)
+                and c["predicted"] < AUTO_MARGIN * b["predicted"]):
             best = name
             why = (f"{name}'s predicted error {c['predicted']:.3g} is < {AUTO_MARGIN} x "
                    f"{base}'s {pred[base]['predicted']:.3g} and trusted "
                    f"(s >= {GUARD:g}·p·d_n, d_n = {c['d_n']:.3g})")
+    if not pred[best].get("ess_ok", True):
+        u = pred["uniform"]
+        b = pred[best]
+        floor = b.get("ess_floor", np.nan)
+        why = (f"uniform: {best}'s weights leave an effective sample size (Kish) of "
+               f"{b['ess']:.3g} rows at this s, below {floor:.3g} (= {ESS_FLOOR:g} x p): a "
+               "weighted fit would rest on fewer effective rows than parameters (uniform's "
+               f"ESS: {u['ess']:.3g})")
+        best = "uniform"
     return best, why
 
 
