@@ -92,7 +92,7 @@ def test_missing_values_are_counted_across_partitions(tmp_path, sync_scheduler):
         df.loc[: i, "a"] = np.nan  # 1 + 2 + 3 + 4 = 10 missing in a, across 4 files
         df.loc[0, "b"] = np.nan if i == 3 else df.loc[0, "b"]
         df.to_parquet(tmp_path / "t" / f"p{i}.parquet")
-    with pytest.raises(NldistError, match=r"11 missing value\(s\) across all partitions: "
+    with pytest.raises(NldistError, match=r"11 missing value\(s\) in 10 row\(s\): "
                        r"a \(10\), b \(1\); pass --dropna"):
         ingest_table(str(tmp_path / "t"), tmp_path / "o.zarr", target="y")
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()

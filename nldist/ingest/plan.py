@@ -70,6 +70,21 @@ def check_categorical(values: pd.Series, n_rows: int, name: str, distinct: int |
                           "job")
 
 
+def check_options(target: str | None, classes: list[Any] | None,
+                  standardize_target: bool = False) -> None:
+    """The settings every partition needs before its statistics: a target, and classes
+    that name two or more distinct values (the in-memory and the distributed ingest)."""
+    if target is None:
+        raise NldistError("no target column given; pass --target NAME (or target: in the job)")
+    if classes is not None:
+        if len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+            raise NldistError(f"classes must name two or more distinct target values, got "
+                              f"{classes!r}")
+        if standardize_target and len(classes) > 2:
+            raise NldistError(f"{len(classes)} classes are labels 0..{len(classes) - 1}, not a "
+                              "number to standardize; drop standardize_target")
+
+
 def select_columns(df: pd.DataFrame, target: str, features: list[str] | None,
                    classes: list[Any] | None) -> pd.DataFrame:
     """The feature columns and the target (last), rows of the two ``classes`` only."""
@@ -91,8 +106,9 @@ def _moments(x: np.ndarray) -> list[float]:
     n = x.size
     if n == 0:
         return [0.0, 0.0, 0.0]
-    mu = float(x.mean())
-    return [float(n), mu, float(((x - mu) ** 2).sum())]
+    with np.errstate(over="ignore", invalid="ignore"):  # inf values: an error of the plan
+        mu = float(x.mean())
+        return [float(n), mu, float(((x - mu) ** 2).sum())]
 
 
 def _chan(a: list[float], b: list[float]) -> list[float]:
@@ -102,19 +118,27 @@ def _chan(a: list[float], b: list[float]) -> list[float]:
     n = na + nb
     if n == 0:
         return [0.0, 0.0, 0.0]
+    if na == 0 or nb == 0:  # one side empty: the other unchanged (a single partition's
+        return list(b if na == 0 else a)  # moments are exactly its own, as NumPy's)
     d = mb - ma
     return [n, ma + d * nb / n, sa + sb + d * d * na * nb / n]
 
 
-def partition_stats(df: pd.DataFrame, where: str, target: str, features: list[str] | None,
-                    classes: list[Any] | None, dropna: bool) -> dict:
+def partition_stats(df: pd.DataFrame, where: str | None, target: str,
+                    features: list[str] | None, classes: list[Any] | None, dropna: bool) -> dict:
     """Statistics of one partition (see the module docstring); ``where`` names it (its
-    file) in errors."""
+    file) in errors (None: the whole table, in memory). With ``classes``, the target's
+    moments are those of its labels 0..k-1 (what ``standardize_target`` standardizes)."""
     try:
         df = select_columns(df, target, features, classes)
     except NldistError as exc:
+        if where is None:
+            raise
         raise NldistError(f"{where}: {exc}") from None
+    if classes is not None:
+        df = df.assign(**{target: class_index(df[target], classes)})
     nan = {str(c): int(v) for c, v in df.isna().sum().items() if v}
+    nan_rows = int(df.isna().any(axis=1).sum()) if nan else 0
     inf = {}
     for c in df.columns:
         if not is_text(df[c]):
@@ -125,6 +149,7 @@ def partition_stats(df: pd.DataFrame, where: str, target: str, features: list[st
     if dropna:
         df = df.dropna()
     out: dict[str, Any] = {"rows_in": rows_in, "rows": len(df), "nan": nan, "inf": inf,
+                           "nan_rows": nan_rows,
                            "text": {}, "moments": {}, "columns": [str(c) for c in df.columns],
                            "where": where}
     for c in df.columns:
@@ -138,7 +163,8 @@ def partition_stats(df: pd.DataFrame, where: str, target: str, features: list[st
 
 def merge_stats(parts: list[dict]) -> dict:
     """Merge :func:`partition_stats` results (the per-partition row counts kept in order)."""
-    out: dict[str, Any] = {"rows_in": 0, "rows": 0, "nan": {}, "inf": {}, "text": {},
+    out: dict[str, Any] = {"rows_in": 0, "rows": 0, "nan": {}, "inf": {}, "nan_rows": 0,
+                           "text": {},
                            "moments": {}, "sizes": [], "columns": parts[0]["columns"]}
     first = parts[0]
     # text or numeric: as the first partition with rows says (an empty one has no values to
@@ -158,6 +184,7 @@ def merge_stats(parts: list[dict]) -> dict:
                               f"{p['where'] if kinds[bad[0]] else ref['where']} but numeric "
                               f"in {ref['where'] if kinds[bad[0]] else p['where']}; fix its "
                               "values (a stray string?) or leave it out with features: [...]")
+        out["nan_rows"] += p.get("nan_rows", 0)
         if not p["rows"]:
             out["sizes"].append(0)
             out["rows_in"] += p["rows_in"]
@@ -211,12 +238,13 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
     text, a non-numeric target with other than two values). A text column with more than
     ``onehot_max_levels`` levels is one column of integer codes (after the others; its
     sorted levels in ``attrs["codes"]``, never standardized), not one-hot columns."""
+    check_options(target, classes, standardize_target)
     if stats["nan"] and not dropna:
         cols = ", ".join(f"{c} ({v:,})" for c, v in sorted(stats["nan"].items(),
                                                            key=lambda kv: -kv[1])[:8])
-        raise NldistError(f"the table has {sum(stats['nan'].values()):,} missing value(s) "
-                          f"across all partitions: {cols}; pass --dropna (dropna: true in the "
-                          "job) to drop those rows")
+        raise NldistError(f"the table has {sum(stats['nan'].values()):,} missing value(s) in "
+                          f"{stats['nan_rows']:,} row(s): {cols}; pass --dropna (dropna: true "
+                          "in the job) to drop those rows")
     if stats["inf"]:
         cols = ", ".join(f"{c} ({v:,})" for c, v in stats["inf"].items())
         raise NldistError(f"the table contains inf values: {cols}; drop or clip them before "
@@ -290,18 +318,10 @@ def make_plan(stats: dict, target: str, classes: list[Any] | None, dropna: bool,
         attrs["standardize"] = {"mean": [float(v) for v in means],
                                 "scale": [float(v) for v in scales]}
     if standardize_target:
-        if classes is not None and len(classes) > 2:
-            raise NldistError(f"{len(classes)} classes are labels 0..{len(classes) - 1}, not a "
-                              "number to standardize; drop standardize_target")
-        if plan["target_map"] is not None:
-            cnt = float(n)
-            p = stats["text"][target][plan["target_map"][1]] / cnt \
-                if target in stats["text"] else None
-            if p is None:
-                raise NldistError("standardize_target with classes: standardize a 0/1 target "
-                                  "after ingest instead")
+        if classes is None and plan["target_map"] is not None:  # two text values as 0/1
+            p = stats["text"][target][plan["target_map"][1]] / float(n)
             ym, ys = p, float(np.sqrt(p * (1 - p))) or 1.0
-        else:
+        else:  # a number, or the 0/1 labels of two classes (their moments)
             cnt, ym, m2 = stats["moments"][target]
             ys = float(np.sqrt(m2 / cnt)) or 1.0
             if not (np.isfinite(ym) and np.isfinite(ys)):
@@ -343,18 +363,18 @@ def encode_partition(df: pd.DataFrame, plan: dict, features: list[str] | None,
         y = (df[target].astype(str).to_numpy() == plan["target_map"][1]).astype(np.float64)
     else:
         y = df[target].to_numpy(np.float64)
-    if "standardize" in plan:
-        mu, sd = plan["standardize"]
-        X = (X - np.asarray(mu)) / np.asarray(sd)
-    if "standardize_target" in plan:
-        ym, ys = plan["standardize_target"]
-        y = (y - ym) / ys
     with np.errstate(over="ignore", invalid="ignore"):
+        if "standardize" in plan:
+            mu, sd = plan["standardize"]
+            X = (X - np.asarray(mu)) / np.asarray(sd)
+        if "standardize_target" in plan:
+            ym, ys = plan["standardize_target"]
+            y = (y - ym) / ys
         X, y = X.astype(plan["dtype"]), y.astype(plan["dtype"])
     finite = np.isfinite(X).all(axis=0)
     if not finite.all() or not np.isfinite(y).all():
         names = [plan["features"][j] for j in np.flatnonzero(~finite)] or [target]
-        raise NldistError(f"column(s) {', '.join(names[:5])} are not finite after encoding "
-                          f"(standardized or cast to {plan['dtype']}: values near the "
-                          f"{plan['dtype']} limit); rescale or drop them before ingest")
+        raise NldistError(f"column(s) {', '.join(names[:5])} are not finite in "
+                          f"{plan['dtype']} after encoding (standardized or cast: values near "
+                          f"the {plan['dtype']} limit); rescale or drop them before ingest")
     return X, y

@@ -22,6 +22,7 @@ from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.ingest.plan import (
     ONEHOT_MAX_LEVELS,
+    check_options,
     encode_partition,
     make_plan,
     merge_stats,
@@ -70,8 +71,7 @@ def _table_statistics(source: str, target: str | None, features: list[str] | Non
     """Pass 1 of a table on the cluster: (format, pattern, delayed partitions, merged
     per-partition statistics, encoding plan)."""
     fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
-    if target is None:
-        raise NldistError("no target column given; pass --target NAME (or target: in the job)")
+    check_options(target, classes, standardize_target)
     pattern = table_pattern(str(source), fmt)
     fs, files = source_files(pattern)
     if not files:
