@@ -33,7 +33,7 @@ def brute(m, theta, X, pieces=3000):
     ray = quadrature.model_ray(m, theta, X)
     edges = np.concatenate([[0.0], np.geomspace(1e-8, 1e-2, 200), np.linspace(1e-2, 1, pieces)[1:]])
     rows = torch.arange(X.shape[0])
-    return quadrature._pieces_grads(ray, rows, [edges] * X.shape[0], 4).numpy()
+    return quadrature.engine._pieces_grads(ray, rows, [edges] * X.shape[0], 4).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_relu_with_biases_locates_breakpoints(X):
     pieces = [np.concatenate([[0.0], np.sort(r[(r > 0) & (r < 1)]), [1.0]]) for r in roots]
     assert sum(len(pc) - 2 for pc in pieces) > 0
     ray = quadrature.model_ray(m, theta, X[:10])
-    ref = quadrature._pieces_grads(ray, torch.arange(10), pieces, 4).numpy()
+    ref = quadrature.engine._pieces_grads(ray, torch.arange(10), pieces, 4).numpy()
     assert np.max(np.abs(F[:10] - ref)) <= 1e-12 * np.abs(ref).max()
 
 

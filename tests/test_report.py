@@ -204,7 +204,7 @@ def test_run_report_weights_per_kind_and_uniform_rank(tabular_run):
 def test_every_score_histogram_has_its_x_axis(tabular_run, monkeypatch, tmp_path):
     """Every panel (the right column too) labels and numbers its x axis."""
     got = []
-    monkeypatch.setattr(report, "_savefig", lambda fig, path: got.append(fig))
+    monkeypatch.setattr(report.plots, "savefig", lambda fig, path: got.append(fig))
     with dask.config.set(scheduler="synchronous"):
         report.plot_scores(tabular_run / "scores.zarr", tmp_path / "s.png")
     [fig] = got

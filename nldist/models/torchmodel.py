@@ -45,7 +45,7 @@ from nldist.models import quadrature
 from nldist.models.activations import Activation, activation
 from nldist.models.base import Model
 from nldist.models.losses import psi_divdiff, torch_combination
-from nldist.models.quadrature import (
+from nldist.models.quadrature.rays import (
     FunctionalRay,
     ScaledModuleRay,
     as_rows,
