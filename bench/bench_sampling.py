@@ -324,6 +324,12 @@ class Bench:
             gam[a:b] = v.gamma
             part = oneread._sums(v, q)
             tot = part if tot is None else oneread.totals([tot, part])
+        # the heavy rows the kernel's pass returns (every row a sample of up to 2x the largest
+        # s may take with certainty): predictions and ESS capped as `select` caps them
+        tot["heavy"] = []
+        for j in range(len(oneread.CANDIDATES)):
+            big = Q[j] >= tot["Z"][j] / (2.0 * self.s_max)
+            tot["heavy"].append(np.stack([Q[j][big], gam[big]]))
         self.gamma[k] = gam
         self.nonfinite[k] = {
             "q": int(np.sum(~np.isfinite(Q))), "gamma": int(np.sum(~np.isfinite(gam)))}
@@ -348,12 +354,13 @@ class Bench:
             term = np.where((pi < 1) & (g > 0), g * (1 / pi - 1), 0.0)
         return float(np.sum(term) / self.TOT[k]["L"])
 
-    def kernel_pass(self, fac, rates, seed):
+    def kernel_pass(self, fac, rates, seed, s):
         parts = []
+        heavy = np.array([fac.z_hat[c] / (8.0 * s) for c in oneread.CANDIDATES])  # plan's
         for a, b in chunks(self.t.n, self.chunk):
             parts.append(oneread.chunk(self.t.rows(slice(a, b)), self.t.y[a:b], rows=self.rows,
                                        theta=self.theta0, fac=fac, rates=rates, seed=seed,
-                                       offset=a))
+                                       offset=a, heavy=heavy))
         tot = oneread.totals(parts)
         idx = np.concatenate([pt["idx"] for pt in parts])
         q = np.concatenate([pt["q"] for pt in parts], axis=1)
@@ -408,6 +415,8 @@ class Bench:
         self.tic("exact_factor (QR of the dual matrix)", t0)
         facs = {"1read": fac1, "exact": facx}
         Q, TOT = {}, {}
+        s_list = sorted({int(min(n, round(mu * p))) for mu in s_mults})
+        self.s_max = max(s_list)
         for k, fac in facs.items():
             t0 = time.perf_counter()
             Q[k], TOT[k] = self.values(fac, k)
@@ -426,7 +435,6 @@ class Bench:
         cand = oneread.CANDIDATES
         self.facs, self.Q, self.TOT = facs, Q, TOT
 
-        s_list = sorted({int(min(n, round(mu * p))) for mu in s_mults})
         mid = s_list[len(s_list) // 2] if len(s_list) > 1 else s_list[0]
 
         # the kernel itself, seed 0 at s ~ 20p, both factors: draws equal ours?
@@ -436,7 +444,7 @@ class Bench:
                 continue
             rates = np.array([OVERSAMPLE * mid / fac.z_hat[c] for c in cand])
             t0 = time.perf_counter()
-            tot, idx, q = self.kernel_pass(fac, rates, 0)
+            tot, idx, q = self.kernel_pass(fac, rates, 0, mid)
             pass_s = time.perf_counter() - t0
             u = hash_uniform(np.arange(n), 0 + oneread.DRAW_SALT)
             ok = {}
@@ -498,6 +506,7 @@ class Bench:
                              "predicted_capped": self.capped_prediction(k, cand.index(c), s),
                              "ratio_pred_over_median": pr["predicted"] / med if med > 0
                              else None, "trusted": pr["trusted"], "d_n": pr["d_n"],
+                             "ess": pr.get("ess"), "ess_ok": pr.get("ess_ok"),
                              "mean_size": float(np.mean(sizes[name])),
                              "fit_s_median": float(np.median(ft[name])),
                              "per_draw": errs[name]}
@@ -731,6 +740,43 @@ def summary() -> str:
     return "\n".join(out)
 
 
+def cli_only(a: argparse.Namespace) -> None:
+    """The equal-time row from a CLI run alone (flights-3m: the draws run without --cli, the
+    CLI timed separately so that the two do not share the 2 cores)."""
+    out = Path(a.out) if a.out else HERE / f"sampling_{a.table}.json"
+    res = json.loads(out.read_text())
+    n, p = int(res["n"]), int(res["p"])
+    mid = int(min(n, round(20 * p)))
+    if a.cli_info:
+        info = json.loads(Path(a.cli_info).read_text())
+        info["cli_info_from"] = a.cli_info
+    else:
+        t = load_table(a.table)
+        info = {"s_one_read": mid}
+        info["budget_s"] = Bench(t, a.chunk).cli_time(mid, info)
+    eq = res.get("equal_time", {})
+    s_top = max(res["s"])
+    per_row = res["results"][str(s_top)]["uniform"]["fit_s_median"] / s_top
+    T = float(info["budget_s"])
+    s_u = int(min(n, max(s_top, T / per_row)))
+    eq.update({k: v for k, v in info.items() if k.startswith("cli") or k == "s_one_read"})
+    eq.update(budget_s=T, uniform_fit_s_per_row=per_row, s_uniform=s_u,
+              budget_from="nldist select (CLI, kind auto, s ~ 20p): metrics.json cost.wall_s "
+              "(after ingest; excludes process and Dask start-up); timed by --cli-only")
+    if s_u >= n:
+        eq.update(draws=0, uniform={**q3([0.0]), "fit_s_median": float("nan"),
+                                    "per_draw": [0.0]},
+                  note="uniform can afford the whole table in that time: its fit is the "
+                  "full-data fit (relative error 0)")
+    else:
+        eq.update(draws=0, uniform=None, note=f"uniform's s at that time is {s_u:,} < n: "
+                  "rerun without --cli-only (with --cli) for its draws")
+    res["equal_time"] = eq
+    res["command_cli"] = "python bench/bench_sampling.py " + " ".join(sys.argv[1:])
+    out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    print(f"budget {T:.1f} s -> uniform s = {s_u:,}; wrote {out}")
+
+
 def main() -> None:
     if sys.argv[1:] == ["--summary"]:
         print(summary())
@@ -750,7 +796,17 @@ def main() -> None:
                     "optimum: the reference 'best at theta*' of issue 26's targets)")
     ap.add_argument("--check", nargs="+", default=["1read", "exact"],
                     help="factors whose draws are checked against the kernel's own pass")
+    ap.add_argument("--cli-only", action="store_true",
+                    help="only time `nldist select` (kind auto, s ~ 20p) and put it as the "
+                    "equal-time budget into the existing --out JSON (uniform's fit time per "
+                    "row taken from that JSON)")
+    ap.add_argument("--cli-info", default=None,
+                    help="with --cli-only: a JSON of an earlier CLI timing (the dict "
+                    "Bench.cli_time fills) instead of running it again")
     a = ap.parse_args()
+    if a.cli_only:
+        cli_only(a)
+        return
     kernel = kernel_version()  # the kernel this process imported
     t0 = time.perf_counter()
     t = load_table(a.table)
