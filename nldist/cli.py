@@ -528,11 +528,12 @@ def ingest(
     cls = None
     if classes:
         cls = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in classes.split(",")]
-    opts = {"target": target, "standardize": standardize,
-            "standardize_target": standardize_target, "dropna": dropna,
-            "chunk_rows": chunk_rows, "classes": cls, "dtype": dtype, "overwrite": overwrite,
-            "reservoir": reservoir, "seed": seed, "onehot_max_levels": onehot_max_levels,
-            "features": [f.strip() for f in features.split(",")] if features else None}
+    options = ingest_mod.IngestOptions.of(
+        "ingest", target=target, standardize=standardize,
+        standardize_target=standardize_target, dropna=dropna, chunk_rows=chunk_rows,
+        classes=cls, dtype=dtype, onehot_max_levels=onehot_max_levels,
+        features=[f.strip() for f in features.split(",")] if features else None)
+    opts = {"options": options, "overwrite": overwrite, "reservoir": reservoir, "seed": seed}
     _uses(source, out)
     if ingest_mod.table_format(source) is not None:
         with cluster_mod.connect(jobs.ClusterConfig(address=cluster or "local"), name="ingest"), \

@@ -19,7 +19,6 @@ import yaml
 from dask.utils import parse_bytes
 from pydantic import (
     AfterValidator,
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +34,7 @@ from nldist.models import check_spec
 from nldist.options import (
     AdjointOptions,
     Alpha,
+    IngestOptions,
     PersistMode,
     Ridge,
     SampleSize,
@@ -51,8 +51,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DatasetConfig(_Strict):
-    """Where the rows come from and how they are ingested."""
+class DatasetConfig(IngestOptions):
+    """Where the rows come from (``source``, ``format``) and how they are ingested: the
+    ingest's settings are :class:`nldist.options.IngestOptions`, the same model as the
+    ``ingest`` verb's and the API's (:meth:`ingest_options`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     source: str = Field(description="packaged dataset name, a .csv/.parquet/.npz/.npy file, "
                         "a directory, glob or URL of CSV/Parquet files, or an existing Zarr "
@@ -61,21 +65,6 @@ class DatasetConfig(_Strict):
         "zarr", description="zarr: ingest the source into OUT/dataset.zarr once (default) | "
         "parquet: score the Parquet files in place, no copy — one statistics pass, then every "
         "pass reads and encodes the row groups on the fly")
-    target: str | None = Field(None, description="target column (default: the dataset's)")
-    features: list[str] | None = Field(
-        None, validation_alias=AliasChoices("features", "columns"),
-        description="feature columns (alias: columns; default: all but the target)")
-    classes: list[str | int | float] | None = Field(
-        None, description="keep these target values, mapped to 0..k-1 in this order (two for "
-        "bce, k for cross_entropy)")
-    standardize: bool = Field(False, description="standardize features (recorded in attrs)")
-    standardize_target: bool = False
-    dropna: bool = False
-    chunk_rows: int | None = Field(None, gt=0, description="rows per Zarr chunk (~32 MiB)")
-    dtype: Literal["float32", "float64"] = "float64"
-    onehot_max_levels: int = Field(
-        32, ge=1, description="a text column with more levels (airports, product ids) is "
-        "stored as one column of integer codes, not one-hot columns")
 
     @model_validator(mode="after")
     def _in_place(self) -> DatasetConfig:

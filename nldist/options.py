@@ -2,6 +2,8 @@
 
 * :class:`SketchOptions` — approximate scores (``sketch:`` of a job, ``sketch=`` of
   :func:`nldist.scores`, :mod:`nldist.scores.sketch`);
+* :class:`IngestOptions` — how a source becomes X and y (the ``ingest`` verb, ``dataset:``
+  of a job, :func:`nldist.ingest.ingest`); its :meth:`~IngestOptions.digest` keys the ingest;
 * :class:`AdjointOptions` — the quadrature engine (``adjoint:`` of a job,
   ``model.configure(...)``, :mod:`nldist.models.quadrature`);
 * annotated scalar types (:data:`SampleSize`, :data:`Ridge`, :data:`Alpha`, ...) that the
@@ -16,9 +18,19 @@ A leaf: imports pydantic and :mod:`nldist.errors` only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from nldist.errors import NldistError
 
@@ -44,6 +56,77 @@ class SketchOptions(_Options):
     jl: int = Field(256, gt=0, description="JL dimension of the row-sketch scores")
     nnz: int = Field(4, gt=0, description="nonzeros per row of the column sketch")
     seed: int = Field(0, ge=0)
+
+
+class IngestOptions(_Options):
+    """How a source becomes numeric X (n, d) and y (n,): the settings of every ingest — the
+    ``ingest`` verb, a job's ``dataset:`` section (:class:`nldist.jobs.DatasetConfig` adds
+    the source and its format) and :func:`nldist.ingest.ingest` / ``ingest_table`` /
+    ``prepare`` / ``table_view``. :meth:`digest` is the ingest's reuse key (with the
+    source's fingerprint)."""
+
+    target: str | None = Field(None, description="target column (default: the dataset's)")
+    features: list[str] | None = Field(
+        None, validation_alias=AliasChoices("features", "columns"),
+        description="feature columns (alias: columns; default: all but the target)")
+    classes: list[str | int | float] | None = Field(
+        None, description="keep these target values, mapped to 0..k-1 in this order (two for "
+        "bce, k for cross_entropy)")
+    standardize: bool = Field(False, description="standardize features (recorded in attrs)")
+    standardize_target: bool = False
+    dropna: bool = False
+    chunk_rows: int | None = Field(None, gt=0, description="rows per Zarr chunk (~32 MiB)")
+    dtype: Literal["float32", "float64"] = "float64"
+    onehot_max_levels: int = Field(
+        32, ge=1, description="a text column with more levels (airports, product ids) is "
+        "stored as one column of integer codes, not one-hot columns")
+
+    @model_validator(mode="after")
+    def _classes(self) -> IngestOptions:
+        c = self.classes
+        if c is not None:
+            if len(c) < 2 or len(set(map(str, c))) != len(c):
+                raise ValueError(f"classes must name two or more distinct target values, got "
+                                 f"{c!r}")
+            if self.standardize_target and len(c) > 2:
+                raise ValueError(f"{len(c)} classes are labels 0..{len(c) - 1}, not a number "
+                                 "to standardize; drop standardize_target")
+        return self
+
+    def ingest_options(self) -> IngestOptions:
+        """These settings as :class:`IngestOptions` (a subclass's extra fields left out)."""
+        if type(self) is IngestOptions:
+            return self
+        return IngestOptions(**self.model_dump(include=set(IngestOptions.model_fields)))
+
+    def digest(self) -> str:
+        """SHA-256 (32 hex digits) of the settings: what an ingest's output depends on
+        besides its source and the write's reservoir."""
+        data = self.ingest_options().model_dump()
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()
+                              ).hexdigest()[:32]
+
+    @classmethod
+    def of(cls, func: str, options: IngestOptions | None = None, **settings: Any
+           ) -> IngestOptions:
+        """The settings of a call of ``func``: ``options``, or the keyword ``settings``
+        validated (one-line errors, scikit-learn's form), not both."""
+        if options is not None:
+            if settings:
+                raise NldistError(f"{func}: give the settings as options= or as keywords "
+                                  f"({', '.join(settings)}), not both")
+            return options.ingest_options()
+        unknown = sorted(set(settings) - set(cls.model_fields) - {"columns"})
+        if unknown:
+            raise NldistError(f"{func} got unknown setting(s) {', '.join(unknown)}; the "
+                              f"settings are {', '.join(cls.model_fields)}")
+        try:
+            return cls.model_validate({k: _plain(v) for k, v in settings.items()})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            if err["type"] == "value_error":  # our own validators' messages, as written
+                raise NldistError(err["msg"].removeprefix("Value error, ")) from None
+        return check_params(func, cls, **settings)
 
 
 class AdjointOptions(_Options):

@@ -16,13 +16,17 @@ module                      role
 The front door (the API of an ingest) is re-exported here: :func:`ingest`,
 :func:`ingest_table`, :func:`prepare`, :func:`table_view`, :func:`open_table_view`,
 :func:`table_format`, :func:`read_source`, :func:`source_fingerprint`,
-:func:`dataset_attrs`.
+:func:`dataset_attrs`, and the settings of every ingest,
+:class:`~nldist.options.IngestOptions` (the ``ingest`` verb's, a job's ``dataset:``
+section's, the API's; its digest keys the ingest).
 """
 
 from nldist.ingest.frame import dataset_attrs, ingest, prepare
 from nldist.ingest.sources import read_source, source_fingerprint, table_format
 from nldist.ingest.tables import ingest_table, open_table_view, table_view
+from nldist.options import IngestOptions
 from nldist.store.dataset import RESERVOIR_ROWS
 
-__all__ = ["RESERVOIR_ROWS", "dataset_attrs", "ingest", "ingest_table", "open_table_view",
-           "prepare", "read_source", "source_fingerprint", "table_format", "table_view"]
+__all__ = ["RESERVOIR_ROWS", "IngestOptions", "dataset_attrs", "ingest", "ingest_table",
+           "open_table_view", "prepare", "read_source", "source_fingerprint", "table_format",
+           "table_view"]

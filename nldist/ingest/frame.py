@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from nldist.ingest.plan import (
-    ONEHOT_MAX_LEVELS,
     check_options,
     encode_partition,
     make_plan,
@@ -20,20 +19,16 @@ from nldist.ingest.plan import (
     partition_stats,
 )
 from nldist.ingest.sources import read_source
+from nldist.options import IngestOptions
 from nldist.store.dataset import RESERVOIR_ROWS, check_out, read_attrs, write_dataset
 
 
 def prepare(
     df: pd.DataFrame,
-    target: str | None,
+    target: str | None = None,
     *,
-    features: list[str] | None = None,
-    classes: list[Any] | None = None,
-    dropna: bool = False,
-    standardize: bool = False,
-    standardize_target: bool = False,
-    dtype: str = "float64",
-    onehot_max_levels: int = ONEHOT_MAX_LEVELS,
+    options: IngestOptions | None = None,
+    **settings: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Turn a table into numeric X (n, d), y (n,) and provenance attrs: the table as ONE
     partition through the distributed ingest's plan (:mod:`nldist.ingest.plan`), so both
@@ -46,12 +41,23 @@ def prepare(
     the others, sorted levels in ``attrs["codes"]``; the target's classes; standardization
     means and scales) → :func:`~nldist.ingest.plan.encode_partition`. Missing values are an
     error unless ``dropna``.
+
+    Parameters
+    ----------
+    target : str, optional
+        The target column (overrides ``options.target``: a source's default target).
+    options : IngestOptions, optional
+        The settings (:class:`nldist.options.IngestOptions`), or give them as keywords
+        (``features``, ``classes``, ``dropna``, ``standardize``, ``standardize_target``,
+        ``dtype``, ``onehot_max_levels``; ``chunk_rows`` is the write's).
     """
-    check_options(target, classes, standardize_target)
-    opts = {"features": features, "classes": classes, "dropna": dropna}
+    o = IngestOptions.of("prepare", options, **settings)
+    target = target if target is not None else o.target
+    check_options(target, o.classes, o.standardize_target)
+    opts = {"features": o.features, "classes": o.classes, "dropna": o.dropna}
     stats = merge_stats([partition_stats(df, None, target, **opts)])
-    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype,
-                     onehot_max_levels)
+    plan = make_plan(stats, target, o.classes, o.dropna, o.standardize, o.standardize_target,
+                     o.dtype, o.onehot_max_levels)
     X, y = encode_partition(df, plan, **opts)
     return X, y, dict(plan["attrs"])
 
@@ -60,18 +66,11 @@ def ingest(
     source: str | Path,
     out: str | Path,
     *,
-    target: str | None = None,
-    features: list[str] | None = None,
-    classes: list[Any] | None = None,
-    dropna: bool = False,
-    standardize: bool = False,
-    standardize_target: bool = False,
-    chunk_rows: int | None = None,
-    dtype: str = "float64",
+    options: IngestOptions | None = None,
     overwrite: bool = False,
     reservoir: int = RESERVOIR_ROWS,
     seed: int = 0,
-    onehot_max_levels: int = ONEHOT_MAX_LEVELS,
+    **settings: Any,
 ) -> Path:
     """Ingest a packaged dataset or a CSV/Parquet/NPZ/NPY file into a Zarr dataset.
 
@@ -81,25 +80,25 @@ def ingest(
         A packaged dataset name (``nldist.datasets.DATASETS``) or a file path.
     out : str or Path
         The Zarr group to write (must not exist unless ``overwrite``).
-    target : str, optional
-        Target column (defaults: the packaged dataset's, ``y`` of an .npz, last .npy column).
+    options : IngestOptions, optional
+        The settings (:class:`nldist.options.IngestOptions`: target — default the packaged
+        dataset's, ``y`` of an .npz, the last .npy column —, features, classes, dropna,
+        standardize, standardize_target, chunk_rows, dtype, onehot_max_levels), or give
+        them as keywords.
     reservoir, seed : int
         Rows (and seed) of the uniform sample written beside X for the pilot
         (:func:`nldist.store.dataset.write_dataset`; 0: none).
-    onehot_max_levels : int
-        A text column with more levels is stored as integer codes, not one-hot columns.
 
     Returns
     -------
     Path of the written group.
     """
+    o = IngestOptions.of("ingest", options, **settings)
     out = check_out(out, overwrite)  # before reading the source
-    df, meta = read_source(source, target)
-    X, y, attrs = prepare(df, meta["target"], features=features, classes=classes, dropna=dropna,
-                          standardize=standardize, standardize_target=standardize_target,
-                          dtype=dtype, onehot_max_levels=onehot_max_levels)
+    df, meta = read_source(source, o.target)
+    X, y, attrs = prepare(df, meta["target"], options=o)
     attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
-    return write_dataset(out, X, y, attrs, chunk_rows=chunk_rows, overwrite=overwrite,
+    return write_dataset(out, X, y, attrs, chunk_rows=o.chunk_rows, overwrite=overwrite,
                          reservoir=reservoir, seed=seed)
 
 

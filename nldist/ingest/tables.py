@@ -21,7 +21,6 @@ from nldist._runtime import chunk_progress
 from nldist._version import __version__
 from nldist.errors import NldistError
 from nldist.ingest.plan import (
-    ONEHOT_MAX_LEVELS,
     check_options,
     encode_partition,
     make_plan,
@@ -37,6 +36,7 @@ from nldist.ingest.sources import (
     table_format,
     table_pattern,
 )
+from nldist.options import IngestOptions
 from nldist.store.dataset import (
     RESERVOIR_ROWS,
     check_out,
@@ -63,15 +63,12 @@ def _partitions(pattern: str, fmt: str, listed: tuple[Any, list[str]] | None = N
     return graph.tables.table_partitions([shown(fs, f) for f in files], fmt)
 
 
-def _table_statistics(source: str, target: str | None, features: list[str] | None,
-                      classes: list[Any] | None, dropna: bool, standardize: bool,
-                      standardize_target: bool, dtype: str,
-                      onehot_max_levels: int = ONEHOT_MAX_LEVELS
-                      ) -> tuple[str, str, list, dict, dict]:
+def _table_statistics(source: str, o: IngestOptions) -> tuple[str, str, list, dict, dict]:
     """Pass 1 of a table on the cluster: (format, pattern, delayed partitions, merged
     per-partition statistics, encoding plan)."""
     fmt = table_format(source) or TABLE_SUFFIXES.get(Path(str(source)).suffix.lower(), "csv")
-    check_options(target, classes, standardize_target)
+    target, features, classes, dropna = o.target, o.features, o.classes, o.dropna
+    check_options(target, classes, o.standardize_target)
     pattern = table_pattern(str(source), fmt)
     fs, files = source_files(pattern)
     if not files:
@@ -83,17 +80,14 @@ def _table_statistics(source: str, target: str | None, features: list[str] | Non
              else [f"partition {i} of {pattern}" for i in range(len(parts))])
     stats = merge_stats(graph.writes.map_tasks(partial(partition_stats, **opts),
                                         list(zip(parts, names, strict=True)), where=names))
-    plan = make_plan(stats, target, classes, dropna, standardize, standardize_target, dtype,
-                     onehot_max_levels)
+    plan = make_plan(stats, target, classes, dropna, o.standardize, o.standardize_target,
+                     o.dtype, o.onehot_max_levels)
     return fmt, pattern, parts, stats, plan
 
 
-def table_view(source: str, *, target: str | None, features: list[str] | None = None,
-               classes: list[Any] | None = None, dropna: bool = False,
-               standardize: bool = False, standardize_target: bool = False,
-               chunk_rows: int | None = None, dtype: str = "float64",
-               onehot_max_levels: int = ONEHOT_MAX_LEVELS) -> dict:
-    """A Parquet table scored in place, without ingest: its statistics pass only.
+def table_view(source: str, *, options: IngestOptions | None = None, **settings: Any) -> dict:
+    """A Parquet table scored in place, without ingest: its statistics pass only (settings:
+    ``options`` or keywords, :class:`nldist.options.IngestOptions`).
 
     The same pass 1 as :func:`ingest_table` (missing values, categories, standardization
     statistics, rows per partition after encoding) on the current cluster; nothing is
@@ -105,18 +99,17 @@ def table_view(source: str, *, target: str | None, features: list[str] | None = 
     ``n_features``, ``chunk_rows`` (the row grid of the passes), ``options``, ``attrs``
     (what an ingested store would record) and ``source_fingerprint``.
     """
-    fmt, pattern, parts, stats, plan = _table_statistics(
-        source, target, features, classes, dropna, standardize, standardize_target, dtype,
-        onehot_max_levels)
+    o = IngestOptions.of("table_view", options, **settings)
+    fmt, pattern, parts, stats, plan = _table_statistics(source, o)
     if fmt != "parquet":
         raise NldistError(f"dataset.format parquet reads Parquet in place, but {source!r} is "
                           f"{fmt}; drop `format` to ingest it into Zarr")
     n, d = plan["n_rows"], len(plan["features"])
-    cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
+    cr = int(min(o.chunk_rows or x_chunk_rows(d, np.dtype(o.dtype).itemsize), n))
     return {"format": "parquet", "source": str(source), "pattern": pattern, "plan": plan,
             "sizes": [int(k) for k in stats["sizes"]], "n_rows": int(n), "n_features": d,
-            "chunk_rows": cr, "options": {"features": features, "classes": classes,
-                                          "dropna": dropna},
+            "chunk_rows": cr, "options": {"features": o.features, "classes": o.classes,
+                                          "dropna": o.dropna},
             "source_fingerprint": source_fingerprint(source),
             "attrs": {**plan["attrs"], "source": str(source), "format": "parquet (in place)",
                       "n_rows": int(n), "n_features": d, "chunk_rows": cr,
@@ -139,35 +132,26 @@ def open_table_view(view: dict, count: str | None = None) -> tuple[Any, Any]:
 
 
 def ingest_table(source: str, out: str | Path, *,
-                 progress: Callable[[int, int], None] | None = None, **opts: Any) -> Path:
+                 progress: Callable[[int, int], None] | None = None,
+                 options: IngestOptions | None = None, overwrite: bool = False,
+                 reservoir: int = RESERVOIR_ROWS, seed: int = 0,
+                 extra_attrs: dict | None = None, **settings: Any) -> Path:
     """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
     on the current Dask cluster: :func:`_ingest_table`, with ``progress(done, total)`` told
     as the partition tasks of its two passes finish (a chunk-level bar; None: the listener
-    already in force, e.g. a pipeline stage's)."""
+    already in force, e.g. a pipeline stage's). Settings: ``options`` or keywords
+    (:class:`nldist.options.IngestOptions`); the rest as :func:`nldist.ingest.ingest`."""
+    o = IngestOptions.of("ingest_table", options, **settings)
+    run = partial(_ingest_table, source, out, o, overwrite=overwrite, reservoir=reservoir,
+                  seed=seed, extra_attrs=extra_attrs)
     if progress is None:
-        return _ingest_table(source, out, **opts)
+        return run()
     with chunk_progress(progress):
-        return _ingest_table(source, out, **opts)
+        return run()
 
 
-def _ingest_table(
-    source: str,
-    out: str | Path,
-    *,
-    target: str | None = None,
-    features: list[str] | None = None,
-    classes: list[Any] | None = None,
-    dropna: bool = False,
-    standardize: bool = False,
-    standardize_target: bool = False,
-    chunk_rows: int | None = None,
-    dtype: str = "float64",
-    overwrite: bool = False,
-    reservoir: int = RESERVOIR_ROWS,
-    seed: int = 0,
-    extra_attrs: dict | None = None,
-    onehot_max_levels: int = ONEHOT_MAX_LEVELS,
-) -> Path:
+def _ingest_table(source: str, out: str | Path, o: IngestOptions, *, overwrite: bool,
+                  reservoir: int, seed: int, extra_attrs: dict | None) -> Path:
     """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
     on the current Dask cluster (:mod:`nldist.ingest.plan` for the two passes).
 
@@ -179,10 +163,9 @@ def _ingest_table(
     holds per-partition statistics only. Arguments as :func:`ingest`.
     """
     out = check_out(out, overwrite)
-    opts = {"target": target, "features": features, "classes": classes, "dropna": dropna}
-    rkey = digest({"source": source_fingerprint(source), "options": opts, "dtype": dtype,
-                   "standardize": [standardize, standardize_target], "chunk_rows": chunk_rows,
-                   "onehot_max_levels": onehot_max_levels,
+    dtype = o.dtype
+    # the reuse key of a killed ingest: the settings' digest, the source, the reservoir
+    rkey = digest({"source": source_fingerprint(source), "options": o.digest(),
                    "reservoir": [reservoir, seed], "version": __version__}, 32)
     tmp = partial_path(out)
     old = resumable(out, rkey)
@@ -196,12 +179,10 @@ def _ingest_table(
         else:
             log.info("resuming the ingest into %s (its statistics and finished chunks)", tmp)
     if old is None:
-        fmt, _, parts, stats, plan = _table_statistics(
-            source, target, features, classes, dropna, standardize, standardize_target, dtype,
-            onehot_max_levels)
+        fmt, _, parts, stats, plan = _table_statistics(source, o)
         sizes = np.asarray(stats["sizes"], dtype=np.int64)
     n, d = plan["n_rows"], len(plan["features"])
-    cr = int(min(chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
+    cr = int(min(o.chunk_rows or x_chunk_rows(d, np.dtype(dtype).itemsize), n))
     if old is None:
         g, _ = create_partial(out, {"X": ((n, d), (cr, d), dtype), "y": ((n,), (cr,), dtype)})
         g.attrs.update({"ingest_resume": rkey, "ingest_state": {
@@ -212,9 +193,10 @@ def _ingest_table(
     owner = res // cr  # the chunk of each reservoir row (a regular grid of cr rows)
     picks = {int(c): res[owner == c] - int(c) * cr for c in np.unique(owner)}
     try:
-        done, kept = graph.tables.write_table(parts, partial(encode_partition, plan=plan, **{
-            k: v for k, v in opts.items() if k != "target"}), sizes.tolist(), d,
-            np.dtype(dtype), str(tmp), cr, picks, rkey, resume=old is not None)
+        encode = partial(encode_partition, plan=plan, features=o.features, classes=o.classes,
+                         dropna=o.dropna)
+        done, kept = graph.tables.write_table(parts, encode, sizes.tolist(), d, np.dtype(dtype),
+                                              str(tmp), cr, picks, rkey, resume=old is not None)
         if old is not None:
             log.info("ingest resumed: %d of %d chunks kept, %d written", kept, len(done),
                      len(done) - kept)

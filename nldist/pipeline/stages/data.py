@@ -170,12 +170,7 @@ def _ingest_in_place(ctx: RunContext) -> Path:
         if path.exists():
             ctx.note("ingest", False, "source or settings changed")
         with ctx.timed("table"):
-            view = ingest_mod.table_view(
-                ds.source, target=ds.target, features=ds.features, classes=ds.classes,
-                dropna=ds.dropna, standardize=ds.standardize,
-                standardize_target=ds.standardize_target, chunk_rows=ds.chunk_rows,
-                onehot_max_levels=ds.onehot_max_levels,
-                dtype=ds.dtype)
+            view = ingest_mod.table_view(ds.source, options=ds.ingest_options())
             ctx.read("table statistics", 1.0, store=True)
         view["key"] = key
         ctx.out.mkdir(parents=True, exist_ok=True)
@@ -213,21 +208,13 @@ def ingest(ctx: RunContext) -> Path:
         with ctx.timed("ingest"):
             ctx.out.mkdir(parents=True, exist_ok=True)
             ingest_mod.ingest_table(
-                ds.source, path, target=ds.target, features=ds.features, classes=ds.classes,
-                dropna=ds.dropna, standardize=ds.standardize,
-                standardize_target=ds.standardize_target, chunk_rows=ds.chunk_rows,
-                onehot_max_levels=ds.onehot_max_levels,
-                dtype=ds.dtype, overwrite=True, reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s),
-                extra_attrs={"ingest_key": key})
+                ds.source, path, options=ds.ingest_options(), overwrite=True,
+                reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s), extra_attrs={"ingest_key": key})
         ctx.dataset_fp = dataset_fingerprint(path)
         return path
     with ctx.timed("ingest"):
         df, meta = ingest_mod.read_source(ds.source, ds.target)
-        X, y, attrs = ingest_mod.prepare(
-            df, meta["target"], features=ds.features, classes=ds.classes, dropna=ds.dropna,
-            standardize=ds.standardize, standardize_target=ds.standardize_target,
-            dtype=ds.dtype, onehot_max_levels=ds.onehot_max_levels,
-        )
+        X, y, attrs = ingest_mod.prepare(df, meta["target"], options=ds.ingest_options())
         attrs.update({k: v for k, v in meta.items() if k != "target" and v is not None})
         attrs["ingest_key"] = key
         ctx.out.mkdir(parents=True, exist_ok=True)
