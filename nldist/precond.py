@@ -7,12 +7,15 @@ p x p matrix per row), and a step from the *sample's* model
 
     m(d) = L + g^T d + 1/2 d^T (B + mu I) d,    B = H_S(theta) (+ secant corrections)
 
-minimized exactly over the ball ||theta + d|| <= R (an eigendecomposition of the p x p
-matrix and a 1-D root find, as :func:`nldist.train.ball_qp`). H_S = sum_j w_j H_j(theta)
-is the weighted Gauss-Newton matrix of the sample rows (weights 1 / (s pi_j): an unbiased
-estimate of the full H; a subspace embedding when the rows were drawn by leverage), taken
-again at every accepted theta from the same rows on the driver (no read of X). A step is
-accepted only when the full loss decreases (the ratio of actual to predicted decrease, as
+minimized exactly over the ball ||theta + d|| <= R (:func:`chol_ball_step`: a Cholesky
+factorization of B + mu I, and inside the ball that is all; when the step leaves the ball a
+few more, Newton's method on the ball's multiplier — the solution :func:`ball_step` finds
+from an eigendecomposition and a 1-D root find, as :func:`nldist.train.ball_qp`).
+H_S = sum_j w_j H_j(theta) is the weighted Gauss-Newton matrix of the sample rows (weights
+1 / (s pi_j): an unbiased estimate of the full H; a subspace embedding when the rows were
+drawn by leverage), taken again at every accepted theta from the same rows on the driver
+(no read of X; not after a rejected step: theta did not change). A step is accepted only
+when the full loss decreases (the ratio of actual to predicted decrease, as
 Levenberg-Marquardt); a step that raises it is rejected and the damping mu increased, so
 the full loss never increases. Near the optimum the loss stops resolving the decrease
 (relative changes below 1e-12 are rounding); there a step is accepted when the full
@@ -31,7 +34,12 @@ sample-Newton step ``d_N`` (the step above at negligible damping, on the range o
 :data:`RCOND` x the largest: a parametrisation's redundancy such as softmax's common shift,
 where the full gradient is rounding) is below :data:`NULL_GTOL` x the first KKT norm — or
 the KKT norm is 0; ``max_iter`` caps the passes. With H_S within a factor (1 +- eps) of
-H, ||theta - theta*|| <= ||d_N|| / (1 - eps) near theta*.
+H, ||theta - theta*|| <= ||d_N|| / (1 - eps) near theta*. The test needs B's
+eigendecomposition (its range and null space); it is made only at points where a lower bound
+on ||d_N|| from ||B|| and the gradient (:func:`newton_lower_bound`) does not already exceed
+xtol — near the optimum — and then also serves that point's trial steps. (At p = 1,010 on the
+shared 2-core machine an eigendecomposition per accepted point was most of the driver's
+time: 2.5-8 s each, against 0.07 s for a Cholesky factorization.)
 
 The choice (:func:`choose`): a full Gauss-Newton pass forms J^T J (n p^2 per row), a
 gradient pass n p; a gradient pass is timed, the extra per-row cost of J^T J on one chunk
@@ -55,7 +63,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import optimize
+from scipy import linalg, optimize
+from scipy.sparse import linalg as sparse_linalg
 
 from nldist._checks import check_finite_block
 from nldist.errors import NldistError
@@ -80,6 +89,10 @@ SLACK = 1e-14
 RCOND = 1e-10
 #: the gradient on that null space must be below NULL_GTOL x the first KKT norm to stop
 NULL_GTOL = 1e-8
+#: trial steps by Cholesky factorizations while the damping mu >= CHOL_MU x ||B||; below it
+#: (B + mu I's smallest eigenvalues within ~1e3 of B's rounding, where the eigendecomposition
+#: clamps them at 0 and a Cholesky factor does not) from the eigendecomposition of B
+CHOL_MU = 1e-10
 #: rows per torch Jacobian batch of a C-output network's sample Gauss-Newton matrix
 JAC_ROWS = 256
 
@@ -184,8 +197,8 @@ def sample_gn(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
     w = np.asarray(w, dtype=np.float64)
     if loss == "cross_entropy":
         if getattr(model, "kron_design", None) is not None:
-            oracle = ce_oracle(model, Xs, ys, w)
-            return lambda theta: oracle(theta)["gn"]
+            check_labels(np.asarray(ys).reshape(-1), model.n_outputs)
+            return _softmax_gn(model, Xs, w)
         check_labels(np.asarray(ys).reshape(-1), model.n_outputs)
         return lambda theta: _torch_block_gn(model, theta, Xs, w, "cross_entropy")
     if model.n_outputs > 1:
@@ -195,6 +208,35 @@ def sample_gn(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
         return lambda theta: _torch_block_gn(model, theta, Xs, w, "multi")
     oracle = sample_oracle(model, Xs, ys, w, loss)
     return lambda theta: oracle(theta)["gn"]
+
+
+def _softmax_gn(model: Model, Xs: np.ndarray, w: np.ndarray, step: int = 2048
+                ) -> Callable[[np.ndarray], np.ndarray]:
+    """theta -> the cross-entropy Hessian ``sum_j w_j (diag pi_j - pi_j pi_j^T) (x) x~_j x~_j^T``
+    of a model with Kronecker rows (``softmax:<C>``, ``model.kron_design``): the same matrix
+    as :func:`nldist.scores.linalg.kron_gram` of those blocks, formed as its two terms — C
+    diagonal blocks ``X~^T diag(w pi_c) X~`` (C n q^2 flops) minus the Gram ``U^T U`` of the
+    rows ``u_j = sqrt(w_j) pi_j (x) x~_j`` (one SYRK, n (C q)^2 / 2 flops) — instead of the
+    (n, C, C, q) temporary of every row's C x C block (at softmax:10 on Fashion-MNIST, s =
+    4,040: 1.3 s a call under load, most of it memory traffic; this 0.1-0.3 s)."""
+    Xd = np.asarray(model.kron_design(Xs), dtype=np.float64)
+    q = Xd.shape[1]
+    sw = np.sqrt(np.maximum(w, 0.0))
+
+    def hessian(theta: np.ndarray) -> np.ndarray:
+        P = softmax(model.predict(theta, Xs))
+        c = P.shape[1]
+        H = np.zeros((c * q, c * q))
+        for a in range(0, len(Xd), step):
+            x, pw = Xd[a:a + step], P[a:a + step] * w[a:a + step, None]
+            for k in range(c):
+                H[k * q:(k + 1) * q, k * q:(k + 1) * q] += x.T @ (pw[:, k:k + 1] * x)
+            U = ((sw[a:a + step, None] * P[a:a + step])[:, :, None] * x[:, None, :]
+                 ).reshape(len(x), c * q)
+            H -= U.T @ U
+        return 0.5 * (H + H.T)
+
+    return hessian
 
 
 def _torch_block_gn(model: Model, theta: np.ndarray, X: np.ndarray, w: np.ndarray,
@@ -246,10 +288,16 @@ class PrecondResult:
     reason : str
     history : list of dict
         Per accepted point: ``iteration``, ``loss``, ``grad_norm``, ``newton_step`` (relative
-        ||d_N|| / ||theta||), ``mu``, ``passes``, ``seconds`` (since the start), and
-        ``rejected`` (trials rejected before it).
+        ||d_N|| / ||theta||; None where the bound proved the stopping test failing without
+        it), ``newton_bound`` (:func:`newton_lower_bound`, relative), ``mu``, ``top`` (B's largest
+        eigenvalue), ``passes``,
+        ``seconds`` (since the start), and ``rejected`` (trials rejected before it).
     driver_s : float
-        Seconds spent on the driver (H_S, secant updates, eigendecompositions).
+        Seconds spent on the driver (H_S, secant updates, factorizations of the model).
+    eigendecompositions : int
+        Full eigendecompositions of the model matrix made (the stopping test near the
+        optimum, or a model matrix Cholesky could not factor); the trial steps otherwise
+        take Cholesky factorizations (:func:`chol_ball_step`).
     """
 
     theta: np.ndarray
@@ -261,6 +309,7 @@ class PrecondResult:
     reason: str
     history: list[dict] = field(default_factory=list)
     driver_s: float = 0.0
+    eigendecompositions: int = 0
 
 
 def kkt_norm(theta: np.ndarray, g: np.ndarray, radius: float) -> float:
@@ -294,18 +343,123 @@ def ball_step(e: np.ndarray, V: np.ndarray, g: np.ndarray, theta: np.ndarray, ra
     return project_ball(V @ (c / (a + lam)), radius)
 
 
+def chol_ball_step(B: np.ndarray, g: np.ndarray, theta: np.ndarray, radius: float, mu: float,
+                   lam0: float = 0.0, max_iter: int = 100) -> tuple[np.ndarray, float] | None:
+    """:func:`ball_step`'s minimizer from Cholesky factors of ``B + (mu + lam) I`` instead of an
+    eigendecomposition of B (a Cholesky is 1/3 p^3 flops and runs near BLAS-3 speed; the
+    symmetric eigensolver several times the flops, much of it BLAS-2: at p = 1,010 on the
+    loaded 2-core machine 0.07-0.6 s against 2-6 s).
+
+    Inside the ball (lam = 0) one factorization: ``t = theta - (B + mu I)^-1 g``. Outside, the
+    multiplier lam > 0 with ``||t(lam)|| = radius``, ``t(lam) = (B + (mu + lam) I)^-1 ((B + mu
+    I) theta - g)``, by Newton's method on ``1/||t(lam)|| - 1/radius`` (Moré & Sorensen 1983:
+    the function is concave in lam, so every Newton iterate lies at or below the root and
+    they increase to it, quadratically; one factorization each) from ``lam0`` — the previous
+    step's multiplier, which changes little between steps; an iterate at or below 0 goes to
+    lam = 0 and the inside is checked — to relative 1e-14; the last Newton correction, once
+    below 1e-7 of mu + lam, is applied to t to first order (``t - dlam (B + (mu + lam) I)^-1
+    t``: error 1e-14 relative) instead of by another factorization; then t is scaled onto the
+    sphere (:func:`ball_step` projects onto the ball). mu > 0 keeps every matrix positive
+    definite (no "hard case").
+
+    Returns (t, lam), or None when ``B + mu I`` is not numerically positive definite (B
+    indefinite beyond rounding, or mu below its rounding): the caller takes
+    :func:`ball_step`'s path.
+    """
+    p = theta.size
+    b = B @ theta + mu * theta - g
+    lam, t = max(0.0, float(lam0)), None
+    for _ in range(max_iter):
+        A = B.copy()
+        A.flat[:: p + 1] += mu + lam
+        try:
+            L = linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
+        except linalg.LinAlgError:
+            return None
+        t = linalg.cho_solve((L, True), b, check_finite=False)
+        nt = float(np.linalg.norm(t))
+        if not np.isfinite(nt):
+            return None
+        if lam == 0.0 and nt <= radius:
+            return t, 0.0
+        if abs(nt - radius) <= 1e-14 * radius:
+            break
+        wv = linalg.solve_triangular(L, t, lower=True, check_finite=False)
+        step = (nt / float(np.linalg.norm(wv))) ** 2 * (nt - radius) / radius
+        if lam + step <= 0.0:  # from above the root (a warm start) to at or below 0
+            lam = 0.0
+            continue
+        if abs(step) <= 1e-7 * (mu + lam + step):  # the last correction, to first order
+            t = t - step * linalg.solve_triangular(L, wv, lower=True, trans="T",
+                                                   check_finite=False)
+            lam += step
+            break
+        lam += step
+    # lam > 0: the solution lies on the sphere (a solve of condition ||B|| / (mu + lam) leaves
+    # its norm off by that x rounding, from either side)
+    return t * (radius / float(np.linalg.norm(t))), lam
+
+
+def newton_lower_bound(B_norm: float, g: np.ndarray, theta: np.ndarray, g_null_max: float
+                       ) -> float:
+    """A lower bound, from O(p) numbers, on ``||d_N||`` of the stopping test of
+    :func:`fit_precond` whenever its null-space gradient is at most ``g_null_max``
+    (``B_norm`` >= ||B||_2; the test's damping 1e-12 ||B|| included).
+
+    d_N solves ``(A + lam I) d = -(g_r + lam theta)`` for some lam >= 0 (the ball's KKT system,
+    A = B + mu_0 I on B's range, g_r the gradient on it), so ``||d|| >= ||g_r + lam theta|| /
+    (||A|| + lam)``; with ``||g_r + lam theta|| >= max(k - g_null_max, lam ||theta|| - ||g||)``,
+    k = min over lam >= 0 of ``||g + lam theta||``, the worst lam is where the two meet. A
+    bound above ``xtol ||theta||`` proves that the test fails without the eigendecomposition."""
+    tn = float(np.linalg.norm(theta))
+    gn = float(np.linalg.norm(g))
+    if tn == 0.0:
+        return 0.0
+    lam = max(0.0, -float(g @ theta) / tn**2)
+    k = float(np.linalg.norm(g + lam * theta)) - g_null_max
+    if not k > 0:
+        return 0.0
+    return k / (B_norm * (1.0 + 1e-12) + (k + gn) / tn)
+
+
 def _bfgs(B: np.ndarray, pairs: Any) -> np.ndarray:
     """B updated by BFGS with the curvature pairs (s, y) in order (a pair with y^T s <= 0 or
-    s^T B s <= 0 skipped)."""
-    B = B.copy()
+    s^T B s <= 0 skipped). The rank-2 corrections are kept as vectors (B_k s from B s and
+    them: O(p m) each) and added by one GEMM at the end, not as m dense outer products."""
+    U: list[np.ndarray] = []
+    c: list[float] = []
     for s, y in pairs:
         ys = float(y @ s)
         Bs = B @ s
+        if U:
+            Um = np.asarray(U)
+            Bs = Bs + Um.T @ (np.asarray(c) * (Um @ s))
         sBs = float(s @ Bs)
         if ys <= 1e-12 * float(np.linalg.norm(y) * np.linalg.norm(s)) or sBs <= 0:
             continue
-        B += np.outer(y, y) / ys - np.outer(Bs, Bs) / sBs
+        U += [y, Bs]
+        c += [1.0 / ys, -1.0 / sBs]
+    if not U:
+        return 0.5 * (B + B.T)
+    Um = np.asarray(U)
+    B = B + (Um.T * np.asarray(c)) @ Um
     return 0.5 * (B + B.T)
+
+
+def _top_eigenvalue(B: np.ndarray, v0: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """The largest eigenvalue of the symmetric B (Lanczos, ARPACK; O(p^2) per product) and its
+    vector (the next call's start): the damping's scale without a full eigendecomposition."""
+    p = B.shape[0]
+    if p <= 64:
+        e, V = np.linalg.eigh(B)
+        return float(e[-1]), V[:, -1]
+    v0 = np.ones(p) if v0 is None else v0
+    try:
+        e, V = sparse_linalg.eigsh(B, k=1, which="LA", v0=v0, tol=1e-6)
+        return float(e[0]), V[:, 0]
+    except sparse_linalg.ArpackNoConvergence:
+        e, V = np.linalg.eigh(B)
+        return float(e[-1]), V[:, -1]
 
 
 def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarray], np.ndarray],
@@ -363,9 +517,33 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
     kkt = kkt_norm(theta, g, radius)
     converged, reason = False, f"max_iter ({max_iter} passes) reached"
     fresh = True  # at a new accepted point: H_S, its model and the stopping test
-    B = e = V = None
-    top = newton = 0.0
+    B = eig = v_top = None
+    top = 0.0
+    newton: float | None = None
+    g_null = 0.0
     kkt0: float | None = None
+    eighs = 0
+    lam_prev = mu_prev = 0.0  # the last Cholesky step's ball multiplier and damping
+
+    def exact_test() -> tuple[float, float]:
+        """(||d_N|| / ||theta||, the null-space gradient) from the eigendecomposition of B,
+        made at most once per accepted point (also the trial steps' then)."""
+        nonlocal eig, top, eighs
+        if eig is None:
+            e, V = linalg.eigh(B, driver="evd", check_finite=False)
+            e = np.maximum(e, 0.0)
+            top = max(float(e[-1]), 1e-300)
+            eig = (e, V)
+            eighs += 1
+        e, V = eig
+        # the sample-Newton step on the range of B; the gradient off it (directions no
+        # sample row and no curvature pair sees: a parametrisation's redundancy, e.g.
+        # softmax's shift of all classes, where the full gradient is rounding) apart
+        cg = V.T @ g
+        null = e <= RCOND * top
+        dn = ball_step(e, V, V[:, ~null] @ cg[~null], theta, radius, 1e-12 * top) - theta
+        return (float(np.linalg.norm(dn)) / max(float(np.linalg.norm(theta)), 1e-300),
+                float(np.linalg.norm(cg[null])))
 
     while True:
         if fresh:
@@ -376,41 +554,59 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
                 raise NldistError("the sample's Gauss-Newton matrix is not finite; check the "
                                   "sample rows and the model")
             B = _bfgs(H, pairs) if secant and pairs else H
-            e, V = np.linalg.eigh(B)
-            e = np.maximum(e, 0.0)
-            top = max(float(e[-1]), 1e-300)
+            eig = None
+            top, v_top = _top_eigenvalue(B, v_top)
+            top = max(top, 1e-300)
             if mu is None:
                 mu = 1e-6 * top
-            # the sample-Newton step on the range of B; the gradient off it (directions no
-            # sample row and no curvature pair sees: a parametrisation's redundancy, e.g.
-            # softmax's shift of all classes, where the full gradient is rounding) apart
-            cg = V.T @ g
-            null = e <= RCOND * top
-            g_null = float(np.linalg.norm(cg[null]))
-            dn = ball_step(e, V, V[:, ~null] @ cg[~null], theta, radius, 1e-12 * top) - theta
-            driver += time.perf_counter() - t0
             tn = float(np.linalg.norm(theta))
-            newton = float(np.linalg.norm(dn)) / max(tn, 1e-300)
             if kkt0 is None:
                 kkt0 = kkt
+            # the stopping test needs B's eigendecomposition; made only where a bound from
+            # ||B|| and the gradient does not already prove that it fails
+            b_norm = min(float(np.linalg.norm(B)), float(np.abs(B).sum(axis=1).max()))
+            bound = newton_lower_bound(b_norm, g, theta, NULL_GTOL * kkt0) / max(tn, 1e-300)
+            newton = None
+            if kkt != 0.0 and tn > 0 and bound <= 2.0 * xtol:
+                newton, g_null = exact_test()
+            driver += time.perf_counter() - t0
             history.append({"iteration": iterations, "loss": L, "grad_norm": kkt,
-                            "newton_step": newton, "mu": mu, "passes": passes,
-                            "rejected": rejected,
+                            "newton_step": newton, "newton_bound": bound, "mu": mu,
+                            "top": top,
+                            "passes": passes, "rejected": rejected,
                             "seconds": round(time.perf_counter() - t_start, 6)})
             if on_iter is not None:
                 on_iter(history[-1])
             rejected = 0
-            if kkt == 0.0 or (tn > 0 and newton <= xtol and g_null <= NULL_GTOL * kkt0):
+            if kkt == 0.0 or (newton is not None and newton <= xtol
+                              and g_null <= NULL_GTOL * kkt0):
                 converged, reason = True, "sample-Newton step within xtol of theta"
                 break
         if passes > max_iter:
             break
         t0 = time.perf_counter()
-        new = ball_step(e, V, g, theta, radius, mu)
-        d = new - theta
-        pred = -(float(g @ d) + 0.5 * float(d @ B @ d))
+        new = None
+        if eig is None and mu >= CHOL_MU * top:
+            got = chol_ball_step(B, g, theta, radius, mu, lam_prev + mu_prev - mu)
+            if got is not None:
+                new, lam_prev = got
+                mu_prev = mu
+                d = new - theta
+                pred = -(float(g @ d) + 0.5 * float(d @ B @ d))
+                if not pred > 0:  # judged again on the eigendecomposition's step below
+                    new = None
+        if new is None:  # the eigendecomposition (made for the stopping test, or now: mu
+            if eig is None:  # near B's rounding, B + mu I not positive definite to rounding)
+                exact_test()
+            new = ball_step(eig[0], eig[1], g, theta, radius, mu)
+            d = new - theta
+            pred = -(float(g @ d) + 0.5 * float(d @ B @ d))
         driver += time.perf_counter() - t0
         if not pred > 0:  # no decrease the model can see: damped to rounding
+            if newton is None:
+                t0 = time.perf_counter()
+                newton, g_null = exact_test()
+                driver += time.perf_counter() - t0
             converged = kkt == 0.0 or newton <= math.sqrt(xtol)
             reason = ("no predicted decrease (stationary to rounding)" if converged else
                       f"no step decreases the full loss at gradient norm {kkt:.3g} (a kink of "
@@ -442,12 +638,17 @@ def fit_precond(full: Callable[[np.ndarray], dict], hessian: Callable[[np.ndarra
             mu *= nu
             nu *= 2.0
             if mu > 1e20 * max(top, 1.0):
+                if newton is None:
+                    t0 = time.perf_counter()
+                    newton, g_null = exact_test()
+                    driver += time.perf_counter() - t0
                 converged = newton <= math.sqrt(xtol)
                 reason = ("no step decreases the full loss (stationary to rounding)" if converged
                           else f"no step decreases the full loss at gradient norm {kkt:.3g} (a "
                           "kink of a non-smooth model, e.g. relu, or a loss flat to rounding)")
                 break
-    return PrecondResult(theta, L, kkt, iterations, passes, converged, reason, history, driver)
+    return PrecondResult(theta, L, kkt, iterations, passes, converged, reason, history, driver,
+                         eighs)
 
 
 # --------------------------------------------------------------------------------------
