@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+import types
+import typing
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AliasChoices,
@@ -222,7 +224,9 @@ def _range(field: Any) -> str | None:
     if lo is None and hi is None:
         return None
     ann = field.annotation
-    integer = ann is int
+    # ``int | None`` (an optional int) is still an int
+    integer = ann is int or (typing.get_origin(ann) in (Union, types.UnionType)
+                             and set(typing.get_args(ann)) - {type(None)} == {int})
     if integer and lo is not None and lo_open:
         lo, lo_open = lo + 1, False
     left = "(-inf" if lo is None else ("(" if lo_open else "[") + f"{lo}"

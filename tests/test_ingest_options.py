@@ -42,6 +42,9 @@ def test_the_job_section_is_the_options_model():
      r"3 classes are labels 0\.\.2, not a number to standardize"),
     ({"dtype": "int8"}, r"The 'dtype' parameter of prepare must be a str among"),
     ({"colour": 1}, r"prepare got unknown setting\(s\) colour"),
+    # an optional int (int | None) is described as an int, not "a float"
+    ({"chunk_rows": 0}, r"The 'chunk_rows' parameter of prepare must be an int in the "
+                        r"range \[1, inf\)\. Got 0 instead\."),
 ])
 def test_bad_settings_are_one_line_errors(settings, message):
     with pytest.raises(NldistError, match=message):
