@@ -282,15 +282,23 @@ def run_model(model: str, args, out_root: Path) -> dict:
                                      max_iter=args.max_passes).theta
         return fit_ball(rec, start, job.radius, tol=1e-15, max_iter=args.max_passes).theta
 
+    driver = {"precond": [], "precond_uniform": []}  # per run: driver seconds, eighs
+
+    def pc_fit(rec, H, name):
+        res = precond.fit_precond(rec, H, theta0, job.radius, xtol=1e-10,
+                                  max_iter=args.max_passes)
+        driver[name].append({"driver_s": round(res.driver_s, 3),
+                             "eigendecompositions": res.eigendecompositions,
+                             "iterations": res.iterations, "reason": res.reason})
+        return res.theta
+
     methods = {
         "gn0": lambda rec: gn_fit(rec, m.initial_theta()),
         "gn_pilot": lambda rec: gn_fit(rec, theta0),
         "gn_sparse_pilot": lambda rec: gn_fit(rec, theta0),
         "lbfgs": lbfgs,
-        "precond": lambda rec: precond.fit_precond(rec, lev_H, theta0, job.radius, xtol=1e-10,
-                                                   max_iter=args.max_passes).theta,
-        "precond_uniform": lambda rec: precond.fit_precond(
-            rec, uni_H, theta0, job.radius, xtol=1e-10, max_iter=args.max_passes).theta,
+        "precond": lambda rec: pc_fit(rec, lev_H, "precond"),
+        "precond_uniform": lambda rec: pc_fit(rec, uni_H, "precond_uniform"),
     }
     oracle_of = {"gn0": gn, "gn_pilot": gn, "lbfgs": grad, "precond": grad,
                  "precond_uniform": grad, "gn_sparse_pilot": gn_sparse}
@@ -315,8 +323,8 @@ def run_model(model: str, args, out_root: Path) -> dict:
             runs[name].append(rec.calls)
             print(f"{model} repeat {r} {name}: {len(rec.calls)} passes "
                   f"({store_passes[name][-1]} store-counted), "
-                  f"{rec.calls[-1][0]:.2f} s, loss {min(c[2] for c in rec.calls):.12g}",
-                  flush=True)
+                  f"{rec.calls[-1][0]:.2f} s, loss {min(c[2] for c in rec.calls):.12g}"
+                  + (f"; driver {driver[name][-1]}" if driver.get(name) else ""), flush=True)
             partial.write_text(json.dumps({  # what a killed invocation leaves
                 "model": model, "n": n, "p": p, "s": s, "pilot_s": pilot_s,
                 "sample_s": sample_s, "sample_store": sample_store, "raw": runs,
@@ -341,6 +349,8 @@ def run_model(model: str, args, out_root: Path) -> dict:
             "final_rel_error": [float(min(c[2] for c in calls) / L_star - 1)
                                 for calls in reps],
             "passes_total": [len(c) for c in reps], "store_passes": store_passes[name]}
+        if driver.get(name):  # the preconditioned method's driver (H_S, factorizations)
+            summary[name]["driver"] = driver[name]
         if adam_out is not None:  # time to Adam's best loss, and how far below it it ends
             La = adam_out["best"]["loss"]
             to_adam = [next(({"seconds": round(sec, 4), "passes": k}
