@@ -495,10 +495,11 @@ class TorchModel(TorchForwardModel):
 
     def residual_adjoint_quadrature(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                                     loss: Any) -> np.ndarray:
-        """Adjoint of r_i by quadrature (bce of a sigmoid output: from the logit)."""
+        """Adjoint of r_i by quadrature (a loss of the output's logit, bce of a sigmoid
+        output: from the logit)."""
 
         outer = self._built().outer
-        logit = loss.name == "bce" and outer is not None and outer.name == "sigmoid"
+        logit = loss.logit_of is not None and outer is not None and outer.name == loss.logit_of
         post = loss.torch_post_logit() if logit else loss.torch_post()
         return quadrature.adjoint(self, theta, X, aux=y, post=post)
 
@@ -525,7 +526,7 @@ class TorchModel(TorchForwardModel):
         f1, f0 = outer.phi(g), np.full_like(g, outer.phi0)
         if resid is not None:
             y, loss = resid
-            if loss.name == "bce" and outer.name == "sigmoid":
+            if loss.logit_of is not None and outer.name == loss.logit_of:
                 f1, f0 = loss.residual_logit(g, y), loss.residual_logit(np.zeros_like(g), y)
             else:
                 f1, f0 = loss.residual(f1, y), loss.residual(f0, y)
