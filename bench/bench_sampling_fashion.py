@@ -35,7 +35,7 @@ Usage::
     .venv/bin/python bench/bench_sampling_fashion.py --table   # markdown from the JSON
 
 Writes bench/sampling_fashion.json (a partial copy after each s:
-bench/sampling_fashion.partial.json in /tmp).
+/tmp/bench_sampling_fashion.partial.json).
 """
 
 from __future__ import annotations
