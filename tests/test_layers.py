@@ -77,6 +77,9 @@ RINGS: dict[str, float] = {
     "nldist": PUBLIC,  # exactly the package __init__ (see ring_of)
     "nldist.api": PUBLIC,
     # ring 5: shells
+    # the command line, a package: its verbs (data, runs), what the console shows (tables,
+    # progress), the Typer app (shell), one-line errors (oneline), the deferred front
+    # doors (fronts)
     "nldist.cli": 5,
     "nldist.jobs": 5,
     "nldist.report": 5,

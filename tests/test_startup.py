@@ -101,11 +101,11 @@ def test_help_loads_no_heavy_package(argv):
 
 
 def _cli_deferred_bindings() -> tuple[dict[str, str], dict[str, str]]:
-    """(name -> module) of cli's ``if TYPE_CHECKING:`` imports and of its ``else:``
-    ``_Deferred("...")`` bindings."""
-    import nldist.cli as cli
+    """(name -> module) of the ``if TYPE_CHECKING:`` imports of nldist/cli/fronts.py and of
+    its ``else:`` ``_Deferred("...")`` bindings."""
+    import nldist.cli.fronts as fronts
 
-    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(fronts.__file__).read_text(encoding="utf-8"))
     block = next(n for n in tree.body if isinstance(n, ast.If)
                  and getattr(n.test, "id", None) == "TYPE_CHECKING")
     imported = {a.asname or a.name: f"{n.module}.{a.name}" for n in block.body
@@ -118,19 +118,23 @@ def _cli_deferred_bindings() -> tuple[dict[str, str], dict[str, str]]:
 def test_cli_deferred_modules_match_the_type_checking_imports():
     """What the command line defers is what the import graph (tests/test_layers.py) sees:
     the ``TYPE_CHECKING`` imports and the ``_Deferred`` bindings name the same modules, and
-    each deferred name resolves to that module's objects when a command runs."""
-    import nldist.cli as cli
+    each deferred name resolves to that module's objects when a command runs; the other
+    modules of nldist/cli/ bind them only from there (one ``if TYPE_CHECKING:`` block)."""
+    import nldist.cli.fronts as fronts
 
     imported, deferred = _cli_deferred_bindings()
     assert imported == deferred and len(deferred) == 6
     for name, module in deferred.items():
         real = importlib.import_module(module)
-        proxy = getattr(cli, name)
+        proxy = getattr(fronts, name)
         assert module in repr(proxy)
         public = [a for a in vars(real) if not a.startswith("_")]
         assert public and all(getattr(proxy, a) is getattr(real, a) for a in public)
     with pytest.raises(AttributeError):
-        cli.pipeline.no_such_name  # noqa: B018
+        fronts.pipeline.no_such_name  # noqa: B018
+    others = [p for p in Path(fronts.__file__).parent.glob("*.py") if p.name != "fronts.py"]
+    assert others and not [p.name for p in others if "TYPE_CHECKING" in p.read_text()
+                           or "_Deferred(" in p.read_text()]
 
 
 def test_cli_reservoir_default_is_the_ingest_default():
