@@ -143,3 +143,42 @@ def test_cli_reservoir_default_is_the_ingest_default():
     import nldist.ingest
 
     assert cli.RESERVOIR_ROWS == nldist.ingest.RESERVOIR_ROWS
+
+
+@pytest.mark.parametrize("argv", [["example", "california"], ["example", "--list"],
+                                  ["example", "california", "JOB"]])
+def test_example_loads_no_heavy_package(argv, tmp_path):
+    """``nldist example`` copies a shipped job file: it imports the command line and none of
+    the job schema's pydantic models, Dask, pandas, zarr or SciPy (1.3-3 s -> the cost of
+    ``nldist --help``, bench/RESULTS.md)."""
+    argv = [str(tmp_path / "job.yaml") if a == "JOB" else a for a in argv]
+    probe = (f"import sys\nsys.argv = {['nldist', *argv]!r}\n"
+             "from nldist.__main__ import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             f"print('LOADED', *(m for m in {(*HELP_HEAVY, 'nldist.jobs')!r} "
+             "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].split() == ["LOADED"]
+    if "california" in argv and len(argv) == 2:
+        assert "model: glm:swish" in r.stdout
+
+
+def test_cli_examples_are_the_jobs_examples():
+    """The command line reads the example files itself (without nldist.jobs): the same
+    names, texts, summaries and error as ``nldist.jobs``'s functions."""
+    from nldist import jobs
+    from nldist.cli import data
+    from nldist.errors import NldistError
+
+    assert data.example_names() == jobs.example_names()
+    for name in jobs.example_names():
+        assert data.example_text(name) == jobs.example_text(name)
+        assert data.example_summary(name) == jobs.example_summary(name)
+    assert data.example_text("california.yaml") == jobs.example_text("california")
+    errors = []
+    for fn in (data.example_text, jobs.example_text):
+        with pytest.raises(NldistError) as info:
+            fn("nope")
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]

@@ -4,10 +4,12 @@ validate (a job file), example (the job files shipped with nldist).
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
 from nldist.cli.fronts import RESERVOIR_ROWS, cluster_mod, datasets, ingest_mod, jobs
 from nldist.cli.oneline import note_urls, one_line_errors
@@ -119,12 +121,12 @@ def example(
     """Write an example job file shipped with nldist; it runs as is, e.g.
     `nldist example california job.yaml && nldist select job.yaml`."""
     if list_ or name is None:
-        names = jobs.example_names()
+        names = example_names()
         width = max(map(len, names))
         for n in names:
-            typer.echo(f"{n:<{width}}  {jobs.example_summary(n)}")
+            typer.echo(f"{n:<{width}}  {example_summary(n)}")
         return
-    text = jobs.example_text(name)
+    text = example_text(name)
     if dest is None:
         typer.echo(text, nl=False)
         return
@@ -132,3 +134,35 @@ def example(
         raise NldistError(f"{dest} exists; remove it, choose another path or pass --force")
     dest.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {dest}; run it with: nldist select {dest}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The example job files, read without nldist.jobs: `nldist example` only copies a shipped
+# file, and importing the job schema (pydantic, nldist.datasets -> pandas, nldist.models ->
+# SciPy, dask.utils) cost it 1.3-3 s. Same results as jobs.example_names / example_text /
+# example_summary (tests/test_startup.py compares them).
+# ---------------------------------------------------------------------------------------------
+def _example_dir() -> Any:
+    return resources.files("nldist.examples").joinpath("jobs")
+
+
+def example_names() -> list[str]:
+    """Names of the example job files shipped with the package (``nldist example --list``)."""
+    return sorted(f.name[:-len(".yaml")] for f in _example_dir().iterdir()
+                  if f.name.endswith(".yaml"))
+
+
+def example_text(name: str) -> str:
+    """The text of the example job ``name`` (a job file that runs as is)."""
+    stem = str(name).removesuffix(".yaml")
+    if stem not in example_names():
+        raise NldistError(f"no example job {name!r}; choose one of "
+                          f"{', '.join(example_names())} (nldist example --list)")
+    return _example_dir().joinpath(f"{stem}.yaml").read_text(encoding="utf-8")
+
+
+def example_summary(name: str) -> str:
+    """One line about an example: its dataset, model and sample size."""
+    data = yaml.safe_load(example_text(name))
+    ds = data.get("dataset") or {}
+    return f"{ds.get('source', '?')}: {data.get('model', '?')}, s={data.get('s', '?')}"
