@@ -14,18 +14,13 @@ import numpy as np
 
 from nldist.errors import NldistError
 from nldist.scores.oneread import (
-    CANDIDATES,
-    GUARD,
     ONE_READ_KINDS,
     RowFactor,
-    choose,
-    error_at,
     estimate_totals,
     finalize,
     pilot_totals,
-    predict,
-    size_for,
 )
+from nldist.scores.oneread_predict import CANDIDATES, GUARD, choose, error_at, predict, size_for
 
 #: rows whose value is within this factor of certainty at the planned size come back with
 #: their terms (at most HEAVY x s per candidate): the predicted error is capped exactly for
