@@ -1,7 +1,8 @@
 """``python -m nldist`` and the ``nldist`` console script: the command line (:mod:`nldist.cli`).
 
-``nldist --version`` answers here, without importing :mod:`nldist.cli`, whose modules import
-Dask, pandas, zarr and pydantic (seconds on a small machine); every other command line is
+``nldist --version`` answers here, without importing :mod:`nldist.cli` (the Typer app: typer,
+rich and, when a command runs, pydantic; the front doors that import Dask, pandas and zarr
+only when a command uses them, :mod:`nldist.cli.fronts`); every other command line is
 handed to the Typer app.
 """
 

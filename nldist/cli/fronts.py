@@ -19,7 +19,8 @@ class _Deferred:
     command line binds them deferred so that ``nldist --help`` and ``nldist CMD --help``
     import none of them, and a command imports those it uses when it runs. The same
     modules are imported under ``TYPE_CHECKING`` below, for type checkers and for the
-    import graph of tests/test_layers.py (which sees them as cli's top-level imports).
+    import graph of tests/test_layers.py (which sees them as this module's top-level
+    imports).
     """
 
     def __init__(self, name: str) -> None:
