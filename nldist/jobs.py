@@ -10,7 +10,6 @@ import glob
 import hashlib
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -459,35 +458,6 @@ def validate_job(data: dict, where: str = "job") -> JobConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Example job files shipped with the package (nldist/examples/jobs/*.yaml; `nldist example`)
-# ---------------------------------------------------------------------------------------------
-def _example_dir() -> Any:
-    return resources.files("nldist.examples").joinpath("jobs")
-
-
-def example_names() -> list[str]:
-    """Names of the example job files shipped with the package (``nldist example --list``)."""
-    return sorted(f.name[:-len(".yaml")] for f in _example_dir().iterdir()
-                  if f.name.endswith(".yaml"))
-
-
-def example_text(name: str) -> str:
-    """The text of the example job ``name`` (a job file that runs as is)."""
-    stem = str(name).removesuffix(".yaml")
-    if stem not in example_names():
-        raise NldistError(f"no example job {name!r}; choose one of "
-                          f"{', '.join(example_names())} (nldist example --list)")
-    return _example_dir().joinpath(f"{stem}.yaml").read_text(encoding="utf-8")
-
-
-def example_summary(name: str) -> str:
-    """One line about an example: its dataset, model and sample size."""
-    data = yaml.safe_load(example_text(name))
-    ds = data.get("dataset") or {}
-    return f"{ds.get('source', '?')}: {data.get('model', '?')}, s={data.get('s', '?')}"
-
-
-# ---------------------------------------------------------------------------------------------
 # The dataset source, checked before anything runs (`nldist validate`)
 # ---------------------------------------------------------------------------------------------
 def check_source(source: str) -> str:
@@ -518,5 +488,4 @@ def check_source(source: str) -> str:
     return f"local {'directory' if Path(path).is_dir() else 'file'} {path}"
 
 
-__all__ = ["KINDS", "JobConfig", "check_source", "example_names", "example_text", "load_job",
-           "validate_job"]
+__all__ = ["KINDS", "JobConfig", "check_source", "load_job", "validate_job"]

@@ -110,10 +110,21 @@ def test_example_pipes_into_validate():
     assert r.stdout.startswith("-: ok (california: glm:swish"), r.stdout
 
 
+def test_a_reader_that_goes_away_is_not_an_error():
+    """``nldist example --list | head -1``: the pipe closes before nldist writes; it stops
+    quietly with status 141 (as a process killed by SIGPIPE), no error line, no traceback."""
+    ex = subprocess.Popen([*NLDIST, "example", "--list"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    ex.stdout.close()  # before the interpreter has started: the first write fails
+    err = ex.stderr.read().decode()
+    assert ex.wait(timeout=120) == 141
+    assert err == "", err
+
+
 def test_select_reads_the_job_from_stdin(tmp_path):
     """``nldist example california | nldist select -`` (on the small diabetes table, one
     process): the piped job runs, with overrides applied on top of it."""
-    from nldist.jobs import example_text
+    from nldist.example_jobs import example_text
 
     out = tmp_path / "run"
     r = CliRunner().invoke(cli.app, [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from nldist.jobs import example_names, example_summary, example_text
+from nldist.example_jobs import example_names, example_summary, example_text
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "nldist" / "examples" / "jobs"

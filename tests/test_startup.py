@@ -162,23 +162,3 @@ def test_example_loads_no_heavy_package(argv, tmp_path):
     assert r.stdout.splitlines()[-1].split() == ["LOADED"]
     if "california" in argv and len(argv) == 2:
         assert "model: glm:swish" in r.stdout
-
-
-def test_cli_examples_are_the_jobs_examples():
-    """The command line reads the example files itself (without nldist.jobs): the same
-    names, texts, summaries and error as ``nldist.jobs``'s functions."""
-    from nldist import jobs
-    from nldist.cli import data
-    from nldist.errors import NldistError
-
-    assert data.example_names() == jobs.example_names()
-    for name in jobs.example_names():
-        assert data.example_text(name) == jobs.example_text(name)
-        assert data.example_summary(name) == jobs.example_summary(name)
-    assert data.example_text("california.yaml") == jobs.example_text("california")
-    errors = []
-    for fn in (data.example_text, jobs.example_text):
-        with pytest.raises(NldistError) as info:
-            fn("nope")
-        errors.append(str(info.value))
-    assert errors[0] == errors[1]

@@ -4,12 +4,10 @@ validate (a job file), example (the job files shipped with nldist).
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import yaml
 
 from nldist.cli.fronts import RESERVOIR_ROWS, cluster_mod, datasets, ingest_mod, jobs
 from nldist.cli.oneline import note_urls, one_line_errors
@@ -18,6 +16,7 @@ from nldist.cli.shell import ClusterOpt, Overrides, Quiet, Verbose, app, load_jo
 from nldist.cli.tables import print_md
 from nldist.errors import NldistError
 from nldist.events import chunk_events
+from nldist.example_jobs import example_names, example_summary, example_text
 
 
 @app.command()
@@ -134,35 +133,3 @@ def example(
         raise NldistError(f"{dest} exists; remove it, choose another path or pass --force")
     dest.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {dest}; run it with: nldist select {dest}", err=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The example job files, read without nldist.jobs: `nldist example` only copies a shipped
-# file, and importing the job schema (pydantic, nldist.datasets -> pandas, nldist.models ->
-# SciPy, dask.utils) cost it 1.3-3 s. Same results as jobs.example_names / example_text /
-# example_summary (tests/test_startup.py compares them).
-# ---------------------------------------------------------------------------------------------
-def _example_dir() -> Any:
-    return resources.files("nldist.examples").joinpath("jobs")
-
-
-def example_names() -> list[str]:
-    """Names of the example job files shipped with the package (``nldist example --list``)."""
-    return sorted(f.name[:-len(".yaml")] for f in _example_dir().iterdir()
-                  if f.name.endswith(".yaml"))
-
-
-def example_text(name: str) -> str:
-    """The text of the example job ``name`` (a job file that runs as is)."""
-    stem = str(name).removesuffix(".yaml")
-    if stem not in example_names():
-        raise NldistError(f"no example job {name!r}; choose one of "
-                          f"{', '.join(example_names())} (nldist example --list)")
-    return _example_dir().joinpath(f"{stem}.yaml").read_text(encoding="utf-8")
-
-
-def example_summary(name: str) -> str:
-    """One line about an example: its dataset, model and sample size."""
-    data = yaml.safe_load(example_text(name))
-    ds = data.get("dataset") or {}
-    return f"{ds.get('source', '?')}: {data.get('model', '?')}, s={data.get('s', '?')}"

@@ -1,11 +1,14 @@
 """Every user error as one line ``error: ...`` on stderr with exit status 2: nldist's own
 errors, and OS, object-storage, numeric and out-of-memory failures with their fix (Ctrl-C:
-one line, status 130). Other exceptions propagate with their traceback.
+one line, status 130; a closed pipe on stdout: quiet, status 141). Other exceptions
+propagate with their traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from functools import wraps
@@ -42,6 +45,13 @@ def one_line_errors(fn: Callable) -> Callable:
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort):
                 raise
+            except BrokenPipeError:
+                # the reader went away (`nldist example --list | head`): stop quietly, as a
+                # process killed by SIGPIPE would (status 128 + 13), and keep the
+                # interpreter's final flush of stdout from failing again
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                raise typer.Exit(141) from None
             except Exception as exc:
                 line = _error_line(exc)
                 if line is None:
