@@ -324,11 +324,11 @@ def test_uniform_scores_read_no_block(sync_scheduler, rng):
     assert not reads
 
 
-@pytest.mark.parametrize("cheap", [True, False])
-def test_ill_conditioned_dual_block_kept_or_rebuilt(monkeypatch, rng, cheap):
-    """The slow-path block is rebuilt (closed forms) or kept from the slices (quadrature)."""
+@pytest.mark.parametrize("cost", ["closed_form", "costly"])
+def test_ill_conditioned_dual_block_kept_or_rebuilt(monkeypatch, rng, cost):
+    """The slow-path block is rebuilt (closed forms) or kept from the slices (costly)."""
     monkeypatch.setattr(_budget, "SUB_BYTES", 1)
-    monkeypatch.setattr(ScoreSpec, "cheap_to_rebuild", property(lambda self: cheap))
+    monkeypatch.setattr(ScoreSpec, "rebuild_cost", property(lambda self: cost))
     X = with_condition(2000, 4, 1e8, rng)
     y = rng.standard_normal(2000)
     m = nldist.get_model("glm:tanh", 4)

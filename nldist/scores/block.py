@@ -104,9 +104,9 @@ def pass1_block(
     (:func:`nldist.scores.linalg.block_r_method`) with ``spec.qr_method``: in the common
     well-conditioned case straight from the Cholesky factor of the Gram; otherwise the
     whole block is needed for CholeskyQR2 / shifted CholeskyQR3 / Householder: it is rebuilt
-    when that is cheap (linear kinds, closed-form adjoints), else kept from the slices. The
-    persisted block is the host block: the same bytes for every device. Runs with
-    :func:`nldist._runtime.reuse_freed_memory`.
+    when that is cheap (``spec.rebuild_cost`` ``"copy"`` or ``"closed_form"``), else kept
+    from the slices. The persisted block is the host block: the same bytes for every device.
+    Runs with :func:`nldist._runtime.reuse_freed_memory`.
 
     Parameters
     ----------
@@ -150,7 +150,7 @@ def _pass1_block(
     g = spec.group
     be = backend(spec.device)
     acc = be.reducer(q, gram=red.gram)
-    keep = red.gram and not spec.cheap_to_rebuild
+    keep = red.gram and spec.rebuild_cost == "costly"
     mode = store.mode if store is not None and spec.persistable and n else "never"
     full = np.empty((n * g, q), dtype=np.float64) if keep or mode == "always" else None
     early = mode == "auto" and full is None  # auto without a kept block: decide on slice 1
@@ -161,7 +161,8 @@ def _pass1_block(
     any_dtype = spec.rows.gram_any_dtype
     for s in _slices(n, _slice_width(spec, q), g):
         Xs = X[s]
-        if not spec.cheap and not np.isfinite(Xs).all():  # before the model sees it
+        # a model sees the slice: NaN/inf first (a copy of X is checked through its Gram)
+        if spec.rebuild_cost != "copy" and not np.isfinite(Xs).all():
             check_finite_block(X, yy, offset)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below
             if host_gram and (Xs.dtype == np.float64 or any_dtype):

@@ -33,15 +33,15 @@ rows' values. ``matrix(X, y, offset)`` takes the global index of the block's fir
 
 Flags: ``gram_direct`` (the rows add their Gram to pass 1 without forming the block:
 ``add_gram``), ``fills_buffer`` (``matrix`` can write into a caller's buffer: ``out=``),
-``cheap`` (the block is a copy of X plus columns: never worth keeping),
-``persistable`` (pass 1 may keep it on disk for pass 2), ``cheap_to_rebuild`` (rebuilding
-costs about a copy of X: linear rows, closed-form adjoints), ``needs_y``.
+``rebuild_cost`` (what building the block again costs: ``"copy"``, ``"closed_form"`` or
+``"costly"``; see :class:`Rows`), ``persistable`` (pass 1 may keep it on disk for pass 2: a
+format capability, not a cost), ``needs_y``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -152,6 +152,16 @@ def linear_block(
     return out
 
 
+#: What building a block again costs (:attr:`Rows.rebuild_cost`), cheapest first.
+RebuildCost = Literal["copy", "closed_form", "costly"]
+
+
+def model_rebuild_cost(model: Model) -> RebuildCost:
+    """``"closed_form"`` for a model whose adjoint is a closed formula
+    (``model.closed_form``), else ``"costly"`` (quadrature over t)."""
+    return "closed_form" if model.closed_form else "costly"
+
+
 class Rows:
     """The declared contract of every rows class: the capabilities the engine plans around,
     each with its default (a subclass overrides a class attribute or a property).
@@ -162,12 +172,22 @@ class Rows:
         Matrix rows per example (C or k for block rows, C for multi-output dual rows).
     needs_y : bool
         The block depends on the labels.
-    cheap : bool
-        The block is a copy of X plus columns: never worth keeping between passes.
+    rebuild_cost : {"copy", "closed_form", "costly"}
+        What building the block again costs, the one cost the engine plans around:
+
+        - ``"copy"``: a copy of X plus columns (data rows, X itself). Never worth keeping
+          between passes; X is checked for NaN/inf through the reduced values only.
+        - ``"closed_form"``: a closed formula per row, about a copy of X (closed-form
+          adjoints, :func:`model_rebuild_cost`; column-sketched closed-form dual rows).
+          Pass 1 rebuilds the whole block when its R needs it rather than keeping it.
+        - ``"costly"`` (the default): more than that (adjoints by quadrature over t, other
+          column-sketched rows). Pass 1 keeps the block from its slices when its R needs
+          the whole block.
     persistable : bool
-        Pass 1 may keep the block on disk for pass 2 (:mod:`nldist.store.dual_blocks`).
-    cheap_to_rebuild : bool
-        Rebuilding costs about a copy of X (linear rows, closed-form adjoints).
+        Pass 1 may keep the block on disk for pass 2 (:mod:`nldist.store.dual_blocks`): a
+        capability of the block's format, declared apart from ``rebuild_cost`` (sparse or
+        Kronecker-structured rows are never formed, so they cannot be persisted; ``"copy"``
+        rows declare False too: a copy of X is never worth storing).
     gram_direct : bool
         ``add_gram(G, X, y, offset)`` adds the block's Gram without forming it.
     gram_any_dtype : bool
@@ -184,9 +204,8 @@ class Rows:
 
     group: int = 1
     needs_y: bool = False
-    cheap: bool = False
+    rebuild_cost: RebuildCost = "costly"
     persistable: bool = False
-    cheap_to_rebuild: bool = False
     gram_direct: bool = False
     gram_any_dtype: bool = False
     structured: bool = False
@@ -211,7 +230,6 @@ class DualRows(Rows):
     use_y: bool = True
     loss: str = "squared"
 
-    cheap = False
     #: the structured (coded) Gram takes X in any float dtype
     gram_any_dtype = True
 
@@ -243,8 +261,8 @@ class DualRows(Rows):
         return self.use_y
 
     @property
-    def cheap_to_rebuild(self) -> bool:
-        return bool(self.model.closed_form)
+    def rebuild_cost(self) -> RebuildCost:
+        return model_rebuild_cost(self.model)
 
     def n_cols(self, d: int) -> int:
         return self.model.n_params + int(self.use_y)
@@ -300,9 +318,8 @@ class DataRows(Rows):
     bias: bool = True
     use_y: bool = False
 
-    cheap = True
+    rebuild_cost = "copy"
     persistable = False
-    cheap_to_rebuild = True
     group = 1
     gram_direct = True
     fills_buffer = True
@@ -348,9 +365,8 @@ class CodedDataRows(Rows):
     bias: bool = True
     use_y: bool = False
 
-    cheap = True
+    rebuild_cost = "copy"
     persistable = False
-    cheap_to_rebuild = True
     group = 1
     gram_direct = True
     gram_any_dtype = True
@@ -394,9 +410,8 @@ class CodedDataRows(Rows):
 class RawRows(Rows):
     """The rows of X itself (``nldist.leverage`` of a tall matrix)."""
 
-    cheap = True
+    rebuild_cost = "copy"
     persistable = False
-    cheap_to_rebuild = True
     needs_y = False
     group = 1
 
@@ -414,7 +429,6 @@ class SketchedRows(Rows):
     inner: Any
     sk: Any
 
-    cheap = False
     persistable = True
 
     @property
@@ -426,8 +440,12 @@ class SketchedRows(Rows):
         return self.inner.needs_y
 
     @property
-    def cheap_to_rebuild(self) -> bool:
-        return isinstance(self.inner, DualRows) and self.inner.cheap_to_rebuild
+    def rebuild_cost(self) -> RebuildCost:
+        """A closed-form dual block's projection counts as closed-form; any other projected
+        block (data, block or margin rows) as costly."""
+        if isinstance(self.inner, DualRows) and self.inner.rebuild_cost == "closed_form":
+            return "closed_form"
+        return "costly"
 
     def n_cols(self, d: int) -> int:
         return int(self.sk.cols)
@@ -477,7 +495,6 @@ class BlockRows(Rows):
     #: Hessian of multi-output regression is sum_i A_i^T A_i at the linearization)
     loss: str = "cross_entropy"
 
-    cheap = False
     needs_y = False
     #: the Gram may be accumulated from any float dtype (add_gram casts to float64)
     gram_any_dtype = True
@@ -504,8 +521,8 @@ class BlockRows(Rows):
         return int(self.k or self.model.n_outputs)
 
     @property
-    def cheap_to_rebuild(self) -> bool:
-        return bool(self.model.closed_form)
+    def rebuild_cost(self) -> RebuildCost:
+        return model_rebuild_cost(self.model)
 
     def n_cols(self, d: int) -> int:
         if self.structured:
@@ -576,14 +593,13 @@ class MarginRows(Rows):
     model: Model
     theta: np.ndarray
 
-    cheap = False
     persistable = True
     needs_y = True
     group = 1
 
     @property
-    def cheap_to_rebuild(self) -> bool:
-        return bool(self.model.closed_form)
+    def rebuild_cost(self) -> RebuildCost:
+        return model_rebuild_cost(self.model)
 
     def n_cols(self, d: int) -> int:
         return self.model.n_params

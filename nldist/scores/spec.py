@@ -16,7 +16,7 @@ from nldist.models import as_model
 from nldist.models.base import Model
 from nldist.scores.backends import check_device
 from nldist.scores.kinds import Kind, get_kind
-from nldist.scores.rows import SketchedRows
+from nldist.scores.rows import RebuildCost, SketchedRows
 
 
 @dataclass(frozen=True)
@@ -66,20 +66,17 @@ class ScoreSpec:
         return self.rows is not None and self.rows.needs_y
 
     @property
-    def cheap(self) -> bool:
-        """The matrix is a copy of X (plus bias/y columns): cheaper to rebuild than to keep."""
-        return self.rows is not None and self.rows.cheap
-
-    @property
     def persistable(self) -> bool:
         """Pass 1 may persist the block for pass 2: a model's dual block or a sketched
         matrix; never a copy of X (linear kinds) or uniform scores."""
         return self.rows is not None and self.rows.persistable
 
     @property
-    def cheap_to_rebuild(self) -> bool:
-        """Rebuilding the matrix costs about a copy of X: linear kinds, closed-form models."""
-        return self.rows is not None and self.rows.cheap_to_rebuild
+    def rebuild_cost(self) -> RebuildCost | None:
+        """What building the matrix again costs (:class:`nldist.scores.rows.Rows`):
+        ``"copy"`` (linear kinds), ``"closed_form"`` (closed-form models) or ``"costly"``;
+        None for uniform scores (no matrix)."""
+        return None if self.rows is None else self.rows.rebuild_cost
 
     def n_cols(self, d: int) -> int:
         """Columns q of the matrix for X with d columns (0 for uniform)."""
