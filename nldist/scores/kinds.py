@@ -38,7 +38,8 @@ from nldist.scores.rows import (
 @dataclass(frozen=True)
 class RowsFactory:
     """Which matrix a kind is computed on: called with the kind and its checked inputs, it
-    raises the family's one-line errors and returns the :class:`nldist.scores.rows.Rows`.
+    raises the family's one-line errors (those about the kind and y's columns; each Rows
+    class checks its own fields when built) and returns the :class:`nldist.scores.rows.Rows`.
 
     Attributes
     ----------
@@ -98,11 +99,7 @@ class _Dual(RowsFactory):
     def __call__(self, kind, model, theta, *, has_y, loss, linear_augment_y=False, seed=0,
                  y_cols=1):
         _model_targets(model, has_y, loss, y_cols)
-        model.check_outputs(loss if has_y else None)
-        if model.n_outputs > 1 and not has_y and loss != "squared":
-            raise NldistError(f"nonlinear kinds of a {model.n_outputs}-output model score the "
-                              "cross-entropy residual and need labels y; pass y, or use "
-                              "block-leverage (label-free)")
+        # DualRows checks theta, the loss against the model's outputs and the labels
         return DualRows(model, theta, use_y=has_y, loss=loss)
 
 

@@ -36,6 +36,10 @@ Flags: ``gram_direct`` (the rows add their Gram to pass 1 without forming the bl
 ``rebuild_cost`` (what building the block again costs: ``"copy"``, ``"closed_form"`` or
 ``"costly"``; see :class:`Rows`), ``persistable`` (pass 1 may keep it on disk for pass 2: a
 format capability, not a cost), ``needs_y``.
+
+Each class checks the fields it owns when built (``Rows.check`` from ``__post_init__``: theta
+finite of length ``model.n_params``, a known loss, positive k and sketch sizes), with
+one-line :class:`nldist.errors.NldistError` messages; O(p), never X or y.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.models.coded import CodedModel
 from nldist.models.losses import (
@@ -152,6 +157,37 @@ def linear_block(
     return out
 
 
+def _check_flag(owner: str, name: str, value: Any) -> None:
+    """``value`` is a bool (or 0/1)."""
+    if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
+        raise NldistError(f"{owner}: {name} must be True or False, not {value!r}")
+
+
+def _check_model(owner: str, model: Any, cls: type = Model) -> None:
+    if not isinstance(model, cls):
+        raise NldistError(f"{owner} needs a {cls.__name__} (nldist.get_model(spec, d)), not "
+                          f"{type(model).__name__}")
+
+
+def _check_model_theta(rows: Any, owner: str) -> None:
+    """The model is a Model and theta a finite (p,) vector (``model.check_theta``), kept as
+    the checked float64 array (the same object when it already is one)."""
+    _check_model(owner, rows.model)
+    object.__setattr__(rows, "theta", rows.model.check_theta(rows.theta))
+
+
+def _check_c_outputs(owner: str, model: Model) -> None:
+    if model.n_outputs < 2:
+        raise NldistError(f"{owner} is for models with C >= 2 outputs (softmax:<C>, "
+                          f"mlp:<h>:<C>); {model.spec!r} has one — use DualRows")
+
+
+def _check_positive_int(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise NldistError(f"{owner}: {name} must be a positive integer, not {value!r}")
+
+
 #: What building a block again costs (:attr:`Rows.rebuild_cost`), cheapest first.
 RebuildCost = Literal["copy", "closed_form", "costly"]
 
@@ -212,6 +248,15 @@ class Rows:
     fills_buffer: bool = False
     gram_only: bool = False
 
+    def __post_init__(self) -> None:
+        # every rows dataclass checks what it owns when built (once per spec, O(p))
+        self.check()
+
+    def check(self) -> None:
+        """Raise a one-line :class:`NldistError` when the fields the class owns are invalid
+        (theta finite of length ``model.n_params``, a known loss, positive group sizes);
+        called by the dataclasses' ``__post_init__``. Never touches X or y."""
+
     def n_cols(self, d: int) -> int:
         """Columns q of the block for X with d columns."""
         raise NotImplementedError
@@ -232,6 +277,16 @@ class DualRows(Rows):
 
     #: the structured (coded) Gram takes X in any float dtype
     gram_any_dtype = True
+
+    def check(self) -> None:
+        _check_model_theta(self, "DualRows")
+        _check_flag("DualRows", "use_y", self.use_y)
+        get_loss(self.loss)
+        self.model.check_outputs(self.loss if self.use_y else None)
+        if self.model.n_outputs > 1 and not self.use_y and self.loss != "squared":
+            raise NldistError(f"nonlinear kinds of a {self.model.n_outputs}-output model "
+                              "score the cross-entropy residual and need labels y; pass y, "
+                              "or use block-leverage (label-free)")
 
     @property
     def group(self) -> int:
@@ -324,6 +379,10 @@ class DataRows(Rows):
     gram_direct = True
     fills_buffer = True
 
+    def check(self) -> None:
+        _check_flag("DataRows", "bias", self.bias)
+        _check_flag("DataRows", "use_y", self.use_y)
+
     @property
     def needs_y(self) -> bool:
         return self.use_y
@@ -372,6 +431,11 @@ class CodedDataRows(Rows):
     gram_any_dtype = True
     structured = True
     gram_only = True
+
+    def check(self) -> None:
+        _check_model("CodedDataRows", self.model, CodedModel)
+        _check_flag("CodedDataRows", "bias", self.bias)
+        _check_flag("CodedDataRows", "use_y", self.use_y)
 
     @property
     def needs_y(self) -> bool:
@@ -430,6 +494,13 @@ class SketchedRows(Rows):
     sk: Any
 
     persistable = True
+
+    def check(self) -> None:
+        if not isinstance(self.inner, Rows):
+            raise NldistError(f"SketchedRows projects a Rows' block, not "
+                              f"{type(self.inner).__name__}")
+        _check_positive_int("SketchedRows", "sketch cols", getattr(self.sk, "cols", None))
+        _check_positive_int("SketchedRows", "sketch nnz", getattr(self.sk, "nnz", None))
 
     @property
     def group(self) -> int:
@@ -498,6 +569,19 @@ class BlockRows(Rows):
     needs_y = False
     #: the Gram may be accumulated from any float dtype (add_gram casts to float64)
     gram_any_dtype = True
+
+    def check(self) -> None:
+        _check_model_theta(self, "BlockRows")
+        _check_c_outputs("BlockRows", self.model)
+        if self.loss not in ("cross_entropy", "squared"):
+            raise NldistError(f"BlockRows: loss must be 'cross_entropy' (Fisher weights) or "
+                              f"'squared' (multi-output regression), not {self.loss!r}")
+        if self.k is not None:  # the seed only matters for the k sign combinations
+            _check_positive_int("BlockRows", "k (block-sketch:k)", self.k)
+            if isinstance(self.seed, (bool, np.bool_)) or not isinstance(
+                    self.seed, (int, np.integer)) or self.seed < 0:
+                raise NldistError(f"BlockRows: seed (the job's random state) must be an "
+                                  f"integer >= 0, not {self.seed!r}")
 
     @property
     def structured(self) -> bool:
@@ -596,6 +680,10 @@ class MarginRows(Rows):
     persistable = True
     needs_y = True
     group = 1
+
+    def check(self) -> None:
+        _check_model_theta(self, "MarginRows")
+        _check_c_outputs("MarginRows", self.model)
 
     @property
     def rebuild_cost(self) -> RebuildCost:
