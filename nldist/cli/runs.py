@@ -15,7 +15,9 @@ from nldist.cli.oneline import one_line_errors
 from nldist.cli.progress import Progress, bar_events, progress_bar
 from nldist.cli.shell import (
     ClusterOpt,
+    DryRunOpt,
     ForceOpt,
+    JobFileArg,
     OutOpt,
     Overrides,
     Quiet,
@@ -83,15 +85,12 @@ def run_stage(stage: str, job_file: Path, overrides, cluster, out, dry_run, verb
 @app.command()
 @one_line_errors
 def run(
-    job_file: Annotated[Path, typer.Argument(
-        help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")],
+    job_file: JobFileArg,
     cluster: ClusterOpt = None,
     out: OutOpt = None,
     overrides: Overrides = None,
     experiment: Annotated[bool, typer.Option(help="also run the job's experiment section")] = False,
-    dry_run: Annotated[
-        bool, typer.Option(help="print the plan and memory bound; run nothing")
-    ] = False,
+    dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
@@ -106,16 +105,13 @@ def run(
 @app.command()
 @one_line_errors
 def select(
-    job_file: Annotated[Path, typer.Argument(
-        help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")],
+    job_file: JobFileArg,
     cluster: ClusterOpt = None,
     out: OutOpt = None,
     overrides: Overrides = None,
     compare_full: Annotated[bool, typer.Option(
         help="also fit theta* on all rows (measured) for the exact relative error")] = False,
-    dry_run: Annotated[
-        bool, typer.Option(help="print the plan and memory bound; run nothing")
-    ] = False,
+    dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
@@ -133,8 +129,7 @@ def select(
 @app.command()
 @one_line_errors
 def fit(
-    job_file: Annotated[Path, typer.Argument(
-        help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")],
+    job_file: JobFileArg,
     cluster: ClusterOpt = None,
     out: OutOpt = None,
     overrides: Overrides = None,

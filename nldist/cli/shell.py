@@ -98,6 +98,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="replace the outputs of 
                                         "the output directory (deletes them first)")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="only errors")]
+JobFileArg = Annotated[Path, typer.Argument(
+    help="job YAML, e.g. jobs/california.yaml (- reads it from standard input)")]
+DryRunOpt = Annotated[bool, typer.Option(help="print the plan and memory bound; run nothing")]
 
 
 def _version(value: bool) -> None:
