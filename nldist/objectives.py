@@ -19,7 +19,7 @@ from nldist._checks import check_finite_block
 from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.models.coded import CodedModel
-from nldist.models.losses import check_labels, get_loss, softmax, targets
+from nldist.models.losses import check_labels, get_loss, residual_pair, softmax, targets
 from nldist.scores.linalg import kron_gram
 
 #: an oracle: theta -> {"loss", "grad"[, "gn"]}
@@ -231,12 +231,7 @@ def _coded_gn_block(model: CodedModel, theta: np.ndarray, X: np.ndarray, y: np.n
     z = model.linear_index(theta, X)
     act = model.inner.activation  # type: ignore[attr-defined]
     f = act.phi(z)
-    if loss == "squared":
-        r, dr = f - y, 1.0
-    else:
-        lo = get_loss(loss)
-        lo.check(f, y)
-        r, dr = lo.residual(f, y), lo.dresidual(f, y)
+    r, dr = residual_pair(f, y, loss)
     J = model.sparse_design(X, act.dphi(z) * dr)
     return {"loss": float(r @ r), "grad": 2.0 * np.asarray(J.T @ r).ravel(),
             "gn": 2.0 * (J.T @ J).toarray()}

@@ -13,7 +13,7 @@ import numpy as np
 
 from nldist._checks import check_finite_block
 from nldist.models.base import Model
-from nldist.models.losses import check_labels, get_loss, softmax, targets
+from nldist.models.losses import check_labels, get_loss, residual_pair, softmax, targets
 from nldist.train import ce_oracle, multi_squared_oracle, sample_oracle
 
 
@@ -60,12 +60,7 @@ def grad_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
         f = model.inner.activation.phi(z)
     else:
         f = model.predict(theta, X)
-    if loss == "squared":
-        r, dr = f - y, 1.0
-    else:
-        lo = get_loss(loss)
-        lo.check(f, y)
-        r, dr = lo.residual(f, y), lo.dresidual(f, y)
+    r, dr = residual_pair(f, y, loss)
     if sparse:  # J^T v from the sparse design (d0 + k + 1 nonzeros a row), never the dense
         # one-hot Jacobian (n x p: at flights-3m's p = 460 it made the pass 10x slower)
         A = model.sparse_design(X, model.inner.activation.dphi(z) * (r * dr))

@@ -65,7 +65,7 @@ from nldist.models.losses.vector import (
 
 __all__ = ["BCE", "BCE_EPS", "LOSSES", "MARGIN", "REGISTRY", "VECTOR_LOSSES", "CrossEntropy",
            "Loss", "Margin", "Poisson", "Squared", "VectorLoss", "check_labels",
-           "fisher_weights", "get_loss", "log_softmax", "psi_divdiff", "softmax",
+           "fisher_weights", "get_loss", "log_softmax", "psi_divdiff", "residual_pair", "softmax",
            "target_columns", "targets", "torch_combination"]
 
 #: every training loss by name, one class each: adding a loss is a class (a
@@ -85,3 +85,14 @@ def get_loss(name: str | Loss | VectorLoss) -> Any:
     if name not in REGISTRY:
         raise NldistError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
     return REGISTRY[name]()
+
+
+def residual_pair(f: Any, y: Any, loss: str) -> tuple[Any, Any]:
+    """The residuals r (n,) of predictions f (n,) against targets y (n,) and their
+    derivatives dr/df (n,) — for ``squared`` exactly ``f - y`` and the scalar 1.0 (no
+    check, no copy); other losses check f and y first (:meth:`Loss.check`)."""
+    if loss == "squared":
+        return f - y, 1.0
+    lo = get_loss(loss)
+    lo.check(f, y)
+    return lo.residual(f, y), lo.dresidual(f, y)

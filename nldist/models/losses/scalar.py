@@ -262,23 +262,26 @@ class Poisson(Loss):
             raise NldistError("loss 'poisson' needs positive model outputs; use glm:exp or "
                               "glm:softplus (a positive mean)")
 
-    def residual(self, f: Any, y: Any) -> np.ndarray:
+    @staticmethod
+    def _terms(f: Any, y: Any) -> tuple[np.ndarray, ...]:
+        """f and y broadcast as float64, the mask y > 0, y with 1 where it is 0, and the
+        relative gap u = (f - y)/y (0 where y = 0): what the residual and its derivative
+        share."""
         f = np.asarray(f, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         f, y = np.broadcast_arrays(f, y)
         pos = y > 0
         ys = np.where(pos, y, 1.0)
         u = np.where(pos, (f - y) / ys, 0.0)
+        return f, y, pos, ys, u
+
+    def residual(self, f: Any, y: Any) -> np.ndarray:
+        f, y, pos, ys, u = self._terms(f, y)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(pos, (f - y) * np.sqrt(_g0(u) / ys), np.sqrt(f))
 
     def dresidual(self, f: Any, y: Any) -> np.ndarray:
-        f = np.asarray(f, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        f, y = np.broadcast_arrays(f, y)
-        pos = y > 0
-        ys = np.where(pos, y, 1.0)
-        u = np.where(pos, (f - y) / ys, 0.0)
+        f, _, pos, ys, u = self._terms(f, y)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(pos, 1.0 / (2.0 * f * np.sqrt(_g0(u) / ys)),
                             0.5 / np.sqrt(f))
