@@ -28,10 +28,12 @@ MAX_TABLE_FEATURES = 12
 
 
 def savefig(fig: Any, path: Path) -> None:
-    """Save a figure through a temporary file and a rename (never a truncated PNG)."""
+    """Save a figure through a temporary file and a rename (never a truncated PNG), then
+    close it (pyplot keeps every open figure alive)."""
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".") or "png")
     write_bytes_atomic(path, buf.getvalue())
+    pyplot().close(fig)
 
 
 def kind_color(kind: str) -> str:

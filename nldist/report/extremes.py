@@ -123,7 +123,6 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: st
     ax.set_title(title, fontsize=10)
     fig.tight_layout(pad=0.3)
     savefig(fig, path)
-    plt.close(fig)
     return path
 
 

@@ -69,7 +69,6 @@ def plot_experiment(result: dict, path: Path, title: str | None = None) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     savefig(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -147,7 +146,6 @@ def plot_scores(scores_store: Path, path: Path, bins: int = 50) -> Path | None:
         ax.set_visible(False)
     fig.tight_layout()
     savefig(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -177,7 +175,6 @@ def plot_diagnostics(d: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     savefig(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -226,5 +223,4 @@ def plot_timings(groups: dict[str, dict[str, float]], path: Path) -> Path | None
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
     savefig(fig, path)
-    plt.close(fig)
     return path

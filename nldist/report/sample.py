@@ -122,7 +122,6 @@ def plot_weights(draws: list[Draws], path: Path, bins: int = 40) -> Path | None:
         ax.set_visible(False)
     fig.tight_layout()
     savefig(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -227,7 +226,6 @@ def plot_score_residual(score: np.ndarray, resid: np.ndarray, weights: np.ndarra
     ax.grid(True, which="both", alpha=0.25)
     fig.tight_layout()
     savefig(fig, path)
-    plt.close(fig)
     return path
 
 
