@@ -318,7 +318,8 @@ class Bench:
         tot = None
         for a, b in chunks(n, self.chunk):
             D = rows.matrix(self.t.rows(slice(a, b)), self.t.y[a:b])
-            v = oneread._row_values(np.ascontiguousarray(D, dtype=np.float64), theta, fac, 1)
+            v = oneread._row_values(np.ascontiguousarray(D, dtype=np.float64), theta, fac,
+                                    int(rows.group))
             q = oneread._candidates(v, fac.z_hat)
             Q[:, a:b] = q
             gam[a:b] = v.gamma

@@ -10,8 +10,8 @@ What differs from ``bench_sampling.py``:
 
 * the table (:func:`fashion_table`): a :class:`bench_sampling.Table` with the 100 pixels as
   its numeric block and no categoricals;
-* :class:`FashionBench.values` passes the dual rows' ``group`` to ``oneread._row_values``
-  (the parent passes 1). For ``loss: cross_entropy`` :class:`nldist.scores.rows.DualRows` has
+* the parent's ``values`` passes the dual rows' ``group`` to ``oneread._row_values``. For
+  ``loss: cross_entropy`` :class:`nldist.scores.rows.DualRows` has
   ``group == 1``: its rows are the residual adjoint ``[r*(θ), r(0)]`` with one signed residual
   ``r_i = ±√ℓ_i`` per example (checked: ``Σ r_i² = Σ ℓ_i``), not C rows per example (C rows
   are the multi-output *squared* loss's). The parent's pilot factor and ``estimate_totals``
@@ -124,34 +124,6 @@ class FashionBench(bs.Bench):
             if len(Rs) > 4:
                 Rs = [np.linalg.qr(np.vstack(Rs), mode="r")]
         return np.linalg.qr(np.vstack(Rs), mode="r")
-
-    def values(self, fac: oneread.RowFactor, k: str, rows=None, theta=None
-               ) -> tuple[np.ndarray, dict]:
-        """The parent's per-row candidate values, with the rows' group (rows per example)."""
-        rows = self.rows if rows is None else rows
-        theta = self.theta0 if theta is None else theta
-        g = int(rows.group)
-        n = self.t.n
-        Q = np.empty((len(oneread.CANDIDATES), n))
-        gam = np.empty(n)
-        tot = None
-        for a, b in bs.chunks(n, self.chunk):
-            D = rows.matrix(self.t.rows(slice(a, b)), self.t.y[a:b])
-            v = oneread._row_values(np.ascontiguousarray(D, dtype=np.float64), theta, fac, g)
-            q = oneread._candidates(v, fac.z_hat)
-            Q[:, a:b] = q
-            gam[a:b] = v.gamma
-            part = oneread._sums(v, q)
-            tot = part if tot is None else oneread.totals([tot, part])
-        if hasattr(self, "s_max"):  # as the parent: the heavy rows the kernel's pass returns
-            tot["heavy"] = []
-            for j in range(len(oneread.CANDIDATES)):
-                big = Q[j] >= tot["Z"][j] / (2.0 * self.s_max)
-                tot["heavy"].append(np.stack([Q[j][big], gam[big]]))
-        self.gamma[k] = gam
-        self.nonfinite[k] = {
-            "q": int(np.sum(~np.isfinite(Q))), "gamma": int(np.sum(~np.isfinite(gam)))}
-        return Q, tot
 
     def run(self, draws: int, s_mults: list[int], cli: bool) -> dict:
         g = DualRows(self.m, np.zeros(self.p), use_y=True, loss=self.t.loss).group
