@@ -83,6 +83,26 @@ def test_csv_glob_and_file_url(diamonds, tmp_path, src, sync_scheduler):
     _same_dataset(ref, got)
 
 
+def test_a_job_over_a_csv_directory_hashes_its_files_once(diamonds, tmp_path, monkeypatch,
+                                                          sync_scheduler):
+    """The data stage's fingerprint of the source (every byte of its text files hashed) is
+    the one the ingest's resume key uses: not taken a second time."""
+    import nldist.ingest.sources as sources
+
+    d, target = diamonds
+    calls = []
+    real = sources.text_contents
+    monkeypatch.setattr(sources, "text_contents", lambda src: calls.append(src) or real(src))
+    job = validate_job({"name": "csv", "model": "linear",
+                        "cluster": {"address": "synchronous"},
+                        "dataset": {"source": str(d / "csv"), "target": target,
+                                    "chunk_rows": 10_000}})
+    path = stages.data.ingest(RunContext(job, tmp_path / "o"))
+    assert calls == [str(d / "csv")]
+    _same_dataset(ingest(d / "all.csv", tmp_path / "ref.zarr", target=target,
+                         chunk_rows=10_000), path)
+
+
 def test_missing_values_are_counted_across_partitions(tmp_path, sync_scheduler):
     rng = np.random.default_rng(0)
     (tmp_path / "t").mkdir()

@@ -85,7 +85,8 @@ def _table_statistics(source: str, o: IngestOptions) -> tuple[str, str, list, di
     return fmt, pattern, parts, stats, plan
 
 
-def table_view(source: str, *, options: IngestOptions | None = None, **settings: Any) -> dict:
+def table_view(source: str, *, options: IngestOptions | None = None,
+               fingerprint: dict | None = None, **settings: Any) -> dict:
     """A Parquet table scored in place, without ingest: its statistics pass only (settings:
     ``options`` or keywords, :class:`nldist.options.IngestOptions`).
 
@@ -97,7 +98,9 @@ def table_view(source: str, *, options: IngestOptions | None = None, **settings:
     -------
     dict (JSON-ready): ``plan`` (the encoding), ``sizes`` (rows per partition), ``n_rows``,
     ``n_features``, ``chunk_rows`` (the row grid of the passes), ``options``, ``attrs``
-    (what an ingested store would record) and ``source_fingerprint``.
+    (what an ingested store would record) and ``source_fingerprint`` (``fingerprint``: the
+    caller's :func:`source_fingerprint` of ``source``, not taken again — for a text table it
+    hashes every byte).
     """
     o = IngestOptions.of("table_view", options, **settings)
     fmt, pattern, parts, stats, plan = _table_statistics(source, o)
@@ -110,7 +113,8 @@ def table_view(source: str, *, options: IngestOptions | None = None, **settings:
             "sizes": [int(k) for k in stats["sizes"]], "n_rows": int(n), "n_features": d,
             "chunk_rows": cr, "options": {"features": o.features, "classes": o.classes,
                                           "dropna": o.dropna},
-            "source_fingerprint": source_fingerprint(source),
+            "source_fingerprint": (fingerprint if fingerprint is not None
+                                   else source_fingerprint(source)),
             "attrs": {**plan["attrs"], "source": str(source), "format": "parquet (in place)",
                       "n_rows": int(n), "n_features": d, "chunk_rows": cr,
                       "partitions": len(parts), "nldist_version": __version__}}
@@ -135,15 +139,18 @@ def ingest_table(source: str, out: str | Path, *,
                  progress: Callable[[int, int], None] | None = None,
                  options: IngestOptions | None = None, overwrite: bool = False,
                  reservoir: int = RESERVOIR_ROWS, seed: int = 0,
-                 extra_attrs: dict | None = None, **settings: Any) -> Path:
+                 extra_attrs: dict | None = None, fingerprint: dict | None = None,
+                 **settings: Any) -> Path:
     """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
     on the current Dask cluster: :func:`_ingest_table`, with ``progress(done, total)`` told
     as the partition tasks of its two passes finish (a chunk-level bar; None: the listener
     already in force, e.g. a pipeline stage's). Settings: ``options`` or keywords
-    (:class:`nldist.options.IngestOptions`); the rest as :func:`nldist.ingest.ingest`."""
+    (:class:`nldist.options.IngestOptions`); ``fingerprint``: the caller's
+    :func:`source_fingerprint` of ``source`` (not taken again: for a text table it hashes
+    every byte); the rest as :func:`nldist.ingest.ingest`."""
     o = IngestOptions.of("ingest_table", options, **settings)
     run = partial(_ingest_table, source, out, o, overwrite=overwrite, reservoir=reservoir,
-                  seed=seed, extra_attrs=extra_attrs)
+                  seed=seed, extra_attrs=extra_attrs, fingerprint=fingerprint)
     if progress is None:
         return run()
     with chunk_progress(progress):
@@ -151,7 +158,8 @@ def ingest_table(source: str, out: str | Path, *,
 
 
 def _ingest_table(source: str, out: str | Path, o: IngestOptions, *, overwrite: bool,
-                  reservoir: int, seed: int, extra_attrs: dict | None) -> Path:
+                  reservoir: int, seed: int, extra_attrs: dict | None,
+                  fingerprint: dict | None = None) -> Path:
     """Out-of-core, distributed ingest of a CSV / Parquet table (file, directory, glob or URL)
     on the current Dask cluster (:mod:`nldist.ingest.plan` for the two passes).
 
@@ -165,7 +173,8 @@ def _ingest_table(source: str, out: str | Path, o: IngestOptions, *, overwrite: 
     out = check_out(out, overwrite)
     dtype = o.dtype
     # the reuse key of a killed ingest: the settings' digest, the source, the reservoir
-    rkey = digest({"source": source_fingerprint(source), "options": o.digest(),
+    fp = fingerprint if fingerprint is not None else source_fingerprint(source)
+    rkey = digest({"source": fp, "options": o.digest(),
                    "reservoir": [reservoir, seed], "version": __version__}, 32)
     tmp = partial_path(out)
     old = resumable(out, rkey)

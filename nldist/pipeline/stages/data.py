@@ -156,7 +156,8 @@ def _ingest_in_place(ctx: RunContext) -> Path:
     ingest (settings and the source files' fingerprint); no copy of the data."""
     ds = ctx.job.dataset
     path = ctx.out / TABLE_VIEW
-    key = stage_key(ctx, "ingest", source=ingest_mod.source_fingerprint(ds.source))
+    fp = ingest_mod.source_fingerprint(ds.source)
+    key = stage_key(ctx, "ingest", source=fp)
     old = None
     if path.exists():
         ctx.memo.pop(TABLE_VIEW, None)
@@ -170,7 +171,7 @@ def _ingest_in_place(ctx: RunContext) -> Path:
         if path.exists():
             ctx.note("ingest", False, "source or settings changed")
         with ctx.timed("table"):
-            view = ingest_mod.table_view(ds.source, options=ds.ingest_options())
+            view = ingest_mod.table_view(ds.source, options=ds.ingest_options(), fingerprint=fp)
             ctx.read("table statistics", 1.0, store=True)
         view["key"] = key
         ctx.out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,8 @@ def ingest(ctx: RunContext) -> Path:
     if path != ctx.out / "dataset.zarr" or is_dataset(as_path(ds.source)):
         ctx.dataset_fp = dataset_fingerprint(path)  # a Zarr source, in place: never replaced
         return path
-    key = stage_key(ctx, "ingest", source=ingest_mod.source_fingerprint(ds.source))
+    fp = ingest_mod.source_fingerprint(ds.source)
+    key = stage_key(ctx, "ingest", source=fp)
     if path.exists() and not is_partial(path):  # a killed ingest's partial store: resumed
         if read_attrs(path).get("ingest_key") == key:
             ctx.dataset_fp = dataset_fingerprint(path)
@@ -209,7 +211,8 @@ def ingest(ctx: RunContext) -> Path:
             ctx.out.mkdir(parents=True, exist_ok=True)
             ingest_mod.ingest_table(
                 ds.source, path, options=ds.ingest_options(), overwrite=True,
-                reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s), extra_attrs={"ingest_key": key})
+                reservoir=max(RESERVOIR_ROWS, ctx.job.pilot_s), extra_attrs={"ingest_key": key},
+                fingerprint=fp)
         ctx.dataset_fp = dataset_fingerprint(path)
         return path
     with ctx.timed("ingest"):
