@@ -318,7 +318,8 @@ def _pass2_rebuild(
     # set, so a fresh (slice, q) array per slice costs page faults (about doubles pass 2)
     if (spec.rows.structured and spec.reduction.gram and be.host_gram
             and not linalg.zero_leverage(n, norm.factor)):  # softmax blocks: no rows formed
-        P = linalg.leverage_form(norm.factor)
+        P = (linalg.leverage_factor if spec.rows.quad_factor else linalg.leverage_form)(
+            norm.factor)
         for s in slices:
             out[s] = spec.rows.row_values(X[s], _sl(yy, s), offset + s.start, P)
         return out

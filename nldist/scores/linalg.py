@@ -70,6 +70,8 @@ __all__ = [
     "combine_r",
     "finalize_r",
     "gram",
+    "leverage_factor",
+    "leverage_form",
     "row_leverage",
     "row_sqnorms",
     "zero_leverage",
@@ -443,6 +445,15 @@ def leverage_form(fac: RFactor) -> np.ndarray:
         return fac.basis @ fac.basis.T
     Rinv = sla.solve_triangular(fac.solve_r, np.eye(fac.solve_r.shape[0]), lower=False)
     return Rinv @ Rinv.T
+
+
+def leverage_factor(fac: RFactor) -> np.ndarray:
+    """A (q, r) matrix B with :func:`leverage_form`'s ``P = B Bᵀ``: leverage as the sum of
+    squares ``‖Bᵀ a_i‖²``, which has no cancellation (rows with structure that take B:
+    :class:`nldist.scores.rows.BlockRows` of ``softmax:<C>``)."""
+    if fac.solve_r is None:
+        return fac.basis
+    return sla.solve_triangular(fac.solve_r, np.eye(fac.solve_r.shape[0]), lower=False)
 
 
 def zero_leverage(n: int, fac: RFactor) -> bool:

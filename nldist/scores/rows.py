@@ -232,6 +232,11 @@ class Rows:
         ``row_values(X, y, offset, P)`` gives leverage rows without forming the block.
     fills_buffer : bool
         ``matrix(X, y, out=buf)`` writes into a caller's buffer.
+    quad_factor : bool
+        ``row_values`` takes a factor B of P (``P = B Bᵀ``, :func:`nldist.scores.linalg.
+        leverage_factor`) and sums squares ``‖B ᵀ a‖²``, which cannot cancel, instead of the
+        quadratic form ``aᵀ P a`` (whose rounding grows with cond(R)², and sums a few
+        (C-1)q-wide products of mixed sign).
     gram_only : bool
         The passes never form the block (sparse rows of coded categoricals): pass 1 takes
         its R from the Gram up to ``linalg.KAPPA_CHOLQR2`` (the Gram's rounding then costs
@@ -246,6 +251,7 @@ class Rows:
     gram_any_dtype: bool = False
     structured: bool = False
     fills_buffer: bool = False
+    quad_factor: bool = False
     gram_only: bool = False
 
     def __post_init__(self) -> None:
@@ -569,6 +575,7 @@ class BlockRows(Rows):
     needs_y = False
     #: the Gram may be accumulated from any float dtype (add_gram casts to float64)
     gram_any_dtype = True
+    quad_factor = True
 
     def check(self) -> None:
         _check_model_theta(self, "BlockRows")
@@ -647,25 +654,31 @@ class BlockRows(Rows):
 
     # -- softmax: the passes without the explicit rows -----------------------------------
     def _kron_parts(self, X: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        NQ, Xd = self._kron_rows(X, offset)
+        return np.einsum("nga,ngb->nab", NQ, NQ), Xd  # K (n, C-1, C-1)
+
+    def _kron_rows(self, X: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        """``N_i Q`` (n, group, C-1) and the design rows ``x~_i`` (n, q): row ``(i, g)`` of
+        the block is ``(N_i Q)[g] (x) x~_i``."""
         X = self.model.check_X(X)
-        NQ = self._weights(X, offset) @ contrast_basis(self.model.n_outputs)
-        K = np.einsum("nga,ngb->nab", NQ, NQ)  # (n, C-1, C-1)
-        return K, self.model.kron_design(X)
+        return (self._weights(X, offset) @ contrast_basis(self.model.n_outputs),
+                self.model.kron_design(X))
 
     def add_gram(self, G: np.ndarray, X: np.ndarray, y: np.ndarray | None,
                  offset: int = 0) -> None:
         """G += sum_i K_i (x) x~_i x~_i^T (only for ``structured`` rows)."""
         G += kron_gram(*self._kron_parts(X, offset))
 
-    def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, P: np.ndarray
+    def row_values(self, X: np.ndarray, y: np.ndarray | None, offset: int, B: np.ndarray
                    ) -> np.ndarray:
-        """Per example sum of its rows' ``a^T P a`` (n,), P from ``leverage_form``."""
-        K, Xd = self._kron_parts(X, offset)
-        n, c1, q = K.shape[0], K.shape[1], Xd.shape[1]
-        Pt = P.reshape(c1, q, c1, q).transpose(1, 0, 2, 3).reshape(q, c1 * c1 * q)
-        U = (Xd @ Pt).reshape(n, c1, c1, q)
-        Z = np.einsum("nabl,nl->nab", U, Xd)
-        return np.einsum("nab,nab->n", K, Z)
+        """Per example the sum of its rows' ``‖Bᵀ a‖²`` (n,), B ((C-1) q, r) from
+        ``leverage_factor``: ``Bᵀ((N_i Q)[g] (x) x~_i) = Σ_a (N_i Q)[g, a] B_aᵀ x~_i`` with
+        ``B_a`` the rows of class a, so one GEMM of the design rows with all ``B_a``."""
+        NQ, Xd = self._kron_rows(X, offset)
+        n, c1, q, r = NQ.shape[0], NQ.shape[2], Xd.shape[1], B.shape[1]
+        W = (Xd @ B.reshape(c1, q, r).transpose(1, 0, 2).reshape(q, c1 * r)).reshape(n, c1, r)
+        V = np.matmul(NQ, W)
+        return np.einsum("ngr,ngr->n", V, V)
 
 
 @dataclass(frozen=True)
