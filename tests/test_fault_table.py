@@ -622,13 +622,6 @@ def test_a_task_that_kills_its_workers_is_one_line(tmp_path):
         "out of memory (Unable to allocate 2.62 TiB); raise cluster.memory_limit")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 29, open: worker processes hit by the terminal's SIGINT while Python starts in "
-    "them print 'Fatal Python error: init_import_site' and a traceback each. Spawning them "
-    "with SIGINT blocked (a mask inherited across exec) removes that, but left the event "
-    "loop's threads with SIGINT blocked and a worker its nanny restarted (over its memory "
-    "limit) then never came back: the run hung (2 of 3 tries); reverted. The driver's side "
-    "is one line (quiet_interrupt covers the start)."))
 def test_ctrl_c_while_the_local_cluster_starts_is_one_line(tmp_path):
     """Ctrl-C (SIGINT to the whole foreground process group) the moment the first worker
     process of the local cluster exists — Python still starting in it: exit 130 (as a shell

@@ -61,7 +61,7 @@ def local_cluster(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(memory_records_to_log(log_file))  # (closed last)
         # (a Ctrl-C during the start is one line from the driver)
-        with quiet_interrupt(), _workers_start(cfg):
+        with quiet_interrupt(), _workers_start(cfg), _workers_stderr_to(log_file):
             cluster = stack.enter_context(LocalCluster(
                 n_workers=cfg.n_workers,
                 threads_per_worker=cfg.threads_per_worker,
@@ -77,6 +77,46 @@ def local_cluster(cfg: Any, log_file: str | None = None) -> Iterator[Any]:
             client.register_worker_callbacks(setup=functools.partial(setup_worker, log_file))
         log.info("LocalCluster: %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def _workers_stderr_to(log_file: str | None) -> Iterator[None]:
+    """While the local cluster starts, file descriptor 2 is ``log_file`` (run.log), so the
+    worker processes spawned meanwhile inherit it as their stderr; the driver's own writes
+    through ``sys.stderr`` still reach the console (a file object on a copy of the original
+    descriptor). A Ctrl-C reaches the whole foreground process group: a worker in which
+    Python is still starting then prints "Fatal Python error: init_import_site" and a
+    traceback — into run.log now (/dev/null while --out does not exist yet), not under the
+    driver's one line. (Blocking SIGINT in the
+    spawned workers instead left the event loop's threads with SIGINT blocked and a worker
+    restarted by its nanny never came back.) Without a log file nothing changes."""
+    if not log_file:
+        yield
+        return
+    try:  # (a run's --out may not exist yet: nothing is created for this)
+        target = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        target = os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    old = sys.stderr
+    sys.stderr = open(  # noqa: SIM115 - closed below
+        os.dup(saved), "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+        errors="backslashreplace")
+    os.dup2(target, 2)
+    os.close(target)
+    try:
+        yield
+    finally:
+        console = sys.stderr
+        with contextlib.suppress(OSError, ValueError):
+            console.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if sys.stderr is console:  # (not replaced meanwhile)
+            sys.stderr = old
+        with contextlib.suppress(OSError, ValueError):
+            console.close()
 
 
 @contextlib.contextmanager
