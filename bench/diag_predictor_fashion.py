@@ -22,7 +22,9 @@ for several M:
 * d    : what a one-read pass could compute instead (no theta*): g_i at theta_0, the true CE
          Hessian at theta_0 from the 10,000-row pilot (times n/m), lambda_0 from the 2,000-row
          pilot fit's KKT, tangent projection at theta_0, divided by L(theta_0);
-         d_fullH: the same with the full-data Hessian at theta_0; d_nolam: pilot H, no lambda.
+         d_fullH: the same with the full-data Hessian at theta_0; d_nolam: pilot H, no lambda;
+         d_lam10k: pilot H, lambda = -theta_0' grad L_10k(theta_0) / |theta_0|^2 from the
+         10,000-row pilot's gradient (times n/m) instead of the pilot fit's multiplier.
 
 Then refits seed-0 draws (bench's own draws) and compares the actual excess loss with the
 quadratic model 1/2 d^T (H + lambda I) d, the first-order term grad L^T d, and the linearised
@@ -198,6 +200,10 @@ def main() -> None:
     gp = (n / p1.size) * (G0[p1].T @ Xd[p1]).ravel()
     lam0 = -float(theta0 @ gp) / float(theta0 @ theta0)
     kkt0 = float(np.linalg.norm(gp + lam0 * theta0) / np.linalg.norm(gp))
+    g10 = (n / pilot.size) * (G0[pilot].T @ Xd[pilot]).ravel()  # the 10,000-row pilot
+    lam10 = -float(theta0 @ g10) / float(theta0 @ theta0)
+    gfull0 = (G0.T @ Xd).ravel()
+    lamfull0 = -float(theta0 @ gfull0) / float(theta0 @ theta0)
     K0 = P0[:, :, None] * np.eye(C)[None] - P0[:, :, None] * P0[:, None, :]
     H0_pilot = (n / pilot.size) * kron_gram(K0[pilot], Xd[pilot])
     H0_full = kron_gram(K0, Xd)
@@ -208,12 +214,14 @@ def main() -> None:
     M_d, _ = sym_pinv_on(B0, 0.5 * (H0_pilot + H0_pilot.T) + lam0 * np.eye(p))
     M_dfull, _ = sym_pinv_on(B0, 0.5 * (H0_full + H0_full.T) + lam0 * np.eye(p))
     M_dnolam, _ = sym_pinv_on(U, 0.5 * (H0_pilot + H0_pilot.T))
+    M_d10, _ = sym_pinv_on(B0, 0.5 * (H0_pilot + H0_pilot.T) + lam10 * np.eye(p))
     log(f"theta_0: |theta0| {np.linalg.norm(theta0):.6g}, pilot-fit lambda_0 {lam0:.6g} "
-        f"(KKT residual {kkt0:.1e}); L(theta0) {L0:.6g}")
+        f"(KKT residual {kkt0:.1e}); -theta0'grad/|theta0|^2 on the 10,000-row pilot {lam10:.6g}, "
+        f"on all rows {lamfull0:.6g}; L(theta0) {L0:.6g}")
 
     # per-row quadratic forms u_i = g_i^T M g_i (and the kernel's gamma at theta*)
     Ms = {"a": M_a, "aP": M_aP, "b": M_b, "b_noP": M_bnoP, "c0": M_c0, "c": M_c}
-    Ms0 = {"d": M_d, "d_fullH": M_dfull, "d_nolam": M_dnolam}
+    Ms0 = {"d": M_d, "d_fullH": M_dfull, "d_nolam": M_dnolam, "d_lam10k": M_d10}
     u = {k: np.empty(n) for k in (*Ms, *Ms0)}
     gam_star = np.empty(n)
     cos_sec = np.empty(n)
@@ -237,6 +245,7 @@ def main() -> None:
     spec = {
         "lambda": lam, "L_star": L_star, "norm_theta_star": float(np.linalg.norm(th)),
         "L_theta0": L0, "norm_theta0": float(np.linalg.norm(theta0)), "lambda0_pilot_fit": lam0,
+        "lambda0_10k_pilot": lam10, "lambda0_all_rows": lamfull0,
         "kkt0_rel_residual": kkt0, "kkt_rel_residual": kkt, "shift_part_theta_star": shift,
         "H_contrast_eigs_quantiles": {str(qq): float(np.quantile(evH, qq))
                                       for qq in (0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 1)},
@@ -273,21 +282,22 @@ def main() -> None:
                    "K*": float(np.sum(f * gam_star) / L_star)}
             for key in ("c0", "a", "aP", "b_noP", "b", "c"):
                 row[key] = float(0.5 * np.sum(f * u[key]) / L_star)
-            for key in ("d", "d_fullH", "d_nolam"):  # one-read quantities: L(theta_0)
+            for key in ("d", "d_fullH", "d_nolam", "d_lam10k"):  # one-read quantities: L(theta_0)
                 row[key] = float(0.5 * np.sum(f * u[key]) / L0)
             row["ess"] = float(n * n / np.sum(1.0 / pi))
             table[f"{s}|{name}"] = row
     hdr = ("s      dist                         meas    kernel  K*      c0      a       aP      "
-           "b_noP   b       c       d       d_fullH d_nolam| ker/m  a/m   b/m   c/m   d/m")
+           "b_noP   b       c       d       d_fullH d_nolam d_lam10k| ker/m  a/m   b/m   c/m   "
+           "d/m  d10/m")
     print(hdr)
     for key, row in table.items():
         s, name = key.split("|")
         me = row["measured"]
         print(f"{s:6s} {name:28s} " + " ".join(f"{row[x]:7.4f}" for x in (
             "measured", "kernel", "K*", "c0", "a", "aP", "b_noP", "b", "c", "d", "d_fullH",
-            "d_nolam"))
+            "d_nolam", "d_lam10k"))
               + f" | {row['kernel'] / me:5.2f} {row['a'] / me:5.2f} {row['b'] / me:5.2f} "
-              f"{row['c'] / me:5.2f} {row['d'] / me:5.2f}")
+              f"{row['c'] / me:5.2f} {row['d'] / me:5.2f} {row['d_lam10k'] / me:5.2f}")
 
     # ---- refits: convergence, the sphere, the quadratic model, the linearised step -------
     fits = []
