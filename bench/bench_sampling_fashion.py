@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_sampling as bs  # noqa: E402
 
 import nldist.datasets  # noqa: E402
+from nldist.precond.gradient import ball_multiplier  # noqa: E402
 from nldist.scores import oneread  # noqa: E402
 from nldist.scores.rows import DualRows  # noqa: E402
 
@@ -173,23 +174,33 @@ def repredict(b: FashionBench, path: Path = OUT) -> None:
     facx = oneread.factor_from_r(b.exact_R(b.theta0), n)
     facx = dataclasses.replace(facx, z_hat=oneread.estimate_totals(Dp, b.theta0, facx))
     b.s_max = max(d["s"])
-    TOT = {}
+    # the ball's multiplier at theta_0 from the factor's pilot rows (n/m each), as select
+    # estimates it (pipeline.oneread.sample): the predictions see it (RowFactor.with_ball)
+    lam = ball_multiplier(b.m, b.theta0, t.rows(pilot), t.y[pilot], t.radius,
+                          weight=n / pilot.size, loss=t.loss)
+    d["ball_multiplier_theta0"] = lam
+    print(f"ball multiplier at theta_0 (pilot of {pilot.size}): {lam:.4g}")
+    TOT, TOT0 = {}, {}
     for k, fac in {"1read": fac1, "exact": facx}.items():
-        TOT[k] = b.values(fac, k)[1]
+        TOT0[k] = b.values(fac, k)[1]
+        TOT[k] = b.values(fac.with_ball(lam), k)[1]
         zr = np.max(np.abs(TOT[k]["Z"] - np.array([d["totals"][k][c] for c in
                                                     oneread.CANDIDATES])) / TOT[k]["Z"])
         assert zr < 1e-9, f"factor {k}: totals differ ({zr:.2g})"
     for s in d["s"]:
         r = d["results"][str(s)]
         pred = {k: oneread.predict(TOT[k], s, p) for k in TOT}
+        pred0 = {k: oneread.predict(TOT0[k], s, p) for k in TOT0}
         chosen, why = oneread.choose(pred["1read"])
-        d["auto"][str(s)] = {"kind": chosen, "why": why,
-                             "in_the_run_without_heavy_rows": d["auto"][str(s)]}
+        prev = d["auto"][str(s)]
+        d["auto"][str(s)] = {"kind": chosen, "why": why, "in_the_run_without_heavy_rows":
+                             prev.get("in_the_run_without_heavy_rows", prev)}
         for name in bs.DISTS[:-1]:
             c, k = ("uniform", "1read") if name == "uniform" else name.split("@")
             pr = pred[k][c]
             med = r[name]["median"]
-            r[name].update(predicted_without_heavy_rows=r[name]["predicted"],
+            r[name].setdefault("predicted_without_heavy_rows", r[name]["predicted"])
+            r[name].update(predicted_without_ball=pred0[k][c]["predicted"],
                            predicted=pr["predicted"], trusted=pr["trusted"], d_n=pr["d_n"],
                            ess=pr["ess"], ess_ok=pr["ess_ok"],
                            ratio_pred_over_median=pr["predicted"] / med if med > 0 else None)

@@ -190,6 +190,65 @@ def test_the_predictor_is_the_dense_first_order_formula():
     assert np.isclose(oneread.predict(tot, s_eps, m.n_params)["influence"]["predicted"], 0.01)
 
 
+@pytest.mark.parametrize("factor", ["exact", "pilot"])
+def test_the_ball_multiplier_enters_the_prediction_as_a_ridge_and_nothing_else(factor):
+    """On the sphere each row's term is ½ gᵀ(H + λI)⁻¹g = r² aᵀ(G + λ/2 I)⁻¹a: the
+    prediction with ``with_ball(λ)`` is the dense formula with that ridge (the pilot's Gram
+    scaled by m/n); the sampling values (q), the leverage and the guard do not change."""
+    X, y, m, th = _problem()
+    n = X.shape[0]
+    rows = DualRows(m, th, use_y=True)
+    D = rows.matrix(X, y)
+    A, c = D[:, :-1], D[:, -1]
+    if factor == "exact":
+        fac, G, ratio = oneread.factor_from_r(np.linalg.qr(D, mode="r"), n), A.T @ A, 1.0
+    else:
+        pilot = np.random.default_rng(3).choice(n, 1500, replace=False)
+        fac, G, ratio = oneread.factor(D[pilot], n), A[pilot].T @ A[pilot], 1500 / n
+    fac = replace(fac, z_hat={"nonlinear-leverage": 3.0, "raw-influence": 5.0,
+                              "uniform": float(n)})
+    lam = 0.3 * float(np.linalg.eigvalsh(A.T @ A)[-1])  # a ridge that matters
+    ball = fac.with_ball(lam)
+    assert np.isclose(ball.ridge, ratio * lam / 2)
+    parts0 = _draw(X, y, rows, th, fac, np.full(4, 1e300), 0, 1000)  # every row drawn
+    parts = _draw(X, y, rows, th, ball, np.full(4, 1e300), 0, 1000)
+    plain, tot = oneread.totals(parts0), oneread.totals(parts)
+    r = A @ th + c
+    inv = np.linalg.inv(G + ratio * lam / 2 * np.eye(G.shape[0]))
+    gamma = r**2 * ratio * np.einsum("ij,jk,ik->i", A, inv, A)
+    assert np.isclose(tot["B"], gamma.sum(), rtol=1e-8)
+    assert tot["B"] < 0.9 * plain["B"]
+    for k in ("Z", "D", "W", "L", "H"):  # the values drawn by and the guard: unchanged
+        np.testing.assert_array_equal(tot[k], plain[k])
+    for a, b in zip(parts0, parts, strict=True):
+        np.testing.assert_array_equal(a["q"], b["q"])
+    # the first-order formula at s with the ridge's terms
+    s = 400
+    pred = oneread.predict(tot, s, m.n_params)
+    with pytest.raises(NldistError, match="multiplier must be finite and >= 0"):
+        fac.with_ball(-1.0)
+    u = pred["uniform"]["predicted"]
+    assert np.isclose(u, (n / s - 1) * gamma.sum() / np.sum(r**2), rtol=1e-8)
+
+
+def test_the_ball_multiplier_is_the_kkt_multiplier_on_the_sphere_and_0_inside():
+    from nldist.precond.gradient import ball_multiplier, grad_block
+    from nldist.train import train_on_sample
+
+    X, y, m, _ = _problem("bce", n=3000)
+    w = np.ones(len(y))
+    free = train_on_sample(m, X, y, w, radius=1e3, loss="bce").theta
+    assert ball_multiplier(m, free, X, y, 1e3, loss="bce") == 0.0  # interior
+    R = 0.5 * float(np.linalg.norm(free))
+    on = train_on_sample(m, X, y, w, radius=R, tol=1e-12, loss="bce").theta
+    lam = ball_multiplier(m, on, X, y, R, loss="bce")
+    g = grad_block(m, on, X, y, loss="bce")["grad"]
+    assert lam > 0
+    assert np.linalg.norm(g + lam * on) < 1e-4 * np.linalg.norm(g)  # KKT: ∇L + λθ = 0
+    # counted n/m times (a pilot's rows): the multiplier scales with the weight
+    assert np.isclose(ball_multiplier(m, on, X, y, R, weight=7.0, loss="bce"), 7.0 * lam)
+
+
 def test_the_prediction_caps_the_rows_a_sample_takes_with_certainty():
     """With few rows of high leverage and large residuals, a sample of moderate size takes
     them with certainty (pi = 1): their terms vanish, and the prediction is the dense capped

@@ -20,6 +20,7 @@ from nldist.errors import NldistError
 from nldist.models.losses import target_columns
 from nldist.pipeline import stages
 from nldist.pipeline.context import RunContext
+from nldist.precond.gradient import ball_multiplier
 from nldist.scores import oneread, oneread_plan
 from nldist.scores.spec import make_spec
 
@@ -86,6 +87,11 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     eps = job.target_error if s is None else None
     with ctx.timed("factor"):
         fac, Dp, fprov, pilot_xy = _factor(ctx, rows, theta0, exact, n)
+        # the predicted error sees the ball (RowFactor.with_ball): its multiplier at theta_0
+        # from the factor's pilot rows (n/m each)
+        lam = ball_multiplier(m, theta0, *pilot_xy, job.radius,
+                              weight=n / max(1, int(pilot_xy[0].shape[0])), loss=job.loss)
+        fac = fac.with_ball(lam)
         fac, rates, s_plan, heavy = oneread_plan.plan(Dp, theta0, fac, rows.group, kind, s, eps)
     seed = int(job.seed)
     t0 = time.perf_counter()
@@ -102,7 +108,7 @@ def sample(ctx: RunContext, kind: str, theta0: np.ndarray, s: int | None, eval_r
     info["pooling"] = {"pilot_rows": m_pilot, "pilot_predicted": pil,
                        "lambda": oneread_plan.pooling_weight(np.inf if pred is None else pred, pil)}
     info.update(exact_factor=exact, planned_size=s_plan, factor=fprov,
-                totals_pilot_estimate=fac.z_hat)
+                totals_pilot_estimate=fac.z_hat, ball_multiplier=lam)
     return {"indices": got["idx"][keep], "weights": w, "X": got["X"][keep],
             "pilot": pilot_xy,
             "q": got["q"][:, keep], "residual": got["r"][keep],

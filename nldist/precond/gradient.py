@@ -17,6 +17,27 @@ from nldist.models.losses import check_labels, get_loss, residual_pair, softmax,
 from nldist.train import ce_oracle, multi_squared_oracle, sample_oracle
 
 
+def ball_multiplier(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                    radius: float | None, *, weight: float = 1.0, loss: str = "squared",
+                    rtol: float = 1e-6) -> float:
+    """The ball's KKT multiplier λ >= 0 at theta, ``∇L + λθ = 0``, estimated from the rows
+    X, y (each counted ``weight`` times: n/m for a uniform pilot of m of n rows):
+    ``max(0, −θᵀ∇L/‖θ‖²)`` when ``‖θ‖ >= (1 − rtol)·radius`` (theta on the sphere), else 0
+    (an interior point has λ = 0). L is :func:`grad_block`'s loss (Σ r_i², Σ CE_i, ...).
+
+    Returns
+    -------
+    float
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    nrm = float(np.linalg.norm(theta))
+    if radius is None or not np.isfinite(radius) or nrm <= 0 or nrm < (1 - rtol) * radius:
+        return 0.0
+    g = grad_block(model, theta, X, y, loss=loss)["grad"] * float(weight)
+    lam = -float(theta @ g) / nrm**2
+    return lam if np.isfinite(lam) and lam > 0 else 0.0
+
+
 def grad_block(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
                offset: int = 0, loss: str = "squared") -> dict:
     """Loss and gradient (no Gauss-Newton matrix) of one block, as :func:`nldist.train.gn_block`
