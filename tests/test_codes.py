@@ -236,3 +236,55 @@ def test_the_swish_bound_reads_the_wrapped_glm():
     assert swish_ratio(get_model("glm:swish(c1=1,c2=3)", X.shape[1], codes)) == 3.0
     with pytest.raises(NldistError, match="glm:swish"):
         swish_ratio(get_model("glm:sigmoid", X.shape[1], codes))
+
+
+def test_rows_of_levels_the_pilot_never_saw_are_predicted_by_their_level_counts():
+    """A 40-row pilot of a 60-level categorical (~100 rows a level) misses half the levels:
+    their rows are outside the pilot's span and keep generalised leverage 1 for sampling,
+    but the predicted error counts them by ``1/n_level`` (their exact leverage, about) from
+    the pass's per-column sums — not as leverage 1, which made the prediction ~40x high.
+    The same sums from the codes and from the dense one-hot design, any chunking."""
+    from dataclasses import replace
+
+    from nldist.scores import oneread
+    from nldist.scores.oneread_predict import effective
+
+    rng = np.random.default_rng(0)
+    n, L = 6000, 60
+    c = rng.integers(0, L, n)
+    X = np.column_stack([rng.standard_t(3, n), rng.standard_normal(n), c.astype(float)])
+    y = 0.5 * X[:, 0] + rng.standard_normal(L)[c] + rng.standard_normal(n)
+    m = get_model("linear", 3, Codes((L,), ("c",)))
+    dense = get_model("linear", m.expand(X).shape[1])
+    th = np.random.default_rng(1).standard_normal(m.n_params) * 0.2
+    pilot = np.sort(rng.choice(n, 40, replace=False))
+    got = {}
+    for name, model, XX in (("codes", m, X), ("dense", dense, m.expand(X))):
+        rows = DualRows(model, th, True, "squared")
+        Dp = rows.matrix(XX[pilot], y[pilot])
+        fac = oneread.factor(Dp, n, m=pilot.size)
+        fac = replace(fac, z_hat=oneread.estimate_totals(Dp, th, fac))
+        assert fac.unseen is not None and fac.unseen.sum() >= 20  # levels the pilot missed
+        for ch in (1000, 777):
+            tot = oneread.totals([oneread.chunk(
+                XX[a:a + ch], y[a:a + ch], rows=rows, theta=th, fac=fac, rates=np.zeros(4),
+                seed=0, offset=a) for a in range(0, n, ch)])
+            got[name, ch] = tot, effective(tot)
+        old = oneread.totals([oneread.chunk(
+            XX[a:a + 1000], y[a:a + 1000], rows=rows, theta=th, fac=replace(fac, unseen=None),
+            rates=np.zeros(4), seed=0, offset=a) for a in range(0, n, 1000)])
+        D = rows.matrix(XX, y)
+        r = D[:, :-1] @ th + D[:, -1]
+        U, s, _ = np.linalg.svd(D[:, :-1], full_matrices=False)
+        U = U[:, s > s[0] * 1e-12]
+        exact = float(np.sum(r**2 * np.sum(U * U, axis=1)))  # Σ r² τ, τ the exact leverage
+        B = got[name, 1000][1][1]
+        assert 0.8 < B / exact < 1.5, (name, B, exact)
+        assert old["B"] / exact > 20  # leverage 1 for the missed levels' rows
+        # the uniform prediction at s: (n/s - 1) Σ r²τ / L
+        pred = oneread.predict(got[name, 1000][0], 600, m.n_params)["uniform"]["predicted"]
+        dense_pred = (n / 600 - 1) * exact / float(np.sum(r**2))
+        assert 0.8 < pred / dense_pred < 1.5
+    for key in got:  # any chunking, codes or dense one-hot: the same sums
+        np.testing.assert_allclose(got[key][1][0], got["codes", 1000][1][0], rtol=1e-9)
+        assert np.isclose(got[key][1][1], got["codes", 1000][1][1], rtol=1e-9)

@@ -101,6 +101,15 @@ class RowFactor:
         μ >= 0 of the predicted error's γ only (:meth:`with_ball`): ``γ_i = r_i²·(m/n)·
         aᵢᵀ(G + μI)⁺aᵢ``, the ball's multiplier λ at θ₀ in this Gram's units. The sampling
         values (leverage, influence) never use it.
+    unseen : ndarray of shape (p,) bool, or None
+        A pilot factor's columns that are 0 in every pilot row (levels of a categorical the
+        pilot does not hold). A row whose only part outside the pilot's span lies in these
+        columns keeps leverage 1 for sampling (never an underestimate), but its term of the
+        predicted error is ``r_i²·(m/n)·u_i`` (its seen part) plus ``r_i² Σ_c a_ic²/N_c``
+        over its unseen columns, N_c = ``Σ_all rows a_ic²`` summed by the same pass (for a
+        one-hot level: 1/n_level, its exact leverage when the level is rare) — the
+        per-column sums come back from the pass and are added by the prediction
+        (:func:`nldist.scores.oneread_predict.effective`). None: no such columns.
     """
 
     V: np.ndarray
@@ -116,6 +125,7 @@ class RowFactor:
     #: fixed before the pass: the pilot's estimates of each base candidate's total
     z_hat: dict = field(default_factory=dict)
     ridge: float = 0.0
+    unseen: np.ndarray | None = None
 
     @property
     def ratio(self) -> float:
@@ -198,7 +208,9 @@ def factor(D: np.ndarray, n: int, m: int | None = None) -> RowFactor:
     """
     D = np.asarray(D, dtype=np.float64)
     _check_finite(D, "the pilot's dual rows")
-    return _svd_factor(D[:, :-1], D[:, -1], int(m or D.shape[0]), int(n), True)
+    fac = _svd_factor(D[:, :-1], D[:, -1], int(m or D.shape[0]), int(n), True)
+    unseen = ~np.any(D[:, :-1] != 0, axis=0)
+    return replace(fac, unseen=unseen) if unseen.any() else fac
 
 
 def factor_from_r(R: np.ndarray, n: int) -> RowFactor:
@@ -225,6 +237,10 @@ class _RowValues:
     gamma: np.ndarray   # gamma_i (estimate of r_i^2 tau_i, the error contribution)
     h: np.ndarray       # estimate of the exact leverage of the adjoint rows
     r2: np.ndarray      # squared residual (summed over the example's rows)
+    #: rows outside the pilot's span only through its unseen columns (RowFactor.unseen),
+    #: and every row's entries in those columns (row, column, a²) — their deferred terms
+    new: np.ndarray | None = None
+    unseen: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
 
 
 def _dual_rows(rows: Any, X: np.ndarray, y: np.ndarray | None, offset: int) -> Any:
@@ -267,6 +283,9 @@ def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
         inside = np.sum(Q * Q, axis=1)
         e = c - A @ fac.beta
     out_a = (a2 - inside) > SPAN_TOL * np.maximum(a2, fac.scale**2 * 1e-300)
+    new, coo = None, None
+    if fac.unseen is not None and group == 1 and not loo:
+        new, coo = _unseen_parts(A, fac, a2, inside, out_a)
     if fac.rho > 0:
         uaug = uA + e * e / fac.rho
         out_aug = out_a
@@ -313,7 +332,28 @@ def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
     # direction) counts its whole residual — also when that residual is 0 (0·inf: NaN)
     gamma = np.where(out_a | np.isinf(uA) | np.isinf(gamma_u), r2,
                      gamma_u * (fac.ratio if fac.generalised else 1.0))
-    return _RowValues(taug, np.sqrt(np.maximum(infl2, 0.0)), gamma, h, r2)
+    if new is not None:  # their terms come from the pass's column sums (_unseen_sums)
+        gamma = np.where(new, 0.0, gamma)
+    return _RowValues(taug, np.sqrt(np.maximum(infl2, 0.0)), gamma, h, r2, new, coo)
+
+
+def _unseen_parts(A: Any, fac: RowFactor, a2: np.ndarray, inside: np.ndarray,
+                  out_a: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """The rows outside the pilot's span only through ``fac.unseen`` columns, and every
+    row's entries in those columns as (row, column, a², p) (see :class:`RowFactor`)."""
+    U = fac.unseen
+    if isinstance(A, FixedRows):
+        a2u = A.quad_diag(U.astype(np.float64))
+        hit = U[A.cols] & (A.vals != 0)
+        rows_i, k = np.nonzero(hit)
+        cols, sq = A.cols[rows_i, k], A.vals[rows_i, k] ** 2
+    else:
+        Au = A[:, U]
+        a2u = np.einsum("ij,ij->i", Au, Au)
+        rows_i, k = np.nonzero(Au)
+        cols, sq = np.flatnonzero(U)[k], Au[rows_i, k] ** 2
+    seen_out = (a2 - a2u - inside) > SPAN_TOL * np.maximum(a2, fac.scale**2 * 1e-300)
+    return out_a & ~seen_out & (a2u > 0), (rows_i, cols, sq, int(U.size))
 
 
 def _candidates(v: _RowValues, z_hat: dict) -> np.ndarray:
@@ -355,8 +395,29 @@ def _sums(v: _RowValues, q: np.ndarray) -> dict:
         A = np.where(q > 0, v.gamma / q, np.where(v.gamma > 0, np.inf, 0.0)).sum(axis=1)
         D = np.where(q > 0, v.h**2 / q, np.where(v.h > 0, np.inf, 0.0)).sum(axis=1)
         W = np.where(q > 0, 1.0 / q, 0.0).sum(axis=1)  # a row with q = 0 has no weight
-    return {"n": int(v.lev.size), "L": float(np.sum(v.r2)), "B": float(np.sum(v.gamma)),
-            "H": float(np.sum(v.h)), "Z": q.sum(axis=1), "A": A, "D": D, "W": W}
+    out = {"n": int(v.lev.size), "L": float(np.sum(v.r2)), "B": float(np.sum(v.gamma)),
+           "H": float(np.sum(v.h)), "Z": q.sum(axis=1), "A": A, "D": D, "W": W}
+    if v.unseen is not None:
+        out.update(_unseen_sums(v, q))
+    return out
+
+
+#: the per-column sums of the rows outside the pilot's span only through its unseen columns
+#: (:class:`RowFactor`): ``N`` (p,) Σ a_ic² over all rows, ``TB`` (p,) Σ r_i² a_ic² and ``T``
+#: (4, p) Σ r_i² a_ic² / q_i per candidate over those rows
+UNSEEN_KEYS = ("N", "TB", "T")
+
+
+def _unseen_sums(v: _RowValues, q: np.ndarray) -> dict:
+    rows_i, cols, sq, p = v.unseen
+    m = v.new[rows_i]
+    w = v.r2[rows_i] * sq
+    with np.errstate(divide="ignore", invalid="ignore"):
+        T = np.stack([np.bincount(cols[m], np.where(q[j, rows_i] > 0, w / q[j, rows_i],
+                                                    np.inf)[m], minlength=p)
+                      for j in range(q.shape[0])])
+    return {"N": np.bincount(cols, sq, minlength=p), "TB": np.bincount(cols[m], w[m],
+                                                                        minlength=p), "T": T}
 
 
 def pilot_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 1) -> dict:
@@ -425,6 +486,9 @@ def chunk(
         part = _sums(v, q)
         for k in ("L", "B", "H", *SUM_KEYS):
             sums[k] = sums[k] + part[k]
+        for k in UNSEEN_KEYS:
+            if k in part:
+                sums[k] = sums[k] + part[k] if k in sums else part[k]
         if heavy is not None:
             for j in range(len(CANDIDATES)):
                 big = q[j] >= heavy[j]
@@ -460,6 +524,10 @@ def totals(parts: list[dict]) -> dict:
     for p in parts:
         for k in out:
             out[k] = out[k] + p[k]
+    for k in UNSEEN_KEYS:  # (a slice with no row touching an unseen column has none)
+        got = [p[k] for p in parts if k in p]
+        if got:
+            out[k] = np.sum(got, axis=0)
     if all("heavy" in p for p in parts):
         out["heavy"] = [np.concatenate([p["heavy"][j] for p in parts], axis=1)
                         for j in range(len(CANDIDATES))]

@@ -35,12 +35,28 @@ AUTO_MARGIN = 0.7
 ESS_FLOOR = 1.0
 
 
+def effective(tot: dict) -> tuple[np.ndarray, float]:
+    """The sums ``A`` (per candidate) and ``B`` of the predicted error with the deferred terms
+    of rows outside the pilot's span only through columns the pilot never saw
+    (:class:`nldist.scores.oneread.RowFactor` ``unseen``): ``Σ_c T_jc/N_c`` and
+    ``Σ_c TB_c/N_c`` added (the pass's per-column sums)."""
+    A, B = np.asarray(tot["A"], dtype=np.float64), float(tot["B"])
+    if "N" not in tot:
+        return A, B
+    N = np.asarray(tot["N"], dtype=np.float64)
+    ok = N > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dA = np.asarray(tot["T"], dtype=np.float64)[:, ok] / N[ok]
+    return A + dA.sum(axis=1), B + float(np.sum(np.asarray(tot["TB"])[ok] / N[ok]))
+
+
 def error_at(tot: dict, j: int, s: float) -> float:
     """Candidate j's predicted relative error at s: Σ_i γ_i (1/π_i − 1) / L with Poisson
     inclusion π_i = min(1, s q_i/Z). Rows with π_i = 1 add nothing; their terms are taken out
     of the sums using the heavy rows (every row with q above the pass's threshold), so a
     sample that takes the highest rows with certainty is not predicted below zero."""
-    Z, A, B = float(tot["Z"][j]), float(tot["A"][j]), float(tot["B"])
+    Aj, B = effective(tot)
+    Z, A = float(tot["Z"][j]), float(Aj[j])
     if not np.isfinite(A):
         return np.inf
     if "heavy" in tot and tot["heavy"][j].size:
@@ -94,10 +110,11 @@ def predict(tot: dict, s: float | np.ndarray, p: int) -> dict[str, dict]:
 def size_for(tot: dict, name: str, eps: float) -> float:
     """The smallest s whose predicted relative error is at most ``eps`` (inf when none)."""
     j = CANDIDATES.index(name)
-    Z, A = float(tot["Z"][j]), float(tot["A"][j])
+    Aj, B = effective(tot)
+    Z, A = float(tot["Z"][j]), float(Aj[j])
     if not np.isfinite(A):
         return np.inf
-    guess = Z * A / (eps * max(float(tot["L"]), 1e-300) + float(tot["B"]))  # uncapped
+    guess = Z * A / (eps * max(float(tot["L"]), 1e-300) + B)  # uncapped
     if "heavy" not in tot or not tot["heavy"][j].size:
         return guess
     lo, hi = 1.0, max(2.0, float(tot["n"]))  # the capped error decreases in s: bisect
