@@ -181,6 +181,20 @@ def test_cli_progress_shows_each_training_with_its_kind(recorded):
         assert chunk_totals == {5}  # diabetes: 442 rows in chunks of 100
     assert after_start == {k: f"ev: training on the sample ({k})" for k in KINDS}
     assert "ev: scores (linear-leverage)" in shown and "ev: full-data losses" in shown
+    assert not [d for d in shown if d.endswith(": working")]  # between stages: what ended
+    assert "ev: scores (uniform): done" in shown
+    # the experiment: a step among its counted trainings says so, the losses name the kind
+    exp_shown: list[str] = []
+    with cli._Progress("ev", quiet=False) as progress:
+        update = progress.prog.update
+        progress.prog.update = lambda task, **kw: (exp_shown.append(kw.get("description", "")),
+                                                   update(task, **kw))[1]
+        for e in recorded[4]:
+            progress(e)
+    assert "ev: trainings: gather the sampled rows" in exp_shown
+    kinds = {e.kind for e in recorded[4] if e.stage == "evaluate" and e.status == "start"}
+    assert kinds and None not in kinds
+    assert {f"ev: trainings: full-data losses ({k})" for k in kinds} <= set(exp_shown)
     with cli._Progress("ev", quiet=True) as progress:  # --quiet: no display, events ignored
         assert progress.prog is None
         for e in events:

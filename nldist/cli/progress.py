@@ -23,10 +23,11 @@ def progress_bar(label: str, quiet: bool) -> Iterator[Any]:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), console=Console(stderr=True), transient=True) as prog:
+    with Progress(SpinnerColumn(), CountColumn(), TextColumn("{task.description}"),
+                  BarColumn(bar_width=20), console=Console(stderr=True),
+                  transient=True) as prog:
         task = prog.add_task(label, total=None)
 
         def update(done: int, total: int, description: str | None = None) -> None:
@@ -47,6 +48,21 @@ def bar_events(bar: Any) -> Listener | None:
             else f"{event.label}: {event.detail or 'done'}")
 
     return tell
+
+
+def CountColumn() -> Any:  # noqa: N802 - a rich column, named like its siblings
+    """``done/total`` where the task is counted (its total is known), nothing where it is not
+    (no ``0/?``); first, so a narrow terminal cuts the label, never the count."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class _Count(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if task.total is None:
+                return Text("")
+            return Text(f"{int(task.completed)}/{int(task.total)}", style="progress.download")
+
+    return _Count()
 
 
 class Progress:
@@ -79,20 +95,21 @@ class Progress:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
         )
 
-        self.prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(),
+        self.prog = Progress(SpinnerColumn(), CountColumn(), TextColumn("{task.description}"),
+                             BarColumn(bar_width=20), TimeElapsedColumn(),
                              console=Console(stderr=True), transient=True)
         self.prog.start()
         self.task = self.prog.add_task(f"{self.name}: starting", total=None, visible=True)
         self.chunks = self.prog.add_task("  chunks", total=None, visible=False)
         self.open: list[Any] = []  # stages started and not ended (nested: gather in pilot)
+        self.counted: Any = None   # the counted stage running (trainings), if any
+        self.last: Any = None      # the stage that ended last
         return self
 
     def __call__(self, event: Any) -> None:
@@ -107,14 +124,17 @@ class Progress:
         if event.status == "start":
             self.open.append(event)
             if event.stage == "train" and event.total is not None:
+                self.counted = event
                 self.prog.update(self.task, total=event.total, completed=0)
         elif event.status == "advance":
             self.prog.advance(self.task)
         elif event.status == "end":
             self.open = [e for e in self.open
                          if (e.stage, e.kind) != (event.stage, event.kind)]
+            self.last = event
             self.prog.update(self.chunks, visible=False)
             if event.stage == "train" and event.kind is None:  # the counted stage is over
+                self.counted = None
                 self.prog.update(self.task, completed=0)
                 # (update's total=None means "unchanged": back to an uncounted bar here)
                 next(t for t in self.prog.tasks if t.id == self.task).total = None
@@ -122,8 +142,20 @@ class Progress:
                     and self.prog.console.is_terminal:  # a log file keeps only the results
                 self.prog.console.print(f"{self.name}: {event.label} "
                                         f"[dim]{event.seconds:.1f} s[/dim]")
-        current = self.open[-1].label if self.open else "working"
-        self.prog.update(self.task, description=f"{self.name}: {current}")
+        self.prog.update(self.task, description=f"{self.name}: {self._describe()}")
+
+    def _describe(self) -> str:
+        """The stage running now; under the counted trainings a step that is not a training
+        says it runs among them (``trainings: gather the sampled rows``); between stages the
+        one that ended (``...: done``), never a bare "working"."""
+        inner = [e for e in self.open if e is not self.counted]
+        if self.counted is not None:  # the count is of trainings: say so beside other steps
+            if inner and inner[-1].stage == "train":
+                return inner[-1].label
+            return f"trainings: {inner[-1].label}" if inner else "trainings on samples"
+        if inner:
+            return inner[-1].label
+        return f"{self.last.label}: done" if self.last is not None else "starting"
 
     def __exit__(self, *exc: Any) -> None:
         if self.prog is not None:

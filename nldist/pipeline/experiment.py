@@ -50,7 +50,7 @@ def experiment(ctx: RunContext, force: bool = False) -> dict:
         draws = dict(zip(keys, got, strict=True))
         fits = stages.fitting.fit_draws(ctx, draws, dict.fromkeys(keys, kind))
         losses = stages.fitting.evaluate(
-            ctx, np.vstack([theta_star, *(fits[k].theta for k in keys)]))
+            ctx, np.vstack([theta_star, *(fits[k].theta for k in keys)]), kind)
         errs = (losses[1:] - losses[0]) / losses[0]
         rel[kind] = errs.reshape(len(exp.s), exp.repeats).tolist()
         log.info("experiment %s done", kind)

@@ -78,11 +78,12 @@ def fit_draws(ctx: RunContext, draws: dict[Hashable, tuple[np.ndarray, np.ndarra
             rows[key] = Xu[pos], None if yu is None else yu[pos]
     return {key: train(ctx, *rows[key], d[1], kind_of[key]) for key, d in draws.items()}
 
-def evaluate(ctx: RunContext, thetas: np.ndarray) -> np.ndarray:
-    """Full-data losses (m,) of m parameter vectors in one distributed pass."""
+def evaluate(ctx: RunContext, thetas: np.ndarray, kind: str | None = None) -> np.ndarray:
+    """Full-data losses (m,) of m parameter vectors in one distributed pass (``kind``: the
+    score kind whose sample fits they are, for the progress label)."""
     X, y = xy(ctx)
     ctx.read("evaluate")
-    with ctx.timed("evaluate"):
+    with ctx.timed("evaluate", kind=kind):
         return graph.oracles.losses_pass(X, y, model(ctx), thetas, ctx.job.split_every,
                                  loss=ctx.job.loss)
 
