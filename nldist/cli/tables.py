@@ -132,9 +132,10 @@ def print_select(m: dict) -> None:
     full_seconds, full_passes, full_note = report_mod.full_fit_text(full)
     table.add_row("wall time (after ingest)", f"{c['wall_s']:.1f} s", full_seconds)
     counted = c.get("store_reads_counted") or {}
-    unit = "partitions" if "Parquet" in counted.get("note", "") else "chunks"
-    reads = (f"{counted['passes']:.2f} ({counted['chunk_reads']} reads of {counted['x_chunks']} "
-             f"{unit}, counted where read)" if counted.get("chunk_reads") is not None
+    unit = "partition" if "Parquet" in counted.get("note", "") else "chunk"
+    k, m = counted.get("chunk_reads"), counted.get("x_chunks")
+    reads = (f"{counted['passes']:.2f} ({k} read{'' if k == 1 else 's'} of {m} "
+             f"{unit}{'' if m == 1 else 's'}, counted where read)" if k is not None
              else f"{c['passes_over_x']:.2f}")
     table.add_row("reads of X", reads, full_passes)
     table.add_row("bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of {c['x_bytes'] / 2**20:,.1f}"
