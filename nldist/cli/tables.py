@@ -133,9 +133,10 @@ def print_select(m: dict) -> None:
     table.add_row("wall time (after ingest)", f"{c['wall_s']:.1f} s", full_seconds)
     counted = c.get("store_reads_counted") or {}
     unit = "partition" if "Parquet" in counted.get("note", "") else "chunk"
-    k, m = counted.get("chunk_reads"), counted.get("x_chunks")
-    reads = (f"{counted['passes']:.2f} ({k} read{'' if k == 1 else 's'} of {m} "
-             f"{unit}{'' if m == 1 else 's'}, counted where read)" if k is not None
+    n_read, n_chunks = counted.get("chunk_reads"), counted.get("x_chunks")
+    reads = (f"{counted['passes']:.2f} ({n_read} read{'' if n_read == 1 else 's'} of "
+             f"{n_chunks} {unit}{'' if n_chunks == 1 else 's'}, counted where read)"
+             if n_read is not None
              else f"{c['passes_over_x']:.2f}")
     table.add_row("reads of X", reads, full_passes)
     table.add_row("bytes read", f"{c['bytes_read'] / 2**20:,.1f} MiB of {c['x_bytes'] / 2**20:,.1f}"
