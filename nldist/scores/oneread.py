@@ -105,11 +105,12 @@ class RowFactor:
         A pilot factor's columns that are 0 in every pilot row (levels of a categorical the
         pilot does not hold). A row whose only part outside the pilot's span lies in these
         columns keeps leverage 1 for sampling (never an underestimate), but its term of the
-        predicted error is ``r_i²·(m/n)·u_i`` (its seen part) plus ``r_i² Σ_c a_ic²/N_c``
-        over its unseen columns, N_c = ``Σ_all rows a_ic²`` summed by the same pass (for a
-        one-hot level: 1/n_level, its exact leverage when the level is rare) — the
-        per-column sums come back from the pass and are added by the prediction
-        (:func:`nldist.scores.oneread_predict.effective`). None: no such columns.
+        predicted error is ``r_i² Σ_c a_ic²/N_c`` over its unseen columns, N_c = ``Σ_all rows
+        a_ic²`` summed by the same pass (for a one-hot level: 1/n_level, about its exact
+        leverage; its seen part is left out, which a level of one row, leverage exactly 1,
+        would otherwise count twice) — the per-column sums come back from the pass and are
+        added by the prediction (:func:`nldist.scores.oneread_predict.effective`). None: no
+        such columns.
     """
 
     V: np.ndarray
