@@ -75,7 +75,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names (tab completion), not the helpers this module imports."""
+    return sorted({*__all__, "__version__"})
 
 
 class _Package(types.ModuleType):

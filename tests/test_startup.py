@@ -52,6 +52,12 @@ def test_lazy_names_are_the_api_objects(name):
     assert name in dir(nldist) and name in nldist.__all__
 
 
+def test_dir_lists_the_public_names_only():
+    """Tab completion on ``nldist.`` offers the API, not the helpers the package imports."""
+    assert set(dir(nldist)) == {*nldist.__all__, "__version__"}
+    assert not {"Any", "sys", "importlib", "types", "annotations"} & set(dir(nldist))
+
+
 def test_lazy_table_matches_the_type_checking_imports():
     """``_LAZY`` (what ``__getattr__`` loads) and the ``if TYPE_CHECKING:`` imports (what
     type checkers and tests/test_layers.py see) name the same things, and every lazy name
