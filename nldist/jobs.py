@@ -470,7 +470,8 @@ def check_source(source: str) -> str:
         return f"packaged dataset {src!r}"
     if "://" in src and not src.startswith("file://"):
         parts = urlsplit(src)
-        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", parts.scheme) or not parts.netloc:
+        if (not re.fullmatch(r"[a-z][a-z0-9+.-]*", parts.scheme)
+                or not re.fullmatch(r"[A-Za-z0-9._~:@\[\]%-]+", parts.netloc)):  # a host/bucket
             raise NldistError(f"dataset.source {src!r} is not a valid URL; write "
                               "scheme://bucket/path, e.g. s3://bucket/table/")
         return f"URL {src} (not contacted)"

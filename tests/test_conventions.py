@@ -36,6 +36,7 @@ def test_check_source(tmp_path, monkeypatch):
                        ("data/x.parquet", "'data/x.parquet' does not exist"),
                        ("parts/*.csv", "no file matches the glob"),
                        ("s3:///table", "not a valid URL"),
+                       ("https://exa mple/t.csv", "not a valid URL"),  # no space in a host
                        ("file:///no/such/dir", "does not exist")]:
         with pytest.raises(NldistError, match=match):
             check_source(bad)
