@@ -232,6 +232,19 @@ def kernel_version() -> dict:
                 oneread.finalize).parameters else "priority (exact size)"}
 
 
+def waterfill(q: np.ndarray, s: float, iters: int = 80) -> np.ndarray:
+    """Inclusion probabilities ``π = min(1, q/τ)`` with ``Σ π = s`` (τ by bisection,
+    ``iters`` halvings): what the exact-size draw gives each row."""
+    lo, hi = 0.0, float(q.max()) * len(q) / max(s, 1.0) * 2
+    for _ in range(iters):
+        tau = 0.5 * (lo + hi)
+        if np.minimum(1.0, q / tau).sum() > s:
+            lo = tau
+        else:
+            hi = tau
+    return np.minimum(1.0, q / hi)
+
+
 def chunks(n: int, size: int):
     for a in range(0, n, size):
         yield a, min(n, a + size)
@@ -341,15 +354,7 @@ class Bench:
         π_i = min(1, q_i/τ) with Σ π_i = s, and Σ_{π_i<1} γ_i (1/π_i − 1) / L (the
         kernel's predict uses π_i = s·q_i/Z uncapped, so rows with s·q_i > Z add negative
         terms)."""
-        qj = self.Q[k][j]
-        lo, hi = 0.0, float(qj.max()) * len(qj) / max(s, 1.0) * 2
-        for _ in range(80):
-            tau = 0.5 * (lo + hi)
-            if np.minimum(1.0, qj / tau).sum() > s:
-                lo = tau
-            else:
-                hi = tau
-        pi = np.minimum(1.0, qj / hi)
+        pi = waterfill(self.Q[k][j], s)
         g = self.gamma[k]
         with np.errstate(divide="ignore", invalid="ignore"):
             term = np.where((pi < 1) & (g > 0), g * (1 / pi - 1), 0.0)

@@ -66,18 +66,6 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
 
 
-def waterfill(q: np.ndarray, s: float) -> np.ndarray:
-    """pi = min(1, q/tau) with sum pi = s (Bench.capped_prediction's bisection)."""
-    lo, hi = 0.0, float(q.max()) * len(q) / max(s, 1.0) * 2
-    for _ in range(100):
-        tau = 0.5 * (lo + hi)
-        if np.minimum(1.0, q / tau).sum() > s:
-            lo = tau
-        else:
-            hi = tau
-    return np.minimum(1.0, q / hi)
-
-
 def sym_pinv_on(B: np.ndarray, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """M = B (B^T S B)^-1 B^T for an orthonormal basis B (p, k), and the eigenvalues of
     B^T S B."""
@@ -274,7 +262,7 @@ def main() -> None:
         for name in dists:
             c, k = ("uniform", "1read") if name == "uniform" else name.split("@")
             j = oneread.CANDIDATES.index(c)
-            pi = waterfill(b.Q[k][j], s)
+            pi = bs.waterfill(b.Q[k][j], s, iters=100)
             f = np.where(pi < 1, 1.0 / pi - 1.0, 0.0)
             row = {"measured": R[name]["median"], "q25": R[name]["q25"], "q75": R[name]["q75"],
                    "kernel": R[name]["predicted"], "kernel_capped": R[name]["predicted_capped"],
