@@ -87,9 +87,9 @@ def _workers_stderr_to(log_file: str | None) -> Iterator[None]:
     descriptor). A Ctrl-C reaches the whole foreground process group: a worker in which
     Python is still starting then prints "Fatal Python error: init_import_site" and a
     traceback — into run.log now (/dev/null while --out does not exist yet), not under the
-    driver's one line. (Blocking SIGINT in the
-    spawned workers instead left the event loop's threads with SIGINT blocked and a worker
-    restarted by its nanny never came back.) Without a log file nothing changes."""
+    driver's one line. (Blocking SIGINT in the spawned workers instead left the event loop's
+    threads with SIGINT blocked and a worker restarted by its nanny never came back.)
+    Without a log file nothing changes."""
     if not log_file:
         yield
         return

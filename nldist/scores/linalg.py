@@ -441,10 +441,8 @@ def leverage_form(fac: RFactor) -> np.ndarray:
     """The symmetric (q, q) matrix P with leverage ``a_i^T P a_i`` (the pseudo-inverse of
     A^T A on its numerical rank, or ``(A^T A + lambda I)^-1``): for rows with structure
     (:class:`nldist.scores.rows.BlockRows` of ``softmax:<C>``) that never form a_i."""
-    if fac.solve_r is None:
-        return fac.basis @ fac.basis.T
-    Rinv = sla.solve_triangular(fac.solve_r, np.eye(fac.solve_r.shape[0]), lower=False)
-    return Rinv @ Rinv.T
+    B = leverage_factor(fac)
+    return B @ B.T
 
 
 def leverage_factor(fac: RFactor) -> np.ndarray:

@@ -294,9 +294,11 @@ def _row_values(D: Any, theta: np.ndarray, fac: RowFactor, group: int,
         uaug = uA
         out_aug = out_a | (np.abs(e) > 1e-6 * max(fac.c_scale, 1e-300))
     if loo:
-        uR = uA if uR is uA else np.where(uA < 1, uR / np.maximum(1 - uA, 1e-300), np.inf)
+        ridged = uR is not uA
+        if ridged:
+            uR = np.where(uA < 1, uR / np.maximum(1 - uA, 1e-300), np.inf)
         uA = np.where(uA < 1, uA / np.maximum(1 - uA, 1e-300), np.inf)
-        if fac.ridge == 0:
+        if not ridged:
             uR = uA
         uaug = np.where(uaug < 1, uaug / np.maximum(1 - uaug, 1e-300), np.inf)
 
@@ -411,14 +413,14 @@ UNSEEN_KEYS = ("N", "TB", "T")
 
 def _unseen_sums(v: _RowValues, q: np.ndarray) -> dict:
     rows_i, cols, sq, p = v.unseen
-    m = v.new[rows_i]
-    w = v.r2[rows_i] * sq
+    m = v.new[rows_i]  # the entries of the rows whose terms are deferred
+    r_new, c_new = rows_i[m], cols[m]
+    w = v.r2[r_new] * sq[m]
     with np.errstate(divide="ignore", invalid="ignore"):
-        T = np.stack([np.bincount(cols[m], np.where(q[j, rows_i] > 0, w / q[j, rows_i],
-                                                    np.inf)[m], minlength=p)
-                      for j in range(q.shape[0])])
-    return {"N": np.bincount(cols, sq, minlength=p), "TB": np.bincount(cols[m], w[m],
-                                                                        minlength=p), "T": T}
+        T = np.stack([np.bincount(c_new, np.where(q[j, r_new] > 0, w / q[j, r_new], np.inf),
+                                  minlength=p) for j in range(q.shape[0])])
+    return {"N": np.bincount(cols, sq, minlength=p), "TB": np.bincount(c_new, w, minlength=p),
+            "T": T}
 
 
 def pilot_totals(D: np.ndarray, theta: np.ndarray, fac: RowFactor, group: int = 1) -> dict:
