@@ -19,6 +19,7 @@ from nldist import graph
 from nldist.errors import NldistError
 from nldist.scores.kinds import KINDS, get_kind
 from nldist.scores.spec import make_spec
+from nldist.store import dual_blocks
 
 #: parametrised kinds: every registry row (with a parameter where it takes one)
 ALL = [f"{k.name}:4" if k.k is not None else k.name for k in KINDS.values()]
@@ -85,3 +86,22 @@ def test_every_kind_refuses_bad_input_in_one_line(kind):
     if k.response_aware:  # weighs rows by their residual: y is required
         with pytest.raises(NldistError, match="needs y"):
             nldist.scores(X, None, model=m, theta=th, kind=kind, loss=loss)
+
+
+@pytest.mark.parametrize("kind", [k for k in ALL if not get_kind(k).response_aware])
+def test_persisted_blocks_give_the_rebuilt_scores_bit_for_bit(kind, sync_scheduler):
+    """Pass 2 from the blocks pass 1 persisted equals pass 2 rebuilding them, bit for bit; a
+    kind whose rows are persistable really stores every chunk's block."""
+    X, y, m, th, loss = _inputs(kind)
+    k = get_kind(kind)
+    spec = make_spec(k, m, th, X.shape[1], True, loss=loss, seed=3)
+    dX, dy = da.from_array(X, chunks=(250, -1)), da.from_array(y, chunks=250)
+    ridge = 0.5 if k.ridge else 0.0
+    got, stored = {}, {}
+    for mode in ("never", "always"):
+        store = dual_blocks.temporary(mode) if mode != "never" else None
+        norm = graph.passes.pass1(dX, dy, spec, ridge=ridge, store=store)
+        got[mode] = np.asarray(graph.passes.pass2(dX, dy, spec, norm, store=store))
+        stored[mode] = (norm.persist or {}).get("chunks", 0)
+    np.testing.assert_array_equal(got["always"], got["never"])
+    assert stored["always"] == (4 if spec.persistable else 0)
