@@ -265,9 +265,10 @@ def test_the_choice_is_recorded_and_gauss_newton_runs_when_forced(data, tmp_path
     np.savez(src, X=X, y=y)
     got = fit(RunContext(_job(src), tmp_path / "auto"))
     ch = got["choice"]
-    assert ch["method"] in ("gn", "precond") and not ch["forced"] and ch["reason"]
+    assert ch["method"] in ("gn", "precond", "lbfgs") and not ch["forced"] and ch["reason"]
     est = ch["estimate"]
     assert est["gn"]["passes"] >= 1 and est["precond"]["passes"] >= 1
+    assert est["lbfgs"]["passes"] >= 1  # the swish optimum lies inside the ball: a candidate
     assert ch["costs"]["grad_s_per_row"] > 0 and ch["costs"]["gn_s_per_row"] > 0
     gn = fit(RunContext(_job(src), tmp_path / "gn"), method="gn")
     assert gn["method"] == "gn" and gn["choice"]["forced"] and gn["result"]["converged"]
@@ -290,7 +291,8 @@ def test_fit_on_the_command_line(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "(fit)" in r.stdout and "full-data loss" in r.stdout
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert m["mode"] == "fit" and m["method"] in ("gn", "precond") and m["choice"]["reason"]
+    assert m["mode"] == "fit" and m["method"] in ("gn", "precond", "lbfgs")
+    assert m["choice"]["reason"]
     assert m["method"] in r.stdout
     assert (tmp_path / "o" / "theta_fit.npy").exists()
 
@@ -317,3 +319,50 @@ def test_the_api_fits_a_softmax_and_a_multi_output_regression(data, tmp_path, th
         assert got["converged"], got["reason"]
         assert got["loss"] == pytest.approx(ref.loss, rel=1e-10)
         assert got["indices"].size == 300 and _monotone([h["loss"] for h in got["history"]])
+
+
+def test_lbfgs_reaches_the_optimum_and_finishes_in_the_ball_by_the_preconditioned_method(
+        data, tmp_path, threads):
+    """`--method lbfgs`: L-BFGS on all rows reaches Gauss-Newton's full loss when the optimum
+    lies inside the ball, one counted gradient pass per evaluation, the loss never above the
+    start's; with a ball that cuts the optimum off (L-BFGS does not see it) the
+    preconditioned method finishes from the projection, on the sphere, at Gauss-Newton's
+    constrained loss."""
+    X, y = data
+    src = tmp_path / "d.npz"
+    np.savez(src, X=X, y=y)
+    for radius in (10.0, 0.3):
+        gn = fit(RunContext(_job(src, radius=radius), tmp_path / f"gn{radius}"), method="gn")
+        lb = fit(RunContext(_job(src, radius=radius), tmp_path / f"lb{radius}"),
+                 method="lbfgs")
+        res = lb["result"]
+        assert lb["method"] == "lbfgs" and res["converged"], res["reason"]
+        assert res["loss"] == pytest.approx(gn["result"]["loss"], rel=1e-7)
+        assert lb["cost"]["by"]["gradient pass"] == res["passes"] == len(lb["history"])
+        assert res["loss"] <= lb["history"][0]["loss"]
+        theta = np.load(tmp_path / f"lb{radius}" / "theta_fit.npy")
+        if radius == 10.0:
+            assert "left the ball" not in res["reason"]
+            assert min(h["loss"] for h in lb["history"]) == pytest.approx(res["loss"],
+                                                                          rel=1e-12)
+        else:
+            assert "left the ball" in res["reason"]
+            assert np.linalg.norm(theta) == pytest.approx(radius, rel=1e-9)
+
+
+def test_the_choice_takes_lbfgs_only_where_it_is_cheapest_and_converged():
+    """choose(): L-BFGS's estimate is its passes x the measured gradient pass; it wins where
+    that is lowest, and is no candidate where its run on the sample did not converge or left
+    the ball (None), whatever its passes would cost."""
+    costs = {"grad_s_per_row": 1e-6, "gn_s_per_row": 3e-6}
+    base = {"gn_passes": 7, "precond_passes": 6, "driver_s_per_iteration": 0.5}
+    got = precond.choose(10.0, 1_000_000, costs, {**base, "lbfgs_passes": 5})
+    assert got["method"] == "lbfgs" and got["estimate"]["lbfgs"]["seconds"] == 50.0
+    assert got["reason"].startswith("L-BFGS: L-BFGS est. 50 s")
+    got = precond.choose(10.0, 1_000_000, costs, {**base, "lbfgs_passes": 9})
+    assert got["method"] == "precond"  # 6 x 10.5 s = 63 s < GN 7 x 12 s = 84 s < 9 x 10 s
+    got = precond.choose(10.0, 1_000_000, costs, {**base, "lbfgs_passes": None})
+    assert got["method"] == "precond" and "L-BFGS did not converge" in got["reason"]
+    got = precond.choose(10.0, 1_000_000, costs, {**base, "precond_passes": None,
+                                                  "lbfgs_passes": None})
+    assert got["method"] == "gn"

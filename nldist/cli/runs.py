@@ -134,8 +134,8 @@ def fit(
     out: OutOpt = None,
     overrides: Overrides = None,
     method: Annotated[str, typer.Option(
-        help="auto (the cheaper by measured cost) | precond (exact gradients, the sample's "
-        "Gauss-Newton matrix) | gn (full Gauss-Newton)")] = "auto",
+        help="auto (the cheapest by measured cost) | precond (exact gradients, the sample's "
+        "Gauss-Newton matrix) | gn (full Gauss-Newton) | lbfgs (L-BFGS on all rows)")] = "auto",
     xtol: Annotated[float, typer.Option(
         help="relative tolerance of the preconditioned method's step")] = 1e-10,
     force: ForceOpt = False,
@@ -143,7 +143,7 @@ def fit(
     quiet: Quiet = False,
 ) -> None:
     """The full-data optimum θ*: exact full-data gradients with the leverage sample's
-    Gauss-Newton matrix as the Hessian, or full Gauss-Newton where that is cheaper; writes
+    Gauss-Newton matrix as the Hessian, or full Gauss-Newton or L-BFGS where cheaper; writes
     theta_fit.npy and metrics.json with the choice and its reason."""
     setup_logging(verbose, quiet)
     job = load_job(job_file, overrides, cluster)

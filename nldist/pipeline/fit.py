@@ -35,7 +35,7 @@ from nldist.store.records import save_npy, write_json
 from nldist.train import fit_ball, fit_cross_entropy
 
 #: what ``method`` may be
-METHODS = ("auto", "precond", "gn")
+METHODS = ("auto", "precond", "gn", "lbfgs")
 #: sample kinds whose H_S is a preconditioner (leverage: a subspace embedding; uniform for
 #: comparison), by number of outputs; another job kind falls back to the first
 EMBEDDING = {1: ("nonlinear-leverage", "linear-leverage", "ridge-leverage", "uniform"),
@@ -120,7 +120,7 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
     Parameters
     ----------
     ctx : RunContext
-    method : {"auto", "precond", "gn"}
+    method : {"auto", "precond", "gn", "lbfgs"}
         ``auto``: the estimated cheaper one (module docstring).
     xtol : float
         Relative tolerance of the preconditioned method (:func:`nldist.precond.fit_precond`;
@@ -155,6 +155,8 @@ def fit(ctx: RunContext, method: str = "auto", xtol: float = precond.XTOL,
         start = choice.pop("start", None)
         if choice["method"] == "precond":
             result = _precond(ctx, theta0, rows, xtol, history, start)
+        elif choice["method"] == "lbfgs":
+            result = _lbfgs(ctx, theta0, rows, xtol, history, start)
         else:
             result = _gauss_newton(ctx, theta0, history)
     result["seconds"] = round(time.perf_counter() - t_fit, 4)
@@ -203,6 +205,37 @@ def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
             "converged": bool(res.converged), "reason": res.reason,
             "driver_s": round(res.driver_s, 4),
             "theta_norm": float(np.linalg.norm(res.theta))}
+
+
+def _lbfgs(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
+           history: list[dict], start: dict | None = None) -> dict:
+    """L-BFGS on all rows (:func:`nldist.precond.fit_lbfgs`), one gradient pass per function
+    evaluation (``start``: the first, when the choice ran it). L-BFGS does not see the ball:
+    when its result leaves it, the preconditioned method (which takes the ball exactly)
+    finishes from the projection, in the same history."""
+    job = ctx.job
+
+    def step(rec: dict) -> None:
+        history.append(rec)
+        ctx.emit("fit", "advance", kind="lbfgs")
+
+    res, inside = precond.fit_lbfgs(_grad_oracle(ctx), theta0, job.radius, tol=job.tol,
+                                    max_iter=job.max_iter, on_iter=step, start=start)
+    out = {"theta": res.theta, "loss": res.loss, "grad_norm": res.grad_norm,
+           "iterations": res.iterations, "passes": res.passes,
+           "converged": bool(res.converged), "reason": res.reason,
+           "theta_norm": float(np.linalg.norm(res.theta))}
+    if inside:
+        return out
+    done = len(history)
+    rest = _precond(ctx, precond.project_ball(res.theta, job.radius), rows, xtol, history)
+    for rec in history[done:]:
+        rec["passes"] = rec.get("passes", 0) + res.passes
+    rest["passes"] += res.passes
+    rest["reason"] = (f"{res.reason}; its theta left the ball (|theta| "
+                      f"{out['theta_norm']:.4g} > R = {job.radius:g}): the preconditioned "
+                      f"method finished from the projection: {rest['reason']}")
+    return rest
 
 
 def _gauss_newton(ctx: RunContext, theta0: np.ndarray, history: list[dict]) -> dict:

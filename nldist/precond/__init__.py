@@ -13,8 +13,11 @@ The modules, in the order a fit uses them:
   gates the stopping test;
 * :mod:`nldist.precond.driver` — :func:`fit_precond` (accept/reject, damping, secant pairs,
   the stopping rule) and :class:`PrecondResult`;
-* :mod:`nldist.precond.choice` — the choice against full Gauss-Newton by measured cost
-  (:func:`choose`, :func:`chunk_costs`, :func:`sample_passes`).
+* :mod:`nldist.precond.lbfgs` — L-BFGS on all rows (:func:`fit_lbfgs`), the third
+  candidate;
+* :mod:`nldist.precond.choice` — the choice between full Gauss-Newton, the preconditioned
+  method and L-BFGS by measured cost (:func:`choose`, :func:`chunk_costs`,
+  :func:`sample_passes`).
 
 Every name callers used from the former single module is bound here.
 """
@@ -33,13 +36,14 @@ from nldist.precond.driver import (
     fit_precond,
 )
 from nldist.precond.gradient import grad_block, sample_oracle_any
+from nldist.precond.lbfgs import fit_lbfgs
 from nldist.precond.sample_model import JAC_ROWS, bfgs, sample_gn, top_eigenvalue
 from nldist.precond.steps import ball_step, chol_ball_step, kkt_norm, newton_lower_bound
 from nldist.train import project_ball
 
 __all__ = [
     "CHOL_MU", "JAC_ROWS", "NOISE", "NULL_GTOL", "RCOND", "SLACK", "XTOL", "PrecondResult",
-    "ball_step", "bfgs", "choose", "chol_ball_step", "chunk_costs", "fit_precond",
+    "ball_step", "bfgs", "choose", "chol_ball_step", "chunk_costs", "fit_lbfgs", "fit_precond",
     "grad_block", "kkt_norm", "newton_lower_bound", "project_ball", "sample_gn",
     "sample_oracle_any", "sample_passes", "top_eigenvalue",
 ]

@@ -1,9 +1,10 @@
-"""The choice between full Gauss-Newton and the preconditioned method (:func:`choose`).
+"""The choice between full Gauss-Newton, the preconditioned method and L-BFGS on all rows
+(:func:`choose`).
 
-A full Gauss-Newton pass forms J^T J (n p^2 per row), a gradient pass n p; a gradient pass is
-timed, the extra per-row cost of J^T J on one chunk (:func:`chunk_costs`), the passes each
-needs estimated by running both methods on the sample (:func:`sample_passes`), and the
-cheaper estimate wins.
+A full Gauss-Newton pass forms J^T J (n p^2 per row), a gradient pass n p (the
+preconditioned method's and L-BFGS's); a gradient pass is timed, the extra per-row cost of
+J^T J on one chunk (:func:`chunk_costs`), the passes each needs estimated by running the
+three methods on the sample (:func:`sample_passes`), and the cheapest estimate wins.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from nldist.errors import NldistError
 from nldist.models.base import Model
 from nldist.precond.driver import XTOL, fit_precond
 from nldist.precond.gradient import grad_block, sample_oracle_any
+from nldist.precond.lbfgs import fit_lbfgs
 from nldist.precond.sample_model import sample_gn
 from nldist.train import gn_block, train_on_sample
 
@@ -32,12 +34,17 @@ def sample_passes(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
     * preconditioned: :func:`fit_precond` from theta0 on the sample, preconditioned by the
       Gauss-Newton matrix of the same rows with their weights times seeded Exp(1) draws (a
       Bayesian bootstrap: its error about the sample's H_S mimics H_S's about the full H,
-      and no row drops out, so a rare category held by one sampled row stays represented).
+      and no row drops out, so a rare category held by one sampled row stays represented);
+    * L-BFGS: :func:`fit_lbfgs` on the sample from theta0 with the Gauss-Newton tolerance
+      (curvature it gathers from gradients: the sample's conditioning is the full data's
+      when the sample is a subspace embedding).
 
     Returns
     -------
     dict with ``gn_passes``, ``precond_passes`` (None: it did not converge in ``max_iter``),
-    ``driver_s_per_iteration`` (seconds of H_S and its eigendecomposition per iteration)
+    ``lbfgs_passes`` (None: it did not converge, or its optimum leaves the ball, which
+    L-BFGS does not see), ``driver_s_per_iteration`` (seconds of H_S and its
+    eigendecomposition per iteration)
     """
     fit = train_on_sample(model, Xs, ys, w, radius, theta0=theta0, tol=tol,
                           max_iter=max_iter, loss=loss)
@@ -50,7 +57,10 @@ def sample_passes(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
     except NldistError:
         res = None
     ok = res is not None and res.converged
+    lb, inside = fit_lbfgs(sample_oracle_any(model, Xs, ys, w, loss), theta0, radius, tol=tol,
+                           max_iter=max_iter)
     return {"gn_passes": int(gn), "precond_passes": res.passes if ok else None,
+            "lbfgs_passes": lb.passes if lb.converged and inside else None,
             "driver_s_per_iteration": (res.driver_s / max(1, res.passes)) if res else 0.0}
 
 
@@ -72,13 +82,15 @@ def chunk_costs(model: Model, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
 
 def choose(grad_pass_s: float, n_rows: int, costs: dict, passes: dict,
            parallel: int = 1) -> dict:
-    """Pick ``gn`` or ``precond`` by estimated wall time.
+    """Pick ``gn``, ``precond`` or ``lbfgs`` by estimated wall time.
 
     A gradient pass costs ``grad_pass_s`` (one measured: the preconditioned method's first
     pass); a Gauss-Newton pass that plus ``n_rows / parallel`` x the extra compute per row of
     forming J^T J (``costs``: both blocks timed on one chunk). The preconditioned method adds
-    ``passes["driver_s_per_iteration"]`` (H_S and its eigendecomposition) per pass on the
-    driver.
+    ``passes["driver_s_per_iteration"]`` (H_S and its factorizations) per pass on the driver;
+    L-BFGS costs its gradient passes. A method whose run on the sample did not converge
+    (``passes[...]`` None; for L-BFGS also an optimum outside the ball) is not a candidate;
+    Gauss-Newton always is. Ties go to Gauss-Newton, then the preconditioned method.
 
     Returns
     -------
@@ -87,24 +99,28 @@ def choose(grad_pass_s: float, n_rows: int, costs: dict, passes: dict,
     pc_pass = float(grad_pass_s)
     gn_pass = pc_pass + n_rows / max(1, parallel) * max(
         0.0, costs["gn_s_per_row"] - costs["grad_s_per_row"])
-    gn_s = passes["gn_passes"] * gn_pass
     driver_s = passes["driver_s_per_iteration"]
-    est = {"gn": {"passes": passes["gn_passes"], "seconds": gn_s, "seconds_per_pass": gn_pass},
+    est = {"gn": {"passes": passes["gn_passes"], "seconds_per_pass": gn_pass,
+                  "seconds": passes["gn_passes"] * gn_pass},
            "precond": {"passes": passes["precond_passes"], "seconds_per_pass": pc_pass,
-                       "driver_s_per_pass": driver_s}}
-    if passes["precond_passes"] is None:
-        return {"method": "gn", "estimate": est,
-                "reason": "the preconditioned method did not converge on the sample (its rows "
-                          "preconditioned by a bootstrap of them): full Gauss-Newton"}
-    pc_s = passes["precond_passes"] * (pc_pass + driver_s)
-    est["precond"]["seconds"] = pc_s
+                       "driver_s_per_pass": driver_s},
+           "lbfgs": {"passes": passes.get("lbfgs_passes"), "seconds_per_pass": pc_pass}}
+    if passes["precond_passes"] is not None:
+        est["precond"]["seconds"] = passes["precond_passes"] * (pc_pass + driver_s)
+    if est["lbfgs"]["passes"] is not None:
+        est["lbfgs"]["seconds"] = est["lbfgs"]["passes"] * pc_pass
+    names = {"gn": "Gauss-Newton", "precond": "preconditioned", "lbfgs": "L-BFGS"}
+    ranked = sorted((m for m in ("gn", "precond", "lbfgs") if "seconds" in est[m]),
+                    key=lambda m: est[m]["seconds"])  # stable: ties keep this order
+    best = ranked[0]
     ratio = costs["gn_s_per_row"] / max(costs["grad_s_per_row"], 1e-300)
-    why = (f"gradient pass {pc_pass:.3g} s vs Gauss-Newton pass {gn_pass:.3g} s (compute "
-           f"{ratio:.1f}x per row); ~{passes['precond_passes']} preconditioned passes vs "
-           f"~{passes['gn_passes']} Gauss-Newton passes (estimated on the sample)")
-    if pc_s < gn_s:
-        return {"method": "precond", "estimate": est,
-                "reason": f"preconditioned: est. {pc_s:.3g} s < Gauss-Newton {gn_s:.3g} s; "
-                          + why}
-    return {"method": "gn", "estimate": est,
-            "reason": f"Gauss-Newton: est. {gn_s:.3g} s <= preconditioned {pc_s:.3g} s; " + why}
+    parts = [f"{names[m]} est. {est[m]['seconds']:.3g} s (~{est[m]['passes']} passes)"
+             for m in ranked]
+    left = [names[m] + (" did not converge on the sample" if m == "precond" else
+                        " did not converge on the sample or left the ball")
+            for m in ("precond", "lbfgs") if "seconds" not in est[m]]
+    why = (f"{names[best]}: " + " <= ".join(parts)
+           + (f" ({'; '.join(left)})" if left else "")
+           + f"; gradient pass {pc_pass:.3g} s vs Gauss-Newton pass {gn_pass:.3g} s "
+             f"(compute {ratio:.1f}x per row), passes estimated on the sample")
+    return {"method": best, "estimate": est, "reason": why}
