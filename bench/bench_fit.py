@@ -43,7 +43,15 @@ in [0, 1], not standardized; `nldist fetch fashion_mnist`), all 10 classes, cros
 ``nldist fit`` uses for C outputs: the exact two-pass scores), full GN = Newton
 (``train.fit_cross_entropy``: softmax's GN matrix is its exact Hessian); ``flights-3m`` — the
 packaged ``flights_3m`` (3,000,000 rows, delay from the loader's numeric features,
-standardized). ``--radius`` defaults to the data's example job (30 for fashion, else 10).
+standardized); ``synth-mlp`` (:func:`california_store`: bench/RESULTS.md B2's store, the
+same generator — ``make_data.py --dataset california --d 8 --noise 0.05 --seed 0`` —:
+California Housing's 20,640 rows, standardized, tiled to ``--n`` rows with fresh N(0, 0.05²)
+noise added to every X entry of every copy, so every row is new in X while y is tiled
+unchanged; used in place, no ingest reservoir) for the torch MLP with biases,
+``--models "torch:nldist.examples.nets:mlp(hidden=16,depth=2,act=tanh)"`` (8-16-16-1 tanh,
+p = 433, B2's model; commas inside a spec's parentheses do not split ``--models``).
+``--radius`` defaults to the data's example job (30 for fashion, 20 for synth-mlp as B2,
+else 10).
 The dataset's Zarr store is kept between runs (``bench/data/fit_runs/<job>/dataset.zarr``,
 re-ingested only when its settings change).
 
@@ -51,7 +59,8 @@ re-ingested only when its settings change).
 ``--batch`` rows streamed chunk by chunk from the same store, shuffled within the chunk, the
 job's loss — squared or cross-entropy —, ||theta|| <= R) from the same theta_0, for each
 learning rate of ``--lrs`` up to ``--adam-epochs`` epochs; after each epoch (not timed) the
-exact full-data loss by one gradient pass. Its best loss L_adam (over the grid) and the
+exact full-data loss by one gradient pass; with ``--adam-patience k`` an lr stops after k
+epochs without a new best. Its best loss L_adam (over the grid) and the
 training time at which it got there are reported, and for every other method the time to
 L_adam and its final loss below it.
 
@@ -70,6 +79,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -106,17 +116,28 @@ def nycflights_parquet() -> Path:
     return path
 
 
-class Recorder:
-    """Wraps a full-data oracle: every call is one pass; (seconds, passes, loss) recorded."""
+class OutOfTime(Exception):
+    """Raised by :class:`Recorder` after the call that passes its method's time cap."""
 
-    def __init__(self, oracle):
+
+class Recorder:
+    """Wraps a full-data oracle: every call is one pass; (seconds, passes, loss) recorded.
+    With ``cap_s``, the call that ends past cap_s seconds raises :class:`OutOfTime` after it
+    is recorded (``--method-s``: the run stops there, its calls kept)."""
+
+    def __init__(self, oracle, cap_s=float("inf")):
         self.oracle, self.calls, self.t0 = oracle, [], time.perf_counter()
+        self.cap_s, self.theta = cap_s, None
 
     def __call__(self, theta):
         out = self.oracle(theta)
         self.calls.append((time.perf_counter() - self.t0, len(self.calls) + 1,
                            float(out["loss"])))
         print("  call", *self.calls[-1], flush=True)  # a killed run's log keeps its calls
+        if self.theta is None or out["loss"] <= min(c[2] for c in self.calls):
+            self.theta = np.array(theta, dtype=np.float64)
+        if self.calls[-1][0] > self.cap_s:
+            raise OutOfTime
         return out
 
 
@@ -176,6 +197,32 @@ def synth_sigmoid_store(n: int, d: int = 20, seed: int = 0, chunk_rows: int = 50
     return path
 
 
+def california_store(n: int, chunk_rows: int = 131_072, noise: float = 0.05,
+                     seed: int = 0) -> Path:
+    """bench/RESULTS.md B2's store (``make_data.write``: California Housing, 8 features,
+    standardized, tiled to n rows with fresh N(0, noise²) noise on every X entry of every
+    copy — every row new in X; y, standardized, tiled unchanged). Written once, in place."""
+    from make_data import write  # bench/ is on sys.path when this script runs
+
+    path = DATA / f"california_{n}_8_{chunk_rows}.zarr"
+    if not path.exists():
+        write(path, n, 8, chunk_rows, noise, seed, "california")
+    return path
+
+
+def split_models(spec: str) -> list[str]:
+    """--models split at commas outside parentheses (a torch spec's keyword arguments)."""
+    out, depth, cur = [], 0, ""
+    for ch in spec:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [m for m in out + [cur] if m]
+
+
 def reach(calls, L_star):
     """Per target: (seconds, passes) of the first call whose best loss so far reaches it."""
     out = {}
@@ -197,6 +244,7 @@ DATASETS = {
     "synth-sigmoid": (None, "y", False, "bce", "nonlinear-leverage", 10.0),
     "fashion": ("fashion_mnist_10x10", "label", False, "cross_entropy", "block-leverage", 30.0),
     "flights-3m": ("flights_3m", "delay", True, "squared", "nonlinear-leverage", 10.0),
+    "synth-mlp": (None, "target", False, "squared", "nonlinear-leverage", 20.0),
 }
 
 
@@ -218,11 +266,13 @@ def run_model(model: str, args, out_root: Path) -> dict:
         src = str(synth_relu2_store(args.n, chunk_rows=args.chunk_rows))
     elif args.data == "synth-sigmoid":
         src = str(synth_sigmoid_store(args.n, chunk_rows=args.chunk_rows))
+    elif args.data == "synth-mlp":
+        src = str(california_store(args.n, chunk_rows=args.chunk_rows))
     elif args.data == "nycflights":
         src = str(nycflights_parquet())
     radius = radius if args.radius is None else args.radius
     job = validate_job({
-        "name": f"benchfit-{args.data}-{model.replace(':', '-')}",
+        "name": f"benchfit-{args.data}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', model).strip('-')}",
         "dataset": {"source": src, "target": target, "standardize": std,
                     "standardize_target": std, "chunk_rows": args.chunk_rows},
         "model": model, "loss": loss, "theta": "pilot", "kind": kind, "baselines": [],
@@ -349,9 +399,14 @@ def run_model(model: str, args, out_root: Path) -> dict:
                 print(f"{model} repeat {r} {name}: skipped (--wall-s {args.wall_s:g} passed)",
                       flush=True)
                 continue
-            rec = Recorder(oracle_of[name])
+            rec = Recorder(oracle_of[name], args.method_s)
             c0 = stages.data.store_reads(ctx)["chunk_reads"]
-            th = run(rec)
+            try:
+                th = run(rec)
+            except OutOfTime:  # --method-s: stopped; its best evaluated point
+                print(f"{model} repeat {r} {name}: stopped by --method-s {args.method_s:g}",
+                      flush=True)
+                th = rec.theta
             got = stages.data.store_reads(ctx)
             store_passes[name].append(round((got["chunk_reads"] - c0) / got["x_chunks"], 3))
             norms.append(float(np.linalg.norm(th)))
@@ -405,12 +460,12 @@ def run_model(model: str, args, out_root: Path) -> dict:
 
 
 def adam_stream(X, y, m, theta0, lr, max_epochs, batch, seed, budget_s, eval_fn, radius,
-                loss="squared"):
+                loss="squared", patience=0):
     """Adam over mini-batches streamed chunk by chunk (chunks in random order, rows shuffled
     within each) from the dask arrays X, y of the store; the mean squared error or mean
     cross-entropy of a batch; ||theta|| <= radius after every step. After each epoch (not
-    timed) the exact full-data loss by ``eval_fn``. Returns the curve (epoch, training
-    seconds, loss)."""
+    timed) the exact full-data loss by ``eval_fn``; with ``patience`` > 0, stop after that
+    many epochs without a new best loss. Returns the curve (epoch, training seconds, loss)."""
     import torch
 
     th = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
@@ -448,7 +503,12 @@ def adam_stream(X, y, m, theta0, lr, max_epochs, batch, seed, budget_s, eval_fn,
         train_s += time.perf_counter() - t0
         curve.append({"epoch": ep, "seconds": round(train_s, 3),
                       "loss": float(eval_fn(th.detach().numpy().copy()))})
+        print(f"  adam lr={lr} epoch {ep}: {train_s:.1f} s, loss {curve[-1]['loss']:.12g}",
+              flush=True)  # a killed run's log keeps its curve
         if train_s > budget_s:
+            break
+        best = min(range(len(curve)), key=lambda i: curve[i]["loss"])
+        if patience and len(curve) - 1 - best >= patience:
             break
     return curve
 
@@ -468,7 +528,7 @@ def run_adam(ctx, m, theta0, grad, args) -> dict:
         c0 = stages.data.store_reads(ctx)["chunk_reads"]
         curve = adam_stream(X, y, m, theta0, lr, args.adam_epochs, args.batch, 0,
                             args.adam_budget_s, lambda th: float(grad(th)["loss"]),
-                            ctx.job.radius, ctx.job.loss)
+                            ctx.job.radius, ctx.job.loss, args.adam_patience)
         got = stages.data.store_reads(ctx)
         curve[-1]["store_passes_with_evals"] = round(
             (got["chunk_reads"] - c0) / got["x_chunks"], 3)
@@ -479,6 +539,7 @@ def run_adam(ctx, m, theta0, grad, args) -> dict:
     lr, b = min(((lr, min(c, key=lambda e: e["loss"])) for lr, c in grid.items()),
                 key=lambda t: t[1]["loss"])
     return {"lr_grid": grid, "batch": args.batch, "max_epochs": args.adam_epochs,
+            "patience": args.adam_patience,
             "best": {"lr": float(lr), **b},
             "seconds_per_epoch": _stats([c["seconds"] / c["epoch"]
                                          for c in grid[lr][-1:]])}
@@ -504,7 +565,8 @@ def main() -> None:
     ap.add_argument("--s", type=int, default=2600)
     ap.add_argument("--pilot-s", type=int, default=2000)
     ap.add_argument("--radius", type=float, default=None,
-                    help="default: 30 for fashion (its example job), else 10")
+                    help="default: 30 for fashion (its example job), 20 for synth-mlp "
+                    "(B2's), else 10")
     ap.add_argument("--chunk-rows", type=int, default=50_000)
     ap.add_argument("--max-passes", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
@@ -522,29 +584,37 @@ def main() -> None:
                     help="skip the program's choice (precond.choose: it runs both methods on "
                     "the sample and times a Gauss-Newton block)")
     ap.add_argument("--n", type=int, default=1_000_000,
-                    help="rows of synth-relu2 / synth-sigmoid")
+                    help="rows of synth-relu2 / synth-sigmoid / synth-mlp")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--adam-epochs", type=int, default=30)
     ap.add_argument("--adam-budget-s", type=float, default=600.0,
                     help="per lr: stop after the epoch that passes this training time")
+    ap.add_argument("--adam-patience", type=int, default=0,
+                    help="per lr: stop after this many epochs without a new best full-data "
+                    "loss (0: off)")
     ap.add_argument("--keep-pilot", action="store_true",
                     help="reuse the previous run's pilot theta_0 (its stage cache): saves the "
                     "pilot fit when repeating; the pilot's time is then a cache hit")
     ap.add_argument("--wall-s", type=float, default=float("inf"),
                     help="start no further method run (or Adam lr) after this many seconds "
                     "since the start: bounds an invocation on a loaded machine")
+    ap.add_argument("--method-s", type=float, default=float("inf"),
+                    help="stop a method's run after the full-data pass that ends past this "
+                    "many seconds of its own time (its passes so far kept)")
     ap.add_argument("--json", type=Path, default=HERE / "fit_nycflights.json")
     args = ap.parse_args()
     out_root = DATA / "fit_runs"
+    load_start = list(os.getloadavg())
     results = []
     with dask.config.set(scheduler="threads", num_workers=args.threads):
-        for model in args.models.split(","):
+        for model in split_models(args.models):
             results.append(run_model(model, args, out_root))
     doc = {"command": "bench/bench_fit.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "note": "2 cores shared with other sessions' jobs: noisy"},
+                    "note": "2 cores shared with other sessions' jobs: noisy",
+                    "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "results": results}
     args.json.write_text(json.dumps(doc, indent=1))
     for r in results:

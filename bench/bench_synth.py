@@ -53,9 +53,10 @@ pilot's SVD ~30x slower)::
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python \
         bench/bench_synth.py --rows 1000000 --draws 20 --no-exact --out bench/synth_1m.json
 
-``--rows 20000000`` is the issue's size; it did not fit this machine's budget (bench/RESULTS.md:
-the one-read pass costs ~39 s per million rows at p = 5,055 here, and the exact scores did
-not finish at 1M rows in 28 minutes). ``--exact`` (default) adds the two-read scores.
+``--rows 20000000`` is the issue's size (run with ``--no-exact``: bench/RESULTS.md "Synthetic
+table at the issue's size", the one-read sampler 289 s there); the exact two-read scores did
+not finish at 1M rows in 28 minutes (dense slices of the one-hot block in pass 1 at
+p = 5,055). ``--exact`` (default) adds them.
 """
 
 from __future__ import annotations
