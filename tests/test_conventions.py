@@ -207,3 +207,19 @@ def test_every_cited_math_section_exists_in_the_repository():
     assert cited, "no MATH.md section cited anywhere"
     missing = {n: f for n, f in cited.items() if n not in have}
     assert not missing, f"docs/MATH.md lacks the cited sections {missing}"
+
+
+def test_command_summaries_are_one_line_each():
+    """`nldist --help` lists each verb by its docstring's first paragraph joined into one
+    line (its hard line breaks made ragged lines at 80 columns), rich wrapping it."""
+    import typer
+
+    from nldist.cli import app
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        assert cmd.short_help and "\n" not in cmd.short_help, name
+        assert "  " not in cmd.short_help, name
+    out = subprocess.run([sys.executable, "-m", "nldist", "--help"], capture_output=True,
+                         text=True, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"}).stdout
+    assert "exists (a local path; a URL's syntax only)" in out

@@ -5,6 +5,7 @@ job file loaded with its overrides (or read from standard input) and its output 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -46,7 +47,16 @@ def _clean_metavars(params: list[Any], ctx: Any) -> list[Any]:
 
 
 class _Command(TyperCommand):
-    """A command whose help uses :func:`_clean_metavars` (usage: ``[OPTIONS] JOB_FILE``)."""
+    """A command whose help uses :func:`_clean_metavars` (usage: ``[OPTIONS] JOB_FILE``) and
+    whose line in ``nldist --help`` is its docstring's first paragraph as one line (rich
+    wraps it to the terminal; the docstring's own line breaks made ragged lines at 80
+    columns)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            first = inspect.cleandoc(self.help).split("\n\n")[0]
+            self.short_help = " ".join(first.split())
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _clean_metavars(super().get_params(ctx), ctx)
