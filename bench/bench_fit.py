@@ -281,6 +281,7 @@ def run_model(model: str, args, out_root: Path) -> dict:
     out = out_root / job.name
     clear_run(out, args.keep_pilot)
     ctx = RunContext(job, out)
+    ctx.adjoint_accuracy = "sampling"  # as nldist fit (pipeline.fit.fit): the sample's scores
     stages.data.ingest(ctx)
     X, y = stages.data.xy(ctx)
     m = stages.data.model(ctx)
