@@ -29,7 +29,7 @@ LABELS = {
     "experiment": "experiment",
     "flip": "flip labels",
     "rank": "rank rows",
-    "choose": "choose the full-data method (one chunk timed, both run on the sample)",
+    "choose": "choose the full-data method (one chunk timed, the three run on the sample)",
     "fit": "full-data fit",
     "report": "report",
 }

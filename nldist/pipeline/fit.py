@@ -7,11 +7,12 @@ each iteration one distributed pass for the exact full-data loss and gradient
 (:func:`nldist.graph.oracles.grad_pass`: n p work per row) and a step from the sample's
 Gauss-Newton model, refreshed at each accepted theta from the same rows on the driver
 (:func:`nldist.precond.fit_precond`). Or full Gauss-Newton from theta_0 (one pass forming
-J^T J per iteration, :func:`nldist.graph.oracles.gn_pass`) when that is estimated cheaper: the
-choice (:func:`nldist.precond.choose`) times the first gradient pass (kept: it is the
-preconditioned method's first) and a gradient block and a Gauss-Newton block on one chunk
-(the extra per-row cost of J^T J), and runs both methods on the sample to count the passes
-each needs; ``method`` forces one. Writes ``theta_fit.npy`` and ``metrics.json``
+J^T J per iteration, :func:`nldist.graph.oracles.gn_pass`), or L-BFGS on all rows (one
+gradient pass per evaluation, :func:`nldist.precond.fit_lbfgs`), when that is estimated
+cheaper: the choice (:func:`nldist.precond.choose`) times the first gradient pass (kept: it
+is the chosen gradient method's first) and a gradient block and a Gauss-Newton block on one
+chunk (the extra per-row cost of J^T J), and runs the three methods on the sample to count
+the passes each needs; ``method`` forces one. Writes ``theta_fit.npy`` and ``metrics.json``
 (``"mode": "fit"``: the choice and its reason, and per iteration the full loss, gradient
 norm, time and passes).
 """
