@@ -41,12 +41,10 @@ def sample_passes(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
 
     Returns
     -------
-    dict with ``gn_passes``, ``precond_passes`` (None: the method failed on the sample),
-    ``lbfgs_passes`` (None: its optimum leaves the ball, which L-BFGS does not see),
-    ``converged`` (per method: False where the count is ``max_iter``'s, a lower bound —
-    a network that none of the three fits on the sample in ``max_iter`` passes is
-    compared by cost per pass), ``driver_s_per_iteration`` (seconds of H_S and its
-    factorizations per iteration)
+    dict with ``gn_passes``, ``precond_passes`` (None: it did not converge in ``max_iter``),
+    ``lbfgs_passes`` (None: it did not converge, or its optimum leaves the ball, which
+    L-BFGS does not see), ``driver_s_per_iteration`` (seconds of H_S and its
+    eigendecomposition per iteration)
     """
     fit = train_on_sample(model, Xs, ys, w, radius, theta0=theta0, tol=tol,
                           max_iter=max_iter, loss=loss)
@@ -58,13 +56,11 @@ def sample_passes(model: Model, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray,
                           xtol=xtol, max_iter=max_iter)
     except NldistError:
         res = None
+    ok = res is not None and res.converged
     lb, inside = fit_lbfgs(sample_oracle_any(model, Xs, ys, w, loss), theta0, radius, tol=tol,
                            max_iter=max_iter)
-    return {"gn_passes": int(gn), "precond_passes": res.passes if res is not None else None,
-            "lbfgs_passes": lb.passes if inside else None,
-            "converged": {"gn": bool(fit.converged),
-                          "precond": bool(res is not None and res.converged),
-                          "lbfgs": bool(lb.converged)},
+    return {"gn_passes": int(gn), "precond_passes": res.passes if ok else None,
+            "lbfgs_passes": lb.passes if lb.converged and inside else None,
             "driver_s_per_iteration": (res.driver_s / max(1, res.passes)) if res else 0.0}
 
 
@@ -92,11 +88,9 @@ def choose(grad_pass_s: float, n_rows: int, costs: dict, passes: dict,
     pass); a Gauss-Newton pass that plus ``n_rows / parallel`` x the extra compute per row of
     forming J^T J (``costs``: both blocks timed on one chunk). The preconditioned method adds
     ``passes["driver_s_per_iteration"]`` (H_S and its factorizations) per pass on the driver;
-    L-BFGS costs its gradient passes. A method whose run on the sample failed
-    (``passes[...]`` None: the preconditioned method's error, L-BFGS's optimum outside the
-    ball) is not a candidate; Gauss-Newton always is. A run that did not converge within
-    its cap (``passes["converged"][method]`` False) counts the cap's passes: a lower bound,
-    marked "≥" in the reason. Ties go to Gauss-Newton, then the preconditioned method.
+    L-BFGS costs its gradient passes. A method whose run on the sample did not converge
+    (``passes[...]`` None; for L-BFGS also an optimum outside the ball) is not a candidate;
+    Gauss-Newton always is. Ties go to Gauss-Newton, then the preconditioned method.
 
     Returns
     -------
@@ -120,14 +114,10 @@ def choose(grad_pass_s: float, n_rows: int, costs: dict, passes: dict,
                     key=lambda m: est[m]["seconds"])  # stable: ties keep this order
     best = ranked[0]
     ratio = costs["gn_s_per_row"] / max(costs["grad_s_per_row"], 1e-300)
-    conv = passes.get("converged", {})
-    for m in est:
-        est[m]["converged_on_sample"] = bool(conv.get(m, True))
-    parts = [f"{names[m]} est. {'≥' if not est[m]['converged_on_sample'] else ''}"
-             f"{est[m]['seconds']:.3g} s ({'≥' if not est[m]['converged_on_sample'] else '~'}"
-             f"{est[m]['passes']} passes)" for m in ranked]
-    left = [names[m] + (" failed on the sample" if m == "precond" else
-                        "'s optimum on the sample leaves the ball")
+    parts = [f"{names[m]} est. {est[m]['seconds']:.3g} s (~{est[m]['passes']} passes)"
+             for m in ranked]
+    left = [names[m] + (" did not converge on the sample" if m == "precond" else
+                        " did not converge on the sample or left the ball")
             for m in ("precond", "lbfgs") if "seconds" not in est[m]]
     why = (f"{names[best]}: " + " <= ".join(parts)
            + (f" ({'; '.join(left)})" if left else "")
