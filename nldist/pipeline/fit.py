@@ -194,17 +194,29 @@ def _precond(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
     m = stages.data.model(ctx)
     _, w, Xs, ys = rows
 
-    def step(rec: dict) -> None:
-        history.append(rec)
-        ctx.emit("fit", "advance", kind="precond")
-
     res = precond.fit_precond(_grad_oracle(ctx), precond.sample_gn(m, Xs, ys, w, job.loss),
                               theta0, job.radius, xtol=xtol, max_iter=job.max_iter,
-                              on_iter=step, start=start)
+                              on_iter=_recorder(ctx, history, "precond"), start=start)
+    return _summary(res, driver_s=round(res.driver_s, 4))
+
+
+def _recorder(ctx: RunContext, history: list[dict], kind: str) -> Any:
+    """The ``on_iter`` of a gradient method: each record into ``history``, one progress
+    step."""
+
+    def step(rec: dict) -> None:
+        history.append(rec)
+        ctx.emit("fit", "advance", kind=kind)
+
+    return step
+
+
+def _summary(res: precond.PrecondResult, **extra: Any) -> dict:
+    """The ``result`` of metrics.json from a gradient method's result (θ kept for the
+    caller to save)."""
     return {"theta": res.theta, "loss": res.loss, "grad_norm": res.grad_norm,
             "iterations": res.iterations, "passes": res.passes,
-            "converged": bool(res.converged), "reason": res.reason,
-            "driver_s": round(res.driver_s, 4),
+            "converged": bool(res.converged), "reason": res.reason, **extra,
             "theta_norm": float(np.linalg.norm(res.theta))}
 
 
@@ -215,17 +227,10 @@ def _lbfgs(ctx: RunContext, theta0: np.ndarray, rows: tuple, xtol: float,
     when its result leaves it, the preconditioned method (which takes the ball exactly)
     finishes from the projection, in the same history."""
     job = ctx.job
-
-    def step(rec: dict) -> None:
-        history.append(rec)
-        ctx.emit("fit", "advance", kind="lbfgs")
-
     res, inside = precond.fit_lbfgs(_grad_oracle(ctx), theta0, job.radius, tol=job.tol,
-                                    max_iter=job.max_iter, on_iter=step, start=start)
-    out = {"theta": res.theta, "loss": res.loss, "grad_norm": res.grad_norm,
-           "iterations": res.iterations, "passes": res.passes,
-           "converged": bool(res.converged), "reason": res.reason,
-           "theta_norm": float(np.linalg.norm(res.theta))}
+                                    max_iter=job.max_iter,
+                                    on_iter=_recorder(ctx, history, "lbfgs"), start=start)
+    out = _summary(res)
     if inside:
         return out
     done = len(history)
